@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv, install peer, show devices pairing and syncing
+#   make test   install the test dependencies and run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PEER_STAMP := $(VENV)/.peer-installed
+TEST_STAMP := $(VENV)/.test-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install test-deps lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(PEER_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(PEER_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(PEER_STAMP)
+
+test-deps: $(TEST_STAMP)
+
+demo: install
+	$(BIN)/python -m peer.demo
+
+test: test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+typecheck: test-deps
+	$(BIN)/python -m mypy protocol peer
+
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/protocol.py
+	$(BIN)/python bench/store.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis

@@ -1,0 +1,50 @@
+"""peer's sync core, with no I/O: clocks, records, sealing, merge, frames, session, bundles.
+
+Everything that travels between devices is defined here; ``peer/`` only
+moves these bytes and stores them.
+"""
+
+from .clock import MAX_COUNTER, Dot, HybridLogicalClock, Ordering, VersionVector, hlc_pack, hlc_unpack, next_counter
+from .codec import Reader, Writer
+from .errors import (
+    BadSignature,
+    BundleError,
+    DecodeError,
+    DecryptionFailed,
+    LocalProtocolError,
+    NotAMember,
+    PeerError,
+    ProtocolError,
+    RemoteProtocolError,
+    StoreError,
+    TransportError,
+    TrustError,
+    UnknownEpochKey,
+    UnsupportedFormat,
+    WrongGroup,
+)
+from .ids import (
+    device_id_for,
+    device_of,
+    format_device_id,
+    is_device_id,
+    is_replica_id,
+    normalize_device_id,
+    replica_id,
+)
+from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, resolve, winner_key
+from .records import DEFAULT_KIND, FORMAT_VERSION, KINDS, MemoryBody, VersionHeader, canonical_json, valid_kind
+from .sealing import SealedVersion, open_version, seal, verify_version
+
+__all__ = [
+    "MAX_COUNTER", "Dot", "HybridLogicalClock", "Ordering", "VersionVector", "hlc_pack", "hlc_unpack",
+    "next_counter", "Reader", "Writer",
+    "BadSignature", "BundleError", "DecodeError", "DecryptionFailed", "LocalProtocolError", "NotAMember",
+    "PeerError", "ProtocolError", "RemoteProtocolError", "StoreError", "TransportError", "TrustError",
+    "UnknownEpochKey", "UnsupportedFormat", "WrongGroup",
+    "device_id_for", "device_of", "format_device_id", "is_device_id", "is_replica_id", "normalize_device_id",
+    "replica_id",
+    "MemoryState", "VersionMeta", "VersionState", "context_for_new_version", "resolve", "winner_key",
+    "DEFAULT_KIND", "FORMAT_VERSION", "KINDS", "MemoryBody", "VersionHeader", "canonical_json", "valid_kind",
+    "SealedVersion", "open_version", "seal", "verify_version",
+]

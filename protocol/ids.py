@@ -1,0 +1,94 @@
+"""Identifiers: device ids, replica ids (the origin of a dot), memory ids.
+
+A *device id* is derived from the device's Ed25519 public key: the first 16
+bytes of its SHA-256, in RFC 4648 base32 without padding (26 characters).
+People see it grouped (``ABCDE-FGHIJ-...``) and may type any unambiguous
+prefix, in any case, with or without the dashes.
+
+A *replica id* names one incarnation of a device's store and is what dots
+count in. It is the device id itself for the store ``peer init`` made, and
+``DEVICEID.N`` after the N-th restore from a backup: a restored store
+starts a new incarnation, so it can never reuse a dot of the versions it
+wrote after the backup was taken and then lost (see docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import uuid
+
+from .errors import DecodeError
+
+__all__ = [
+    "DEVICE_ID_LENGTH",
+    "device_id_for",
+    "is_device_id",
+    "format_device_id",
+    "normalize_device_id",
+    "replica_id",
+    "device_of",
+    "is_replica_id",
+    "memory_id_bytes",
+    "memory_id_str",
+]
+
+DEVICE_ID_LENGTH = 26
+_DEVICE_RE = re.compile(r"^[A-Z2-7]{26}$")
+_REPLICA_RE = re.compile(r"^([A-Z2-7]{26})(?:\.([1-9][0-9]{0,8}))?$")
+
+
+def device_id_for(public_key_raw: bytes) -> str:
+    """The device id of a raw 32-byte Ed25519 public key."""
+    if len(public_key_raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    digest = hashlib.sha256(public_key_raw).digest()[:16]
+    return base64.b32encode(digest).decode("ascii").rstrip("=")
+
+
+def is_device_id(text: str) -> bool:
+    return bool(_DEVICE_RE.match(text))
+
+
+def format_device_id(device_id: str) -> str:
+    """Grouped for people: ``ABCDE-FGHIJ-KLMNO-PQRST-UVWXY-Z``."""
+    return "-".join(device_id[i : i + 5] for i in range(0, len(device_id), 5))
+
+
+def normalize_device_id(text: str) -> str:
+    """What a person typed, as a (possibly partial) device id."""
+    return text.replace("-", "").replace(" ", "").upper()
+
+
+def replica_id(device_id: str, incarnation: int = 0) -> str:
+    if not is_device_id(device_id):
+        raise ValueError(f"not a device id: {device_id!r}")
+    if incarnation < 0:
+        raise ValueError("incarnation must be >= 0")
+    return device_id if incarnation == 0 else f"{device_id}.{incarnation}"
+
+
+def is_replica_id(text: str) -> bool:
+    return bool(_REPLICA_RE.match(text))
+
+
+def device_of(replica: str) -> str:
+    """The device a replica id belongs to (raises DecodeError if malformed)."""
+    match = _REPLICA_RE.match(replica)
+    if not match:
+        raise DecodeError(f"malformed replica id {replica!r}")
+    return match.group(1)
+
+
+def memory_id_bytes(memory_id: str) -> bytes:
+    try:
+        return uuid.UUID(memory_id).bytes
+    except ValueError as e:
+        raise DecodeError(f"malformed memory id {memory_id!r}") from e
+
+
+def memory_id_str(raw: bytes) -> str:
+    if len(raw) != 16:
+        raise DecodeError("a memory id is 16 bytes")
+    return str(uuid.UUID(bytes=raw))

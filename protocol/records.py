@@ -1,0 +1,235 @@
+"""The memory model as data: a version's header and its (secret) body.
+
+A version travels as a sealed unit (see :mod:`protocol.sealing`): the
+:class:`VersionHeader` stays readable, because sync needs it, and the
+:class:`MemoryBody` is encrypted. Both have one canonical binary encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import MAX_COUNTER, Dot
+from .codec import Reader, Writer
+from .errors import DecodeError, UnsupportedFormat
+from .ids import device_of
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "DEFAULT_KIND",
+    "MemoryBody",
+    "VersionHeader",
+    "canonical_json",
+    "valid_kind",
+]
+
+#: Version of the header/body encodings; a reader refuses anything newer.
+FORMAT_VERSION = 1
+
+KINDS = (
+    "fact",
+    "decision",
+    "procedure",
+    "error",
+    "preference",
+    "observation",
+    "session_summary",
+    "note",
+)
+DEFAULT_KIND = "note"
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
+
+MAX_CONTENT_BYTES = 1 << 20
+MAX_FIELD_BYTES = 1 << 16
+MAX_CONTEXT = 4096
+MAX_EMBEDDING_BYTES = 4 * 4096
+
+
+def valid_kind(kind: str) -> bool:
+    """Known kinds and any other short lowercase identifier are accepted."""
+    return bool(_KIND_RE.match(kind))
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBody:
+    """What a version says about its memory; encrypted on the wire.
+
+    ``metadata`` is canonical JSON text of an object. ``embedding`` is the
+    raw little-endian float32 vector made by ``embedder`` (both empty when
+    the author did not embed, e.g. for a tombstone).
+    """
+
+    content: str
+    kind: str = DEFAULT_KIND
+    project: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: str = "{}"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    importance: float | None = None
+    deleted: bool = False
+    embedder: str = ""
+    embedding: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if not valid_kind(self.kind):
+            raise DecodeError(f"invalid kind {self.kind!r}")
+        if self.project == "":
+            raise DecodeError("a project name cannot be empty")
+        if tuple(sorted(set(self.tags))) != self.tags:
+            raise DecodeError("tags must be sorted and unique")
+        if any(not t for t in self.tags):
+            raise DecodeError("a tag cannot be empty")
+        if self.importance is not None and not (0.0 <= self.importance <= 1.0):
+            raise DecodeError("importance must be between 0 and 1")
+        for t in (self.created_at, self.updated_at):
+            if not math.isfinite(t):
+                raise DecodeError("timestamps must be finite")
+        if len(self.embedding) % 4:
+            raise DecodeError("an embedding is a whole number of float32 values")
+        if bool(self.embedding) != bool(self.embedder):
+            raise DecodeError("an embedding needs its embedder id and vice versa")
+        try:
+            parsed = json.loads(self.metadata)
+        except ValueError as e:
+            raise DecodeError("metadata is not valid JSON") from e
+        if not isinstance(parsed, dict):
+            raise DecodeError("metadata must be a JSON object")
+
+    @property
+    def metadata_dict(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.metadata)
+        return value
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.str(self.content).str(self.kind).str(self.project or "")
+        w.uvarint(len(self.tags))
+        for tag in self.tags:
+            w.str(tag)
+        w.str(self.metadata).f64(self.created_at).f64(self.updated_at)
+        w.bool(self.importance is not None).f64(self.importance or 0.0)
+        w.bool(self.deleted).str(self.embedder).bytes(self.embedding)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> MemoryBody:
+        r = Reader(data, "memory body")
+        content = r.str(MAX_CONTENT_BYTES)
+        kind = r.str(64)
+        project = r.str(MAX_FIELD_BYTES) or None
+        tags = tuple(r.str(MAX_FIELD_BYTES) for _ in range(r.uvarint(limit=4096)))
+        metadata = r.str(MAX_CONTENT_BYTES)
+        created_at = r.f64()
+        updated_at = r.f64()
+        has_importance = r.bool()
+        importance = r.f64()
+        deleted = r.bool()
+        embedder = r.str(256)
+        embedding = r.bytes(MAX_EMBEDDING_BYTES)
+        r.end()
+        if not has_importance and importance != 0.0:
+            raise DecodeError("malformed memory body: importance set without its flag")
+        return cls(
+            content=content,
+            kind=kind,
+            project=project,
+            tags=tags,
+            metadata=metadata,
+            created_at=created_at,
+            updated_at=updated_at,
+            importance=importance if has_importance else None,
+            deleted=deleted,
+            embedder=embedder,
+            embedding=embedding,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionHeader:
+    """The readable, authenticated part of a sealed version.
+
+    ``context`` holds the dots of the versions this one supersedes, sorted.
+    The author is the device of ``dot.origin``: a device can only write
+    dots of its own replicas.
+    """
+
+    group_id: bytes
+    epoch: int
+    memory_id: str
+    dot: Dot
+    context: tuple[Dot, ...]
+    hlc: int
+    format: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"version format {self.format} is not supported (this peer reads {FORMAT_VERSION}); upgrade peer"
+            )
+        if len(self.group_id) != 16:
+            raise DecodeError("a group id is 16 bytes")
+        if not 0 <= self.epoch < 1 << 32:
+            raise DecodeError("key epoch out of range")
+        try:
+            if str(uuid.UUID(self.memory_id)) != self.memory_id:
+                raise ValueError
+        except ValueError as e:
+            raise DecodeError(f"malformed memory id {self.memory_id!r}") from e
+        if tuple(sorted(set(self.context))) != self.context:
+            raise DecodeError("a version's context must be sorted and unique")
+        if self.dot in self.context:
+            raise DecodeError("a version cannot supersede itself")
+        if not 0 <= self.hlc <= MAX_COUNTER << 16:
+            raise DecodeError("clock time out of range")
+
+    @property
+    def author(self) -> str:
+        return device_of(self.dot.origin)
+
+    def encode_into(self, w: Writer) -> None:
+        w.uvarint(self.format).raw(self.group_id).uvarint(self.epoch)
+        w.raw(uuid.UUID(self.memory_id).bytes)
+        self.dot.encode_into(w)
+        w.uvarint(len(self.context))
+        for dot in self.context:
+            dot.encode_into(w)
+        w.uvarint(self.hlc)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.encode_into(w)
+        return w.getvalue()
+
+    @classmethod
+    def decode_from(cls, r: Reader) -> VersionHeader:
+        fmt = r.uvarint(limit=1 << 16)
+        if fmt != FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"version format {fmt} is not supported (this peer reads {FORMAT_VERSION}); upgrade peer"
+            )
+        group_id = r.raw(16)
+        epoch = r.uvarint(limit=(1 << 32) - 1)
+        memory_id = str(uuid.UUID(bytes=r.raw(16)))
+        dot = Dot.decode_from(r)
+        context = tuple(Dot.decode_from(r) for _ in range(r.uvarint(limit=MAX_CONTEXT)))
+        hlc = r.uvarint(limit=MAX_COUNTER << 16)
+        return cls(group_id=group_id, epoch=epoch, memory_id=memory_id, dot=dot, context=context, hlc=hlc, format=fmt)
+
+    @classmethod
+    def decode(cls, data: bytes) -> VersionHeader:
+        r = Reader(data, "version header")
+        header = cls.decode_from(r)
+        r.end()
+        return header
