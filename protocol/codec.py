@@ -9,6 +9,7 @@ malformed, so decoders built on it can be fed arbitrary bytes.
 
 from __future__ import annotations
 
+import builtins
 import struct
 
 from .errors import DecodeError
@@ -65,7 +66,8 @@ class Writer:
         self._buf += struct.pack("<d", value)
         return self
 
-    def getvalue(self) -> bytes:
+    # ``bytes`` is shadowed by the method of that name inside this class body.
+    def getvalue(self) -> builtins.bytes:
         return bytes(self._buf)
 
 
