@@ -48,3 +48,21 @@ __all__ = [
     "DEFAULT_KIND", "FORMAT_VERSION", "KINDS", "MemoryBody", "VersionHeader", "canonical_json", "valid_kind",
     "SealedVersion", "open_version", "seal", "verify_version",
 ]
+
+from .membership import (  # noqa: E402
+    MemberInfo,
+    MemberRecord,
+    Membership,
+    KeyEpochRecord,
+    MembershipRecord,
+    RevocationRecord,
+    UnknownSigner,
+    decode_membership_record,
+    found_group,
+    group_id_for,
+)
+
+__all__ += [
+    "MemberInfo", "MemberRecord", "Membership", "KeyEpochRecord", "MembershipRecord", "RevocationRecord",
+    "UnknownSigner", "decode_membership_record", "found_group", "group_id_for",
+]
