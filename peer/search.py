@@ -1,0 +1,119 @@
+"""Hybrid search: fusing the semantic (hnswlib) and keyword (FTS5) rankings.
+
+Theory of operation. The two retrievers score on scales that cannot be
+compared: cosine similarity lives in [-1, 1] and clusters tightly for
+short texts, while SQLite's bm25 is unbounded and depends on document
+lengths and term rarity across the whole store. Normalising and adding
+the raw scores would let whichever scale is wider dominate, and the result
+would shift as the store grows. Reciprocal-rank fusion (Cormack, Clarke and
+Buettcher, SIGIR 2009) uses only each item's *rank* in each list:
+
+    rrf(d) = sum over lists L of  w_L / (K + rank_L(d))      (rank from 1)
+
+An item near the top of both lists beats one at the top of a single list,
+and an item found by one retriever only still scores, so a pure keyword
+match (an error code, a file name) or a pure paraphrase both surface. K
+damps the gap between ranks 1 and 2; 60 is the value the paper found
+robust and is kept here. Scores are reported divided by the best possible
+value (rank 1 in every list), so 1.0 means "first for both retrievers".
+
+Ties (equal fused score, e.g. rank 1 in one list each) go to the item with
+the better single rank, then to the higher cosine similarity, then to the
+memory id, so results are deterministic.
+
+This module is pure: the device hub (:mod:`peer.device`) gathers the
+candidate lists, filters them to live memories and calls :func:`fuse`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["RRF_K", "SearchHit", "fuse", "candidate_count"]
+
+RRF_K = 60
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One fused result. Ranks start at 1; None means "not found by that retriever"."""
+
+    memory_id: str
+    score: float
+    vector_rank: int | None = None
+    similarity: float | None = None
+    keyword_rank: int | None = None
+    bm25: float | None = None
+
+
+def candidate_count(k: int) -> int:
+    """How many candidates to take from each retriever for a top-``k`` answer.
+
+    Fusion can promote an item that is only moderately ranked by both
+    retrievers, so each list must reach well below k; filters (project,
+    kind) also drop candidates after retrieval.
+    """
+    return max(4 * k, 50)
+
+
+def fuse(
+    vector_hits: Sequence[tuple[str, float]],
+    keyword_hits: Sequence[tuple[str, float]],
+    *,
+    limit: int,
+    rrf_k: int = RRF_K,
+    vector_weight: float = 1.0,
+    keyword_weight: float = 1.0,
+) -> list[SearchHit]:
+    """Fuse two rankings, each given best first, into at most ``limit`` hits.
+
+    ``vector_hits`` are ``(memory_id, cosine similarity)``; ``keyword_hits``
+    are ``(memory_id, bm25)`` as SQLite reports it. Only the order of each
+    list matters to the fused score; the raw scores are carried along for
+    display and tie-breaking. A memory listed twice in one list counts at
+    its first (best) position.
+    """
+    if limit <= 0:
+        return []
+    if rrf_k < 0 or vector_weight < 0 or keyword_weight < 0:
+        raise ValueError("rrf_k and the weights must not be negative")
+    best = (vector_weight + keyword_weight) / (rrf_k + 1)
+    if best == 0:
+        raise ValueError("at least one weight must be positive")
+
+    vector: dict[str, tuple[int, float]] = {}
+    for memory_id, similarity in vector_hits:
+        vector.setdefault(memory_id, (len(vector) + 1, similarity))
+    keyword: dict[str, tuple[int, float]] = {}
+    for memory_id, bm25 in keyword_hits:
+        keyword.setdefault(memory_id, (len(keyword) + 1, bm25))
+
+    hits: list[SearchHit] = []
+    for memory_id in vector.keys() | keyword.keys():
+        v = vector.get(memory_id)
+        w = keyword.get(memory_id)
+        raw = 0.0
+        if v is not None:
+            raw += vector_weight / (rrf_k + v[0])
+        if w is not None:
+            raw += keyword_weight / (rrf_k + w[0])
+        hits.append(
+            SearchHit(
+                memory_id=memory_id,
+                score=raw / best,
+                vector_rank=v[0] if v else None,
+                similarity=v[1] if v else None,
+                keyword_rank=w[0] if w else None,
+                bm25=w[1] if w else None,
+            )
+        )
+
+    def order(hit: SearchHit) -> tuple[float, int, float, str]:
+        ranks = [r for r in (hit.vector_rank, hit.keyword_rank) if r is not None]
+        similarity = hit.similarity if hit.similarity is not None else -math.inf
+        return (-hit.score, min(ranks), -similarity, hit.memory_id)
+
+    hits.sort(key=order)
+    return hits[:limit]

@@ -1,0 +1,85 @@
+"""Reciprocal-rank fusion (peer.search.fuse): what a searcher would notice."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peer.search import RRF_K, SearchHit, candidate_count, fuse
+
+
+def ids(hits: list[SearchHit]) -> list[str]:
+    return [h.memory_id for h in hits]
+
+
+def test_agreement_beats_a_single_first_place() -> None:
+    # "b" is second for both retrievers; "a" and "c" are each first for only one.
+    vector = [("a", 0.9), ("b", 0.8), ("d", 0.1)]
+    keyword = [("c", -9.0), ("b", -8.0), ("e", -1.0)]
+    hits = fuse(vector, keyword, limit=5)
+    assert ids(hits)[0] == "b"
+    assert set(ids(hits)) == {"a", "b", "c", "d", "e"}
+
+
+def test_first_in_both_lists_scores_one() -> None:
+    hits = fuse([("x", 0.7)], [("x", -3.0)], limit=1)
+    assert hits[0].score == pytest.approx(1.0)
+    assert (hits[0].vector_rank, hits[0].keyword_rank) == (1, 1)
+    assert (hits[0].similarity, hits[0].bm25) == (0.7, -3.0)
+
+
+def test_item_found_by_one_retriever_only_still_ranks() -> None:
+    hits = fuse([], [("kw", -2.0), ("kw2", -1.0)], limit=10)
+    assert ids(hits) == ["kw", "kw2"]
+    assert hits[0].vector_rank is None and hits[0].similarity is None
+    assert hits[0].score == pytest.approx((1 / (RRF_K + 1)) / (2 / (RRF_K + 1)))
+
+
+def test_tie_goes_to_higher_similarity_then_id() -> None:
+    # "v" is first for vectors, "k" first for keywords: equal fused score.
+    hits = fuse([("v", 0.5), ("k", 0.4)], [("k", -5.0), ("v", -4.0)], limit=2)
+    assert hits[0].score == pytest.approx(hits[1].score)
+    assert ids(hits) == ["v", "k"]
+    hits = fuse([("z", 0.5)], [("a", -5.0)], limit=2)
+    assert ids(hits) == ["z", "a"]  # the keyword-only item has no similarity
+
+
+def test_duplicates_count_at_their_best_position() -> None:
+    hits = fuse([("a", 0.9), ("b", 0.8), ("a", 0.1)], [], limit=5)
+    assert ids(hits) == ["a", "b"]
+    assert hits[1].vector_rank == 2
+
+
+def test_limit_and_weights() -> None:
+    vector = [("a", 0.9), ("b", 0.8)]
+    keyword = [("b", -9.0), ("a", -8.0)]
+    assert ids(fuse(vector, keyword, limit=1, keyword_weight=0.0)) == ["a"]
+    assert ids(fuse(vector, keyword, limit=1, vector_weight=0.0)) == ["b"]
+    assert fuse(vector, keyword, limit=0) == []
+    with pytest.raises(ValueError):
+        fuse(vector, keyword, limit=1, vector_weight=0.0, keyword_weight=0.0)
+
+
+def test_candidate_count_reaches_below_k() -> None:
+    assert candidate_count(1) >= 50
+    assert candidate_count(100) >= 400
+
+
+rankings = st.lists(st.sampled_from("abcdefghij"), unique=True, max_size=10)
+
+
+@given(rankings, rankings, st.integers(min_value=1, max_value=12))
+def test_fusion_is_a_ranking_of_the_union(vector: list[str], keyword: list[str], limit: int) -> None:
+    hits = fuse([(m, 1.0 - i / 10) for i, m in enumerate(vector)], [(m, -10.0 + i) for i, m in enumerate(keyword)],
+                limit=limit)
+    union = set(vector) | set(keyword)
+    assert len(hits) == min(limit, len(union))
+    assert len(set(ids(hits))) == len(hits) and set(ids(hits)) <= union
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 < s <= 1.0 + 1e-12 for s in scores)
+    # Swapping the two lists changes nothing but which rank is which.
+    swapped = fuse([(m, 1.0 - i / 10) for i, m in enumerate(keyword)], [(m, -10.0 + i) for i, m in enumerate(vector)],
+                   limit=limit)
+    assert sorted(h.score for h in swapped) == pytest.approx(sorted(scores))
