@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 DEVICE_ID_LENGTH = 26
+# fullmatch, not match: "$" also matches before a trailing newline.
 _DEVICE_RE = re.compile(r"^[A-Z2-7]{26}$")
 _REPLICA_RE = re.compile(r"^([A-Z2-7]{26})(?:\.([1-9][0-9]{0,8}))?$")
 
@@ -48,7 +49,7 @@ def device_id_for(public_key_raw: bytes) -> str:
 
 
 def is_device_id(text: str) -> bool:
-    return bool(_DEVICE_RE.match(text))
+    return bool(_DEVICE_RE.fullmatch(text))
 
 
 def format_device_id(device_id: str) -> str:
@@ -70,12 +71,12 @@ def replica_id(device_id: str, incarnation: int = 0) -> str:
 
 
 def is_replica_id(text: str) -> bool:
-    return bool(_REPLICA_RE.match(text))
+    return bool(_REPLICA_RE.fullmatch(text))
 
 
 def device_of(replica: str) -> str:
     """The device a replica id belongs to (raises DecodeError if malformed)."""
-    match = _REPLICA_RE.match(replica)
+    match = _REPLICA_RE.fullmatch(replica)
     if not match:
         raise DecodeError(f"malformed replica id {replica!r}")
     return match.group(1)
