@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,8 @@ class MemoryBody:
             raise DecodeError("an embedding needs its embedder id and vice versa")
         try:
             parsed = json.loads(self.metadata)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
+            # RecursionError: deeply nested arrays, which a hostile sender can make.
             raise DecodeError("metadata is not valid JSON") from e
         if not isinstance(parsed, dict):
             raise DecodeError("metadata must be a JSON object")
@@ -139,7 +141,8 @@ class MemoryBody:
         embedder = r.str(256)
         embedding = r.bytes(MAX_EMBEDDING_BYTES)
         r.end()
-        if not has_importance and importance != 0.0:
+        # Compare the bits: -0.0 == 0.0, and only +0.0 is the canonical "no importance".
+        if not has_importance and struct.pack("<d", importance) != bytes(8):
             raise DecodeError("malformed memory body: importance set without its flag")
         return cls(
             content=content,
