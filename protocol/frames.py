@@ -1,0 +1,635 @@
+"""Frames: the units of the sync and pairing wire protocol, and their decoder.
+
+A frame on the wire is::
+
+    u32 big-endian N | u8 tag | payload (N - 1 bytes)
+
+``N`` counts the tag and the payload, so it is at least 1; a decoder
+refuses any ``N`` above its maximum frame size as soon as the four length
+bytes have arrived, before it buffers the body. Payloads use the canonical
+encoding of :mod:`protocol.codec` (minimal LEB128 varints, varint-length-
+prefixed bytes and UTF-8 text) and must be consumed exactly: trailing bytes
+inside a frame are an error, so every frame has exactly one encoding.
+
+Payloads, field by field (``vv`` is a :class:`VersionVector` encoding,
+``bytes``/``str`` are length-prefixed, ``raw(n)`` is n bytes as they are)::
+
+    HELLO         uvarint version | str device id | raw(16) group id
+                  | vv vector | raw(32) membership digest | uvarint flags
+    MEMBERS       uvarint n | n x bytes membership record (opaque here)
+    VERSIONS      uvarint n | n x bytes sealed version (n >= 1)
+    DONE          uvarint number of versions sent in this session
+    ERROR         uvarint code | str message
+    JOIN_REQUEST  bytes invite id | raw(32) joiner's Ed25519 public key
+                  | raw(32) joiner's X25519 public key | str device name
+                  | raw(32) proof = HMAC-SHA256(invite secret, see join_proof)
+    JOIN_ACCEPT   raw(16) group id | uvarint n | n x bytes membership record
+                  | bool has name | str group name ("" when absent)
+    JOIN_REJECT   uvarint code | str message
+
+The first three fields of HELLO (version, device id, group id) are frozen
+for all protocol versions to come, so that two devices speaking different
+versions can still read who the other is and refuse each other clearly. A
+HELLO whose version differs from :data:`PROTOCOL_VERSION` is decoded from
+that prefix alone; its other fields read as empty (see :class:`Hello`).
+
+Membership records are the business of :mod:`protocol.membership`; frames
+carry them as opaque byte strings. Flags in HELLO are reserved: senders set
+0 and receivers ignore bits they do not know.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from .clock import VersionVector
+from .codec import Reader, Writer
+from .errors import DecodeError, LocalProtocolError, PeerError
+from .ids import is_device_id
+from .sealing import MAX_SEALED_BYTES, SealedVersion
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_MEMBER_RECORD_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "GROUP_ID_BYTES",
+    "DIGEST_BYTES",
+    "TAG_HELLO",
+    "TAG_MEMBERS",
+    "TAG_VERSIONS",
+    "TAG_DONE",
+    "TAG_ERROR",
+    "TAG_JOIN_REQUEST",
+    "TAG_JOIN_ACCEPT",
+    "TAG_JOIN_REJECT",
+    "ErrorCode",
+    "Hello",
+    "Members",
+    "VersionsBatch",
+    "Done",
+    "Error",
+    "JoinRequest",
+    "JoinAccept",
+    "JoinReject",
+    "Frame",
+    "frame_name",
+    "join_proof",
+    "encode_frame",
+    "decode_frame",
+    "encode_hello",
+    "decode_hello",
+    "encode_members",
+    "decode_members",
+    "encode_versions",
+    "decode_versions",
+    "encode_done",
+    "decode_done",
+    "encode_error",
+    "decode_error",
+    "encode_join_request",
+    "decode_join_request",
+    "encode_join_accept",
+    "decode_join_accept",
+    "encode_join_reject",
+    "decode_join_reject",
+    "NeedData",
+    "NEED_DATA",
+    "EndOfStream",
+    "END_OF_STREAM",
+    "FrameDecoder",
+]
+
+#: The sync protocol this code speaks; a HELLO of any other version is refused.
+PROTOCOL_VERSION: Final = 1
+
+#: Large enough for one sealed version of the largest allowed size plus framing.
+DEFAULT_MAX_FRAME_SIZE: Final = 8 << 20
+MAX_MEMBER_RECORD_BYTES: Final = 1 << 20
+MAX_MESSAGE_BYTES: Final = 4096
+MAX_NAME_BYTES: Final = 256
+MAX_INVITE_ID_BYTES: Final = 64
+GROUP_ID_BYTES: Final = 16
+DIGEST_BYTES: Final = 32
+KEY_BYTES: Final = 32
+PROOF_BYTES: Final = 32
+_LENGTH_BYTES: Final = 4
+_MAX_FLAGS: Final = (1 << 32) - 1
+_MAX_CODE: Final = (1 << 16) - 1
+_MAX_VERSION: Final = (1 << 16) - 1
+# A sealed version inside VERSIONS: the box plus its header and signature.
+_MAX_SEALED_ENTRY: Final = MAX_SEALED_BYTES + (1 << 20) + 128
+_JOIN_PROOF_LABEL: Final = b"peer/v1/join-proof\x00"
+
+TAG_HELLO: Final = 0x01
+TAG_MEMBERS: Final = 0x02
+TAG_VERSIONS: Final = 0x03
+TAG_DONE: Final = 0x04
+TAG_ERROR: Final = 0x05
+TAG_JOIN_REQUEST: Final = 0x10
+TAG_JOIN_ACCEPT: Final = 0x11
+TAG_JOIN_REJECT: Final = 0x12
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by ERROR and JOIN_REJECT; unknown codes are kept as plain ints."""
+
+    PROTOCOL = 1  #: malformed or out-of-order data
+    VERSION = 2  #: another protocol version
+    WRONG_GROUP = 3  #: the devices belong to different groups
+    NOT_A_MEMBER = 4  #: the device is not (or no longer) a member
+    INTERNAL = 5  #: the sender failed on its side (store, disk); retry later
+    BUSY = 6  #: the sender is already syncing with this device; retry later
+    #: The invite is unknown, used, expired, or the proof is wrong. One code
+    #: for all of these on purpose: a refusal reveals nothing about the invite.
+    INVITE_REFUSED = 16
+
+
+# Frames ---------------------------------------------------------------
+
+
+def _fail(what: str) -> DecodeError:
+    return DecodeError(f"malformed {what}")
+
+
+def _utf8_length(what: str, text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise _fail(f"{what}: text that is not valid Unicode") from e
+
+
+def _check_message(what: str, code: int, message: str) -> None:
+    if not 0 <= code <= _MAX_CODE:
+        raise _fail(f"{what}: code {code} out of range")
+    if _utf8_length(what, message) > MAX_MESSAGE_BYTES:
+        raise _fail(f"{what}: message longer than {MAX_MESSAGE_BYTES} bytes")
+
+
+def _check_records(what: str, records: tuple[bytes, ...]) -> None:
+    for record in records:
+        if not isinstance(record, bytes) or not 0 < len(record) <= MAX_MEMBER_RECORD_BYTES:
+            raise _fail(f"{what}: a membership record must be 1 to {MAX_MEMBER_RECORD_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first frame each side sends: who it is and what it holds.
+
+    ``vector`` is the sender's version vector, so a HELLO grows with the
+    number of replicas, never with the number of versions.
+    ``membership_digest`` summarises the sender's member list and key
+    epochs; when the two digests differ, both sides send their member
+    records before any version.
+
+    A HELLO of another ``version`` is decoded from its frozen prefix only:
+    its vector is empty, its digest all zeros and its flags 0. Check
+    ``version`` before using anything else.
+    """
+
+    version: int
+    device_id: str
+    group_id: bytes
+    vector: VersionVector
+    membership_digest: bytes
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.version <= _MAX_VERSION:
+            raise _fail(f"HELLO: protocol version {self.version} out of range")
+        if not is_device_id(self.device_id):
+            raise _fail(f"HELLO: {self.device_id!r} is not a device id")
+        if len(self.group_id) != GROUP_ID_BYTES:
+            raise _fail("HELLO: a group id is 16 bytes")
+        if not isinstance(self.vector, VersionVector):
+            raise _fail("HELLO: the vector must be a VersionVector")
+        if len(self.membership_digest) != DIGEST_BYTES:
+            raise _fail("HELLO: a membership digest is 32 bytes")
+        if not 0 <= self.flags <= _MAX_FLAGS:
+            raise _fail("HELLO: flags out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Membership records (opaque here), sent after HELLO and before any version."""
+
+    records: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "records", tuple(self.records))
+        _check_records("MEMBERS", self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionsBatch:
+    """A non-empty batch of sealed versions, forwarded byte for byte."""
+
+    versions: tuple[SealedVersion, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "versions", tuple(self.versions))
+        if not self.versions:
+            raise _fail("VERSIONS: a batch holds at least one version")
+        if not all(isinstance(v, SealedVersion) for v in self.versions):
+            raise _fail("VERSIONS: a batch holds sealed versions")
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The sender has sent everything: ``count`` versions in all this session."""
+
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.count < 1 << 62:
+            raise _fail("DONE: count out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The sender gives up on the session; ``message`` is for the user on the other side."""
+
+    code: int
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_message("ERROR", self.code, self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A joining device introduces itself and proves it holds the invite's secret.
+
+    ``device_key`` is the joiner's raw Ed25519 public key (its identity and
+    SSH key), ``exchange_key`` its raw X25519 public key, to which the group
+    key is wrapped. ``proof`` is :func:`join_proof` over the other fields,
+    keyed with the invite secret.
+    """
+
+    invite_id: bytes
+    device_key: bytes
+    exchange_key: bytes
+    name: str
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.invite_id) <= MAX_INVITE_ID_BYTES:
+            raise _fail(f"JOIN_REQUEST: an invite id is 1 to {MAX_INVITE_ID_BYTES} bytes")
+        if len(self.device_key) != KEY_BYTES or len(self.exchange_key) != KEY_BYTES:
+            raise _fail("JOIN_REQUEST: public keys are 32 bytes")
+        if _utf8_length("JOIN_REQUEST", self.name) > MAX_NAME_BYTES:
+            raise _fail(f"JOIN_REQUEST: a device name is at most {MAX_NAME_BYTES} bytes")
+        if len(self.proof) != PROOF_BYTES:
+            raise _fail("JOIN_REQUEST: a proof is 32 bytes")
+
+    @classmethod
+    def create(cls, *, secret: bytes, invite_id: bytes, device_key: bytes, exchange_key: bytes, name: str) -> JoinRequest:
+        """A request with its proof computed from the invite ``secret``."""
+        proof = join_proof(secret, invite_id=invite_id, device_key=device_key, exchange_key=exchange_key, name=name)
+        return cls(invite_id=invite_id, device_key=device_key, exchange_key=exchange_key, name=name, proof=proof)
+
+    def proof_matches(self, secret: bytes) -> bool:
+        """Whether the proof was made with ``secret`` (in constant time)."""
+        expected = join_proof(
+            secret, invite_id=self.invite_id, device_key=self.device_key, exchange_key=self.exchange_key, name=self.name
+        )
+        return hmac.compare_digest(expected, self.proof)
+
+
+def join_proof(secret: bytes, *, invite_id: bytes, device_key: bytes, exchange_key: bytes, name: str) -> bytes:
+    """HMAC-SHA256 under the invite secret over a domain label and every other JOIN_REQUEST field.
+
+    Binding the keys into the proof means a proof seen once cannot be
+    replayed with another device's keys.
+    """
+    message = Writer().raw(_JOIN_PROOF_LABEL).bytes(invite_id).bytes(device_key).bytes(exchange_key).str(name)
+    return hmac.new(secret, message.getvalue(), hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAccept:
+    """The inviter admits the joiner: the group, its member records (with the wrapped group key)."""
+
+    group_id: bytes
+    records: tuple[bytes, ...]
+    group_name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "records", tuple(self.records))
+        if len(self.group_id) != GROUP_ID_BYTES:
+            raise _fail("JOIN_ACCEPT: a group id is 16 bytes")
+        _check_records("JOIN_ACCEPT", self.records)
+        if self.group_name is not None and _utf8_length("JOIN_ACCEPT", self.group_name) > MAX_NAME_BYTES:
+            raise _fail(f"JOIN_ACCEPT: a group name is at most {MAX_NAME_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReject:
+    """The inviter refuses the joiner; ``message`` says what to do."""
+
+    code: int
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_message("JOIN_REJECT", self.code, self.message)
+
+
+Frame = Hello | Members | VersionsBatch | Done | Error | JoinRequest | JoinAccept | JoinReject
+
+_NAMES: Final[dict[type[Frame], str]] = {
+    Hello: "HELLO",
+    Members: "MEMBERS",
+    VersionsBatch: "VERSIONS",
+    Done: "DONE",
+    Error: "ERROR",
+    JoinRequest: "JOIN_REQUEST",
+    JoinAccept: "JOIN_ACCEPT",
+    JoinReject: "JOIN_REJECT",
+}
+
+
+def frame_name(frame: Frame | type[Frame]) -> str:
+    """The protocol name of a frame (``HELLO``, ``VERSIONS``...), for messages."""
+    cls = frame if isinstance(frame, type) else type(frame)
+    return _NAMES[cls]
+
+
+# Payload encodings: one pair per frame type ----------------------------
+
+
+def encode_hello(frame: Hello) -> bytes:
+    w = Writer().uvarint(frame.version).str(frame.device_id).raw(frame.group_id)
+    frame.vector.encode_into(w)
+    return w.raw(frame.membership_digest).uvarint(frame.flags).getvalue()
+
+
+def decode_hello(payload: bytes) -> Hello:
+    r = Reader(payload, "HELLO frame")
+    version = r.uvarint(limit=_MAX_VERSION)
+    device_id = r.str(limit=64)
+    group_id = r.raw(GROUP_ID_BYTES)
+    if version != PROTOCOL_VERSION:
+        # Only the prefix is common to all versions; the rest is not ours to parse.
+        return Hello(version, device_id, group_id, VersionVector(), bytes(DIGEST_BYTES), 0)
+    vector = VersionVector.decode_from(r)
+    digest = r.raw(DIGEST_BYTES)
+    flags = r.uvarint(limit=_MAX_FLAGS)
+    r.end()
+    return Hello(version, device_id, group_id, vector, digest, flags)
+
+
+def _encode_records(w: Writer, records: tuple[bytes, ...]) -> None:
+    w.uvarint(len(records))
+    for record in records:
+        w.bytes(record)
+
+
+def _decode_records(r: Reader) -> tuple[bytes, ...]:
+    # Each record costs at least one byte, so the count cannot exceed what is left.
+    n = r.uvarint(limit=r.remaining)
+    return tuple(r.bytes(limit=MAX_MEMBER_RECORD_BYTES) for _ in range(n))
+
+
+def encode_members(frame: Members) -> bytes:
+    w = Writer()
+    _encode_records(w, frame.records)
+    return w.getvalue()
+
+
+def decode_members(payload: bytes) -> Members:
+    r = Reader(payload, "MEMBERS frame")
+    records = _decode_records(r)
+    r.end()
+    return Members(records)
+
+
+def encode_versions(frame: VersionsBatch) -> bytes:
+    w = Writer().uvarint(len(frame.versions))
+    for version in frame.versions:
+        w.bytes(version.encode())
+    return w.getvalue()
+
+
+def decode_versions(payload: bytes) -> VersionsBatch:
+    r = Reader(payload, "VERSIONS frame")
+    n = r.uvarint(limit=r.remaining)
+    versions = tuple(SealedVersion.decode(r.bytes(limit=_MAX_SEALED_ENTRY)) for _ in range(n))
+    r.end()
+    return VersionsBatch(versions)
+
+
+def encode_done(frame: Done) -> bytes:
+    return Writer().uvarint(frame.count).getvalue()
+
+
+def decode_done(payload: bytes) -> Done:
+    r = Reader(payload, "DONE frame")
+    count = r.uvarint(limit=(1 << 62) - 1)
+    r.end()
+    return Done(count)
+
+
+def encode_error(frame: Error) -> bytes:
+    return Writer().uvarint(frame.code).str(frame.message).getvalue()
+
+
+def decode_error(payload: bytes) -> Error:
+    r = Reader(payload, "ERROR frame")
+    code = r.uvarint(limit=_MAX_CODE)
+    message = r.str(limit=MAX_MESSAGE_BYTES)
+    r.end()
+    return Error(code, message)
+
+
+def encode_join_request(frame: JoinRequest) -> bytes:
+    w = Writer().bytes(frame.invite_id).raw(frame.device_key).raw(frame.exchange_key)
+    return w.str(frame.name).raw(frame.proof).getvalue()
+
+
+def decode_join_request(payload: bytes) -> JoinRequest:
+    r = Reader(payload, "JOIN_REQUEST frame")
+    invite_id = r.bytes(limit=MAX_INVITE_ID_BYTES)
+    device_key = r.raw(KEY_BYTES)
+    exchange_key = r.raw(KEY_BYTES)
+    name = r.str(limit=MAX_NAME_BYTES)
+    proof = r.raw(PROOF_BYTES)
+    r.end()
+    return JoinRequest(invite_id, device_key, exchange_key, name, proof)
+
+
+def encode_join_accept(frame: JoinAccept) -> bytes:
+    w = Writer().raw(frame.group_id)
+    _encode_records(w, frame.records)
+    return w.bool(frame.group_name is not None).str(frame.group_name or "").getvalue()
+
+
+def decode_join_accept(payload: bytes) -> JoinAccept:
+    r = Reader(payload, "JOIN_ACCEPT frame")
+    group_id = r.raw(GROUP_ID_BYTES)
+    records = _decode_records(r)
+    has_name = r.bool()
+    name = r.str(limit=MAX_NAME_BYTES)
+    r.end()
+    if not has_name and name:
+        raise _fail("JOIN_ACCEPT frame: group name present without its flag")
+    return JoinAccept(group_id, records, name if has_name else None)
+
+
+def encode_join_reject(frame: JoinReject) -> bytes:
+    return Writer().uvarint(frame.code).str(frame.message).getvalue()
+
+
+def decode_join_reject(payload: bytes) -> JoinReject:
+    r = Reader(payload, "JOIN_REJECT frame")
+    code = r.uvarint(limit=_MAX_CODE)
+    message = r.str(limit=MAX_MESSAGE_BYTES)
+    r.end()
+    return JoinReject(code, message)
+
+
+_DECODERS: Final[dict[int, Callable[[bytes], Frame]]] = {
+    TAG_HELLO: decode_hello,
+    TAG_MEMBERS: decode_members,
+    TAG_VERSIONS: decode_versions,
+    TAG_DONE: decode_done,
+    TAG_ERROR: decode_error,
+    TAG_JOIN_REQUEST: decode_join_request,
+    TAG_JOIN_ACCEPT: decode_join_accept,
+    TAG_JOIN_REJECT: decode_join_reject,
+}
+
+
+def _tag_and_payload(frame: Frame) -> tuple[int, bytes]:
+    if isinstance(frame, Hello):
+        return TAG_HELLO, encode_hello(frame)
+    if isinstance(frame, Members):
+        return TAG_MEMBERS, encode_members(frame)
+    if isinstance(frame, VersionsBatch):
+        return TAG_VERSIONS, encode_versions(frame)
+    if isinstance(frame, Done):
+        return TAG_DONE, encode_done(frame)
+    if isinstance(frame, Error):
+        return TAG_ERROR, encode_error(frame)
+    if isinstance(frame, JoinRequest):
+        return TAG_JOIN_REQUEST, encode_join_request(frame)
+    if isinstance(frame, JoinAccept):
+        return TAG_JOIN_ACCEPT, encode_join_accept(frame)
+    if isinstance(frame, JoinReject):
+        return TAG_JOIN_REJECT, encode_join_reject(frame)
+    raise LocalProtocolError(f"{frame!r} is not a frame")
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The complete wire bytes of a frame: length, tag, payload."""
+    tag, payload = _tag_and_payload(frame)
+    return (len(payload) + 1).to_bytes(_LENGTH_BYTES, "big") + bytes((tag,)) + payload
+
+
+def decode_frame(tag: int, payload: bytes) -> Frame:
+    """The frame of a tag and payload (the length prefix already removed)."""
+    decoder = _DECODERS.get(tag)
+    if decoder is None:
+        raise DecodeError(f"malformed data: unknown frame type 0x{tag:02x}; is the other side a peer sync agent?")
+    return decoder(payload)
+
+
+# The incremental decoder ----------------------------------------------
+
+
+class NeedData(enum.Enum):
+    """Returned by decoders that need more bytes before the next result."""
+
+    NEED_DATA = "NEED_DATA"
+
+
+class EndOfStream(enum.Enum):
+    """Returned once the stream ended cleanly, between two frames."""
+
+    END_OF_STREAM = "END_OF_STREAM"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+END_OF_STREAM: Final = EndOfStream.END_OF_STREAM
+
+
+class FrameDecoder:
+    """Splits a byte stream, received in any chunking, into frames.
+
+    ``receive_data(b"")`` marks the end of the stream. ``next_frame()``
+    returns the next complete frame, :data:`NEED_DATA` while a frame is
+    still incomplete (it never raises for lack of bytes), or
+    :data:`END_OF_STREAM` once the stream ended between frames. Malformed
+    input raises :class:`DecodeError` (a :class:`RemoteProtocolError`); a
+    sealed version of a newer format inside VERSIONS raises
+    :class:`UnsupportedFormat`. Nothing else escapes. After an error the
+    decoder is spent and repeats that error.
+    """
+
+    __slots__ = ("_buf", "_eof", "_error", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._eof = False
+        self._error: PeerError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as frames."""
+        return len(self._buf)
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof:
+            if data:
+                raise LocalProtocolError("received data after the end of the stream")
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_frame(self) -> Frame | NeedData | EndOfStream:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_frame()
+        except PeerError as e:
+            self._error = e
+            raise
+
+    def _next_frame(self) -> Frame | NeedData | EndOfStream:
+        buf = self._buf
+        if len(buf) < _LENGTH_BYTES:
+            return self._incomplete()
+        length = int.from_bytes(buf[:_LENGTH_BYTES], "big")
+        if length == 0:
+            raise DecodeError("malformed data: a frame of length 0; is the other side a peer sync agent?")
+        if length > self.max_frame_size:
+            raise DecodeError(
+                f"malformed data: a frame of {length} bytes is above the limit of {self.max_frame_size} bytes"
+            )
+        end = _LENGTH_BYTES + length
+        if len(buf) < end:
+            return self._incomplete()
+        tag = buf[_LENGTH_BYTES]
+        payload = bytes(buf[_LENGTH_BYTES + 1 : end])
+        del buf[:end]
+        return decode_frame(tag, payload)
+
+    def _incomplete(self) -> NeedData | EndOfStream:
+        if not self._eof:
+            return NEED_DATA
+        if self._buf:
+            raise DecodeError(f"truncated data: the stream ended inside a frame ({len(self._buf)} bytes left over)")
+        return END_OF_STREAM

@@ -1,0 +1,640 @@
+"""One bidirectional sync session, as a sans-I/O state machine.
+
+Theory of operation. Both devices run the same session; nothing waits for
+a turn. Each side:
+
+1. sends HELLO at once (:meth:`SyncSession.start`): protocol version,
+   device id, group id, its version vector, its membership digest;
+2. once the other's HELLO has arrived, sends MEMBERS (all its membership
+   records when the two digests differ, an empty MEMBERS frame when they
+   agree: the frame is always there, so "members and key material first"
+   is a matter of frame order, not of timing);
+3. sends VERSIONS batches holding every sealed version whose dot the
+   other's vector does not cover;
+4. ends with DONE, carrying the number of versions it sent.
+
+The session tracks the two directions separately, ``our_state`` for what
+this side has sent and ``their_state`` for what it has received. Both move
+through the same table, :data:`TRANSITIONS`, ``START -> HELLO -> MEMBERS
+(-> MEMBERS...) -> VERSIONS (-> VERSIONS...) -> DONE``; a frame that has no
+entry for the state of its direction is a :class:`LocalProtocolError` when
+we send it and a :class:`RemoteProtocolError` when we receive it, and the
+message names the frame and the state. The only rules outside the table:
+MEMBERS, VERSIONS and DONE in one direction need the HELLO of the other
+(what to send depends on what the other holds); VERSIONS and DONE need a
+non-empty member list first when the digests differ; DONE's count must
+match. Any error moves both directions to ``ERROR`` for good.
+
+:class:`SessionComplete` is the one event after which the receiver may
+merge the sender's vector into its own. It comes only when the peer's DONE
+has been received, every VERSIONS before it has been delivered as an
+event, and this side's DONE has been sent. A session cut at any byte
+never produces it: the receiver keeps the versions it got (applying one
+twice is a no-op) and does not merge the vector, so the next session
+resends whatever is still missing.
+
+The session holds no versions: the driver reads them from its store in
+batches and calls ``send(VersionsBatch(...))`` as it goes, then
+``send(Done(...))``. Synchronous drivers can use :func:`outgoing` with a
+:class:`VersionSource`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol, TypeVar
+
+from .clock import VersionVector
+from .errors import (
+    LocalProtocolError,
+    NotAMember,
+    PeerError,
+    RemoteProtocolError,
+    TrustError,
+    UnsupportedFormat,
+    WrongGroup,
+)
+from .frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    END_OF_STREAM,
+    MAX_MESSAGE_BYTES,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Done,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Members,
+    NeedData,
+    VersionsBatch,
+    encode_frame,
+    frame_name,
+)
+from .ids import format_device_id
+from .sealing import SealedVersion
+
+__all__ = [
+    "State",
+    "TRANSITIONS",
+    "HelloReceived",
+    "MembersReceived",
+    "VersionsReceived",
+    "PeerDone",
+    "SessionComplete",
+    "ConnectionClosed",
+    "Event",
+    "Paused",
+    "PAUSED",
+    "SyncSession",
+    "VersionSource",
+    "error_frame_for",
+    "batches",
+    "outgoing",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_BATCH_BYTES",
+]
+
+DEFAULT_BATCH_SIZE: Final = 256
+#: Well under the frame limit, so that one batch is one modest SQLite transaction.
+DEFAULT_BATCH_BYTES: Final = 1 << 20
+
+
+class State(enum.Enum):
+    """Where one direction of the session is (``our_state`` / ``their_state``)."""
+
+    START = "start"  #: HELLO not yet sent (or received)
+    HELLO = "hello"  #: HELLO done; MEMBERS comes next
+    MEMBERS = "members"  #: member records done (possibly none); more MEMBERS or VERSIONS next
+    VERSIONS = "versions"  #: at least one VERSIONS batch done
+    DONE = "done"  #: DONE done; nothing else may follow
+    ERROR = "error"  #: the session failed; nothing else may follow
+
+
+#: Every legal move of one direction: (state, frame type) -> next state.
+TRANSITIONS: Final[Mapping[tuple[State, type[Frame]], State]] = {
+    (State.START, Hello): State.HELLO,
+    (State.HELLO, Members): State.MEMBERS,
+    (State.MEMBERS, Members): State.MEMBERS,
+    (State.MEMBERS, VersionsBatch): State.VERSIONS,
+    (State.VERSIONS, VersionsBatch): State.VERSIONS,
+    (State.MEMBERS, Done): State.DONE,
+    (State.VERSIONS, Done): State.DONE,
+}
+
+
+# Events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    """The other device's HELLO: who it is and what it holds.
+
+    ``vector`` is what to compute the outgoing versions from (every sealed
+    version whose dot it does not cover). It is *not* to be merged into the
+    local vector yet: only :class:`SessionComplete` allows that.
+    ``members_needed`` is true when the membership digests differ, so this
+    side must send all its member records before any version.
+    """
+
+    device_id: str
+    vector: VersionVector
+    membership_digest: bytes
+    flags: int
+    members_needed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MembersReceived:
+    """Membership records from the other device (empty when the digests agreed).
+
+    Apply them before the versions that follow: those may be signed by
+    members or sealed under key epochs that only these records introduce.
+    """
+
+    records: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionsReceived:
+    """A batch of sealed versions, not yet verified: check and store them in one transaction.
+
+    Versions whose dot the local vector already covers may arrive; dropping
+    duplicates is the store's job.
+    """
+
+    versions: tuple[SealedVersion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDone:
+    """The other device has sent everything (``count`` versions, all delivered as events)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionComplete:
+    """Both directions finished: the peer's DONE arrived after all its batches, and ours was sent.
+
+    Only now may the receiver merge ``peer_vector`` into its own vector
+    (and only if it stored every version it received). An interrupted
+    session never emits this event; the versions it delivered are kept,
+    the vector is not merged, and the next session resends the rest.
+    """
+
+    peer_vector: VersionVector
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The other side closed the stream after the session completed."""
+
+
+Event = HelloReceived | MembersReceived | VersionsReceived | PeerDone | SessionComplete | ConnectionClosed
+
+
+class Paused(enum.Enum):
+    """Returned by ``next_event`` when only this side can move the session on.
+
+    The peer has sent DONE; the session waits for this side's own DONE
+    before it can report :class:`SessionComplete`.
+    """
+
+    PAUSED = "PAUSED"
+
+
+PAUSED: Final = Paused.PAUSED
+
+
+# Errors <-> ERROR frames ---------------------------------------------
+
+
+def _clip(message: str) -> str:
+    raw = message.encode("utf-8")[:MAX_MESSAGE_BYTES]
+    return raw.decode("utf-8", "ignore")
+
+
+def error_frame_for(exc: BaseException) -> Error:
+    """The ERROR frame that tells the other device why this side gives up."""
+    if isinstance(exc, UnsupportedFormat):
+        code = ErrorCode.VERSION
+    elif isinstance(exc, WrongGroup):
+        code = ErrorCode.WRONG_GROUP
+    elif isinstance(exc, NotAMember):
+        code = ErrorCode.NOT_A_MEMBER
+    elif isinstance(exc, (RemoteProtocolError, TrustError)):
+        code = ErrorCode.PROTOCOL
+    else:
+        code = ErrorCode.INTERNAL
+    return Error(int(code), _clip(str(exc)) or type(exc).__name__)
+
+
+def _printable(text: str) -> str:
+    # The message comes from the other device and ends up on a terminal.
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+_RECEIVED_ERRORS: Final[dict[int, Callable[[str], PeerError]]] = {
+    ErrorCode.VERSION: UnsupportedFormat,
+    ErrorCode.WRONG_GROUP: WrongGroup,
+    ErrorCode.NOT_A_MEMBER: NotAMember,
+}
+
+
+# The session ----------------------------------------------------------
+
+
+class SyncSession:
+    """One sync with one other device, fed bytes and asked for events (h11 style).
+
+    ``receive_data(b"")`` means the other side closed the stream.
+    ``next_event()`` returns an :data:`Event`, :data:`NEED_DATA` or
+    :data:`PAUSED`, and raises a :class:`PeerError` when the session fails:
+    :class:`RemoteProtocolError` (or its :class:`DecodeError`) for anything
+    the other device got wrong, :class:`UnsupportedFormat` for another
+    protocol version, :class:`WrongGroup` for another group,
+    :class:`TrustError` when the device is not the one expected, and the
+    class matching the code of an ERROR frame the other device sent.
+    ``send(frame)`` returns the bytes to write, or raises
+    :class:`LocalProtocolError`. After any failure, :meth:`send_error`
+    gives the ERROR frame to send before closing.
+
+    ``peer_device_id``, when the transport already authenticated the other
+    device (SSH), is checked against the device id in its HELLO.
+    ``protocol_version`` exists for tests of version refusal.
+    """
+
+    __slots__ = (
+        "_hello",
+        "_decoder",
+        "_peer_device_id",
+        "_our",
+        "_their",
+        "_peer_hello",
+        "_records_sent",
+        "_records_received",
+        "_versions_sent",
+        "_versions_received",
+        "_complete_pending",
+        "_complete",
+        "_failure",
+        "_error_sent",
+        "_peer_error",
+    )
+
+    def __init__(
+        self,
+        device_id: str,
+        group_id: bytes,
+        vector: VersionVector,
+        membership_digest: bytes,
+        *,
+        flags: int = 0,
+        peer_device_id: str | None = None,
+        protocol_version: int = PROTOCOL_VERSION,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self._hello = Hello(protocol_version, device_id, group_id, vector, membership_digest, flags)
+        self._decoder = FrameDecoder(max_frame_size)
+        self._peer_device_id = peer_device_id
+        self._our = State.START
+        self._their = State.START
+        self._peer_hello: Hello | None = None
+        self._records_sent = 0
+        self._records_received = 0
+        self._versions_sent = 0
+        self._versions_received = 0
+        self._complete_pending = False
+        self._complete = False
+        self._failure: PeerError | None = None
+        self._error_sent = False
+        self._peer_error = False
+
+    # Introspection ----------------------------------------------------
+    @property
+    def hello(self) -> Hello:
+        return self._hello
+
+    @property
+    def our_state(self) -> State:
+        return self._our
+
+    @property
+    def their_state(self) -> State:
+        return self._their
+
+    @property
+    def peer_hello(self) -> Hello | None:
+        return self._peer_hello
+
+    @property
+    def peer_vector(self) -> VersionVector | None:
+        """The other device's vector once its HELLO arrived: send what it does not cover."""
+        return None if self._peer_hello is None else self._peer_hello.vector
+
+    @property
+    def members_needed(self) -> bool:
+        """Whether the membership digests differ (known once the peer's HELLO arrived)."""
+        if self._peer_hello is None:
+            raise LocalProtocolError("the other device's HELLO has not arrived yet")
+        return self._peer_hello.membership_digest != self._hello.membership_digest
+
+    def members_to_send(self, records: Iterable[bytes]) -> tuple[bytes, ...]:
+        """All of ``records`` when the digests differ, none when they agree."""
+        return tuple(records) if self.members_needed else ()
+
+    @property
+    def versions_sent(self) -> int:
+        return self._versions_sent
+
+    @property
+    def versions_received(self) -> int:
+        return self._versions_received
+
+    @property
+    def complete(self) -> bool:
+        """True once :class:`SessionComplete` has been returned."""
+        return self._complete
+
+    @property
+    def failure(self) -> PeerError | None:
+        return self._failure
+
+    def _peer_name(self) -> str:
+        if self._peer_hello is not None:
+            return f"device {format_device_id(self._peer_hello.device_id)}"
+        if self._peer_device_id is not None:
+            return f"device {format_device_id(self._peer_device_id)}"
+        return "the other device"
+
+    def _fail(self, exc: PeerError) -> PeerError:
+        self._our = self._their = State.ERROR
+        if self._failure is None:
+            self._failure = exc
+        return exc
+
+    # Sending ----------------------------------------------------------
+    def start(self) -> bytes:
+        """This side's HELLO; send it at once, without waiting for the other's."""
+        return self.send(self._hello)
+
+    def send(self, frame: Frame) -> bytes:
+        """The bytes of ``frame``, after checking that this side may send it now."""
+        if isinstance(frame, Error):
+            return self._send_error_frame(frame)
+        name = frame_name(frame)
+        if self._failure is not None:
+            raise LocalProtocolError(f"cannot send {name}: this sync session already failed ({self._failure})")
+        new_state = TRANSITIONS.get((self._our, type(frame)))
+        if new_state is None:
+            raise self._fail(LocalProtocolError(f"cannot send {name} in state {self._our.name}"))
+        if isinstance(frame, Hello):
+            if frame != self._hello:
+                raise self._fail(LocalProtocolError("send this session's own HELLO (use start())"))
+        elif self._their is State.START:
+            raise self._fail(
+                LocalProtocolError(f"cannot send {name} before the other device's HELLO arrived (state {self._our.name})")
+            )
+        if isinstance(frame, Members):
+            self._records_sent += len(frame.records)
+        elif isinstance(frame, (VersionsBatch, Done)):
+            if self.members_needed and not self._records_sent:
+                raise self._fail(
+                    LocalProtocolError(
+                        f"cannot send {name} in state {self._our.name}: the membership digests differ,"
+                        " so this side's member records must be sent first"
+                    )
+                )
+            if isinstance(frame, Done) and frame.count != self._versions_sent:
+                raise self._fail(
+                    LocalProtocolError(f"DONE says {frame.count} versions but this side sent {self._versions_sent}")
+                )
+        data = encode_frame(frame)
+        if len(data) - 4 > self._decoder.max_frame_size:
+            raise self._fail(
+                LocalProtocolError(
+                    f"a {name} frame of {len(data) - 4} bytes is above the limit of"
+                    f" {self._decoder.max_frame_size} bytes; send smaller batches"
+                )
+            )
+        if isinstance(frame, VersionsBatch):
+            self._versions_sent += len(frame.versions)
+        self._our = new_state
+        if new_state is State.DONE and self._their is State.DONE:
+            self._complete_pending = True
+        return data
+
+    def _send_error_frame(self, frame: Error) -> bytes:
+        if self._error_sent:
+            raise LocalProtocolError("this side already sent an ERROR in this session")
+        self._error_sent = True
+        self._fail(LocalProtocolError(f"this side ended the session: {frame.message}"))
+        return encode_frame(frame)
+
+    def send_error(self, exc: BaseException | None = None) -> bytes:
+        """The ERROR frame to send after a failure (``exc``, or the session's own).
+
+        Returns ``b""`` when there is nothing useful to send: an ERROR was
+        already sent, or the other device is the one that sent an ERROR.
+        """
+        if self._error_sent or self._peer_error:
+            return b""
+        cause = exc if exc is not None else self._failure
+        if cause is None:
+            cause = LocalProtocolError("the sync was cancelled")
+        return self._send_error_frame(error_frame_for(cause))
+
+    # Receiving --------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the other device; ``b""`` when it closed the stream."""
+        try:
+            self._decoder.receive_data(data)
+        except PeerError as e:
+            raise self._fail(e) from None
+
+    def next_event(self) -> Event | NeedData | Paused:
+        if self._failure is not None:
+            raise LocalProtocolError(f"this sync session already failed ({self._failure}); start a new one")
+        if self._complete_pending:
+            self._complete_pending = False
+            self._complete = True
+            assert self._peer_hello is not None
+            return SessionComplete(self._peer_hello.vector)
+        try:
+            frame = self._decoder.next_frame()
+        except PeerError as e:
+            raise self._fail(e) from None
+        if frame is NEED_DATA or frame is END_OF_STREAM:
+            if self._their is State.DONE:
+                if self._our is not State.DONE:
+                    return PAUSED
+                return ConnectionClosed() if frame is END_OF_STREAM else NEED_DATA
+            if frame is NEED_DATA:
+                return NEED_DATA
+            raise self._fail(
+                RemoteProtocolError(
+                    f"{self._peer_name()} closed the connection before it finished sending (state"
+                    f" {self._their.name}); nothing is lost, the next sync resends what is missing"
+                )
+            )
+        try:
+            return self._receive(frame)
+        except PeerError as e:
+            raise self._fail(e) from None
+
+    def _receive(self, frame: Frame) -> Event:
+        if isinstance(frame, Error):
+            self._peer_error = True
+            make = _RECEIVED_ERRORS.get(frame.code, RemoteProtocolError)
+            raise make(f"{self._peer_name()} ended the sync: {_printable(frame.message)}")
+        name = frame_name(frame)
+        new_state = TRANSITIONS.get((self._their, type(frame)))
+        if new_state is None:
+            raise RemoteProtocolError(f"{self._peer_name()} sent {name}, which is not allowed in state {self._their.name}")
+        if not isinstance(frame, Hello) and self._our is State.START:
+            raise RemoteProtocolError(f"{self._peer_name()} sent {name} before this side's HELLO (state {self._their.name})")
+        event: Event
+        if isinstance(frame, Hello):
+            event = self._receive_hello(frame)
+        elif isinstance(frame, Members):
+            self._records_received += len(frame.records)
+            event = MembersReceived(frame.records)
+        else:
+            if self.members_needed and not self._records_received:
+                raise RemoteProtocolError(
+                    f"{self._peer_name()} sent {name} in state {self._their.name} without its member records,"
+                    " though the membership digests differ"
+                )
+            if isinstance(frame, VersionsBatch):
+                group_id = self._hello.group_id
+                for version in frame.versions:
+                    if version.header.group_id != group_id:
+                        raise WrongGroup(
+                            f"{self._peer_name()} sent version {version.header.dot} of group"
+                            f" {version.header.group_id.hex()}, not of this group {group_id.hex()}"
+                        )
+                self._versions_received += len(frame.versions)
+                event = VersionsReceived(frame.versions)
+            else:
+                assert isinstance(frame, Done)
+                if frame.count != self._versions_received:
+                    raise RemoteProtocolError(
+                        f"{self._peer_name()} says it sent {frame.count} versions, but {self._versions_received}"
+                        " arrived; the connection lost data"
+                    )
+                if self._our is State.DONE:
+                    self._complete_pending = True
+                event = PeerDone(frame.count)
+        self._their = new_state
+        return event
+
+    def _receive_hello(self, hello: Hello) -> HelloReceived:
+        ours = self._hello
+        them = format_device_id(hello.device_id)
+        if hello.version != ours.version:
+            raise UnsupportedFormat(
+                f"device {them} speaks sync protocol version {hello.version} and device"
+                f" {format_device_id(ours.device_id)} version {ours.version}; upgrade peer on the older one"
+            )
+        if hello.group_id != ours.group_id:
+            raise WrongGroup(
+                f"device {them} belongs to group {hello.group_id.hex()} and device"
+                f" {format_device_id(ours.device_id)} to group {ours.group_id.hex()}; only members of one group"
+                " sync together (pair them with `peer invite` and `peer join`)"
+            )
+        if hello.device_id == ours.device_id:
+            raise RemoteProtocolError(
+                f"the other side has this device's own id ({them}): a device cannot sync with itself;"
+                " if a peer home directory was copied, run `peer init` on the copy"
+            )
+        if self._peer_device_id is not None and hello.device_id != self._peer_device_id:
+            raise TrustError(
+                f"the device at the other end says it is {them}, but its key belongs to"
+                f" {format_device_id(self._peer_device_id)}; refusing to sync"
+            )
+        self._peer_hello = hello
+        return HelloReceived(
+            device_id=hello.device_id,
+            vector=hello.vector,
+            membership_digest=hello.membership_digest,
+            flags=hello.flags,
+            members_needed=hello.membership_digest != ours.membership_digest,
+        )
+
+
+# Feeding a session from a synchronous source ---------------------------
+
+
+class VersionSource(Protocol):
+    """Where a synchronous driver gets the versions the other device lacks."""
+
+    def missing(self, vector: VersionVector) -> Iterable[SealedVersion]:
+        """Every sealed version held whose dot ``vector`` does not cover."""
+        ...
+
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Iterable[_T], size_of: Callable[[_T], int], max_count: int, max_bytes: int) -> Iterator[tuple[_T, ...]]:
+    if max_count < 1 or max_bytes < 1:
+        raise ValueError("batch limits must be positive")
+    batch: list[_T] = []
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if batch and (len(batch) >= max_count or size + item_size > max_bytes):
+            yield tuple(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        yield tuple(batch)
+
+
+def _sealed_size(version: SealedVersion) -> int:
+    # Close enough to the encoded size (two length prefixes of a few bytes).
+    return len(version.header_bytes) + len(version.box) + len(version.signature) + 12
+
+
+def batches(
+    versions: Iterable[SealedVersion],
+    *,
+    max_count: int = DEFAULT_BATCH_SIZE,
+    max_bytes: int = DEFAULT_BATCH_BYTES,
+) -> Iterator[tuple[SealedVersion, ...]]:
+    """Group versions into batches of at most ``max_count`` versions and about ``max_bytes``.
+
+    A version larger than ``max_bytes`` travels alone. Async drivers can use
+    this on each slice they read from their store.
+    """
+    return _chunks(versions, _sealed_size, max_count, max_bytes)
+
+
+def outgoing(
+    session: SyncSession,
+    source: VersionSource,
+    *,
+    members: Iterable[bytes] = (),
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> Iterator[bytes]:
+    """All the bytes this side sends after the other's HELLO: MEMBERS, VERSIONS batches, DONE.
+
+    ``members`` are this side's membership records; they are sent only when
+    the digests differ. Call after :class:`HelloReceived`.
+    """
+    peer_vector = session.peer_vector
+    if peer_vector is None:
+        raise LocalProtocolError("outgoing() needs the other device's HELLO; call it after HelloReceived")
+    records = session.members_to_send(members)
+    record_batches = list(_chunks(records, len, max(len(records), 1), max_batch_bytes)) or [()]
+    for record_batch in record_batches:
+        yield session.send(Members(record_batch))
+    for batch in batches(source.missing(peer_vector), max_count=batch_size, max_bytes=max_batch_bytes):
+        yield session.send(VersionsBatch(batch))
+    yield session.send(Done(session.versions_sent))
