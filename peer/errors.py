@@ -1,0 +1,43 @@
+"""The error tree of peer, re-exported from :mod:`protocol.errors`.
+
+``peer/`` raises these and only these for anything a user can cause; the
+CLI's entry point turns them into ``error: ...`` lines.
+"""
+
+from __future__ import annotations
+
+from protocol.errors import (
+    BadSignature,
+    BundleError,
+    DecodeError,
+    DecryptionFailed,
+    LocalProtocolError,
+    NotAMember,
+    PeerError,
+    ProtocolError,
+    RemoteProtocolError,
+    StoreError,
+    TransportError,
+    TrustError,
+    UnknownEpochKey,
+    UnsupportedFormat,
+    WrongGroup,
+)
+
+__all__ = [
+    "PeerError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "DecodeError",
+    "UnsupportedFormat",
+    "TrustError",
+    "WrongGroup",
+    "UnknownEpochKey",
+    "DecryptionFailed",
+    "BadSignature",
+    "NotAMember",
+    "BundleError",
+    "StoreError",
+    "TransportError",
+]

@@ -1,0 +1,1331 @@
+"""The store: every version of every memory, in one SQLite file.
+
+Theory of operation. The store keeps *versions*, never memories: each row
+of ``versions`` is one immutable version, with its dot, its context, the
+exact sealed bytes it travels as, and its decoded fields. What a memory
+*is* (its winner, its siblings, whether it is deleted) is a pure function
+of its versions (:func:`protocol.merge.resolve`); the store caches that
+result in each row's ``state`` column and recomputes it, in the same
+transaction, for every memory a write touches. Nothing is ever deleted.
+
+Every row also has a ``seq``: a store-wide change number given when the row
+is inserted and given again whenever its state changes. The search index
+remembers the last seq it has seen and catches up with
+:meth:`Store.changes_since`; FTS5 is kept in step by triggers, so keyword
+search only ever sees live winners.
+
+Writes are batched: one transaction per call, a handful of bridged SQLite
+calls per transaction whatever the batch size (``executemany``, queries over
+``json_each`` lists), because each call crosses from trio to asyncio.
+
+Several processes (the agent and a CLI command) may open the same store:
+WAL lets readers run beside one writer, ``BEGIN IMMEDIATE`` queues writers,
+and everything a write depends on (counters, clock, states) is read inside
+its transaction, never cached across transactions. The membership is
+cached, with a revision number in ``meta`` that tells when to reload it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from protocol import (
+    Dot,
+    HybridLogicalClock,
+    MemoryBody,
+    SealedVersion,
+    VersionHeader,
+    VersionMeta,
+    VersionState,
+    VersionVector,
+    canonical_json,
+    context_for_new_version,
+    device_id_for,
+    next_counter,
+    open_version,
+    replica_id,
+    resolve,
+    seal,
+    valid_kind,
+)
+from protocol.errors import DecodeError, StoreError, TrustError
+from protocol.membership import Membership
+from protocol.records import MAX_CONTENT_BYTES, MAX_EMBEDDING_BYTES
+
+from .aio import Database, Row
+from .memory import Draft, IndexChange, Memory, VersionInfo
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Store",
+    "ApplyResult",
+    "StoreStats",
+    "Rejected",
+    "NowMs",
+    "wall_clock_ms",
+]
+
+NowMs = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# Schema ----------------------------------------------------------------------
+#
+# MIGRATIONS[i] takes a store from schema version i to i + 1. Append new
+# steps; never edit a released one. Each is a list of single statements
+# (not a script: sqlite3's executescript would commit the migration's
+# transaction half-way).
+
+_LIVE = "state = 2 AND deleted = 0"  # literal, so the partial indexes apply
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT",
+        # Small columns first, blobs last: a row's big tail lives in
+        # overflow pages that queries not reading it never touch.
+        """CREATE TABLE versions (
+            id INTEGER PRIMARY KEY,
+            memory_id TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            counter INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            hlc INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            context TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            project TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            importance REAL,
+            tags TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            embedder TEXT NOT NULL,
+            content TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            sealed BLOB NOT NULL,
+            UNIQUE (origin, counter)
+        )""",
+        "CREATE INDEX versions_memory ON versions (memory_id, state)",
+        "CREATE UNIQUE INDEX versions_seq ON versions (seq)",
+        f"CREATE INDEX versions_live_updated ON versions (updated_at) WHERE {_LIVE}",
+        f"CREATE INDEX versions_live_project ON versions (project, updated_at) WHERE {_LIVE}",
+        f"CREATE INDEX versions_live_kind ON versions (kind, updated_at) WHERE {_LIVE}",
+        # Siblings and tombstones are few: partial indexes count them cheaply.
+        "CREATE INDEX versions_siblings ON versions (memory_id) WHERE state = 1",
+        "CREATE INDEX versions_tombstones ON versions (state, memory_id) WHERE deleted = 1",
+        "CREATE TABLE vector (replica TEXT PRIMARY KEY, counter INTEGER NOT NULL) STRICT",
+        # The highest counter held per origin, so that "what does the other
+        # side lack" is one small query when the answer is "nothing".
+        "CREATE TABLE origins (origin TEXT PRIMARY KEY, max_counter INTEGER NOT NULL) STRICT",
+        "CREATE TABLE membership (id INTEGER PRIMARY KEY, record BLOB NOT NULL UNIQUE) STRICT",
+        "CREATE TABLE group_keys (epoch INTEGER PRIMARY KEY, key BLOB NOT NULL) STRICT",
+        "CREATE VIRTUAL TABLE fts USING fts5 (content, tokenize = 'unicode61 remove_diacritics 2')",
+        """CREATE TRIGGER versions_after_insert AFTER INSERT ON versions BEGIN
+            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
+            INSERT INTO origins (origin, max_counter) VALUES (new.origin, new.counter)
+                ON CONFLICT (origin) DO UPDATE SET max_counter = max(max_counter, excluded.max_counter);
+        END""",
+        """CREATE TRIGGER versions_after_state AFTER UPDATE OF state ON versions
+            WHEN (old.state = 2) != (new.state = 2) BEGIN
+            DELETE FROM fts WHERE rowid = old.id AND old.state = 2;
+            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
+        END""",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Meta keys.
+_DEVICE_ID = "device_id"
+_INCARNATION = "incarnation"
+_GROUP_ID = "group_id"
+_LAST_COUNTER = "last_counter"
+_HLC = "hlc"
+_NEXT_SEQ = "next_seq"
+_MEMBERSHIP_REV = "membership_rev"
+_STORE_ID = "store_id"
+
+_VERSION_COLUMNS = (
+    "memory_id, origin, counter, state, seq, hlc, deleted, context, kind, project, created_at, updated_at,"
+    " importance, tags, metadata, embedder, content, embedding, sealed"
+)
+_INSERT_VERSION = f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_UPDATE_STATE = "UPDATE versions SET state = ?, seq = ? WHERE id = ?"
+_PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+_MERGE_VECTOR = (
+    "INSERT INTO vector (replica, counter) VALUES (?, ?)"
+    " ON CONFLICT (replica) DO UPDATE SET counter = max(counter, excluded.counter)"
+)
+# What merging needs of a version, for the memories named in a JSON list.
+_MERGE_ROWS = (
+    "SELECT id, memory_id, origin, counter, context, hlc, deleted, state FROM versions"
+    " WHERE memory_id IN (SELECT value FROM json_each(?))"
+)
+_MEMORY_COLUMNS = (
+    "v.memory_id, v.content, v.kind, v.project, v.tags, v.metadata, v.created_at, v.updated_at, v.importance,"
+    " v.origin, v.counter, v.deleted,"
+    " (SELECT count(*) FROM versions s WHERE s.memory_id = v.memory_id AND s.state = 1)"
+)
+_INFO_COLUMNS = "memory_id, origin, counter, state, deleted, hlc, content, kind, project, tags, updated_at"
+_STATE_NAMES = {VersionState.WINNER: "winner", VersionState.SIBLING: "sibling", VersionState.SUPERSEDED: "superseded"}
+
+
+# Records the store hands out ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A received version that was not stored, and why."""
+
+    version: str
+    memory_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What :meth:`Store.apply` did with a batch of received versions."""
+
+    added: int = 0
+    duplicates: int = 0
+    rejected: tuple[Rejected, ...] = ()
+    memories: int = 0  # memories whose set of versions grew
+
+    def __add__(self, other: ApplyResult) -> ApplyResult:
+        return ApplyResult(
+            self.added + other.added,
+            self.duplicates + other.duplicates,
+            self.rejected + other.rejected,
+            self.memories + other.memories,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for ``peer stats``; computed from indexes, never by scanning blobs."""
+
+    device_id: str
+    replica_id: str
+    group_id: str
+    memories: int  # live, not deleted
+    forgotten: int  # memories whose winner is a tombstone
+    versions: int  # every version held, superseded ones included
+    tombstones: int  # tombstone versions
+    conflicts: int  # memories with siblings
+    devices: int  # current members of the group
+    replicas: int  # distinct origins of the versions held
+    db_bytes: int  # store file plus its write-ahead log
+    max_seq: int
+    vector: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "replica_id": self.replica_id,
+            "group_id": self.group_id,
+            "memories": self.memories,
+            "forgotten": self.forgotten,
+            "versions": self.versions,
+            "tombstones": self.tombstones,
+            "conflicts": self.conflicts,
+            "devices": self.devices,
+            "replicas": self.replicas,
+            "db_bytes": self.db_bytes,
+            "max_seq": self.max_seq,
+            "vector": dict(self.vector),
+        }
+
+
+class _Keep:
+    """Marker for "leave this field as it is" where None is a meaningful value."""
+
+    _instance: _Keep | None = None
+
+    def __new__(cls) -> _Keep:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
+@dataclass(slots=True)
+class _MergeRow:
+    """A stored version as merging sees it (from ``_MERGE_ROWS``)."""
+
+    id: int
+    memory_id: str
+    meta: VersionMeta
+    state: VersionState
+
+    @classmethod
+    def from_row(cls, row: Row) -> _MergeRow:
+        rowid, memory_id, origin, counter, context, hlc, deleted, state = row
+        return cls(
+            id=rowid,
+            memory_id=memory_id,
+            meta=VersionMeta(Dot(origin, counter), _parse_context(context), hlc, bool(deleted)),
+            state=VersionState(state),
+        )
+
+
+@dataclass(slots=True)
+class _Txn:
+    """The store's counters, read at the start of a write transaction and written back at its end."""
+
+    last_counter: int
+    hlc: int
+    next_seq: int
+
+    def take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+
+# Helpers -----------------------------------------------------------------------
+
+
+def _context_text(context: Iterable[Dot]) -> str:
+    return " ".join(str(d) for d in context)
+
+
+def _parse_context(text: str) -> tuple[Dot, ...]:
+    return tuple(Dot.parse(part) for part in text.split()) if text else ()
+
+
+def _canonical_memory_id(memory_id: str) -> str:
+    try:
+        return str(uuid.UUID(memory_id))
+    except ValueError as e:
+        raise StoreError(f"{memory_id!r} is not a memory id (a UUID)") from e
+
+
+def _normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        raise StoreError("tags must be a list of words, not one string")
+    return tuple(sorted({t.strip() for t in tags if t.strip()}))
+
+
+def _check_kind(kind: str) -> str:
+    if not valid_kind(kind):
+        raise StoreError(
+            f"invalid kind {kind!r}: use a short lowercase word (fact, decision, procedure, error, preference,"
+            " observation, session_summary, note, ...)"
+        )
+    return kind
+
+
+def _metadata_text(metadata: Mapping[str, Any]) -> str:
+    if not isinstance(metadata, Mapping):
+        raise StoreError("metadata must be a mapping of names to JSON values")
+    try:
+        return canonical_json(dict(metadata))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"metadata cannot be stored as JSON: {e}") from e
+
+
+def _check_importance(importance: float | None) -> float | None:
+    if importance is None:
+        return None
+    if not (isinstance(importance, (int, float)) and math.isfinite(importance) and 0.0 <= importance <= 1.0):
+        raise StoreError(f"importance must be between 0 and 1, not {importance!r}")
+    return float(importance)
+
+
+def _check_content(content: str) -> str:
+    if not content.strip():
+        raise StoreError("a memory needs some content")
+    if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise StoreError(f"a memory's content is limited to {MAX_CONTENT_BYTES} bytes")
+    return content
+
+
+def _check_embedding(embedding: bytes | None, embedder: str) -> tuple[bytes, str]:
+    if not embedding:
+        return b"", ""
+    if not embedder:
+        raise StoreError("an embedding needs the id of the embedder that made it")
+    if len(embedding) % 4 or len(embedding) > MAX_EMBEDDING_BYTES:
+        raise StoreError(f"an embedding is float32 values, at most {MAX_EMBEDDING_BYTES} bytes")
+    return bytes(embedding), embedder
+
+
+def _fts_query(text: str) -> str | None:
+    """Arbitrary user text as a safe FTS5 query: each word quoted, any word may match."""
+    words = re.findall(r"\w+", text)
+    if not words:
+        return None
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in dict.fromkeys(words))
+
+
+def _json_list(values: Iterable[Any]) -> str:
+    return json.dumps(list(values))
+
+
+def _memory_from_row(row: Row) -> Memory:
+    (memory_id, content, kind, project, tags, metadata, created_at, updated_at, importance, origin, counter,
+     deleted, siblings) = row
+    return Memory(
+        id=memory_id,
+        content=content,
+        kind=kind,
+        project=project,
+        tags=tuple(json.loads(tags)),
+        metadata=json.loads(metadata),
+        created_at=created_at,
+        updated_at=updated_at,
+        importance=importance,
+        version=f"{origin}:{counter}",
+        siblings=siblings,
+        deleted=bool(deleted),
+    )
+
+
+def _info_from_row(row: Row) -> VersionInfo:
+    memory_id, origin, counter, state, deleted, hlc, content, kind, project, tags, updated_at = row
+    return VersionInfo(
+        memory_id=memory_id,
+        version=f"{origin}:{counter}",
+        state=_STATE_NAMES[VersionState(state)],
+        deleted=bool(deleted),
+        hlc=hlc,
+        content=content,
+        kind=kind,
+        project=project,
+        tags=tuple(json.loads(tags)),
+        updated_at=updated_at,
+    )
+
+
+def _version_row(
+    sealed: SealedVersion, body: MemoryBody, state: VersionState, seq: int
+) -> tuple[Any, ...]:
+    h = sealed.header
+    return (
+        h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, h.hlc, int(body.deleted),
+        _context_text(h.context), body.kind, body.project, body.created_at, body.updated_at, body.importance,
+        json.dumps(list(body.tags), ensure_ascii=False), body.metadata, body.embedder, body.content,
+        body.embedding, sealed.encode(),
+    )
+
+
+def _public_raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# The store -----------------------------------------------------------------------
+
+
+class Store:
+    """One device's store. Open with :meth:`open` (or :meth:`create` once), close with :meth:`close`."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        signing_key: Ed25519PrivateKey,
+        kex_key: X25519PrivateKey,
+        device_id: str,
+        incarnation: int,
+        group_id: bytes,
+        store_id: str,
+        now_ms: NowMs,
+    ) -> None:
+        self._db = db
+        self._signing_key = signing_key
+        self._kex_key = kex_key
+        self.device_id = device_id
+        self.replica_id = replica_id(device_id, incarnation)
+        self.group_id = group_id
+        self.store_id = store_id
+        self._now_ms = now_ms
+        self._membership = Membership(group_id)
+        self._group_keys: dict[int, bytes] = {}
+        self._membership_rev = -1
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    # Opening -----------------------------------------------------------------
+    @classmethod
+    async def create(
+        cls,
+        path: Path,
+        *,
+        signing_key: Ed25519PrivateKey,
+        kex_key: X25519PrivateKey,
+        group_id: bytes,
+        records: Sequence[bytes],
+        group_keys: Mapping[int, bytes],
+        now_ms: NowMs = wall_clock_ms,
+    ) -> Store:
+        """Create a new store file for a member of ``group_id`` and open it.
+
+        ``records`` must make this device a member (the founder's records, or
+        what the inviter sent); ``group_keys`` are the epoch keys it holds.
+        """
+        path = Path(path)
+        device_id = device_id_for(_public_raw(signing_key))
+        membership = Membership(group_id)
+        membership.add_all(records, strict=True)
+        if not membership.is_member(device_id):
+            raise StoreError(f"device {device_id} is not a member of group {group_id.hex()}; it cannot hold its store")
+        try:
+            # The store holds the group keys: 0600 from its first byte.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as e:
+            raise StoreError(f"a store already exists at {path}") from e
+        except OSError as e:
+            raise StoreError(f"cannot create a store at {path}: {e.strerror}") from e
+        os.close(fd)
+        db = await Database.open(path)
+        try:
+            await _configure(db)
+            await _migrate(db)
+            async with db.transaction():
+                await db.executemany(
+                    _PUT_META,
+                    [
+                        (_DEVICE_ID, device_id),
+                        (_INCARNATION, 0),
+                        (_GROUP_ID, group_id.hex()),
+                        (_LAST_COUNTER, 0),
+                        (_HLC, 0),
+                        (_NEXT_SEQ, 1),
+                        (_MEMBERSHIP_REV, 1),
+                        (_STORE_ID, uuid.uuid4().hex),
+                    ],
+                )
+                await db.executemany(
+                    "INSERT OR IGNORE INTO membership (record) VALUES (?)", [(r,) for r in membership.records()]
+                )
+                keys = dict(group_keys)
+                keys.update(membership.epoch_keys(device_id, kex_key))
+                await db.executemany("INSERT INTO group_keys (epoch, key) VALUES (?, ?)", sorted(keys.items()))
+        except BaseException:
+            await db.close()
+            raise
+        return await cls._finish_open(db, signing_key=signing_key, kex_key=kex_key, now_ms=now_ms)
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        signing_key: Ed25519PrivateKey,
+        kex_key: X25519PrivateKey,
+        now_ms: NowMs = wall_clock_ms,
+    ) -> Store:
+        """Open an existing store, upgrading its schema if it is older than this code."""
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"no peer store at {path}; run `peer init` (or pass --home)")
+        db = await Database.open(path)
+        try:
+            await _configure(db)
+            version = await db.fetchvalue("PRAGMA user_version")
+            if version == 0:
+                raise StoreError(f"{path} is not a peer store")
+            await _migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        return await cls._finish_open(db, signing_key=signing_key, kex_key=kex_key, now_ms=now_ms)
+
+    @classmethod
+    async def _finish_open(
+        cls, db: Database, *, signing_key: Ed25519PrivateKey, kex_key: X25519PrivateKey, now_ms: NowMs
+    ) -> Store:
+        try:
+            meta: dict[str, Any] = dict(await db.fetchall("SELECT key, value FROM meta"))
+            if not {_DEVICE_ID, _GROUP_ID, _INCARNATION, _STORE_ID} <= meta.keys():
+                raise StoreError(f"{db.path} is not a complete peer store (its identity is missing)")
+            device_id = device_id_for(_public_raw(signing_key))
+            if meta[_DEVICE_ID] != device_id:
+                raise StoreError(
+                    f"the store at {db.path} belongs to device {meta[_DEVICE_ID]}, but this home's key is device"
+                    f" {device_id}; use the home the store came with"
+                )
+            store = cls(
+                db,
+                signing_key=signing_key,
+                kex_key=kex_key,
+                device_id=device_id,
+                incarnation=int(meta[_INCARNATION]),
+                group_id=bytes.fromhex(meta[_GROUP_ID]),
+                store_id=str(meta[_STORE_ID]),
+                now_ms=now_ms,
+            )
+            await store._reload_membership(int(meta.get(_MEMBERSHIP_REV, 0)))
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Membership and keys ---------------------------------------------------------
+    async def _reload_membership(self, rev: int) -> None:
+        records = [r for (r,) in await self._db.fetchall("SELECT record FROM membership ORDER BY id")]
+        keys: dict[int, bytes] = dict(await self._db.fetchall("SELECT epoch, key FROM group_keys"))
+        membership = Membership(self.group_id)
+        membership.add_all(records)
+        self._membership = membership
+        self._group_keys = {int(e): bytes(k) for e, k in keys.items()}
+        self._membership_rev = rev
+
+    async def _refresh_membership(self, rev: int | None = None) -> None:
+        """Reload the cached membership if another process changed it."""
+        if rev is None:
+            rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_MEMBERSHIP_REV,)) or 0)
+        if rev != self._membership_rev:
+            await self._reload_membership(rev)
+
+    @property
+    def membership(self) -> Membership:
+        """The group's membership as last loaded (call :meth:`refresh` to see other processes' changes)."""
+        return self._membership
+
+    @property
+    def group_keys(self) -> dict[int, bytes]:
+        """Every group key this device holds, by epoch (secret: never log it)."""
+        return dict(self._group_keys)
+
+    async def refresh(self) -> None:
+        """Pick up membership changes made by another process on this store."""
+        await self._refresh_membership()
+
+    async def membership_digest(self) -> bytes:
+        await self._refresh_membership()
+        return self._membership.digest()
+
+    async def apply_membership(self, records: Sequence[bytes], *, strict: bool = False) -> list[bytes]:
+        """Add membership records (received, or made locally through :attr:`membership`) and persist them.
+
+        Group keys sealed to this device are unwrapped and kept. Returns the
+        records that were new to this store. A record that does not verify
+        is skipped (``strict=False``) or raises a TrustError (``strict=True``).
+        """
+        async with self._db.transaction():
+            await self._refresh_membership()
+            before = set(
+                r for (r,) in await self._db.fetchall("SELECT record FROM membership")
+            )
+            self._membership.add_all(records, strict=strict)
+            new = [r for r in self._membership.records() if r not in before]
+            keys = self._membership.epoch_keys(self.device_id, self._kex_key)
+            new_keys = {e: k for e, k in keys.items() if self._group_keys.get(e) != k}
+            if new:
+                await self._db.executemany("INSERT OR IGNORE INTO membership (record) VALUES (?)", [(r,) for r in new])
+            if new_keys:
+                await self._db.executemany(
+                    "INSERT INTO group_keys (epoch, key) VALUES (?, ?)"
+                    " ON CONFLICT (epoch) DO UPDATE SET key = excluded.key",
+                    sorted(new_keys.items()),
+                )
+            if new or new_keys:
+                rev = self._membership_rev + 1
+                await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
+                self._membership_rev = rev
+                self._group_keys.update(new_keys)
+        return new
+
+    async def save_group_keys(self, keys: Mapping[int, bytes]) -> None:
+        """Keep group keys this device made (``Membership.rotate``/``revoke`` return the new one)."""
+        async with self._db.transaction():
+            await self._db.executemany(
+                "INSERT INTO group_keys (epoch, key) VALUES (?, ?) ON CONFLICT (epoch) DO UPDATE SET key = excluded.key",
+                sorted(keys.items()),
+            )
+            rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_MEMBERSHIP_REV,)) or 0) + 1
+            await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
+        await self._reload_membership(rev)
+
+    def _current_key(self) -> tuple[int, bytes]:
+        epoch = self._membership.current_epoch
+        key = self._group_keys.get(epoch)
+        if key is None:
+            raise StoreError(
+                f"this device does not hold the group key of epoch {epoch}; sync with another member to receive it"
+            )
+        if not self._membership.is_member(self.device_id):
+            raise StoreError("this device is no longer a member of its group; it cannot write new memories")
+        return epoch, key
+
+    # Transactions ----------------------------------------------------------------
+    async def _begin(self) -> _Txn:
+        """Read the counters (and reload a changed membership) inside a write transaction."""
+        meta: dict[str, Any] = dict(await self._db.fetchall("SELECT key, value FROM meta"))
+        await self._refresh_membership(int(meta.get(_MEMBERSHIP_REV, 0)))
+        return _Txn(last_counter=int(meta[_LAST_COUNTER]), hlc=int(meta[_HLC]), next_seq=int(meta[_NEXT_SEQ]))
+
+    async def _end(self, txn: _Txn) -> None:
+        await self._db.executemany(
+            _PUT_META, [(_LAST_COUNTER, txn.last_counter), (_HLC, txn.hlc), (_NEXT_SEQ, txn.next_seq)]
+        )
+
+    async def _merge_rows(self, memory_ids: Iterable[str]) -> dict[str, list[_MergeRow]]:
+        ids = list(dict.fromkeys(memory_ids))
+        out: dict[str, list[_MergeRow]] = {m: [] for m in ids}
+        if ids:
+            for row in await self._db.fetchall(_MERGE_ROWS, (_json_list(ids),)):
+                merge_row = _MergeRow.from_row(row)
+                out[merge_row.memory_id].append(merge_row)
+        return out
+
+    # Local writes ----------------------------------------------------------------
+    async def _write_local(
+        self, items: Sequence[tuple[str, MemoryBody, list[_MergeRow]]], txn: _Txn
+    ) -> list[Dot]:
+        """Seal and store one new version per item (memory id, body, its current versions)."""
+        epoch, group_key = self._current_key()
+        clock = HybridLogicalClock(self._now_ms, txn.hlc)
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[int, int, int]] = []
+        dots: list[Dot] = []
+        for memory_id, body, prior in items:
+            txn.last_counter = next_counter(txn.last_counter, self._now_ms())
+            dot = Dot(self.replica_id, txn.last_counter)
+            hlc = clock.tick()
+            if prior:
+                before = resolve(r.meta for r in prior)
+                context = context_for_new_version(before)
+            else:
+                context = ()
+            header = VersionHeader(
+                group_id=self.group_id, epoch=epoch, memory_id=memory_id, dot=dot, context=context, hlc=hlc
+            )
+            sealed = seal(header, body, signing_key=self._signing_key, group_key=group_key)
+            after = resolve([*(r.meta for r in prior), VersionMeta(dot, context, hlc, body.deleted)])
+            for r in prior:
+                state = after.states[r.meta.dot]
+                if state != r.state:
+                    updates.append((int(state), txn.take_seq(), r.id))
+            inserts.append(_version_row(sealed, body, after.states[dot], txn.take_seq()))
+            dots.append(dot)
+        txn.hlc = clock.last
+        await self._db.executemany(_UPDATE_STATE, updates)
+        await self._db.executemany(_INSERT_VERSION, inserts)
+        await self._db.execute(_MERGE_VECTOR, (self.replica_id, txn.last_counter))
+        await self._end(txn)
+        return dots
+
+    def _draft_body(self, draft: Draft, embedding: bytes | None, embedder: str, now: float) -> MemoryBody:
+        vector, embedder = _check_embedding(embedding, embedder)
+        try:
+            return MemoryBody(
+                content=_check_content(draft.content),
+                kind=_check_kind(draft.kind),
+                project=draft.project or None,
+                tags=_normalize_tags(draft.tags),
+                metadata=_metadata_text(draft.metadata),
+                created_at=float(draft.created_at) if draft.created_at is not None else now,
+                updated_at=now,
+                importance=_check_importance(draft.importance),
+                embedder=embedder,
+                embedding=vector,
+            )
+        except DecodeError as e:
+            raise StoreError(f"cannot store this memory: {e}") from e
+
+    async def add(self, draft: Draft, embedding: bytes | None = None, embedder: str = "") -> str:
+        """Add one memory; returns its id."""
+        (memory_id,) = await self.add_many([(draft, embedding)], embedder)
+        return memory_id
+
+    async def add_many(self, drafts: Sequence[tuple[Draft, bytes | None]], embedder: str = "") -> list[str]:
+        """Add memories in one transaction; returns their ids in order.
+
+        A draft that carries an id keeps it (imports); adding an id the
+        store already holds is refused, so nothing is overwritten by accident.
+        """
+        if not drafts:
+            return []
+        now = self._now_ms() / 1000
+        bodies: list[tuple[str, MemoryBody, list[_MergeRow]]] = []
+        given: list[str] = []
+        for draft, embedding in drafts:
+            memory_id = _canonical_memory_id(draft.id) if draft.id else str(uuid.uuid4())
+            if draft.id:
+                given.append(memory_id)
+            bodies.append((memory_id, self._draft_body(draft, embedding, embedder, now), []))
+        if len(given) != len(set(given)):
+            raise StoreError("the same memory id appears twice in one batch")
+        async with self._db.transaction():
+            if given:
+                taken = await self._db.fetchall(
+                    "SELECT DISTINCT memory_id FROM versions WHERE memory_id IN (SELECT value FROM json_each(?))",
+                    (_json_list(given),),
+                )
+                if taken:
+                    raise StoreError(f"memory {taken[0][0]} already exists; edit it instead")
+            txn = await self._begin()
+            await self._write_local(bodies, txn)
+        return [memory_id for memory_id, _, _ in bodies]
+
+    async def _resolve_id(self, memory_id_or_prefix: str) -> str:
+        text = memory_id_or_prefix.strip().lower()
+        if not text or not re.fullmatch(r"[0-9a-f\-]+", text):
+            raise StoreError(f"{memory_id_or_prefix!r} is not a memory id")
+        if len(text) == 36:
+            row = await self._db.fetchone("SELECT memory_id FROM versions WHERE memory_id = ? LIMIT 1", (text,))
+            if row is None:
+                raise StoreError(f"no memory {text}; `peer list` shows what this store holds")
+            return text
+        upper = text[:-1] + chr(ord(text[-1]) + 1)
+        rows = await self._db.fetchall(
+            "SELECT DISTINCT memory_id FROM versions WHERE memory_id >= ? AND memory_id < ? LIMIT 3", (text, upper)
+        )
+        if not rows:
+            raise StoreError(f"no memory has an id starting with {text}; `peer list` shows what this store holds")
+        if len(rows) > 1:
+            shown = ", ".join(r[0] for r in rows[:2])
+            raise StoreError(f"the id prefix {text} is ambiguous ({shown}, ...); type more of the id")
+        return str(rows[0][0])
+
+    async def _winner_row(self, memory_id: str) -> Row:
+        row = await self._db.fetchone(
+            "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding"
+            " FROM versions WHERE memory_id = ? AND state = 2",
+            (memory_id,),
+        )
+        if row is None:
+            raise StoreError(f"no memory {memory_id}")
+        return row
+
+    async def edit(
+        self,
+        memory_id: str,
+        *,
+        content: str | None = None,
+        kind: str | None = None,
+        project: str | None = None,
+        tags: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        importance: float | None | _Keep = KEEP,
+        embedding: bytes | None | _Keep = KEEP,
+        embedder: str = "",
+    ) -> str:
+        """Write a new version of a memory that supersedes all its live versions; returns the memory id.
+
+        Fields left at None keep their value (``project=""`` clears the
+        project, ``tags=()`` the tags). Without a new ``embedding`` the old
+        one is kept when the content is unchanged and dropped otherwise (the
+        index then embeds the new text).
+        """
+        memory_id = await self._resolve_id(memory_id)
+        now = self._now_ms() / 1000
+        async with self._db.transaction():
+            txn = await self._begin()
+            prior = (await self._merge_rows([memory_id]))[memory_id]
+            (old_content, old_kind, old_project, old_tags, old_metadata, created_at, old_importance, deleted,
+             old_embedder, old_embedding) = await self._winner_row(memory_id)
+            if deleted:
+                raise StoreError(
+                    f"memory {memory_id} was forgotten; `peer show {memory_id[:8]} --versions` lists its versions"
+                    " and `peer resolve` can bring one back"
+                )
+            new_content = _check_content(content) if content is not None else old_content
+            if embedding is KEEP:
+                vector, vector_embedder = (
+                    (old_embedding, old_embedder) if new_content == old_content else (b"", "")
+                )
+            else:
+                assert not isinstance(embedding, _Keep)
+                vector, vector_embedder = _check_embedding(embedding, embedder)
+            try:
+                body = MemoryBody(
+                    content=new_content,
+                    kind=_check_kind(kind) if kind is not None else old_kind,
+                    project=(project or None) if project is not None else old_project,
+                    tags=_normalize_tags(tags) if tags is not None else tuple(json.loads(old_tags)),
+                    metadata=_metadata_text(metadata) if metadata is not None else old_metadata,
+                    created_at=created_at,
+                    updated_at=now,
+                    importance=(
+                        old_importance if isinstance(importance, _Keep) else _check_importance(importance)
+                    ),
+                    embedder=vector_embedder,
+                    embedding=bytes(vector),
+                )
+            except DecodeError as e:
+                raise StoreError(f"cannot store this edit: {e}") from e
+            await self._write_local([(memory_id, body, prior)], txn)
+        return memory_id
+
+    async def forget(self, memory_id: str) -> str:
+        """Write a tombstone that supersedes every live version; returns the memory id."""
+        memory_id = await self._resolve_id(memory_id)
+        now = self._now_ms() / 1000
+        async with self._db.transaction():
+            txn = await self._begin()
+            prior = (await self._merge_rows([memory_id]))[memory_id]
+            _, kind, project, _, _, created_at, _, deleted, _, _ = await self._winner_row(memory_id)
+            if deleted:
+                raise StoreError(f"memory {memory_id} is already forgotten")
+            # The tombstone keeps where the memory was (kind, project) and
+            # nothing of what it said.
+            body = MemoryBody(
+                content="", kind=kind, project=project, created_at=created_at, updated_at=now, deleted=True
+            )
+            await self._write_local([(memory_id, body, prior)], txn)
+        return memory_id
+
+    async def resolve(self, memory_id: str, keep: Dot | str) -> str:
+        """Write a version with the fields of version ``keep`` that supersedes every live version.
+
+        ``keep`` is normally one of the siblings ``peer conflicts`` shows; any
+        version of the memory is accepted, so a forgotten memory can be
+        brought back from the version before its tombstone.
+        """
+        memory_id = await self._resolve_id(memory_id)
+        try:
+            dot = keep if isinstance(keep, Dot) else Dot.parse(keep.strip())
+        except DecodeError as e:
+            raise StoreError(f"{keep!r} is not a version id (REPLICA:COUNTER, as `peer conflicts` shows)") from e
+        now = self._now_ms() / 1000
+        async with self._db.transaction():
+            txn = await self._begin()
+            prior = (await self._merge_rows([memory_id]))[memory_id]
+            row = await self._db.fetchone(
+                "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding"
+                " FROM versions WHERE memory_id = ? AND origin = ? AND counter = ?",
+                (memory_id, dot.origin, dot.counter),
+            )
+            if row is None:
+                raise StoreError(f"memory {memory_id} has no version {dot}; `peer conflicts` lists the siblings")
+            content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding = row
+            body = MemoryBody(
+                content=content,
+                kind=kind,
+                project=project,
+                tags=tuple(json.loads(tags)),
+                metadata=metadata,
+                created_at=created_at,
+                updated_at=now,
+                importance=importance,
+                deleted=bool(deleted),
+                embedder=embedder,
+                embedding=bytes(embedding),
+            )
+            await self._write_local([(memory_id, body, prior)], txn)
+        return memory_id
+
+    # Remote versions ---------------------------------------------------------------
+    async def apply(self, versions: Sequence[SealedVersion], *, strict: bool = True) -> ApplyResult:
+        """Verify, decrypt and store received versions, in one transaction.
+
+        Every version is checked against the group's membership and keys
+        first. With ``strict`` (what sync uses) one bad version raises its
+        :class:`TrustError` and nothing of the batch is stored; otherwise
+        bad versions are skipped and reported in ``rejected``. Versions
+        already held are counted as duplicates and change nothing.
+        """
+        if not versions:
+            return ApplyResult()
+        await self._refresh_membership()
+        opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
+        rejected: list[Rejected] = []
+        in_batch_duplicates = 0
+        for sealed in versions:
+            header = sealed.header
+            if header.dot in opened:
+                in_batch_duplicates += 1
+                continue
+            try:
+                body = open_version(
+                    sealed,
+                    group_id=self.group_id,
+                    group_keys=self._group_keys,
+                    member_key=self._membership.member_key,
+                )
+            except (TrustError, DecodeError) as e:
+                if strict:
+                    raise
+                rejected.append(Rejected(str(header.dot), header.memory_id, str(e)))
+                continue
+            opened[header.dot] = (sealed, body)
+        if not opened:
+            return ApplyResult(duplicates=in_batch_duplicates, rejected=tuple(rejected))
+
+        async with self._db.transaction():
+            txn = await self._begin()
+            by_memory: dict[str, list[_MergeRow]] = await self._merge_rows(
+                s.header.memory_id for s, _ in opened.values()
+            )
+            held = {r.meta.dot for rows in by_memory.values() for r in rows}
+            fresh = {dot: item for dot, item in opened.items() if dot not in held}
+            duplicates = in_batch_duplicates + len(opened) - len(fresh)
+            if fresh:
+                await self._store_received(fresh, by_memory, txn)
+        memories = len({s.header.memory_id for s, _ in fresh.values()})
+        return ApplyResult(added=len(fresh), duplicates=duplicates, rejected=tuple(rejected), memories=memories)
+
+    async def _store_received(
+        self,
+        fresh: Mapping[Dot, tuple[SealedVersion, MemoryBody]],
+        by_memory: Mapping[str, list[_MergeRow]],
+        txn: _Txn,
+    ) -> None:
+        new_by_memory: dict[str, list[tuple[SealedVersion, MemoryBody]]] = {}
+        for sealed, body in fresh.values():
+            new_by_memory.setdefault(sealed.header.memory_id, []).append((sealed, body))
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[int, int, int]] = []
+        for memory_id, new in new_by_memory.items():
+            prior = by_memory.get(memory_id, [])
+            state = resolve(
+                [
+                    *(r.meta for r in prior),
+                    *(VersionMeta(s.header.dot, s.header.context, s.header.hlc, b.deleted) for s, b in new),
+                ]
+            )
+            for r in prior:
+                if state.states[r.meta.dot] != r.state:
+                    updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
+            for sealed, body in new:
+                inserts.append(_version_row(sealed, body, state.states[sealed.header.dot], txn.take_seq()))
+        for sealed, _ in fresh.values():
+            header = sealed.header
+            txn.hlc = max(txn.hlc, header.hlc)
+            if header.dot.origin == self.replica_id:
+                # Our own version coming back (e.g. written before a crash
+                # that lost the tail of the log): never reuse its counter.
+                txn.last_counter = max(txn.last_counter, header.dot.counter)
+        await self._db.executemany(_UPDATE_STATE, updates)
+        await self._db.executemany(_INSERT_VERSION, inserts)
+        await self._end(txn)
+
+    # Vectors and what the other side lacks ---------------------------------------------
+    async def vector(self) -> VersionVector:
+        return VersionVector(await self._db.fetchall("SELECT replica, counter FROM vector"))
+
+    async def merge_vector(self, other: VersionVector) -> VersionVector:
+        """Merge a sender's vector after a complete session; returns the new vector.
+
+        A higher counter for this store's own replica means versions it
+        wrote and lost; it adopts the counter so it never writes those dots again.
+        """
+        async with self._db.transaction():
+            await self._db.executemany(_MERGE_VECTOR, list(other.items()))
+            own = other.get(self.replica_id)
+            if own:
+                await self._db.execute(
+                    "UPDATE meta SET value = max(value, ?) WHERE key = ?", (own, _LAST_COUNTER)
+                )
+            rows = await self._db.fetchall("SELECT replica, counter FROM vector")
+        return VersionVector(rows)
+
+    async def _wanted(self, vector: VersionVector) -> list[tuple[str, int]]:
+        origins = await self._db.fetchall("SELECT origin, max_counter FROM origins ORDER BY origin")
+        return [(origin, vector.get(origin)) for origin, top in origins if top > vector.get(origin)]
+
+    async def missing_for(self, vector: VersionVector, batch_size: int = 500) -> AsyncIterator[list[SealedVersion]]:
+        """The versions this store holds that ``vector`` does not cover, in batches.
+
+        Per origin in counter order. When nothing is missing this is one
+        query over a table with one row per origin.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        batch: list[SealedVersion] = []
+        for origin, after in await self._wanted(vector):
+            while True:
+                rows = await self._db.fetchall(
+                    "SELECT counter, sealed FROM versions WHERE origin = ? AND counter > ? ORDER BY counter LIMIT ?",
+                    (origin, after, batch_size),
+                )
+                for counter, data in rows:
+                    batch.append(SealedVersion.decode(data))
+                    after = counter
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+                if len(rows) < batch_size:
+                    break
+        if batch:
+            yield batch
+
+    async def count_missing_for(self, vector: VersionVector) -> int:
+        """How many versions ``vector`` lacks (for ``peer status``)."""
+        total = 0
+        for origin, after in await self._wanted(vector):
+            total += int(
+                await self._db.fetchvalue(
+                    "SELECT count(*) FROM versions WHERE origin = ? AND counter > ?", (origin, after)
+                )
+            )
+        return total
+
+    async def sealed(self, dots: Iterable[Dot]) -> list[SealedVersion]:
+        """The sealed bytes of the given versions that this store holds."""
+        wanted = [[d.origin, d.counter] for d in dots]
+        rows = await self._db.fetchall(
+            "SELECT sealed FROM versions WHERE (origin, counter) IN"
+            " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+            (json.dumps(wanted),),
+        )
+        return [SealedVersion.decode(data) for (data,) in rows]
+
+    # Reads -----------------------------------------------------------------------------
+    async def get(self, memory_id_or_prefix: str) -> Memory:
+        """The memory with this id or unique id prefix (a forgotten one has ``deleted=True``)."""
+        memory_id = await self._resolve_id(memory_id_or_prefix)
+        row = await self._db.fetchone(
+            f"SELECT {_MEMORY_COLUMNS} FROM versions v WHERE v.memory_id = ? AND v.state = 2", (memory_id,)
+        )
+        if row is None:
+            raise StoreError(f"no memory {memory_id}")
+        return _memory_from_row(row)
+
+    async def get_many(self, ids: Iterable[str], *, include_deleted: bool = False) -> dict[str, Memory]:
+        """The memories with these exact ids that exist (forgotten ones only if asked)."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        rows = await self._db.fetchall(
+            f"SELECT {_MEMORY_COLUMNS} FROM versions v"
+            " WHERE v.memory_id IN (SELECT value FROM json_each(?)) AND v.state = 2"
+            + ("" if include_deleted else " AND v.deleted = 0"),
+            (_json_list(wanted),),
+        )
+        return {m.id: m for m in map(_memory_from_row, rows)}
+
+    async def list(
+        self,
+        *,
+        project: str | None = None,
+        kind: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Memory]:
+        """Live memories, newest change first, filtered by project, kind, tag and time (seconds)."""
+        where = ["v.state = 2", "v.deleted = 0"]
+        params: builtins.list[Any] = []
+        if project is not None:
+            where.append("v.project = ?")
+            params.append(project)
+        if kind is not None:
+            where.append("v.kind = ?")
+            params.append(kind)
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(v.tags) t WHERE t.value = ?)")
+            params.append(tag)
+        if since is not None:
+            where.append("v.updated_at >= ?")
+            params.append(since)
+        sql = f"SELECT {_MEMORY_COLUMNS} FROM versions v WHERE {' AND '.join(where)} ORDER BY v.updated_at DESC, v.id DESC"
+        if limit is not None:
+            if limit < 0:
+                raise StoreError("the limit cannot be negative")
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_memory_from_row(r) for r in await self._db.fetchall(sql, params)]
+
+    async def versions(self, memory_id: str) -> builtins.list[VersionInfo]:
+        """Every version of a memory, newest clock time first."""
+        memory_id = await self._resolve_id(memory_id)
+        rows = await self._db.fetchall(
+            f"SELECT {_INFO_COLUMNS} FROM versions WHERE memory_id = ? ORDER BY hlc DESC, origin, counter",
+            (memory_id,),
+        )
+        return [_info_from_row(r) for r in rows]
+
+    async def conflicts(self) -> builtins.list[builtins.list[VersionInfo]]:
+        """Memories with siblings: for each, its live versions, winner first."""
+        rows = await self._db.fetchall(
+            f"SELECT {_INFO_COLUMNS} FROM versions WHERE state IN (1, 2) AND memory_id IN"
+            " (SELECT DISTINCT memory_id FROM versions INDEXED BY versions_siblings WHERE state = 1)"
+            " ORDER BY memory_id, state DESC, hlc DESC, origin, counter"
+        )
+        grouped: dict[str, builtins.list[VersionInfo]] = {}
+        for row in rows:
+            info = _info_from_row(row)
+            grouped.setdefault(info.memory_id, []).append(info)
+        return list(grouped.values())
+
+    async def fts_search(
+        self, query: str, *, limit: int = 20, project: str | None = None, kind: str | None = None
+    ) -> builtins.list[tuple[str, float]]:
+        """Keyword search over live memories: (memory id, relevance), best first; higher is better (-bm25)."""
+        match = _fts_query(query)
+        if match is None or limit <= 0:
+            return []
+        where = ["fts MATCH ?"]
+        params: builtins.list[Any] = [match]
+        if project is not None:
+            where.append("v.project = ?")
+            params.append(project)
+        if kind is not None:
+            where.append("v.kind = ?")
+            params.append(kind)
+        params.append(limit)
+        rows = await self._db.fetchall(
+            "SELECT v.memory_id, bm25(fts) AS score FROM fts JOIN versions v ON v.id = fts.rowid"
+            f" WHERE {' AND '.join(where)} AND v.state = 2 AND v.deleted = 0 ORDER BY score LIMIT ?",
+            params,
+        )
+        return [(memory_id, -float(score)) for memory_id, score in rows]
+
+    # For the search index --------------------------------------------------------------
+    async def changes_since(self, seq: int, limit: int = 1000) -> builtins.list[IndexChange]:
+        """Rows whose seq is above ``seq``, in seq order (content and embedding only for live ones)."""
+        rows = await self._db.fetchall(
+            "SELECT seq, id, memory_id, state = 2 AND deleted = 0 AS live,"
+            " CASE WHEN state = 2 AND deleted = 0 THEN content ELSE '' END,"
+            " CASE WHEN state = 2 AND deleted = 0 THEN embedder ELSE '' END,"
+            " CASE WHEN state = 2 AND deleted = 0 THEN embedding ELSE x'' END"
+            " FROM versions WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [
+            IndexChange(
+                seq=s, label=label, memory_id=m, live=bool(live), content=c, embedder=e, embedding=bytes(emb)
+            )
+            for s, label, m, live, c, e, emb in rows
+        ]
+
+    async def max_seq(self) -> int:
+        return int(await self._db.fetchvalue("SELECT coalesce(max(seq), 0) FROM versions"))
+
+    async def all_live_embeddings(self, batch_size: int = 1000) -> AsyncIterator[builtins.list[IndexChange]]:
+        """Every live winner, in label order and batches, for rebuilding the index.
+
+        Read :meth:`max_seq` first and catch up from it with
+        :meth:`changes_since` afterwards: changes made during the rebuild
+        are then applied twice at worst, never missed.
+        """
+        after = 0
+        while True:
+            rows = await self._db.fetchall(
+                "SELECT seq, id, memory_id, content, embedder, embedding FROM versions"
+                f" WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?",
+                (after, batch_size),
+            )
+            if not rows:
+                return
+            yield [
+                IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=bytes(emb))
+                for s, label, m, c, e, emb in rows
+            ]
+            after = rows[-1][1]
+
+    # Health ------------------------------------------------------------------------------
+    async def stats(self) -> StoreStats:
+        await self._refresh_membership()
+        (memories, forgotten, versions, tombstones, conflicts, max_seq) = (
+            await self._db.fetchone(
+                "SELECT"
+                " (SELECT count(*) FROM versions WHERE state = 2 AND deleted = 0),"
+                " (SELECT count(*) FROM versions WHERE state = 2 AND deleted = 1),"
+                " (SELECT count(*) FROM versions),"
+                " (SELECT count(*) FROM versions WHERE deleted = 1),"
+                " (SELECT count(DISTINCT memory_id) FROM versions INDEXED BY versions_siblings WHERE state = 1),"
+                " (SELECT coalesce(max(seq), 0) FROM versions)"
+            )
+            or (0, 0, 0, 0, 0, 0)
+        )
+        replicas = int(await self._db.fetchvalue("SELECT count(*) FROM origins"))
+        vector = await self.vector()
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return StoreStats(
+            device_id=self.device_id,
+            replica_id=self.replica_id,
+            group_id=self.group_id.hex(),
+            memories=memories,
+            forgotten=forgotten,
+            versions=versions,
+            tombstones=tombstones,
+            conflicts=conflicts,
+            devices=sum(1 for m in self._membership.members() if not m.revoked),
+            replicas=replicas,
+            db_bytes=size,
+            max_seq=max_seq,
+            vector=vector.as_dict(),
+        )
+
+    async def integrity_check(self) -> builtins.list[str]:
+        """Problems found in the store file and its derived data; empty when all is well."""
+        problems = [
+            str(r[0]) for r in await self._db.fetchall("PRAGMA integrity_check") if r[0] != "ok"
+        ]
+        try:
+            await self._db.execute("INSERT INTO fts (fts) VALUES ('integrity-check')")
+        except StoreError as e:
+            problems.append(f"the keyword index is damaged: {e}")
+        live, indexed = await self._db.fetchone(
+            f"SELECT (SELECT count(*) FROM versions WHERE {_LIVE}), (SELECT count(*) FROM fts)"
+        ) or (0, 0)
+        if live != indexed:
+            problems.append(f"the keyword index holds {indexed} entries for {live} live memories")
+        bad = await self._db.fetchall(
+            "SELECT memory_id FROM versions GROUP BY memory_id HAVING sum(state = 2) != 1 LIMIT 5"
+        )
+        for (memory_id,) in bad:
+            problems.append(f"memory {memory_id} does not have exactly one winner")
+        return problems
+
+
+async def _configure(db: Database) -> None:
+    mode = await db.fetchvalue("PRAGMA journal_mode = WAL")
+    if str(mode).lower() != "wal":
+        raise StoreError(f"the store at {db.path} cannot use write-ahead logging (journal mode {mode})")
+    # NORMAL in WAL mode: a committed transaction survives the process being
+    # killed; only a power cut may lose the last few commits, never corrupt.
+    await db.execute("PRAGMA synchronous = NORMAL")
+    await db.execute("PRAGMA foreign_keys = ON")
+
+
+async def _migrate(db: Database) -> None:
+    version = int(await db.fetchvalue("PRAGMA user_version"))
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"this store was written by a newer peer (schema {version} > {SCHEMA_VERSION}); upgrade peer"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    async with db.transaction():
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = int(await db.fetchvalue("PRAGMA user_version"))
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                await db.execute(statement)
+        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
