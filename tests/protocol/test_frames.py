@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol import DecodeError, Dot, MemoryBody, RemoteProtocolError, VersionHeader, VersionVector, seal
+from protocol.frames import (
+    END_OF_STREAM,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    TAG_DONE,
+    Done,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Hello,
+    JoinAccept,
+    JoinReject,
+    JoinRequest,
+    Members,
+    VersionsBatch,
+    decode_frame,
+    encode_frame,
+)
+from protocol.ids import device_id_for
+from protocol.sealing import SealedVersion
+
+GROUP = bytes(range(16))
+GROUP_KEY = bytes(32)
+
+
+def device_key(seed: int) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed.to_bytes(32, "big"))
+
+
+def device_id(key: Ed25519PrivateKey) -> str:
+    return device_id_for(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def make_version(key: Ed25519PrivateKey, counter: int, content: str = "a fact", group: bytes = GROUP) -> SealedVersion:
+    """A real sealed version of a new memory, with a deterministic nonce."""
+    header = VersionHeader(
+        group_id=group,
+        epoch=0,
+        memory_id=str(uuid.UUID(int=counter)),
+        dot=Dot(device_id(key), counter),
+        context=(),
+        hlc=counter << 16,
+    )
+    return seal(header, MemoryBody(content), signing_key=key, group_key=GROUP_KEY, nonce=counter.to_bytes(12, "big"))
+
+
+KEY_A = device_key(1)
+A = device_id(KEY_A)
+B = device_id(device_key(2))
+
+
+def sample_frames() -> list[Frame]:
+    v1 = make_version(KEY_A, 1000, "first")
+    v2 = make_version(KEY_A, 1001, "second, a little longer ✓")
+    return [
+        Hello(PROTOCOL_VERSION, A, GROUP, VersionVector({A: 1001, B: 7}), b"\x01" * 32, 0),
+        Hello(PROTOCOL_VERSION, B, GROUP, VersionVector(), bytes(32)),
+        Members((b"record one", b"\x00" * 300)),
+        Members(()),
+        VersionsBatch((v1, v2)),
+        Done(0),
+        Done(123456),
+        Error(ErrorCode.WRONG_GROUP, "device X belongs to another group"),
+        JoinRequest.create(secret=b"s" * 32, invite_id=b"inv1", device_key=b"k" * 32, exchange_key=b"x" * 32, name="laptop"),
+        JoinAccept(GROUP, (b"member record", b"epoch record"), "home"),
+        JoinAccept(GROUP, (), None),
+        JoinReject(ErrorCode.INVITE_REFUSED, "this invite code is not valid"),
+    ]
+
+
+def stream() -> bytes:
+    return b"".join(encode_frame(f) for f in sample_frames())
+
+
+def drain(decoder: FrameDecoder) -> list[Frame]:
+    out: list[Frame] = []
+    while True:
+        frame = decoder.next_frame()
+        if frame is NEED_DATA or frame is END_OF_STREAM:
+            return out
+        out.append(frame)
+
+
+def test_every_frame_round_trips() -> None:
+    for frame in sample_frames():
+        data = encode_frame(frame)
+        assert int.from_bytes(data[:4], "big") == len(data) - 4
+        assert decode_frame(data[4], data[5:]) == frame
+
+
+def test_decoder_whole_stream_then_end() -> None:
+    d = FrameDecoder()
+    d.receive_data(stream())
+    assert drain(d) == sample_frames()
+    assert d.next_frame() is NEED_DATA
+    d.receive_data(b"")
+    assert d.next_frame() is END_OF_STREAM
+
+
+def test_decoder_one_byte_at_a_time_never_raises_for_lack_of_bytes() -> None:
+    d = FrameDecoder()
+    got: list[Frame] = []
+    for i in range(len(data := stream())):
+        d.receive_data(data[i : i + 1])
+        got.extend(drain(d))
+    assert got == sample_frames()
+
+
+@given(st.lists(st.integers(1, 200), max_size=50))
+def test_decoder_any_chunking(cuts: list[int]) -> None:
+    data = stream()
+    d = FrameDecoder()
+    got: list[Frame] = []
+    pos = 0
+    for n in cuts:
+        d.receive_data(data[pos : pos + n])
+        pos += n
+        got.extend(drain(d))
+    d.receive_data(data[pos:])
+    got.extend(drain(d))
+    assert got == sample_frames()
+
+
+def test_trailing_partial_frame_waits_then_end_of_stream_is_an_error() -> None:
+    d = FrameDecoder()
+    d.receive_data(encode_frame(Done(3)) + encode_frame(Done(4))[:3])
+    assert d.next_frame() == Done(3)
+    assert d.next_frame() is NEED_DATA
+    d.receive_data(b"")
+    with pytest.raises(DecodeError, match="ended inside a frame"):
+        d.next_frame()
+
+
+def test_oversized_frame_refused_from_its_length_alone() -> None:
+    d = FrameDecoder(max_frame_size=1024)
+    d.receive_data((1025).to_bytes(4, "big"))
+    with pytest.raises(DecodeError, match="above the limit of 1024"):
+        d.next_frame()
+    # The decoder is spent: it repeats the error rather than resynchronising on garbage.
+    with pytest.raises(DecodeError):
+        d.next_frame()
+
+
+def test_huge_claimed_length_with_default_limit() -> None:
+    d = FrameDecoder()
+    d.receive_data(b"\xff\xff\xff\xff\x01")
+    with pytest.raises(RemoteProtocolError):
+        d.next_frame()
+
+
+def test_unknown_tag_and_empty_frame_and_trailing_bytes_in_payload() -> None:
+    for data in (
+        b"\x00\x00\x00\x01\x7f",  # unknown tag
+        b"\x00\x00\x00\x00",  # length 0
+        b"\x00\x00\x00\x03" + bytes((TAG_DONE,)) + b"\x01\x00",  # DONE with a trailing byte
+        b"\x00\x00\x00\x03" + bytes((TAG_DONE,)) + b"\x80\x00",  # non-minimal varint
+    ):
+        d = FrameDecoder()
+        d.receive_data(data)
+        with pytest.raises(DecodeError):
+            d.next_frame()
+
+
+def test_hello_of_another_version_is_read_from_its_prefix() -> None:
+    future = Hello(PROTOCOL_VERSION + 1, A, GROUP, VersionVector({A: 5}), b"\x07" * 32, 3)
+    # A future HELLO may carry fields this version cannot parse after the frozen prefix.
+    data = bytearray(encode_frame(future))
+    data += b"\xff\xfe future fields"
+    data[:4] = (len(data) - 4).to_bytes(4, "big")
+    d = FrameDecoder()
+    d.receive_data(bytes(data))
+    hello = d.next_frame()
+    assert isinstance(hello, Hello)
+    assert (hello.version, hello.device_id, hello.group_id) == (PROTOCOL_VERSION + 1, A, GROUP)
+    assert hello.vector == VersionVector()
+
+
+def test_frames_validate_on_construction() -> None:
+    with pytest.raises(DecodeError):
+        Hello(PROTOCOL_VERSION, "not a device", GROUP, VersionVector(), bytes(32))
+    with pytest.raises(DecodeError):
+        Hello(PROTOCOL_VERSION, A, b"short", VersionVector(), bytes(32))
+    with pytest.raises(DecodeError):
+        Hello(PROTOCOL_VERSION, A, GROUP, VersionVector(), bytes(31))
+    with pytest.raises(DecodeError):
+        Members((b"",))
+    with pytest.raises(DecodeError):
+        VersionsBatch(())
+    with pytest.raises(DecodeError):
+        Done(-1)
+    with pytest.raises(DecodeError):
+        Error(1, "x" * 5000)
+    with pytest.raises(DecodeError):
+        Error(1, "\ud800")  # not encodable as UTF-8
+    with pytest.raises(DecodeError):
+        JoinRequest(b"", b"k" * 32, b"x" * 32, "n", b"p" * 32)
+
+
+def test_join_proof_binds_secret_and_keys() -> None:
+    request = JoinRequest.create(secret=b"secret", invite_id=b"id", device_key=b"k" * 32, exchange_key=b"x" * 32, name="n")
+    assert request.proof_matches(b"secret")
+    assert not request.proof_matches(b"other secret")
+    swapped = JoinRequest(request.invite_id, b"K" * 32, request.exchange_key, request.name, request.proof)
+    assert not swapped.proof_matches(b"secret")
+
+
+def test_join_accept_name_flag_is_canonical() -> None:
+    data = encode_frame(JoinAccept(GROUP, (), None))
+    # Flag 0 followed by a non-empty name: a second encoding of "no name" must be refused.
+    forged = data[:-1] + b"\x01a"
+    forged = (len(forged) - 4).to_bytes(4, "big") + forged[4:]
+    d = FrameDecoder()
+    d.receive_data(forged)
+    with pytest.raises(DecodeError):
+        d.next_frame()
