@@ -106,8 +106,8 @@ def _fsync_dir(path: Path) -> None:
 class Home:
     """A device's home directory."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
 
     @classmethod
     def locate(cls, home: str | os.PathLike[str] | None = None) -> Home:

@@ -1,0 +1,432 @@
+"""The store: local writes, reads, merging received versions, schema, bad files."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+import peer.store as store_module
+from peer.errors import NotAMember, StoreError, TrustError, WrongGroup
+from peer.home import Home
+from peer.memory import Draft
+from peer.store import Store
+from protocol import Dot, MemoryBody, SealedVersion, VersionHeader, VersionVector, device_id_for, seal
+
+
+class FakeClock:
+    """Milliseconds that advance by one on every reading, from a chosen start."""
+
+    def __init__(self, start: int = 1_700_000_000_000) -> None:
+        self._ticks = itertools.count(start)
+
+    def __call__(self) -> int:
+        return next(self._ticks)
+
+
+async def make_pair(tmp_path: Path) -> tuple[Store, Store]:
+    """Two devices of one group: A founds it and admits B."""
+    home_a, home_b = Home(tmp_path / "a"), Home(tmp_path / "b")
+    await home_a.init("laptop", now_ms=FakeClock())
+    a = await home_a.open_store(now_ms=FakeClock(1_800_000_000_000))
+    ida, idb = home_a.identity(), home_b.ensure_identity()
+    records = a.membership.add_member(
+        ida.signing_key,
+        ida.kex_key,
+        device_public_key=idb.public_key,
+        kex_public_key=idb.kex_public_key,
+        name="desktop",
+        now_ms=1_700_000_000_500,
+        epoch_keys=a.group_keys,
+    )
+    await a.apply_membership(records)
+    await home_b.create_store(group_id=a.group_id, records=a.membership.records(), group_keys={})
+    b = await home_b.open_store(now_ms=FakeClock(1_800_000_000_000))
+    return a, b
+
+
+async def sync_one_way(src: Store, dst: Store) -> int:
+    """What a complete sync session does in one direction; returns the versions added."""
+    added = 0
+    async for batch in src.missing_for(await dst.vector(), batch_size=3):
+        added += (await dst.apply(batch)).added
+    await dst.merge_vector(await src.vector())
+    return added
+
+
+async def sync(a: Store, b: Store) -> None:
+    await sync_one_way(a, b)
+    await sync_one_way(b, a)
+
+
+async def snapshot(store: Store) -> dict[str, tuple[str, int, bool]]:
+    """Per memory: winner dot, number of siblings, deleted: what must converge."""
+    out: dict[str, tuple[str, int, bool]] = {}
+    for group in [await store.versions(m) for m in await all_ids(store)]:
+        live = [v for v in group if v.state != "superseded"]
+        winner = next(v for v in live if v.state == "winner")
+        out[winner.memory_id] = (winner.version, len(live) - 1, winner.deleted)
+    return out
+
+
+async def all_ids(store: Store) -> list[str]:
+    rows = await store._db.fetchall("SELECT DISTINCT memory_id FROM versions ORDER BY memory_id")
+    return [r[0] for r in rows]
+
+
+@pytest.fixture
+async def pair(aio_loop: object, tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    a, b = await make_pair(tmp_path)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.fixture
+async def store(pair: tuple[Store, Store]) -> Store:
+    return pair[0]
+
+
+# Local writes and reads ------------------------------------------------------------
+
+
+async def test_add_get_list(store: Store) -> None:
+    first = await store.add(Draft("the build uses make", kind="fact", project="peer", tags=("build", "make")))
+    second = await store.add(Draft("prefer trio over asyncio", kind="preference", project="peer"))
+    third = await store.add(Draft("lunch is at noon", tags=("life",), metadata={"source": "chat"}, importance=0.5))
+
+    memory = await store.get(first[:8])
+    assert memory.id == first
+    assert memory.content == "the build uses make"
+    assert memory.kind == "fact" and memory.project == "peer" and memory.tags == ("build", "make")
+    assert memory.siblings == 0 and not memory.deleted
+    assert (await store.get(third)).metadata == {"source": "chat"}
+    assert (await store.get(third)).importance == 0.5
+
+    assert [m.id for m in await store.list()] == [third, second, first]  # newest first
+    assert {m.id for m in await store.list(project="peer")} == {first, second}
+    assert [m.id for m in await store.list(kind="preference")] == [second]
+    assert [m.id for m in await store.list(tag="life")] == [third]
+    assert [m.id for m in await store.list(limit=1)] == [third]
+    since = (await store.get(second)).updated_at
+    assert {m.id for m in await store.list(since=since)} == {second, third}
+    got = await store.get_many([first, third, "00000000-0000-0000-0000-000000000000"])
+    assert set(got) == {first, third}
+
+
+async def test_add_many_keeps_given_ids_and_refuses_duplicates(store: Store) -> None:
+    given = "12345678-1234-5678-1234-567812345678"
+    ids = await store.add_many([(Draft("one", id=given), None), (Draft("two"), None)])
+    assert ids[0] == given and len(ids) == 2
+    with pytest.raises(StoreError, match="already exists"):
+        await store.add(Draft("again", id=given))
+    assert (await store.stats()).memories == 2
+
+
+async def test_bad_drafts_are_refused_with_a_reason(store: Store) -> None:
+    with pytest.raises(StoreError, match="content"):
+        await store.add(Draft("   "))
+    with pytest.raises(StoreError, match="kind"):
+        await store.add(Draft("x", kind="Not A Kind!"))
+    with pytest.raises(StoreError, match="importance"):
+        await store.add(Draft("x", importance=3.0))
+    with pytest.raises(StoreError, match="embedder"):
+        await store.add(Draft("x"), b"\0" * 16, "")
+    assert (await store.stats()).versions == 0
+
+
+async def test_edit_makes_a_new_winner_and_keeps_the_old_version(store: Store) -> None:
+    mid = await store.add(Draft("the port is 7000", tags=("net",)), b"\0" * 16, "e1")
+    await store.edit(mid, content="the port is 7847", project="peer")
+    memory = await store.get(mid)
+    assert memory.content == "the port is 7847" and memory.project == "peer" and memory.tags == ("net",)
+    versions = await store.versions(mid)
+    assert [v.state for v in versions] == ["winner", "superseded"]
+    assert [v.content for v in versions] == ["the port is 7847", "the port is 7000"]
+    assert [m for m, _ in await store.fts_search("7847")] == [mid]
+    assert await store.fts_search("7000") == []
+    # The old embedding no longer matches the text, so the new version carries none.
+    change = (await store.changes_since(0))[-1]
+    assert change.memory_id == mid and change.live and change.embedding == b""
+    await store.edit(mid, project="")
+    assert (await store.get(mid)).project is None
+
+
+async def test_forget_writes_a_tombstone(store: Store) -> None:
+    keep = await store.add(Draft("keep me"))
+    mid = await store.add(Draft("forget me please"))
+    await store.forget(mid[:10])
+    memory = await store.get(mid)
+    assert memory.deleted
+    assert [m.id for m in await store.list()] == [keep]
+    assert await store.get_many([mid]) == {}
+    assert set(await store.get_many([mid], include_deleted=True)) == {mid}
+    versions = await store.versions(mid)
+    assert [(v.state, v.deleted) for v in versions] == [("winner", True), ("superseded", False)]
+    assert await store.fts_search("forget") == []
+    stats = await store.stats()
+    assert (stats.memories, stats.versions, stats.tombstones, stats.forgotten) == (1, 3, 1, 1)
+
+
+async def test_edit_after_forget_is_refused_and_resolve_brings_it_back(store: Store) -> None:
+    mid = await store.add(Draft("a fact"))
+    await store.forget(mid)
+    with pytest.raises(StoreError, match="forgotten"):
+        await store.edit(mid, content="changed")
+    with pytest.raises(StoreError, match="already forgotten"):
+        await store.forget(mid)
+    before = [v for v in await store.versions(mid) if not v.deleted][0]
+    await store.resolve(mid, before.version)
+    memory = await store.get(mid)
+    assert not memory.deleted and memory.content == "a fact"
+    assert len(await store.versions(mid)) == 3
+
+
+async def test_unknown_and_ambiguous_ids(store: Store) -> None:
+    await store.add(Draft("one", id="abcdef00-0000-4000-8000-000000000001"))
+    await store.add(Draft("two", id="abcdef00-0000-4000-8000-000000000002"))
+    with pytest.raises(StoreError, match="ambiguous"):
+        await store.get("abcdef")
+    assert (await store.get("abcdef00-0000-4000-8000-000000000002")).content == "two"
+    with pytest.raises(StoreError, match="no memory"):
+        await store.get("ffff")
+    with pytest.raises(StoreError, match="no memory"):
+        await store.edit("00000000-0000-4000-8000-000000000000", content="x")
+    with pytest.raises(StoreError, match="not a memory id"):
+        await store.get("not-an-id!")
+    with pytest.raises(StoreError, match="no version"):
+        await store.resolve("abcdef00-0000-4000-8000-000000000001", f"{store.replica_id}:1")
+
+
+async def test_fts_takes_any_user_text(store: Store) -> None:
+    mid = await store.add(Draft('use "NEAR" and OR carefully: col:value * ^'))
+    for hostile in ['"', "OR", "NEAR(", "a AND", "col:value", "*", "^", "'; DROP TABLE versions; --", ""]:
+        await store.fts_search(hostile, limit=5)
+    assert [m for m, _ in await store.fts_search('carefully"')] == [mid]
+    assert await store.fts_search("carefully", project="elsewhere") == []
+
+
+async def test_changes_since_follows_state_changes(store: Store) -> None:
+    mid = await store.add(Draft("v1"), b"\1" * 8, "e")
+    base = await store.max_seq()
+    await store.edit(mid, content="v2", embedding=b"\2" * 8, embedder="e")
+    changes = await store.changes_since(base)
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    by_label = {c.label: c for c in changes}
+    assert len(by_label) == 2
+    live = [c for c in changes if c.live]
+    assert len(live) == 1 and live[0].content == "v2" and live[0].embedding == b"\2" * 8
+    dead = [c for c in changes if not c.live]
+    assert len(dead) == 1 and dead[0].content == ""
+    assert await store.changes_since(await store.max_seq()) == []
+    rebuilt = [c async for batch in store.all_live_embeddings(batch_size=1) for c in batch]
+    assert [(c.label, c.content) for c in rebuilt] == [(live[0].label, "v2")]
+
+
+# Received versions -----------------------------------------------------------------
+
+
+async def test_apply_versions_of_another_member_and_duplicates(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    ids = await a.add_many([(Draft(f"memory {i}", project="p"), b"\0" * 8) for i in range(7)], "e")
+    assert await sync_one_way(a, b) == 7
+    assert {m.id for m in await b.list()} == set(ids)
+    assert (await b.get(ids[3])).content == "memory 3"
+    assert [m for m, _ in await b.fts_search("memory", limit=10)] != []
+    # Sending the same versions again is a no-op.
+    batch = [v async for batch in a.missing_for(VersionVector()) for v in batch]
+    result = await b.apply(batch + batch[:2])
+    assert (result.added, result.duplicates) == (0, 9)
+    assert (await b.stats()).versions == 7
+    assert await b.vector() == await a.vector()
+
+
+async def test_concurrent_edits_converge_to_the_same_siblings(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    mid = await a.add(Draft("the meeting is on monday"))
+    await sync(a, b)
+    await a.edit(mid, content="the meeting is on tuesday")
+    await b.edit(mid, content="the meeting is on wednesday")
+    await sync(a, b)
+    assert await snapshot(a) == await snapshot(b)
+    assert (await a.get(mid)).siblings == 1
+    conflicts_a, conflicts_b = await a.conflicts(), await b.conflicts()
+    assert [[v.version for v in g] for g in conflicts_a] == [[v.version for v in g] for g in conflicts_b]
+    assert {v.content for v in conflicts_a[0]} == {"the meeting is on tuesday", "the meeting is on wednesday"}
+    winner = (await a.get(mid)).content
+    assert (await b.get(mid)).content == winner
+    # Only the winner is searchable.
+    assert len(await a.fts_search("meeting")) == 1
+    # Resolving on one side settles both.
+    loser = conflicts_a[0][1]
+    await b.resolve(mid, loser.version)
+    await sync(a, b)
+    assert await a.conflicts() == [] and await b.conflicts() == []
+    assert (await a.get(mid)).content == loser.content == (await b.get(mid)).content
+    assert (await a.stats()).conflicts == 0
+
+
+async def test_a_concurrent_edit_survives_a_concurrent_forget(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    mid = await a.add(Draft("draft plan"))
+    await sync(a, b)
+    await a.forget(mid)
+    await b.edit(mid, content="final plan")
+    await sync(a, b)
+    for s in (a, b):
+        memory = await s.get(mid)
+        assert not memory.deleted and memory.content == "final plan" and memory.siblings == 1
+    assert await snapshot(a) == await snapshot(b)
+
+
+async def test_missing_for_returns_exactly_what_the_other_lacks(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    await a.add_many([(Draft(f"a{i}"), None) for i in range(5)])
+    await sync(a, b)
+    await b.add_many([(Draft(f"b{i}"), None) for i in range(4)])
+    later = await a.add_many([(Draft(f"a-late{i}"), None) for i in range(3)])
+    lacking = [v async for batch in a.missing_for(await b.vector(), batch_size=2) for v in batch]
+    assert sorted(v.header.memory_id for v in lacking) == sorted(later)
+    assert await a.count_missing_for(await b.vector()) == 3
+    nothing = [v async for batch in a.missing_for(await a.vector()) for v in batch]
+    assert nothing == []
+
+
+async def test_hlc_moves_past_received_versions(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    # B's clock runs far ahead of A's: A's next versions must still be stamped later.
+    b._now_ms = FakeClock(1_900_000_000_000)
+    mid = await b.add(Draft("from the future"))
+    await sync(a, b)
+    (received,) = await a.versions(mid)
+    mine = await a.add(Draft("written after receiving it"))
+    (written,) = await a.versions(mine)
+    assert written.hlc > received.hlc
+    # And that survives reopening the store.
+    home = Home(a.path.parent)
+    async with await home.open_store(now_ms=FakeClock(1_800_000_000_000)) as again:
+        later = await again.add(Draft("and after a restart"))
+        (after_restart,) = await again.versions(later)
+    assert after_restart.hlc > written.hlc
+
+
+def _forged(a: Store, signing_key: Ed25519PrivateKey, *, group_id: bytes | None = None) -> SealedVersion:
+    raw = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    header = VersionHeader(
+        group_id=group_id or a.group_id,
+        epoch=0,
+        memory_id="99999999-9999-4999-8999-999999999999",
+        dot=Dot(device_id_for(raw), 1_800_000_000_000),
+        context=(),
+        hlc=1 << 40,
+    )
+    return seal(header, MemoryBody(content="sneaky"), signing_key=signing_key, group_key=a.group_keys[0])
+
+
+async def test_a_version_from_a_non_member_is_rejected_and_nothing_is_written(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    await a.add(Draft("genuine"))
+    genuine = [v async for batch in a.missing_for(VersionVector()) for v in batch]
+    outsider = _forged(a, Ed25519PrivateKey.generate())
+    with pytest.raises(NotAMember):
+        await b.apply([*genuine, outsider])
+    assert (await b.stats()).versions == 0
+    with pytest.raises(WrongGroup):
+        await b.apply([_forged(a, Ed25519PrivateKey.generate(), group_id=b"\7" * 16)])
+    # Tampering with one byte of a member's version is caught too.
+    data = bytearray(genuine[0].encode())
+    data[-70] ^= 1
+    with pytest.raises(TrustError):
+        await b.apply([SealedVersion.decode(bytes(data))])
+    assert (await b.stats()).versions == 0
+    # Lenient mode (bundles): the good ones go in, the bad ones are reported.
+    result = await b.apply([*genuine, outsider], strict=False)
+    assert result.added == 1 and len(result.rejected) == 1
+    assert "not a member" in result.rejected[0].reason
+    assert [m.content for m in await b.list()] == ["genuine"]
+
+
+async def test_two_handles_on_one_store_see_each_other(pair: tuple[Store, Store], tmp_path: Path) -> None:
+    a, _ = pair
+    home = Home(tmp_path / "a")
+    other = await home.open_store()
+    try:
+        first = await a.add(Draft("from the agent"))
+        second = await other.add(Draft("from the cli"))
+        assert {m.id for m in await a.list()} == {first, second}
+        await other.edit(first, content="edited by the cli")
+        assert (await a.get(first)).content == "edited by the cli"
+        assert len(await a.versions(first)) == 2
+    finally:
+        await other.close()
+
+
+async def test_stats_and_integrity(store: Store) -> None:
+    await store.add_many([(Draft(f"m{i}"), None) for i in range(10)])
+    stats = await store.stats()
+    assert (stats.memories, stats.versions, stats.conflicts, stats.devices) == (10, 10, 0, 2)
+    assert stats.vector == {store.replica_id: (await store.vector())[store.replica_id]}
+    assert stats.db_bytes > 0
+    assert await store.integrity_check() == []
+
+
+# Files: schema versions, bad files -------------------------------------------------
+
+
+async def test_a_store_from_a_newer_peer_is_refused(aio_loop: object, tmp_path: Path) -> None:
+    home = Home(tmp_path / "h")
+    await home.init("x")
+    with sqlite3.connect(home.store_path) as conn:
+        conn.execute(f"PRAGMA user_version = {store_module.SCHEMA_VERSION + 5}")
+    with pytest.raises(StoreError, match=r"newer peer \(schema 6 > 1\); upgrade peer"):
+        await home.open_store()
+
+
+async def test_migrations_run_in_order_on_open(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = Home(tmp_path / "h")
+    await home.init("x")
+    async with await home.open_store() as s:
+        mid = await s.add(Draft("made by schema 1"))
+    steps = [*store_module.MIGRATIONS, ["CREATE TABLE later (x)", "INSERT INTO later VALUES (42)"]]
+    monkeypatch.setattr(store_module, "MIGRATIONS", steps)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(steps))
+    async with await home.open_store() as s:
+        assert (await s.get(mid)).content == "made by schema 1"
+    with sqlite3.connect(home.store_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT x FROM later").fetchall() == [(42,)]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all" * 200, b"SQLite format 3\0" + b"\xff" * 4000],
+    ids=["text", "damaged-header"],
+)
+async def test_a_file_that_is_not_a_store_gives_a_clear_error(
+    aio_loop: object, tmp_path: Path, content: bytes
+) -> None:
+    home = Home(tmp_path / "h")
+    await home.init("x")
+    home.store_path.write_bytes(content)
+    with pytest.raises(StoreError, match="not a peer store|damaged"):
+        await home.open_store()
+
+
+async def test_a_foreign_sqlite_file_is_not_a_store(aio_loop: object, tmp_path: Path) -> None:
+    home = Home(tmp_path / "h")
+    await home.init("x")
+    home.store_path.unlink()
+    with sqlite3.connect(home.store_path) as conn:
+        conn.execute("CREATE TABLE notes (x)")
+    with pytest.raises(StoreError, match="is not a peer store"):
+        await home.open_store()
+
