@@ -1,0 +1,360 @@
+"""The device hub: one home opened for use (store, keys, embedder, search index).
+
+The CLI calls this, and the sync agent will too: whatever touches more
+than the store alone (embedding what is added, keeping the index in step,
+hybrid search, health checks) lives here, so that every caller does it the
+same way.
+
+The embedder and the index are opened on first use, never in
+:meth:`Device.open`: ``peer stats`` or ``peer list`` must not pay for
+loading a model or an hnswlib graph (nor even for importing numpy).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from protocol.errors import PeerError, StoreError
+
+from .home import Home
+from .memory import Draft, Memory
+from .search import SearchHit, candidate_count, fuse
+from .store import KEEP, SCHEMA_VERSION, Store
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+    from .index import SearchIndex
+
+__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress"]
+
+#: ``progress(done, total)``, called from the trio thread as work advances.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One answer of :meth:`Device.search`: the fused ranks and the memory they point at."""
+
+    hit: SearchHit
+    memory: Memory
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.memory.id, "score": round(self.hit.score, 6), "content": self.memory.content}
+        out.update((k, v) for k, v in self.memory.to_json().items() if k not in out)
+        out["similarity"] = None if self.hit.similarity is None else round(self.hit.similarity, 6)
+        out["vector_rank"] = self.hit.vector_rank
+        out["keyword_rank"] = self.hit.keyword_rank
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of ``peer doctor``: what was checked, the finding, and what to do when it failed."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorReport:
+    checks: tuple[Check, ...]
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "checks": [c.to_json() for c in self.checks]}
+
+
+def _vector_bytes(rows: Any) -> list[bytes]:
+    """Rows of a float32 matrix as the little-endian bytes versions carry."""
+    import numpy as np
+
+    matrix = np.ascontiguousarray(rows, dtype="<f4")
+    return [row.tobytes() for row in matrix]
+
+
+class Device:
+    """A home opened for use. Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, home: Home, store: Store) -> None:
+        self.home = home
+        self.store = store
+        self._embedder: Embedder | None = None
+        self._index: SearchIndex | None = None
+
+    @classmethod
+    async def open(cls, home: Home) -> Device:
+        return cls(home, await home.open_store())
+
+    async def close(self) -> None:
+        try:
+            if self._index is not None:
+                await self._index.close()
+        finally:
+            self._index = None
+            await self.store.close()
+
+    async def __aenter__(self) -> Device:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Embedding ----------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from .embedder import default_embedder
+
+            self._embedder = default_embedder()
+        return self._embedder
+
+    async def embed(self, texts: Sequence[str]) -> list[bytes]:
+        """Embed texts in a worker thread; one little-endian float32 vector per text."""
+        embedder = self.embedder
+        matrix = await trio.to_thread.run_sync(embedder.embed, list(texts))
+        return _vector_bytes(matrix)
+
+    # Writes -------------------------------------------------------------------------
+    async def add(self, drafts: Sequence[Draft]) -> list[str]:
+        """Embed and add memories in one transaction; returns their ids in order."""
+        if not drafts:
+            return []
+        for draft in drafts:
+            if not draft.content.strip():
+                raise StoreError("a memory needs some content")
+        vectors = await self.embed([d.content for d in drafts])
+        return await self.store.add_many(list(zip(drafts, vectors, strict=True)), self.embedder.id)
+
+    async def edit(
+        self,
+        memory_id: str,
+        *,
+        content: str | None = None,
+        kind: str | None = None,
+        project: str | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        importance: float | None = None,
+    ) -> str:
+        """A new version of a memory. ``metadata`` keys are merged into the current ones.
+
+        A new text is embedded here so the version carries its vector (other
+        devices with the same embedder then reuse it instead of re-running
+        the model).
+        """
+        current = await self.store.get(memory_id)
+        if current.deleted:
+            # Let the store word this one: it knows how to bring it back.
+            return await self.store.edit(current.id, content=content)
+        merged = None if metadata is None else {**current.metadata, **metadata}
+        if content is not None and content != current.content:
+            (vector,) = await self.embed([content])
+            return await self.store.edit(
+                current.id,
+                content=content,
+                kind=kind,
+                project=project,
+                tags=tags,
+                metadata=merged,
+                importance=KEEP if importance is None else importance,
+                embedding=vector,
+                embedder=self.embedder.id,
+            )
+        return await self.store.edit(
+            current.id,
+            kind=kind,
+            project=project,
+            tags=tags,
+            metadata=merged,
+            importance=KEEP if importance is None else importance,
+        )
+
+    async def forget(self, memory_id: str) -> str:
+        return await self.store.forget(memory_id)
+
+    # Index ----------------------------------------------------------------------------
+    async def prepare_index(self, progress: Progress | None = None) -> list[str]:
+        """Open the search index and bring it up to date with the store; returns warnings.
+
+        Cheap when nothing changed (one query for the store's seq). A
+        missing, damaged or foreign index is rebuilt, with a warning.
+        """
+        from .index import SearchIndex
+
+        warnings: list[str] = []
+        if self._index is None:
+            index, opened = await SearchIndex.open(self.home.index_dir, self.embedder)
+            warnings.extend(opened)
+            self._index = index
+        await self._index.catch_up(self.store, self.embedder, progress)
+        return warnings
+
+    async def _ready_index(self) -> SearchIndex:
+        if self._index is None:
+            await self.prepare_index()
+        assert self._index is not None
+        return self._index
+
+    async def reindex(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Rebuild the index from the store's vectors (embedding only what has none)."""
+        from .index import SearchIndex
+
+        started = time.monotonic()
+        if self._index is None:
+            self._index, _ = await SearchIndex.open(self.home.index_dir, self.embedder)
+        await self._index.rebuild(self.store, self.embedder, progress)
+        return {"vectors": len(self._index), "seconds": time.monotonic() - started}
+
+    # Search -----------------------------------------------------------------------------
+    async def search(
+        self, query: str, *, k: int = 10, project: str | None = None, kind: str | None = None
+    ) -> list[SearchResult]:
+        """Hybrid search: the query's nearest vectors and its keyword matches, fused (see :mod:`peer.search`).
+
+        Only live winners are returned, filtered by project and kind. When
+        filters drop most vector candidates, more are fetched (up to the
+        whole index) so a selective filter still finds its k answers.
+        """
+        if k <= 0 or not query.strip():
+            return []
+        index = await self._ready_index()
+        (vector,) = await self.embed([query])
+        wanted = candidate_count(k)
+        keyword = await self.store.fts_search(query, limit=wanted, project=project, kind=kind)
+
+        semantic: list[tuple[str, float]] = []
+        memories: dict[str, Memory] = {}
+        fetch = wanted
+        while True:
+            hits = await index.query(vector, fetch)
+            found = await self.store.get_many(
+                [m for m, _ in hits if m not in memories]
+            )
+            memories.update(found)
+            semantic = [
+                (m, sim)
+                for m, sim in hits
+                if m in memories
+                and (project is None or memories[m].project == project)
+                and (kind is None or memories[m].kind == kind)
+            ]
+            if len(semantic) >= wanted or len(hits) < fetch:
+                break
+            fetch *= 4
+
+        fused = fuse(semantic, keyword, limit=k)
+        missing = [h.memory_id for h in fused if h.memory_id not in memories]
+        if missing:
+            memories.update(await self.store.get_many(missing))
+        results: list[SearchResult] = []
+        for hit in fused:
+            memory = memories.get(hit.memory_id)
+            # A memory forgotten or changed by another process between the
+            # two reads is dropped rather than shown stale.
+            if memory is None or memory.deleted:
+                continue
+            if (project is not None and memory.project != project) or (kind is not None and memory.kind != kind):
+                continue
+            results.append(SearchResult(hit, memory))
+        return results
+
+    # Health -----------------------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]:
+        """``peer stats``: the store's counts plus where things live and the index's state."""
+        from .index import index_state
+
+        store_stats = await self.store.stats()
+        out = store_stats.to_json()
+        out["home"] = str(self.home.path)
+        out["schema_version"] = SCHEMA_VERSION
+        out["index"] = index_state(self.home.index_dir, store_stats.max_seq)
+        return out
+
+    def _key_file_checks(self) -> list[Check]:
+        checks: list[Check] = []
+        home = self.home
+        for path, most in (
+            (home.path, 0o700),
+            (home.device_key_path, 0o600),
+            (home.kex_key_path, 0o600),
+            (home.store_path, 0o600),
+        ):
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+            except OSError as e:
+                checks.append(Check(f"permissions of {path.name}", False, f"cannot stat {path}: {e.strerror}"))
+                continue
+            loose = mode & ~most
+            if loose & 0o077:
+                checks.append(
+                    Check(
+                        f"permissions of {path.name}",
+                        False,
+                        f"{path} is readable or writable by others (mode {mode:o})",
+                        f"chmod {most:o} {path}",
+                    )
+                )
+            else:
+                checks.append(Check(f"permissions of {path.name}", True, f"mode {mode:o}"))
+        return checks
+
+    async def doctor(self, *, repair: bool = False, progress: Progress | None = None) -> DoctorReport:
+        """Check everything a user would want checked; with ``repair``, rebuild a bad index."""
+        from .index import SearchIndex, index_state
+
+        checks: list[Check] = []
+        problems = await self.store.integrity_check()
+        checks.append(
+            Check("store integrity", not problems, "; ".join(problems) or "ok",
+                  "restore the store from a backup, or sync a fresh store from another device" if problems else "")
+        )
+        checks.append(Check("schema", True, f"version {SCHEMA_VERSION}"))
+
+        try:
+            loader = getattr(self.embedder, "load", None)
+            if loader is not None:
+                await trio.to_thread.run_sync(loader)
+            checks.append(Check("embedding model", True, f"{self.embedder.id} (file hash verified)"))
+        except PeerError as e:
+            checks.append(Check("embedding model", False, e.message, "reinstall peer and its model package"))
+            model_ok = False
+        else:
+            model_ok = True
+
+        checks.extend(self._key_file_checks())
+
+        max_seq = await self.store.max_seq()
+        if model_ok:
+            index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder)
+            self._index = index
+            if repair and warnings:
+                await index.rebuild(self.store, self.embedder, progress)
+                warnings = [f"{w} (rebuilt)" for w in warnings]
+            if repair:
+                await index.catch_up(self.store, self.embedder, progress)
+            state = index_state(self.home.index_dir, max_seq)
+            healthy_index = not warnings or repair
+            checks.append(
+                Check(
+                    "search index",
+                    healthy_index,
+                    "; ".join(warnings) or state["summary"],
+                    "" if healthy_index else "run `peer doctor --repair` (or `peer reindex`)",
+                )
+            )
+        return DoctorReport(tuple(checks))
