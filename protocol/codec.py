@@ -16,8 +16,9 @@ from .errors import DecodeError
 
 __all__ = ["Writer", "Reader", "encode_uvarint", "MAX_VARINT_BYTES"]
 
-#: 2**70 is far above any counter or length we use; longer varints are garbage.
-MAX_VARINT_BYTES = 10
+#: 12 bytes hold 84 bits: enough for the largest value we encode, a hybrid
+#: clock time (a 62-bit counter shifted by 16); longer varints are garbage.
+MAX_VARINT_BYTES = 12
 
 
 def encode_uvarint(value: int) -> bytes:
