@@ -1,0 +1,266 @@
+"""Convergence and no lost writes, for 2-5 devices, under Hypothesis.
+
+A RuleBasedStateMachine drives simulated devices (tests/protocol/sim.py)
+through random adds, edits and forgets (concurrent edits and edit against
+forget included), sync sessions between pairs run through the real
+SyncSession with the bytes cut into random chunks, sessions cut short at a
+random byte, replayed batches, bundles exported for stale bases and
+imported twice or out of order, clocks that jump back, and devices
+restored from old backups. After every step it checks that no dot was
+ever reused and that every vector covers only what its device holds. At
+the end of each example it syncs every pair until nothing moves and then
+requires identical winners, siblings and tombstones on every device, and
+that every version ever written is held everywhere (or superseded, or was
+held only by a device whose disk was replaced by an older backup).
+
+How much CI runs: ``CI_EXAMPLES`` examples of up to ``CI_STEPS`` steps
+(with HYPOTHESIS_PROFILE=ci, about 90 s on 2 cores); the "long" profile
+runs ``LONG_FACTOR`` times more examples, recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from protocol import Dot, SealedVersion, VersionVector
+
+from .sim import Bundle, DeviceSnapshot, SessionPlan, SimClock, SimDevice, SimGroup, export_bundle, import_bundle, memory_uuid, run_session
+
+CI_EXAMPLES = 60
+CI_STEPS = 60
+LONG_FACTOR = 100
+
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
+_EXAMPLES = {"ci": CI_EXAMPLES, "long": CI_EXAMPLES * LONG_FACTOR}.get(_PROFILE, CI_EXAMPLES // 3)
+
+#: Figures across examples, printed at the end of a run with PEER_SIM_STATS=1.
+STATS: Counter[str] = Counter()
+
+device_index = st.integers(0, 4)
+
+
+@dataclass
+class DeliveredBatch:
+    versions: list[SealedVersion]
+
+
+class Devices(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = SimClock()
+        self.group = SimGroup()
+        self.devices: list[SimDevice] = []
+        # Every version ever written, by dot: the ground truth for "no lost writes".
+        self.log: dict[Dot, bytes] = {}
+        # Dots that existed only on a device when it was restored from an older backup.
+        self.lost: set[Dot] = set()
+        self.next_memory = 1
+        self.batches: list[list[SealedVersion]] = []
+        self.pool: list[Bundle] = []
+        self.snapshots: list[tuple[int, DeviceSnapshot]] = []
+        self.old_vectors: list[VersionVector] = [VersionVector()]
+        self.incarnations: dict[int, int] = {}
+        self.stats: Counter[str] = Counter()
+
+    # -- helpers ------------------------------------------------------------------
+    def dev(self, i: int) -> SimDevice:
+        return self.devices[i % len(self.devices)]
+
+    def record(self, sealed: SealedVersion) -> None:
+        dot = sealed.header.dot
+        assert dot not in self.log, f"dot {dot} written twice"
+        self.log[dot] = sealed.encode()
+        self.stats["versions written"] += 1
+
+    def pick_live(self, device: SimDevice, pick: int) -> str | None:
+        live = device.live_memories()
+        return live[pick % len(live)] if live else None
+
+    # -- setup ---------------------------------------------------------------------
+    @initialize(n=st.integers(2, 5), skews=st.lists(st.integers(-3000, 3000), min_size=5, max_size=5))
+    def make_devices(self, n: int, skews: list[int]) -> None:
+        for i in range(n):
+            d = SimDevice.create(f"device-{i}", self.group, self.clock)
+            d.skew_ms = skews[i]
+            self.devices.append(d)
+        self.stats["devices"] += n
+
+    # -- local changes -------------------------------------------------------------
+    @rule(i=device_index)
+    def add(self, i: int) -> None:
+        d = self.dev(i)
+        mid = memory_uuid(self.next_memory)
+        self.next_memory += 1
+        self.record(d.add(mid, f"memory {mid[-4:]} first written on {d.name}"))
+
+    @rule(i=device_index, pick=st.integers(0, 50))
+    def edit(self, i: int, pick: int) -> None:
+        d = self.dev(i)
+        mid = self.pick_live(d, pick)
+        if mid is not None:
+            self.record(d.edit(mid, f"edited on {d.name} at {self.clock.now_ms}"))
+
+    @rule(i=device_index, pick=st.integers(0, 50))
+    def forget(self, i: int, pick: int) -> None:
+        d = self.dev(i)
+        mid = self.pick_live(d, pick)
+        if mid is not None:
+            self.record(d.forget(mid))
+
+    @rule(i=device_index, j=device_index, pick=st.integers(0, 50), second_forgets=st.booleans())
+    def concurrent_change(self, i: int, j: int, pick: int, second_forgets: bool) -> None:
+        """Two devices change the same memory without syncing in between."""
+        a, b = self.dev(i), self.dev(j)
+        if a is b:
+            return
+        shared = sorted(set(a.live_memories()) & set(b.live_memories()))
+        if not shared:
+            return
+        mid = shared[pick % len(shared)]
+        self.record(a.edit(mid, f"concurrent edit on {a.name}"))
+        self.record(b.forget(mid) if second_forgets else b.edit(mid, f"concurrent edit on {b.name}"))
+        self.stats["concurrent changes"] += 1
+
+    # -- clocks ----------------------------------------------------------------------
+    @rule(ms=st.integers(0, 3000))
+    def time_passes(self, ms: int) -> None:
+        self.clock.advance(ms)
+
+    @rule(i=device_index, skew=st.integers(-10_000, 10_000))
+    def clock_jumps(self, i: int, skew: int) -> None:
+        """A device's wall clock is set wrong (or back): counters and HLC must cope."""
+        self.dev(i).skew_ms = skew
+
+    # -- sync sessions -------------------------------------------------------------
+    @rule(
+        i=device_index,
+        j=device_index,
+        chunk_seed=st.integers(0, 2**32 - 1),
+        cut_at=st.none() | st.integers(0, 20_000),
+    )
+    def sync(self, i: int, j: int, chunk_seed: int, cut_at: int | None) -> None:
+        a, b = self.dev(i), self.dev(j)
+        if a is b:
+            return
+        self.old_vectors.extend([a.vector, b.vector])
+        result = run_session(a, b, SessionPlan(chunk_seed=chunk_seed, cut_at=cut_at))
+        self.batches.extend(result.batches)
+        self.stats["sessions"] += 1
+        self.stats["sessions cut" if result.cut else "sessions complete"] += 1
+        self.stats["versions transferred"] += result.versions_delivered
+
+    @precondition(lambda self: bool(self.batches))
+    @rule(i=device_index, k=st.integers(0, 10_000))
+    def replay_batch(self, i: int, k: int) -> None:
+        """A batch delivered earlier arrives again (duplicated or reordered delivery)."""
+        self.dev(i).apply(self.batches[k % len(self.batches)])
+        self.stats["batches replayed"] += 1
+
+    # -- bundles ---------------------------------------------------------------------
+    @rule(i=device_index, j=device_index, base=st.sampled_from(["current", "old", "empty"]), k=st.integers(0, 10_000))
+    def export(self, i: int, j: int, base: str, k: int) -> None:
+        a, b = self.dev(i), self.dev(j)
+        if base == "current":
+            vector = b.vector
+        elif base == "old":
+            vector = self.old_vectors[k % len(self.old_vectors)]
+        else:
+            vector = VersionVector()
+        self.pool.append(export_bundle(a, vector))
+        self.stats["bundles exported"] += 1
+
+    @precondition(lambda self: bool(self.pool))
+    @rule(i=device_index, k=st.integers(0, 10_000))
+    def import_(self, i: int, k: int) -> None:
+        d = self.dev(i)
+        bundle = self.pool[k % len(self.pool)]
+        self.old_vectors.append(d.vector)
+        merged = import_bundle(d, bundle)
+        self.stats["bundles imported"] += 1
+        self.stats["bundle vectors merged" if merged else "bundle vectors not merged"] += 1
+
+    # -- backups ---------------------------------------------------------------------
+    @rule(i=device_index)
+    def back_up(self, i: int) -> None:
+        self.snapshots.append((i % len(self.devices), self.dev(i).snapshot()))
+
+    @precondition(lambda self: bool(self.snapshots))
+    @rule(k=st.integers(0, 10_000))
+    def restore(self, k: int) -> None:
+        index, snap = self.snapshots[k % len(self.snapshots)]
+        d = self.devices[index]
+        others = [o for o in self.devices if o is not d]
+        for dot in d.versions.keys() - snap.versions.keys():
+            if not any(dot in o.versions for o in others):
+                self.lost.add(dot)
+        incarnation = self.incarnations.get(index, 0) + 1
+        self.incarnations[index] = incarnation
+        d.restore(snap, incarnation)
+        self.stats["restores"] += 1
+
+    # -- invariants ------------------------------------------------------------------
+    @invariant()
+    def no_dot_is_reused(self) -> None:
+        for d in self.devices:
+            for dot, sealed in d.versions.items():
+                assert self.log.get(dot) == sealed.encode(), f"{d.name} holds a version {dot} nobody wrote"
+
+    @invariant()
+    def vectors_cover_only_held_versions(self) -> None:
+        for d in self.devices:
+            claimed = [dot for dot in self.log if d.vector.covers(dot) and dot not in d.versions]
+            assert not claimed, f"{d.name}'s vector covers {claimed[:3]} it does not hold"
+
+    # -- the end: sync everything and compare -------------------------------------------
+    def converge(self) -> int:
+        """Complete sessions between every pair until a whole pass moves nothing; returns passes."""
+        for passes in range(1, 2 * len(self.devices) + 3):
+            moved = 0
+            for x in range(len(self.devices)):
+                for y in range(x + 1, len(self.devices)):
+                    result = run_session(self.devices[x], self.devices[y], SessionPlan(chunk_seed=passes, cut_at=None))
+                    assert not result.cut
+                    moved += result.versions_new
+            if moved == 0:
+                return passes
+        raise AssertionError("devices were still exchanging new versions after every pair synced repeatedly")
+
+    def teardown(self) -> None:
+        if not self.devices:
+            return
+        self.converge()
+        first, *rest = self.devices
+        views = first.views()
+        for d in rest:
+            assert d.views() == views, f"{d.name} differs from {first.name}"
+            assert d.versions.keys() == first.versions.keys()
+            assert d.vector == first.vector
+        for dot in self.log:
+            if dot in first.versions or dot in self.lost:
+                continue
+            superseding = [s for s in first.versions.values() if dot in s.header.context]
+            assert superseding, f"version {dot} was lost: no device holds it and nothing supersedes it"
+        self.stats["examples"] += 1
+        self.stats["memories"] += len(views)
+        self.stats["conflicts at the end"] += sum(1 for v in views.values() if len(v.live) > 1)
+        self.stats["versions lost to restores"] += len(self.lost - first.versions.keys())
+        STATS.update(self.stats)
+
+
+Devices.TestCase.settings = settings(max_examples=_EXAMPLES, stateful_step_count=CI_STEPS, deadline=None)
+TestDevices = Devices.TestCase
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_stats() -> Iterator[None]:
+    yield
+    if os.environ.get("PEER_SIM_STATS"):
+        print("\nconvergence simulation:", dict(sorted(STATS.items())))
