@@ -66,3 +66,58 @@ __all__ += [
     "MemberInfo", "MemberRecord", "Membership", "KeyEpochRecord", "MembershipRecord", "RevocationRecord",
     "UnknownSigner", "decode_membership_record", "found_group", "group_id_for",
 ]
+
+from .bundle import (  # noqa: E402
+    BUNDLE_FORMAT,
+    BundleEnd,
+    BundleHeader,
+    BundleMemberRecord,
+    BundleReader,
+    BundleVersion,
+    BundleWriter,
+)
+from .frames import (  # noqa: E402
+    DEFAULT_MAX_FRAME_SIZE,
+    END_OF_STREAM,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Done,
+    ErrorCode,
+    ErrorFrame,
+    Frame,
+    FrameDecoder,
+    Hello,
+    JoinAccept,
+    JoinReject,
+    JoinRequest,
+    Members,
+    VersionsBatch,
+    decode_frame,
+    encode_frame,
+    join_proof,
+)
+from .session import (  # noqa: E402
+    PAUSED,
+    ConnectionClosed,
+    HelloReceived,
+    MembersReceived,
+    PeerDone,
+    SessionComplete,
+    SessionState,
+    SyncSession,
+    VersionSource,
+    VersionsReceived,
+    batches,
+    error_frame_for,
+    outgoing,
+)
+
+__all__ += [
+    "BUNDLE_FORMAT", "BundleEnd", "BundleHeader", "BundleMemberRecord", "BundleReader", "BundleVersion",
+    "BundleWriter",
+    "DEFAULT_MAX_FRAME_SIZE", "END_OF_STREAM", "NEED_DATA", "PROTOCOL_VERSION", "Done", "ErrorCode", "ErrorFrame",
+    "Frame", "FrameDecoder", "Hello", "JoinAccept", "JoinReject", "JoinRequest", "Members", "VersionsBatch",
+    "decode_frame", "encode_frame", "join_proof",
+    "PAUSED", "ConnectionClosed", "HelloReceived", "MembersReceived", "PeerDone", "SessionComplete", "SessionState",
+    "SyncSession", "VersionSource", "VersionsReceived", "batches", "error_frame_for", "outgoing",
+]

@@ -73,7 +73,7 @@ __all__ = [
     "Members",
     "VersionsBatch",
     "Done",
-    "Error",
+    "ErrorFrame",
     "JoinRequest",
     "JoinAccept",
     "JoinReject",
@@ -251,7 +251,7 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
-class Error:
+class ErrorFrame:
     """The sender gives up on the session; ``message`` is for the user on the other side."""
 
     code: int
@@ -339,14 +339,14 @@ class JoinReject:
         _check_message("JOIN_REJECT", self.code, self.message)
 
 
-Frame = Hello | Members | VersionsBatch | Done | Error | JoinRequest | JoinAccept | JoinReject
+Frame = Hello | Members | VersionsBatch | Done | ErrorFrame | JoinRequest | JoinAccept | JoinReject
 
 _NAMES: Final[dict[type[Frame], str]] = {
     Hello: "HELLO",
     Members: "MEMBERS",
     VersionsBatch: "VERSIONS",
     Done: "DONE",
-    Error: "ERROR",
+    ErrorFrame: "ERROR",
     JoinRequest: "JOIN_REQUEST",
     JoinAccept: "JOIN_ACCEPT",
     JoinReject: "JOIN_REJECT",
@@ -434,16 +434,16 @@ def decode_done(payload: bytes) -> Done:
     return Done(count)
 
 
-def encode_error(frame: Error) -> bytes:
+def encode_error(frame: ErrorFrame) -> bytes:
     return Writer().uvarint(frame.code).str(frame.message).getvalue()
 
 
-def decode_error(payload: bytes) -> Error:
+def decode_error(payload: bytes) -> ErrorFrame:
     r = Reader(payload, "ERROR frame")
     code = r.uvarint(limit=_MAX_CODE)
     message = r.str(limit=MAX_MESSAGE_BYTES)
     r.end()
-    return Error(code, message)
+    return ErrorFrame(code, message)
 
 
 def encode_join_request(frame: JoinRequest) -> bytes:
@@ -513,7 +513,7 @@ def _tag_and_payload(frame: Frame) -> tuple[int, bytes]:
         return TAG_VERSIONS, encode_versions(frame)
     if isinstance(frame, Done):
         return TAG_DONE, encode_done(frame)
-    if isinstance(frame, Error):
+    if isinstance(frame, ErrorFrame):
         return TAG_ERROR, encode_error(frame)
     if isinstance(frame, JoinRequest):
         return TAG_JOIN_REQUEST, encode_join_request(frame)

@@ -63,7 +63,7 @@ from .frames import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Done,
-    Error,
+    ErrorFrame,
     ErrorCode,
     Frame,
     FrameDecoder,
@@ -78,7 +78,7 @@ from .ids import format_device_id
 from .sealing import SealedVersion
 
 __all__ = [
-    "State",
+    "SessionState",
     "TRANSITIONS",
     "HelloReceived",
     "MembersReceived",
@@ -103,7 +103,7 @@ DEFAULT_BATCH_SIZE: Final = 256
 DEFAULT_BATCH_BYTES: Final = 1 << 20
 
 
-class State(enum.Enum):
+class SessionState(enum.Enum):
     """Where one direction of the session is (``our_state`` / ``their_state``)."""
 
     START = "start"  #: HELLO not yet sent (or received)
@@ -115,14 +115,14 @@ class State(enum.Enum):
 
 
 #: Every legal move of one direction: (state, frame type) -> next state.
-TRANSITIONS: Final[Mapping[tuple[State, type[Frame]], State]] = {
-    (State.START, Hello): State.HELLO,
-    (State.HELLO, Members): State.MEMBERS,
-    (State.MEMBERS, Members): State.MEMBERS,
-    (State.MEMBERS, VersionsBatch): State.VERSIONS,
-    (State.VERSIONS, VersionsBatch): State.VERSIONS,
-    (State.MEMBERS, Done): State.DONE,
-    (State.VERSIONS, Done): State.DONE,
+TRANSITIONS: Final[Mapping[tuple[SessionState, type[Frame]], SessionState]] = {
+    (SessionState.START, Hello): SessionState.HELLO,
+    (SessionState.HELLO, Members): SessionState.MEMBERS,
+    (SessionState.MEMBERS, Members): SessionState.MEMBERS,
+    (SessionState.MEMBERS, VersionsBatch): SessionState.VERSIONS,
+    (SessionState.VERSIONS, VersionsBatch): SessionState.VERSIONS,
+    (SessionState.MEMBERS, Done): SessionState.DONE,
+    (SessionState.VERSIONS, Done): SessionState.DONE,
 }
 
 
@@ -218,7 +218,7 @@ def _clip(message: str) -> str:
     return raw.decode("utf-8", "ignore")
 
 
-def error_frame_for(exc: BaseException) -> Error:
+def error_frame_for(exc: BaseException) -> ErrorFrame:
     """The ERROR frame that tells the other device why this side gives up."""
     if isinstance(exc, UnsupportedFormat):
         code = ErrorCode.VERSION
@@ -230,7 +230,7 @@ def error_frame_for(exc: BaseException) -> Error:
         code = ErrorCode.PROTOCOL
     else:
         code = ErrorCode.INTERNAL
-    return Error(int(code), _clip(str(exc)) or type(exc).__name__)
+    return ErrorFrame(int(code), _clip(str(exc)) or type(exc).__name__)
 
 
 def _printable(text: str) -> str:
@@ -301,8 +301,8 @@ class SyncSession:
         self._hello = Hello(protocol_version, device_id, group_id, vector, membership_digest, flags)
         self._decoder = FrameDecoder(max_frame_size)
         self._peer_device_id = peer_device_id
-        self._our = State.START
-        self._their = State.START
+        self._our = SessionState.START
+        self._their = SessionState.START
         self._peer_hello: Hello | None = None
         self._records_sent = 0
         self._records_received = 0
@@ -320,11 +320,11 @@ class SyncSession:
         return self._hello
 
     @property
-    def our_state(self) -> State:
+    def our_state(self) -> SessionState:
         return self._our
 
     @property
-    def their_state(self) -> State:
+    def their_state(self) -> SessionState:
         return self._their
 
     @property
@@ -372,7 +372,7 @@ class SyncSession:
         return "the other device"
 
     def _fail(self, exc: PeerError) -> PeerError:
-        self._our = self._their = State.ERROR
+        self._our = self._their = SessionState.ERROR
         if self._failure is None:
             self._failure = exc
         return exc
@@ -384,7 +384,7 @@ class SyncSession:
 
     def send(self, frame: Frame) -> bytes:
         """The bytes of ``frame``, after checking that this side may send it now."""
-        if isinstance(frame, Error):
+        if isinstance(frame, ErrorFrame):
             return self._send_error_frame(frame)
         name = frame_name(frame)
         if self._failure is not None:
@@ -395,7 +395,7 @@ class SyncSession:
         if isinstance(frame, Hello):
             if frame != self._hello:
                 raise self._fail(LocalProtocolError("send this session's own HELLO (use start())"))
-        elif self._their is State.START:
+        elif self._their is SessionState.START:
             raise self._fail(
                 LocalProtocolError(f"cannot send {name} before the other device's HELLO arrived (state {self._our.name})")
             )
@@ -424,11 +424,11 @@ class SyncSession:
         if isinstance(frame, VersionsBatch):
             self._versions_sent += len(frame.versions)
         self._our = new_state
-        if new_state is State.DONE and self._their is State.DONE:
+        if new_state is SessionState.DONE and self._their is SessionState.DONE:
             self._complete_pending = True
         return data
 
-    def _send_error_frame(self, frame: Error) -> bytes:
+    def _send_error_frame(self, frame: ErrorFrame) -> bytes:
         if self._error_sent:
             raise LocalProtocolError("this side already sent an ERROR in this session")
         self._error_sent = True
@@ -469,8 +469,8 @@ class SyncSession:
         except PeerError as e:
             raise self._fail(e) from None
         if frame is NEED_DATA or frame is END_OF_STREAM:
-            if self._their is State.DONE:
-                if self._our is not State.DONE:
+            if self._their is SessionState.DONE:
+                if self._our is not SessionState.DONE:
                     return PAUSED
                 return ConnectionClosed() if frame is END_OF_STREAM else NEED_DATA
             if frame is NEED_DATA:
@@ -487,7 +487,7 @@ class SyncSession:
             raise self._fail(e) from None
 
     def _receive(self, frame: Frame) -> Event:
-        if isinstance(frame, Error):
+        if isinstance(frame, ErrorFrame):
             self._peer_error = True
             make = _RECEIVED_ERRORS.get(frame.code, RemoteProtocolError)
             raise make(f"{self._peer_name()} ended the sync: {_printable(frame.message)}")
@@ -495,7 +495,7 @@ class SyncSession:
         new_state = TRANSITIONS.get((self._their, type(frame)))
         if new_state is None:
             raise RemoteProtocolError(f"{self._peer_name()} sent {name}, which is not allowed in state {self._their.name}")
-        if not isinstance(frame, Hello) and self._our is State.START:
+        if not isinstance(frame, Hello) and self._our is SessionState.START:
             raise RemoteProtocolError(f"{self._peer_name()} sent {name} before this side's HELLO (state {self._their.name})")
         event: Event
         if isinstance(frame, Hello):
@@ -526,7 +526,7 @@ class SyncSession:
                         f"{self._peer_name()} says it sent {frame.count} versions, but {self._versions_received}"
                         " arrived; the connection lost data"
                     )
-                if self._our is State.DONE:
+                if self._our is SessionState.DONE:
                     self._complete_pending = True
                 event = PeerDone(frame.count)
         self._their = new_state

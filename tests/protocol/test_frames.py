@@ -15,7 +15,7 @@ from protocol.frames import (
     PROTOCOL_VERSION,
     TAG_DONE,
     Done,
-    Error,
+    ErrorFrame,
     ErrorCode,
     Frame,
     FrameDecoder,
@@ -72,7 +72,7 @@ def sample_frames() -> list[Frame]:
         VersionsBatch((v1, v2)),
         Done(0),
         Done(123456),
-        Error(ErrorCode.WRONG_GROUP, "device X belongs to another group"),
+        ErrorFrame(ErrorCode.WRONG_GROUP, "device X belongs to another group"),
         JoinRequest.create(secret=b"s" * 32, invite_id=b"inv1", device_key=b"k" * 32, exchange_key=b"x" * 32, name="laptop"),
         JoinAccept(GROUP, (b"member record", b"epoch record"), "home"),
         JoinAccept(GROUP, (), None),
@@ -201,9 +201,9 @@ def test_frames_validate_on_construction() -> None:
     with pytest.raises(DecodeError):
         Done(-1)
     with pytest.raises(DecodeError):
-        Error(1, "x" * 5000)
+        ErrorFrame(1, "x" * 5000)
     with pytest.raises(DecodeError):
-        Error(1, "\ud800")  # not encodable as UTF-8
+        ErrorFrame(1, "\ud800")  # not encodable as UTF-8
     with pytest.raises(DecodeError):
         JoinRequest(b"", b"k" * 32, b"x" * 32, "n", b"p" * 32)
 

@@ -21,7 +21,7 @@ from protocol.frames import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Done,
-    Error,
+    ErrorFrame,
     ErrorCode,
     FrameDecoder,
     Hello,
@@ -40,7 +40,7 @@ from protocol.session import (
     MembersReceived,
     PeerDone,
     SessionComplete,
-    State,
+    SessionState,
     SyncSession,
     VersionsReceived,
     outgoing,
@@ -176,7 +176,7 @@ def test_session_cut_at_any_byte_never_completes() -> None:
         with pytest.raises(RemoteProtocolError):
             a.pump()
         assert not a.completions() and not a.session.complete, cut
-        assert a.session.their_state is State.ERROR
+        assert a.session.their_state is SessionState.ERROR
     # The control: the whole stream completes.
     a = Side(session(A, source_a), source_a)
     a.session.start()
@@ -256,12 +256,12 @@ def test_another_protocol_version_is_refused_on_both_sides() -> None:
         a.next_event()
     with pytest.raises(UnsupportedFormat, match="upgrade peer on the older one"):
         b.next_event()
-    assert a.our_state is State.ERROR and a.their_state is State.ERROR
+    assert a.our_state is SessionState.ERROR and a.their_state is SessionState.ERROR
     # The ERROR frame to send says the same to the other side.
     d = FrameDecoder()
     d.receive_data(a.send_error())
     frame = d.next_frame()
-    assert isinstance(frame, Error) and frame.code == ErrorCode.VERSION and "upgrade peer" in frame.message
+    assert isinstance(frame, ErrorFrame) and frame.code == ErrorCode.VERSION and "upgrade peer" in frame.message
     assert a.send_error() == b""  # only one ERROR per session
 
 
@@ -279,7 +279,7 @@ def test_another_group_is_refused_on_both_sides() -> None:
         d = FrameDecoder()
         d.receive_data(side.send_error())
         frame = d.next_frame()
-        assert isinstance(frame, Error) and frame.code == ErrorCode.WRONG_GROUP
+        assert isinstance(frame, ErrorFrame) and frame.code == ErrorCode.WRONG_GROUP
 
 
 def test_error_frame_from_peer_is_raised_with_its_message() -> None:
@@ -364,7 +364,7 @@ def test_frames_out_of_order_are_remote_protocol_errors(frames: bytes, message: 
     a = feed(frames)
     with pytest.raises(RemoteProtocolError, match=message):
         drain(a)
-    assert (a.our_state, a.their_state) == (State.ERROR, State.ERROR)
+    assert (a.our_state, a.their_state) == (SessionState.ERROR, SessionState.ERROR)
     with pytest.raises(LocalProtocolError, match="already failed"):
         a.next_event()
 
@@ -395,7 +395,7 @@ def test_local_misuse_names_the_event_and_the_state() -> None:
     a = SyncSession(A, GROUP, VersionVector(), DIGEST)
     with pytest.raises(LocalProtocolError, match="cannot send VERSIONS in state START"):
         a.send(VersionsBatch((VERSION_B,)))
-    assert a.our_state is State.ERROR
+    assert a.our_state is SessionState.ERROR
     with pytest.raises(LocalProtocolError, match="already failed"):
         a.start()
 
@@ -432,9 +432,9 @@ def test_oversized_batch_is_refused_locally() -> None:
 
 
 def test_transition_table_is_the_documented_chain() -> None:
-    assert TRANSITIONS[(State.START, Hello)] is State.HELLO
-    assert (State.HELLO, VersionsBatch) not in TRANSITIONS  # members always come first
-    assert all(state is not State.DONE for state, _ in TRANSITIONS)  # nothing after DONE
+    assert TRANSITIONS[(SessionState.START, Hello)] is SessionState.HELLO
+    assert (SessionState.HELLO, VersionsBatch) not in TRANSITIONS  # members always come first
+    assert all(state is not SessionState.DONE for state, _ in TRANSITIONS)  # nothing after DONE
 
 
 def test_decode_errors_are_remote_protocol_errors() -> None:
