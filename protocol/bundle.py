@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .clock import VersionVector
 from .codec import MAX_VARINT_BYTES, Reader, Writer, encode_uvarint
 from .errors import BadSignature, BundleError, LocalProtocolError, NotAMember, PeerError, WrongGroup
-from .frames import END_OF_STREAM, MAX_MEMBER_RECORD_BYTES, NEED_DATA, EndOfStream, NeedData
+from .frames import END_OF_STREAM, MAX_MEMBER_RECORD_BYTES, NEED_DATA, EndOfStream, NeedData, ReceiveBuffer
 from .ids import device_id_for, format_device_id, is_device_id
 from .sealing import MAX_SEALED_BYTES, SealedVersion
 
@@ -321,7 +321,7 @@ class BundleReader:
         self._group_id = group_id
         self._sender_key = sender_key
         self._device_id = device_id
-        self._buf = bytearray()
+        self._buf = ReceiveBuffer()
         self._eof = False
         self._hash = hashlib.sha256()
         self._stage = _Stage.MAGIC
@@ -341,7 +341,7 @@ class BundleReader:
                 raise LocalProtocolError("received data after the end of the file")
             return
         if data:
-            self._buf += data
+            self._buf.append(data)
         else:
             self._eof = True
 
@@ -367,7 +367,7 @@ class BundleReader:
                 if self._eof:
                     raise self._truncated(what)
                 return None
-            byte = buf[pos + i]
+            byte = buf.byte_at(pos + i)
             result |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
                 if byte == 0 and i > 0:
@@ -383,8 +383,7 @@ class BundleReader:
         return False
 
     def _consume(self, n: int, *, hashed: bool = True) -> bytes:
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        data = self._buf.consume(n)
         if hashed:
             self._hash.update(data)
         return data
@@ -393,7 +392,7 @@ class BundleReader:
         while True:
             stage = self._stage
             if stage is _Stage.MAGIC:
-                prefix = bytes(self._buf[: len(BUNDLE_MAGIC)])
+                prefix = self._buf.peek(len(BUNDLE_MAGIC))
                 if self._eof and not prefix:
                     raise BundleError("this file is empty: it is not a peer bundle")
                 if not BUNDLE_MAGIC.startswith(prefix):
@@ -473,7 +472,7 @@ class BundleReader:
     def _read_entry(self) -> BundleEvent | NeedData | EndOfStream:
         if not self._have(1, "an entry"):
             return NEED_DATA
-        kind = self._buf[0]
+        kind = self._buf.byte_at(0)
         if kind == _ENTRY_END:
             self._consume(1)
             self._stage = _Stage.TRAILER

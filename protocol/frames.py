@@ -103,6 +103,7 @@ __all__ = [
     "EndOfStream",
     "END_OF_STREAM",
     "FrameDecoder",
+    "ReceiveBuffer",
 ]
 
 #: The sync protocol this code speaks; a HELLO of any other version is refused.
@@ -557,6 +558,42 @@ NEED_DATA: Final = NeedData.NEED_DATA
 END_OF_STREAM: Final = EndOfStream.END_OF_STREAM
 
 
+class ReceiveBuffer:
+    """Bytes received and not yet consumed.
+
+    Consuming moves an offset and compacts only once the consumed part
+    dominates, so a large chunk of many small frames costs linear time.
+    """
+
+    __slots__ = ("_data", "_start")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self._data) - self._start
+
+    def append(self, data: bytes) -> None:
+        self._data += data
+
+    def byte_at(self, index: int) -> int:
+        """The unconsumed byte at ``index`` (the caller checked the length)."""
+        return self._data[self._start + index]
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` unconsumed bytes, without consuming them."""
+        return bytes(self._data[self._start : self._start + n])
+
+    def consume(self, n: int) -> bytes:
+        data = self.peek(n)
+        self._start += len(data)
+        if self._start > 65536 and self._start * 2 > len(self._data):
+            del self._data[: self._start]
+            self._start = 0
+        return data
+
+
 class FrameDecoder:
     """Splits a byte stream, received in any chunking, into frames.
 
@@ -576,7 +613,7 @@ class FrameDecoder:
         if max_frame_size < 1:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
-        self._buf = bytearray()
+        self._buf = ReceiveBuffer()
         self._eof = False
         self._error: PeerError | None = None
 
@@ -595,7 +632,7 @@ class FrameDecoder:
                 raise LocalProtocolError("received data after the end of the stream")
             return
         if data:
-            self._buf += data
+            self._buf.append(data)
         else:
             self._eof = True
 
@@ -612,7 +649,7 @@ class FrameDecoder:
         buf = self._buf
         if len(buf) < _LENGTH_BYTES:
             return self._incomplete()
-        length = int.from_bytes(buf[:_LENGTH_BYTES], "big")
+        length = int.from_bytes(buf.peek(_LENGTH_BYTES), "big")
         if length == 0:
             raise DecodeError("malformed data: a frame of length 0; is the other side a peer sync agent?")
         if length > self.max_frame_size:
@@ -622,10 +659,8 @@ class FrameDecoder:
         end = _LENGTH_BYTES + length
         if len(buf) < end:
             return self._incomplete()
-        tag = buf[_LENGTH_BYTES]
-        payload = bytes(buf[_LENGTH_BYTES + 1 : end])
-        del buf[:end]
-        return decode_frame(tag, payload)
+        frame = buf.consume(end)
+        return decode_frame(frame[_LENGTH_BYTES], frame[_LENGTH_BYTES + 1 :])
 
     def _incomplete(self) -> NeedData | EndOfStream:
         if not self._eof:

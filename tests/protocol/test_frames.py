@@ -225,3 +225,16 @@ def test_join_accept_name_flag_is_canonical() -> None:
     d.receive_data(forged)
     with pytest.raises(DecodeError):
         d.next_frame()
+
+
+def test_many_frames_in_one_large_chunk_then_a_split_one() -> None:
+    # More than 64 KiB of frames at once: exercises the buffer's compaction.
+    frames = [Done(i) for i in range(20_000)]
+    data = b"".join(encode_frame(f) for f in frames)
+    tail = encode_frame(Members((b"x" * 1000,)))
+    d = FrameDecoder()
+    d.receive_data(data + tail[:500])
+    assert drain(d) == frames
+    d.receive_data(tail[500:])
+    assert drain(d) == [Members((b"x" * 1000,))]
+    assert d.buffered == 0
