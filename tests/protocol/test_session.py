@@ -442,3 +442,17 @@ def test_decode_errors_are_remote_protocol_errors() -> None:
     with pytest.raises(DecodeError):
         a.next_event()
     assert isinstance(a.failure, PeerError)
+
+
+def test_stream_fed_one_byte_at_a_time_gives_the_same_events() -> None:
+    stream, source_a = full_stream_from_b()
+    whole = Side(session(A, source_a), source_a)
+    whole.session.start()
+    whole.session.receive_data(stream)
+    whole.pump()
+    bytewise = Side(session(A, source_a), source_a)
+    bytewise.session.start()
+    for i in range(len(stream)):
+        bytewise.session.receive_data(stream[i : i + 1])
+        bytewise.pump()
+    assert bytewise.events == whole.events and len(whole.completions()) == 1
