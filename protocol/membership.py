@@ -544,6 +544,8 @@ class _View:
     current: frozenset[str]
     current_epoch: int
     epoch_key_ids: Mapping[int, bytes]
+    used_key_ids: Mapping[int, frozenset[bytes]]
+    highest_epoch_seen: int
     rotation_needed: bool
 
 
@@ -717,12 +719,17 @@ class Membership:
             k.epoch == current_epoch and k.key_id == current_key_id and k.recipient not in current
             for k in self._key_epochs
         )
+        used: dict[int, set[bytes]] = {}
+        for k in self._key_epochs:
+            used.setdefault(k.epoch, set()).add(k.key_id)
         self._view = _View(
             ever=frozenset(ever),
             revoked=frozenset(revoked),
             current=frozenset(current),
             current_epoch=current_epoch,
             epoch_key_ids=epoch_key_ids,
+            used_key_ids={epoch: frozenset(ids) for epoch, ids in used.items()},
+            highest_epoch_seen=max(used, default=0),
             rotation_needed=rotation_needed,
         )
         return self._view
@@ -773,6 +780,11 @@ class Membership:
             )
         out.sort(key=lambda i: (i.name, i.device_id))
         return out
+
+    def orphaned(self) -> list[str]:
+        """Devices admitted only by now-revoked devices: not members until a member admits them again."""
+        view = self._compute()
+        return sorted(view.ever - view.current - view.revoked)
 
     def member_info(self, device_id: str) -> MemberInfo | None:
         for info in self.members():
@@ -837,7 +849,15 @@ class Membership:
             }
         out: list[KeyEpochRecord] = []
         for epoch, group_key in sorted(epoch_keys.items()):
-            if epoch in held or view.epoch_key_ids.get(epoch) != group_key_id(self.group_id, epoch, group_key):
+            if epoch in held:
+                continue
+            key_id = group_key_id(self.group_id, epoch, group_key)
+            canonical = view.epoch_key_ids.get(epoch)
+            # An epoch whose every record came from now-revoked creators has
+            # no counting key; a key that really was handed out for it (its
+            # id is on a stored record) is granted again so history stays
+            # readable. Otherwise only the group's key of the epoch is.
+            if key_id != canonical and (canonical is not None or key_id not in view.used_key_ids.get(epoch, ())):
                 continue
             record = _seal_key_epoch(
                 signer,
@@ -907,13 +927,18 @@ class Membership:
         epoch_keys: Mapping[int, bytes],
         new_group_key: bytes | None = None,
     ) -> tuple[list[bytes], bytes]:
-        """Start epoch current+1 with a fresh key sealed to every current member; also re-grant missing keys."""
+        """Start a new epoch with a fresh key sealed to every current member; also re-grant missing keys.
+
+        The new epoch is one above the highest epoch of any stored record.
+        """
         self._require_current(signer)
         if new_group_key is None:
             new_group_key = os.urandom(GROUP_KEY_BYTES)
         if len(new_group_key) != GROUP_KEY_BYTES:
             raise ValueError("a group key is 32 bytes")
-        epoch = self.current_epoch + 1
+        # Above every epoch ever seen, not just the counting ones: a revoked
+        # device's last epoch still numbers versions sealed under its key.
+        epoch = self._compute().highest_epoch_seen + 1
         if epoch > MAX_EPOCH:
             raise LocalProtocolError("this group has used all its key epochs; found a new group")
         current = [m for m in self.members() if not m.revoked]

@@ -351,3 +351,32 @@ def test_add_all_strict_reports_what_cannot_verify() -> None:
     assert Membership(m.group_id).add_all(records[1:] + [b"junk"]) == []
     with pytest.raises(DecodeError):
         Membership(m.group_id).add_all([b"junk"], strict=True)
+
+
+def test_history_under_a_revoked_devices_epoch_stays_readable() -> None:
+    m, key0 = group_abc()
+    _, key1 = m.rotate(B.key, epoch_keys=m.epoch_keys(B.id, B.kex))
+    header = VersionHeader(m.group_id, 1, str(uuid.UUID(int=8)), Dot(C.id, 9), (), 9 << 16)
+    sealed = seal(header, MemoryBody("written under B's epoch"), signing_key=C.key, group_key=key1)
+    _, key2 = m.revoke(A.key, A.kex, device_id=B.id, now_ms=20, epoch_keys=m.epoch_keys(A.id, A.kex))
+    # The new epoch is numbered above B's, not reusing its number.
+    assert m.current_epoch == 2
+    for d in (A, C):
+        keys = m.epoch_keys(d.id, d.kex)
+        assert keys == {0: key0, 1: key1, 2: key2}
+        body = open_version(sealed, group_id=m.group_id, group_keys=keys, member_key=m.member_key)
+        assert body.content == "written under B's epoch"
+
+
+def test_devices_admitted_by_a_revoked_device_are_reported() -> None:
+    m, _ = group_abc()
+    stale = Membership(m.group_id)
+    stale.add_all(m.records())
+    late = admit(stale, B, D, 15)  # B admits D while A, out of touch, revokes B
+    m.revoke(A.key, A.kex, device_id=B.id, now_ms=20, epoch_keys=m.epoch_keys(A.id, A.kex))
+    m.add_all(late)
+    assert not m.is_member(D.id)
+    assert m.orphaned() == [D.id]
+    assert D.id not in {i.device_id for i in m.members()}
+    admit(m, A, D, 30)
+    assert m.is_member(D.id) and m.orphaned() == []
