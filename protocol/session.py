@@ -409,6 +409,12 @@ class SyncSession:
                         " so this side's member records must be sent first"
                     )
                 )
+            if isinstance(frame, VersionsBatch):
+                for version in frame.versions:
+                    if version.header.group_id != self._hello.group_id:
+                        raise self._fail(
+                            LocalProtocolError(f"version {version.header.dot} belongs to another group than this session")
+                        )
             if isinstance(frame, Done) and frame.count != self._versions_sent:
                 raise self._fail(
                     LocalProtocolError(f"DONE says {frame.count} versions but this side sent {self._versions_sent}")

@@ -420,6 +420,14 @@ def test_local_misuse_names_the_event_and_the_state() -> None:
     with pytest.raises(LocalProtocolError, match="DONE says 3 versions but this side sent 0"):
         a.send(Done(3))
 
+    a = SyncSession(A, GROUP, VersionVector(), DIGEST)
+    a.start()
+    a.receive_data(hello_of(B))
+    a.next_event()
+    a.send(Members(()))
+    with pytest.raises(LocalProtocolError, match="belongs to another group"):
+        a.send(VersionsBatch((make_version(KEY_B, 2001, group=OTHER_GROUP),)))
+
 
 def test_oversized_batch_is_refused_locally() -> None:
     a = SyncSession(A, GROUP, VersionVector(), DIGEST, max_frame_size=150)
