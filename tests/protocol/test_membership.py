@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import uuid
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ def test_found_group_binds_the_founder_to_the_group_id() -> None:
     nonce = bytes(range(16))
     group_id, records, key0 = found_group(A.key, A.kex, name="a", now_ms=1, nonce=nonce, group_key=b"k" * 32)
     assert group_id == group_id_for(A.public, nonce)
+    # Anybody can check the founder from the id alone: it is this hash, nothing else.
+    assert group_id == hashlib.sha256(b"peer/v1/group-id\x00" + A.public + nonce).digest()[:16]
     assert key0 == b"k" * 32
     founder = decode_membership_record(records[0])
     assert isinstance(founder, MemberRecord) and founder.founder and founder.device_id == A.id
