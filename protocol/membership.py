@@ -75,6 +75,7 @@ from .errors import (
     DecodeError,
     LocalProtocolError,
     NotAMember,
+    PeerError,
     UnsupportedFormat,
     WrongGroup,
 )
@@ -589,18 +590,18 @@ class Membership:
             if group_id_for(parsed.public_key, parsed.nonce or b"") != self.group_id:
                 raise NotAMember(f"device {parsed.device_id} claims to have founded this group, but did not")
             try:
-                signer_key: Ed25519PublicKey | None = Ed25519PublicKey.from_public_bytes(parsed.public_key)
+                signer_key = Ed25519PublicKey.from_public_bytes(parsed.public_key)
             except ValueError as e:
                 raise BadSignature("the founder's public key is not a valid Ed25519 key") from e
         else:
             if isinstance(parsed, MemberRecord) and parsed.added_by == parsed.device_id:
                 raise NotAMember(f"device {parsed.device_id} tried to admit itself")
-            signer_key = self._public_key(parsed.signer)
-            if signer_key is None:
+            known = self._public_key(parsed.signer)
+            if known is None:
                 raise UnknownSigner(
                     f"a membership record is signed by {parsed.signer}, a device not known yet; sync the member list"
                 )
-        assert signer_key is not None
+            signer_key = known
         try:
             signer_key.verify(parsed.signature, _signed_message(parsed.unsigned()))
         except InvalidSignature as e:
@@ -637,7 +638,7 @@ class Membership:
                 except UnknownSigner as e:
                     retry.append(data)
                     problem = problem or e
-                except (DecodeError, UnsupportedFormat, WrongGroup, NotAMember, BadSignature):
+                except PeerError:
                     if strict:
                         raise
             if len(retry) == len(pending):
