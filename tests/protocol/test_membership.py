@@ -383,3 +383,40 @@ def test_devices_admitted_by_a_revoked_device_are_reported() -> None:
     assert D.id not in {i.device_id for i in m.members()}
     admit(m, A, D, 30)
     assert m.is_member(D.id) and m.orphaned() == []
+
+
+def test_pinned_founder_record() -> None:
+    """The exact bytes of a founder record: changing the format must be deliberate (and bump its version)."""
+    group_id, records, _ = found_group(
+        A.key, A.kex, name="laptop", now_ms=1_700_000_000_000, nonce=bytes(range(16)), group_key=bytes(32)
+    )
+    assert group_id.hex() == "677e20c42fedcdddf163a14840d4cf83"
+    founder = records[0]
+    # tag 1 | format 1 | group id | public key ...
+    assert founder[:18] == b"\x01\x01" + group_id and founder[18:50] == A.public
+    assert len(founder) == 203
+    assert hashlib.sha256(founder).hexdigest() == "f7099f5589aeefcb51dc27a828ec95a00a82ef381680db7bb9085f2d1f99d479"
+
+
+def test_key_epoch_sealing_follows_the_documented_construction() -> None:
+    """Open an epoch record with the primitives alone: X25519, HKDF-SHA256, ChaCha20-Poly1305."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from protocol.codec import Writer
+
+    group_id, records, key0 = found_group(A.key, A.kex, name="a", now_ms=1, group_key=bytes(range(32)))
+    record = decode_membership_record(records[1])
+    assert isinstance(record, KeyEpochRecord)
+    assert (record.epoch, record.recipient, record.created_by) == (0, A.id, A.id)
+    shared = A.kex.exchange(X25519PublicKey.from_public_bytes(record.ephemeral_public_key))
+    info = b"peer/v1/group-key-wrap\x00" + A.kex_public + record.ephemeral_public_key
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=group_id, info=info).derive(shared)
+    associated = records[1][: -(48 + 64)]
+    assert ChaCha20Poly1305(key).decrypt(bytes(12), record.sealed_key, associated) == key0
+    key_id_info = Writer().raw(b"peer/v1/group-key-id\x00").uvarint(0).getvalue()
+    assert record.key_id == HKDF(algorithm=hashes.SHA256(), length=16, salt=group_id, info=key_id_info).derive(key0)
+    # The signature covers a domain label and everything before it.
+    A.key.public_key().verify(record.signature, b"peer/v1/membership-record\x00" + records[1][:-64])
