@@ -561,13 +561,19 @@ class Membership:
         self._revocations: list[RevocationRecord] = []
         self._key_epochs: list[KeyEpochRecord] = []
         self._view: _View | None = None
+        # member_key() runs once per received version: keep the parsed keys.
+        self._public_keys: dict[str, Ed25519PublicKey] = {}
 
     # Adding records ---------------------------------------------------
     def _public_key(self, device_id: str) -> Ed25519PublicKey | None:
-        records = self._members.get(device_id)
-        if not records:
-            return None
-        return Ed25519PublicKey.from_public_bytes(records[0].public_key)
+        key = self._public_keys.get(device_id)
+        if key is None:
+            records = self._members.get(device_id)
+            if not records:
+                return None
+            # Every record of a device carries the same key: the device id is its hash.
+            key = self._public_keys[device_id] = Ed25519PublicKey.from_public_bytes(records[0].public_key)
+        return key
 
     def add(self, record: bytes) -> bool:
         """Verify and store one record; False if it was already known.
