@@ -44,6 +44,15 @@ Validity is then computed from the whole set, as least fixpoints:
    ``current_epoch`` is the highest counting epoch; the key of an epoch is
    the one with the smallest key id among its counting records.
 
+``revoke()`` therefore writes, besides the Revocation: re-admissions of the
+members that were admitted only through the revoked device; a new epoch,
+numbered above every epoch ever seen (the revoked device's own last epoch
+still numbers versions sealed under it), sealed to each remaining member;
+and fresh grants of older keys that a member held only from the revoked
+device, so history stays readable. Devices admitted by the revoked device
+that the revoker did not know of are listed by ``orphaned()`` until a
+member admits them again.
+
 Two members that revoke concurrently while out of touch both create epoch
 N+1 with different keys. Everyone converges on the smaller key id for that
 epoch and ``rotation_needed`` turns true so an agent can ``rotate()``;
