@@ -16,6 +16,7 @@ do.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -82,7 +83,15 @@ class Database:
         async def connect() -> aiosqlite.Connection:
             # isolation_level=None: the sqlite3 module must not open
             # transactions behind our back; transaction() issues BEGIN itself.
-            return await aiosqlite.connect(str(path), isolation_level=None, timeout=busy_timeout_s)
+            conn = aiosqlite.connect(str(path), isolation_level=None, timeout=busy_timeout_s)
+            # aiosqlite's worker thread is not a daemon: a connection someone
+            # forgot to close would keep the process alive after main()
+            # returns. SQLite loses nothing committed if it dies with the
+            # process, so let it.
+            thread = getattr(conn, "_thread", None)
+            if isinstance(thread, threading.Thread) and not thread.is_alive():
+                thread.daemon = True
+            return await conn
 
         try:
             conn = await trio_asyncio.aio_as_trio(connect)()

@@ -62,7 +62,7 @@ from protocol import (
     seal,
     valid_kind,
 )
-from protocol.errors import DecodeError, StoreError, TrustError
+from protocol.errors import DecodeError, NotAMember, StoreError, TrustError
 from protocol.membership import Membership
 from protocol.records import MAX_CONTENT_BYTES, MAX_EMBEDDING_BYTES
 
@@ -950,7 +950,10 @@ class Store:
         first. With ``strict`` (what sync uses) one bad version raises its
         :class:`TrustError` and nothing of the batch is stored; otherwise
         bad versions are skipped and reported in ``rejected``. Versions
-        already held are counted as duplicates and change nothing.
+        written by a device that has since been revoked are never stored
+        and, even when strict, only reported in ``rejected``: honest members
+        forward them. Versions already held are counted as duplicates and
+        change nothing.
         """
         if not versions:
             return ApplyResult()
@@ -971,7 +974,7 @@ class Store:
                     member_key=self._membership.member_key,
                 )
             except (TrustError, DecodeError) as e:
-                if strict:
+                if strict and not self._written_by_revoked(sealed, e):
                     raise
                 rejected.append(Rejected(str(header.dot), header.memory_id, str(e)))
                 continue
@@ -991,6 +994,17 @@ class Store:
                 await self._store_received(fresh, by_memory, txn)
         memories = len({s.header.memory_id for s, _ in fresh.values()})
         return ApplyResult(added=len(fresh), duplicates=duplicates, rejected=tuple(rejected), memories=memories)
+
+    def _written_by_revoked(self, sealed: SealedVersion, error: Exception) -> bool:
+        """A version by a device since revoked: dropped, but it does not fail the batch.
+
+        Honest members may still hold and forward such versions; failing the
+        whole batch would fail every session with them, forever.
+        """
+        if not isinstance(error, NotAMember):
+            return False
+        info = self._membership.member_info(sealed.header.author)
+        return info is not None and info.revoked
 
     async def _store_received(
         self,
@@ -1241,6 +1255,30 @@ class Store:
                 for s, label, m, c, e, emb in rows
             ]
             after = rows[-1][1]
+
+    def live_winners(self, batch_size: int = 1000) -> AsyncIterator[builtins.list[IndexChange]]:
+        """The name the index's feed uses for :meth:`all_live_embeddings`."""
+        return self.all_live_embeddings(batch_size)
+
+    async def count_live(self) -> int:
+        """How many memories are live (not forgotten): what a complete index holds."""
+        return int(await self._db.fetchvalue(f"SELECT count(*) FROM versions WHERE {_LIVE}"))
+
+    async def memories_for_labels(self, labels: Iterable[int]) -> dict[int, Memory]:
+        """The live memories whose winning version has one of these labels (row ids), by label.
+
+        A label whose version stopped winning since the index saw it is
+        absent, so search never shows a stale or forgotten memory.
+        """
+        wanted = [int(label) for label in labels]
+        if not wanted:
+            return {}
+        rows = await self._db.fetchall(
+            f"SELECT v.id, {_MEMORY_COLUMNS} FROM versions v"
+            " WHERE v.id IN (SELECT value FROM json_each(?)) AND v.state = 2 AND v.deleted = 0",
+            (_json_list(wanted),),
+        )
+        return {int(row[0]): _memory_from_row(row[1:]) for row in rows}
 
     # Health ------------------------------------------------------------------------------
     async def stats(self) -> StoreStats:

@@ -228,6 +228,9 @@ async def test_changes_since_follows_state_changes(store: Store) -> None:
     assert await store.changes_since(await store.max_seq()) == []
     rebuilt = [c async for batch in store.all_live_embeddings(batch_size=1) for c in batch]
     assert [(c.label, c.content) for c in rebuilt] == [(live[0].label, "v2")]
+    assert await store.count_live() == 1
+    found = await store.memories_for_labels([live[0].label, dead[0].label])
+    assert list(found) == [live[0].label] and found[live[0].label].content == "v2"
 
 
 # Received versions -----------------------------------------------------------------
@@ -351,6 +354,39 @@ async def test_a_version_from_a_non_member_is_rejected_and_nothing_is_written(pa
     assert result.added == 1 and len(result.rejected) == 1
     assert "not a member" in result.rejected[0].reason
     assert [m.content for m in await b.list()] == ["genuine"]
+
+
+async def test_versions_by_a_revoked_device_are_dropped_without_failing_the_batch(
+    pair: tuple[Store, Store], tmp_path: Path
+) -> None:
+    a, b = pair
+    await b.add(Draft("written by b before it was revoked"))
+    from_b = [v async for batch in b.missing_for(VersionVector()) for v in batch]
+    mine = await a.add(Draft("a's own"))
+    from_a = [v async for batch in a.missing_for(VersionVector()) for v in batch]
+    identity = Home(tmp_path / "a").identity()
+    records, key = a.membership.revoke(
+        identity.signing_key,
+        identity.kex_key,
+        device_id=b.device_id,
+        now_ms=1_700_000_001_000,
+        epoch_keys=a.group_keys,
+    )
+    await a.apply_membership(records)
+    await a.save_group_keys({a.membership.current_epoch: key})
+    assert a.membership.current_epoch == 1
+    result = await a.apply([*from_b, *from_a])
+    assert result.added == 0 and result.duplicates == 1 and len(result.rejected) == 1
+    assert (await a.stats()).versions == 1
+    # A revoked device cannot write any more either.
+    async with await Home(tmp_path / "b").open_store() as b_again:
+        await b_again.apply_membership(a.membership.records())
+        with pytest.raises(StoreError, match="no longer a member|does not hold"):
+            await b_again.add(Draft("after revocation"))
+    # New versions of a are sealed under the new epoch, which b cannot open.
+    await a.edit(mine, content="after the rotation")
+    newest = [v async for batch in a.missing_for(VersionVector()) for v in batch]
+    assert max(v.header.epoch for v in newest) == 1
 
 
 async def test_two_handles_on_one_store_see_each_other(pair: tuple[Store, Store], tmp_path: Path) -> None:
