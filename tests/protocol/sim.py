@@ -22,27 +22,48 @@ can drive any number of devices deterministically.
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import (
+    NEED_DATA,
+    PAUSED,
+    BundleEnd,
+    BundleHeader,
+    BundleMemberRecord,
+    BundleReader,
+    BundleVersion,
+    BundleWriter,
+    ConnectionClosed,
     Dot,
+    HelloReceived,
     HybridLogicalClock,
+    MembersReceived,
+    Membership,
     MemoryBody,
     MemoryState,
+    PeerDone,
+    PeerError,
     SealedVersion,
+    SessionComplete,
+    SyncSession,
     VersionHeader,
     VersionMeta,
+    VersionsReceived,
     VersionState,
     VersionVector,
     context_for_new_version,
     device_id_for,
+    found_group,
     next_counter,
     open_version,
+    outgoing,
     replica_id,
     resolve,
     seal,
@@ -50,19 +71,25 @@ from protocol import (
 
 __all__ = [
     "SimClock",
-    "SimGroup",
     "SimDevice",
     "DeviceSnapshot",
     "MemoryView",
     "DotCollision",
-    "device_key",
+    "SessionPlan",
+    "SessionResult",
+    "DeliveredBatch",
+    "run_session",
+    "export_bundle",
+    "import_bundle",
     "memory_uuid",
 ]
 
-EMBEDDER = "sim/hash-8"
+EMBEDDER = "sim/sha256-8"
+
 
 class DotCollision(AssertionError):
     """Two different versions were seen with the same dot: a dot was reused."""
+
 
 class SimClock:
     """Shared simulated wall time in milliseconds; devices read it with a skew."""
@@ -73,46 +100,29 @@ class SimClock:
     def advance(self, ms: int) -> None:
         self.now_ms += ms
 
-def device_key(seed: str) -> Ed25519PrivateKey:
-    """A deterministic signing key, so examples replay identically."""
-    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"sim-device-key/" + seed.encode()).digest())
 
-def public_raw(key: Ed25519PrivateKey) -> bytes:
+def _seed(label: str, name: str) -> bytes:
+    return hashlib.sha256(f"sim/{label}/{name}".encode()).digest()
+
+
+def _raw_public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
 
 def memory_uuid(n: int) -> str:
     return str(uuid.UUID(int=n))
 
-class SimGroup:
-    """The group: id, key epochs and member keys that every device shares."""
-
-    def __init__(self, name: str = "sim-group") -> None:
-        self.group_id = hashlib.sha256(b"sim-group-id/" + name.encode()).digest()[:16]
-        self.group_keys: dict[int, bytes] = {0: hashlib.sha256(b"sim-group-key/" + name.encode()).digest()}
-        self.epoch = 0
-        self._members: dict[str, Ed25519PublicKey] = {}
-
-    def admit(self, key: Ed25519PrivateKey) -> str:
-        device = device_id_for(public_raw(key))
-        self._members[device] = key.public_key()
-        return device
-
-    def member_key(self, device: str) -> Ed25519PublicKey | None:
-        return self._members.get(device)
-
-    @property
-    def members(self) -> Mapping[str, Ed25519PublicKey]:
-        return self._members
 
 @dataclass(frozen=True, slots=True)
 class MemoryView:
     """What a user compares between devices for one memory."""
 
-    winner: Dot | None
+    winner: Dot
     live: tuple[Dot, ...]
     deleted: bool
     superseded: frozenset[Dot]
     winner_content: str
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceSnapshot:
@@ -125,37 +135,86 @@ class DeviceSnapshot:
     versions: Mapping[Dot, SealedVersion]
     bodies: Mapping[Dot, MemoryBody]
     vector: VersionVector
+    membership_records: tuple[bytes, ...]
+
 
 @dataclass
 class SimDevice:
     """One device's store, as sync sees it."""
 
     name: str
-    group: SimGroup
     clock: SimClock
     signing_key: Ed25519PrivateKey
+    kex_key: X25519PrivateKey
+    membership: Membership
     incarnation: int = 0
     skew_ms: int = 0
     last_counter: int = 0
     versions: dict[Dot, SealedVersion] = field(default_factory=dict)
     bodies: dict[Dot, MemoryBody] = field(default_factory=dict)
     vector: VersionVector = field(default_factory=VersionVector)
-    hlc_last: int = 0
     _by_memory: dict[str, set[Dot]] = field(default_factory=dict)
-    _hlc: HybridLogicalClock | None = None
+    _keys: tuple[bytes, dict[int, bytes]] | None = None
 
     def __post_init__(self) -> None:
-        self.device_id = device_id_for(public_raw(self.signing_key))
-        self._hlc = HybridLogicalClock(self.now_ms, self.hlc_last)
-        for dot, sealed in self.versions.items():
-            self._by_memory.setdefault(sealed.header.memory_id, set()).add(dot)
+        self.device_id = device_id_for(_raw_public(self.signing_key))
+        self.hlc = HybridLogicalClock(self.now_ms)
 
-    # -- identity and clocks ---------------------------------------------------
+    # -- identity, group and clocks ---------------------------------------------
+    @staticmethod
+    def _keys_for(name: str) -> tuple[Ed25519PrivateKey, X25519PrivateKey]:
+        # Deterministic keys, so that Hypothesis replays an example exactly.
+        return (
+            Ed25519PrivateKey.from_private_bytes(_seed("signing-key", name)),
+            X25519PrivateKey.from_private_bytes(_seed("kex-key", name)),
+        )
+
     @classmethod
-    def create(cls, name: str, group: SimGroup, clock: SimClock) -> SimDevice:
-        key = device_key(name)
-        group.admit(key)
-        return cls(name=name, group=group, clock=clock, signing_key=key)
+    def found(cls, name: str, clock: SimClock) -> SimDevice:
+        """The first device: it founds the group (``peer init``)."""
+        signing, kex = cls._keys_for(name)
+        group_id, records, _ = found_group(
+            signing,
+            kex,
+            name=name,
+            now_ms=clock.now_ms,
+            nonce=_seed("group-nonce", name)[:16],
+            group_key=_seed("group-key", name),
+        )
+        membership = Membership(group_id)
+        membership.add_all(records, strict=True)
+        return cls(name=name, clock=clock, signing_key=signing, kex_key=kex, membership=membership)
+
+    def invite(self, name: str) -> SimDevice:
+        """A new device paired through this one (``peer invite`` here, ``peer join`` there)."""
+        signing, kex = self._keys_for(name)
+        self.membership.add_member(
+            self.signing_key,
+            self.kex_key,
+            device_public_key=_raw_public(signing),
+            kex_public_key=_raw_public(kex),
+            name=name,
+            now_ms=self.now_ms(),
+            epoch_keys=self.group_keys,
+        )
+        # JOIN_ACCEPT carries the inviter's whole record set.
+        membership = Membership(self.group_id)
+        membership.add_all(self.membership.records(), strict=True)
+        return SimDevice(name=name, clock=self.clock, signing_key=signing, kex_key=kex, membership=membership)
+
+    @property
+    def group_id(self) -> bytes:
+        return self.membership.group_id
+
+    @property
+    def group_keys(self) -> dict[int, bytes]:
+        digest = self.membership.digest()
+        if self._keys is None or self._keys[0] != digest:
+            self._keys = (digest, self.membership.epoch_keys(self.device_id, self.kex_key))
+        return self._keys[1]
+
+    def receive_members(self, records: Iterable[bytes]) -> None:
+        self.membership.add_all(records)
 
     @property
     def replica(self) -> str:
@@ -164,18 +223,14 @@ class SimDevice:
     def now_ms(self) -> int:
         return max(1, self.clock.now_ms + self.skew_ms)
 
-    @property
-    def hlc(self) -> HybridLogicalClock:
-        assert self._hlc is not None
-        return self._hlc
-
     # -- local writes ------------------------------------------------------------
     def _write(self, memory_id: str, body: MemoryBody) -> SealedVersion:
         counter = next_counter(self.last_counter, self.now_ms())
         dot = Dot(self.replica, counter)
+        epoch = self.membership.current_epoch
         header = VersionHeader(
-            group_id=self.group.group_id,
-            epoch=self.group.epoch,
+            group_id=self.group_id,
+            epoch=epoch,
             memory_id=memory_id,
             dot=dot,
             context=context_for_new_version(self.state(memory_id)),
@@ -183,13 +238,7 @@ class SimDevice:
         )
         # A nonce from the dot keeps examples reproducible; each version has its own key anyway.
         nonce = hashlib.sha256(str(dot).encode()).digest()[:12]
-        sealed = seal(
-            header,
-            body,
-            signing_key=self.signing_key,
-            group_key=self.group.group_keys[self.group.epoch],
-            nonce=nonce,
-        )
+        sealed = seal(header, body, signing_key=self.signing_key, group_key=self.group_keys[epoch], nonce=nonce)
         if dot in self.versions:
             raise DotCollision(f"{self.name} reused its own dot {dot}")
         self.last_counter = counter
@@ -201,9 +250,8 @@ class SimDevice:
     def _body(self, memory_id: str, content: str, deleted: bool = False) -> MemoryBody:
         t = self.now_ms() / 1000
         previous = self.winner_body(memory_id)
-        embedding = b"" if deleted else hashlib.sha256(content.encode()).digest()
         return MemoryBody(
-            content="" if deleted else content,
+            content=content,
             kind="fact" if previous is None else previous.kind,
             project="sim",
             tags=("sim",),
@@ -211,7 +259,7 @@ class SimDevice:
             updated_at=t,
             deleted=deleted,
             embedder="" if deleted else EMBEDDER,
-            embedding=embedding,
+            embedding=b"" if deleted else hashlib.sha256(content.encode()).digest(),
         )
 
     def add(self, memory_id: str, content: str) -> SealedVersion:
@@ -237,38 +285,40 @@ class SimDevice:
         self._by_memory.setdefault(sealed.header.memory_id, set()).add(dot)
 
     def apply(self, sealed_versions: Iterable[SealedVersion]) -> int:
-        """Verify, open and keep; returns how many were new. Never touches the vector."""
-        new = 0
+        """Verify, open and keep one batch, all or nothing; returns how many were new.
+
+        Never touches the vector: only a complete session or a bundle that
+        completes may (see :meth:`merge_vector`).
+        """
+        opened: list[tuple[SealedVersion, MemoryBody]] = []
+        seen: set[Dot] = set()
         for sealed in sealed_versions:
             dot = sealed.header.dot
             held = self.versions.get(dot)
-            if held is not None:
-                if held.encode() != sealed.encode():
+            if held is not None or dot in seen:
+                if held is not None and held.encode() != sealed.encode():
                     raise DotCollision(f"{self.name} received a second, different version {dot}")
                 continue
             body = open_version(
-                sealed,
-                group_id=self.group.group_id,
-                group_keys=self.group.group_keys,
-                member_key=self.group.member_key,
+                sealed, group_id=self.group_id, group_keys=self.group_keys, member_key=self.membership.member_key
             )
+            opened.append((sealed, body))
+            seen.add(dot)
+        for sealed, body in opened:
             self.hlc.observe(sealed.header.hlc)
             self._keep(sealed, body)
-            new += 1
-        return new
+        return len(opened)
 
     def merge_vector(self, sender_vector: VersionVector) -> None:
-        """After a complete session: we now hold everything the sender's vector covers."""
+        """We now hold everything the sender's vector covers."""
         self.vector = self.vector.merge(sender_vector)
 
-    # -- what sync sends -------------------------------------------------------------
-    def missing_for(self, peer_vector: VersionVector) -> list[SealedVersion]:
-        """Every held version the peer's vector does not cover, per replica in counter order."""
-        return [self.versions[d] for d in sorted(self.versions) if not peer_vector.covers(d)]
-
-    def iter_versions(self) -> Iterator[SealedVersion]:
-        for d in sorted(self.versions):
-            yield self.versions[d]
+    # -- what sync sends (a VersionSource) -------------------------------------------
+    def missing(self, vector: VersionVector) -> Iterator[SealedVersion]:
+        """Every held version ``vector`` does not cover, per replica in counter order."""
+        for dot in sorted(self.versions):
+            if not vector.covers(dot):
+                yield self.versions[dot]
 
     # -- reading -------------------------------------------------------------------
     def memory_ids(self) -> list[str]:
@@ -293,9 +343,8 @@ class SimDevice:
 
     def view(self, memory_id: str) -> MemoryView | None:
         state = self.state(memory_id)
-        if state is None:
+        if state is None or state.winner is None:
             return None
-        assert state.winner is not None
         return MemoryView(
             winner=state.winner,
             live=state.live,
@@ -314,7 +363,12 @@ class SimDevice:
 
     def live_memories(self) -> list[str]:
         """Memories a user can still edit or forget here (not deleted)."""
-        return [mid for mid in self.memory_ids() if not (self.view(mid) or _DELETED).deleted]
+        out = []
+        for mid in self.memory_ids():
+            v = self.view(mid)
+            if v is not None and not v.deleted:
+                out.append(mid)
+        return out
 
     # -- backup and restore -------------------------------------------------------
     def snapshot(self) -> DeviceSnapshot:
@@ -326,15 +380,16 @@ class SimDevice:
             versions=dict(self.versions),
             bodies=dict(self.bodies),
             vector=self.vector,
+            membership_records=tuple(self.membership.records()),
         )
 
     def restore(self, snap: DeviceSnapshot, incarnation: int) -> None:
         """Replace this device's store by an old backup, as a new incarnation.
 
-        ``incarnation`` must be one this device never used: the caller (like
-        peer's restore command) is responsible for that. The counter starts
-        afresh for the new replica; the snapshot's vector keeps its entry for
-        the old replica, so peers resend what was written after the backup.
+        ``incarnation`` must be one this device never used (the caller, like
+        peer's restore command, sees to that). The counter starts afresh for
+        the new replica; the snapshot's vector keeps its entry for the old
+        replica as it was, so peers resend what was written after the backup.
         """
         if snap.device_id != self.device_id:
             raise ValueError("a snapshot of another device")
@@ -348,13 +403,10 @@ class SimDevice:
         self._by_memory = {}
         for dot, sealed in self.versions.items():
             self._by_memory.setdefault(sealed.header.memory_id, set()).add(dot)
-        self._hlc = HybridLogicalClock(self.now_ms, snap.hlc_last)
-
-_DELETED = MemoryView(winner=None, live=(), deleted=True, superseded=frozenset(), winner_content="")
-
-def vector_only_covers_held(device: SimDevice, all_dots: Iterable[Dot]) -> list[Dot]:
-    """Dots the device's vector claims but the device does not hold (should be empty)."""
-    return [d for d in all_dots if device.vector.covers(d) and d not in device.versions]
+        self.hlc = HybridLogicalClock(self.now_ms, snap.hlc_last)
+        self.membership = Membership(self.group_id)
+        self.membership.add_all(snap.membership_records, strict=True)
+        self._keys = None
 
 
 # -- moving versions between devices ----------------------------------------------------
@@ -365,54 +417,173 @@ class SessionPlan:
     """How the network behaves during one session."""
 
     chunk_seed: int
-    cut_at: int | None  # drop everything after this many bytes each way; None: the session completes
+    #: The connection breaks after this many bytes in total (both ways); None: it does not.
+    cut_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredBatch:
+    """A VERSIONS batch as it was received, with its sender's member records (to deliver it anywhere again)."""
+
+    members: tuple[bytes, ...]
+    versions: tuple[SealedVersion, ...]
 
 
 @dataclass
 class SessionResult:
-    cut: bool
-    batches: list[list[SealedVersion]]
-    versions_delivered: int
-    versions_new: int
+    cut: bool = False
+    completed: dict[str, bool] = field(default_factory=dict)
+    batches: list[DeliveredBatch] = field(default_factory=list)
+    versions_delivered: int = 0
+    versions_new: int = 0
+    bytes: int = 0
+
+
+_CHUNK_SIZES = (1, 2, 7, 64, 333, 4096, 1 << 20)
+
+
+class _Side:
+    """One device's end of a session: the real SyncSession, driven synchronously."""
+
+    def __init__(self, device: SimDevice, peer: SimDevice, result: SessionResult) -> None:
+        self.device = device
+        self.peer = peer
+        self.result = result
+        self.session = SyncSession(
+            device.device_id,
+            device.group_id,
+            device.vector,
+            device.membership.digest(),
+            peer_device_id=peer.device_id,
+        )
+        self.outbox = bytearray(self.session.start())
+        self.done = False
+
+    def pump(self) -> None:
+        while not self.done:
+            event = self.session.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                return
+            if isinstance(event, HelloReceived):
+                self.outbox += b"".join(
+                    outgoing(self.session, self.device, members=self.device.membership.records(), batch_size=8)
+                )
+            elif isinstance(event, MembersReceived):
+                self.device.receive_members(event.records)
+            elif isinstance(event, VersionsReceived):
+                self.result.versions_new += self.device.apply(event.versions)
+                self.result.versions_delivered += len(event.versions)
+                members = tuple(self.peer.membership.records())
+                self.result.batches.append(DeliveredBatch(members, event.versions))
+            elif isinstance(event, SessionComplete):
+                self.device.merge_vector(event.peer_vector)
+                self.result.completed[self.device.name] = True
+            elif isinstance(event, ConnectionClosed):
+                self.done = True
+            else:
+                assert isinstance(event, PeerDone)
 
 
 def run_session(a: SimDevice, b: SimDevice, plan: SessionPlan) -> SessionResult:
-    """PROVISIONAL: a version-level session until protocol.session lands."""
-    hello_a, hello_b = a.vector, b.vector
-    to_b = a.missing_for(hello_b)
-    to_a = b.missing_for(hello_a)
-    batches: list[list[SealedVersion]] = []
-    delivered = new = 0
-    cut = plan.cut_at is not None
-    for sender, receiver, versions, hello in ((a, b, to_b, hello_a), (b, a, to_a, hello_b)):
-        limit = len(versions) if plan.cut_at is None else min(len(versions), plan.cut_at // 600)
-        for k in range(0, limit, 8):
-            batch = versions[k : min(k + 8, limit)]
-            new += receiver.apply(batch)
-            delivered += len(batch)
-            batches.append(batch)
-        if not cut:
-            receiver.merge_vector(hello)
-    return SessionResult(cut=cut, batches=batches, versions_delivered=delivered, versions_new=new)
+    """One sync between ``a`` and ``b`` through two real SyncSessions, bytes cut in random chunks.
+
+    When the connection breaks (``plan.cut_at``), each side still gets the
+    bytes that made it through, and the end of the stream: it applies every
+    complete batch it received, and merges the other's vector only if its
+    own session reported SessionComplete.
+    """
+    rng = random.Random(plan.chunk_seed)
+    result = SessionResult()
+    sides = {"a": _Side(a, b, result), "b": _Side(b, a, result)}
+    other = {"a": "b", "b": "a"}
+    budget = plan.cut_at
+    closed = False
+    while not closed:
+        ready = [k for k, s in sides.items() if s.outbox]
+        if not ready:
+            # Both sides said all they had to say: the driver closes the connection.
+            for s in sides.values():
+                s.session.receive_data(b"")
+                s.pump()
+            break
+        k = rng.choice(ready)
+        sender, receiver = sides[k], sides[other[k]]
+        n = min(rng.choice(_CHUNK_SIZES), len(sender.outbox))
+        if budget is not None and n >= budget:
+            n = budget
+            closed = result.cut = True
+        chunk = bytes(sender.outbox[:n])
+        del sender.outbox[:n]
+        result.bytes += n
+        if budget is not None:
+            budget -= n
+        if chunk:
+            receiver.session.receive_data(chunk)
+            receiver.pump()
+    if result.cut:
+        for s in sides.values():
+            try:
+                s.session.receive_data(b"")
+                s.pump()
+            except PeerError:
+                pass  # "closed before it finished sending": expected after a cut
+    return result
 
 
-@dataclass(frozen=True, slots=True)
-class Bundle:
-    """PROVISIONAL until protocol.bundle lands."""
-
-    sender_vector: VersionVector
-    base_vector: VersionVector
-    versions: tuple[SealedVersion, ...]
+# -- bundles -------------------------------------------------------------------------
 
 
-def export_bundle(sender: SimDevice, base: VersionVector) -> Bundle:
-    return Bundle(sender.vector, base, tuple(sender.missing_for(base)))
+def export_bundle(sender: SimDevice, base: VersionVector) -> bytes:
+    """``peer bundle export`` for a device last known to hold ``base``."""
+    writer = BundleWriter(
+        signing_key=sender.signing_key,
+        group_id=sender.group_id,
+        sender_vector=sender.vector,
+        created_ms=sender.now_ms(),
+        base_vector=base,
+    )
+    out = bytearray(writer.header())
+    for record in sender.membership.records():
+        out += writer.add_member_record(record)
+    for version in sender.missing(base):
+        out += writer.add_version(version)
+    out += writer.finish()
+    return bytes(out)
 
 
-def import_bundle(receiver: SimDevice, bundle: Bundle) -> bool:
-    """Apply a bundle; merge the sender's vector only if nothing between base and us can be missing."""
-    receiver.apply(bundle.versions)
-    if receiver.vector.dominates(bundle.base_vector):
-        receiver.merge_vector(bundle.sender_vector)
+def import_bundle(receiver: SimDevice, data: bytes, chunk_seed: int = 0) -> bool:
+    """``peer bundle import``: read it all, verify, then apply; True if the sender's vector was merged."""
+    rng = random.Random(chunk_seed)
+    start_vector = receiver.vector
+    records: list[bytes] = []
+    versions: list[SealedVersion] = []
+    trial = Membership(receiver.group_id)
+    trial.add_all(receiver.membership.records())
+    reader = BundleReader(group_id=receiver.group_id, sender_key=trial.member_key, device_id=receiver.device_id)
+    pos = 0
+    header: BundleHeader | None = None
+    while True:
+        event = reader.next_event()
+        if event is NEED_DATA:
+            n = rng.choice(_CHUNK_SIZES)
+            reader.receive_data(data[pos : pos + n] if pos < len(data) else b"")
+            pos += n
+            continue
+        if isinstance(event, BundleHeader):
+            header = event
+        elif isinstance(event, BundleMemberRecord):
+            records.append(event.record)
+            trial.add_all([event.record])
+        elif isinstance(event, BundleVersion):
+            versions.append(event.version)
+        elif isinstance(event, BundleEnd):
+            break
+        else:
+            raise AssertionError(f"unexpected bundle event {event!r}")
+    assert header is not None
+    receiver.receive_members(records)
+    receiver.apply(versions)
+    if header.completes(start_vector):
+        receiver.merge_vector(header.sender_vector)
         return True
     return False

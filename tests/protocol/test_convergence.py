@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import settings
@@ -32,14 +31,26 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from protocol import Dot, SealedVersion, VersionVector
 
-from .sim import Bundle, DeviceSnapshot, SessionPlan, SimClock, SimDevice, SimGroup, export_bundle, import_bundle, memory_uuid, run_session
+from .sim import (
+    DeliveredBatch,
+    DeviceSnapshot,
+    SessionPlan,
+    SimClock,
+    SimDevice,
+    export_bundle,
+    import_bundle,
+    memory_uuid,
+    run_session,
+)
 
-CI_EXAMPLES = 60
-CI_STEPS = 60
+CI_EXAMPLES = 500
+CI_STEPS = 80
 LONG_FACTOR = 100
 
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
-_EXAMPLES = {"ci": CI_EXAMPLES, "long": CI_EXAMPLES * LONG_FACTOR}.get(_PROFILE, CI_EXAMPLES // 3)
+_EXAMPLES = {"ci": CI_EXAMPLES, "long": CI_EXAMPLES * LONG_FACTOR}.get(_PROFILE, CI_EXAMPLES // 5)
+# The long run is made of several runs with different seeds; this sets the size of one.
+_EXAMPLES = int(os.environ.get("PEER_SIM_EXAMPLES", _EXAMPLES))
 
 #: Figures across examples, printed at the end of a run with PEER_SIM_STATS=1.
 STATS: Counter[str] = Counter()
@@ -47,24 +58,18 @@ STATS: Counter[str] = Counter()
 device_index = st.integers(0, 4)
 
 
-@dataclass
-class DeliveredBatch:
-    versions: list[SealedVersion]
-
-
 class Devices(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = SimClock()
-        self.group = SimGroup()
         self.devices: list[SimDevice] = []
         # Every version ever written, by dot: the ground truth for "no lost writes".
         self.log: dict[Dot, bytes] = {}
         # Dots that existed only on a device when it was restored from an older backup.
         self.lost: set[Dot] = set()
         self.next_memory = 1
-        self.batches: list[list[SealedVersion]] = []
-        self.pool: list[Bundle] = []
+        self.batches: list[DeliveredBatch] = []
+        self.pool: list[bytes] = []
         self.snapshots: list[tuple[int, DeviceSnapshot]] = []
         self.old_vectors: list[VersionVector] = [VersionVector()]
         self.incarnations: dict[int, int] = {}
@@ -85,12 +90,19 @@ class Devices(RuleBasedStateMachine):
         return live[pick % len(live)] if live else None
 
     # -- setup ---------------------------------------------------------------------
-    @initialize(n=st.integers(2, 5), skews=st.lists(st.integers(-3000, 3000), min_size=5, max_size=5))
-    def make_devices(self, n: int, skews: list[int]) -> None:
-        for i in range(n):
-            d = SimDevice.create(f"device-{i}", self.group, self.clock)
-            d.skew_ms = skews[i]
-            self.devices.append(d)
+    @initialize(
+        n=st.integers(2, 5),
+        inviters=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+        skews=st.lists(st.integers(-3000, 3000), min_size=5, max_size=5),
+    )
+    def make_devices(self, n: int, inviters: list[int], skews: list[int]) -> None:
+        """Device 0 founds the group; each other device is paired through an earlier one."""
+        self.devices.append(SimDevice.found("device-0", self.clock))
+        for i in range(1, n):
+            inviter = self.devices[inviters[i - 1] % i]
+            self.devices.append(inviter.invite(f"device-{i}"))
+        for d, skew in zip(self.devices, skews):
+            d.skew_ms = skew
         self.stats["devices"] += n
 
     # -- local changes -------------------------------------------------------------
@@ -161,7 +173,10 @@ class Devices(RuleBasedStateMachine):
     @rule(i=device_index, k=st.integers(0, 10_000))
     def replay_batch(self, i: int, k: int) -> None:
         """A batch delivered earlier arrives again (duplicated or reordered delivery)."""
-        self.dev(i).apply(self.batches[k % len(self.batches)])
+        batch = self.batches[k % len(self.batches)]
+        d = self.dev(i)
+        d.receive_members(batch.members)
+        d.apply(batch.versions)
         self.stats["batches replayed"] += 1
 
     # -- bundles ---------------------------------------------------------------------
@@ -178,12 +193,12 @@ class Devices(RuleBasedStateMachine):
         self.stats["bundles exported"] += 1
 
     @precondition(lambda self: bool(self.pool))
-    @rule(i=device_index, k=st.integers(0, 10_000))
-    def import_(self, i: int, k: int) -> None:
+    @rule(i=device_index, k=st.integers(0, 10_000), chunk_seed=st.integers(0, 2**32 - 1))
+    def import_(self, i: int, k: int, chunk_seed: int) -> None:
         d = self.dev(i)
         bundle = self.pool[k % len(self.pool)]
         self.old_vectors.append(d.vector)
-        merged = import_bundle(d, bundle)
+        merged = import_bundle(d, bundle, chunk_seed)
         self.stats["bundles imported"] += 1
         self.stats["bundle vectors merged" if merged else "bundle vectors not merged"] += 1
 
@@ -193,8 +208,11 @@ class Devices(RuleBasedStateMachine):
         self.snapshots.append((i % len(self.devices), self.dev(i).snapshot()))
 
     @precondition(lambda self: bool(self.snapshots))
-    @rule(k=st.integers(0, 10_000))
-    def restore(self, k: int) -> None:
+    @rule(k=st.integers(0, 10_000), now=st.booleans())
+    def restore(self, k: int, now: bool) -> None:
+        # Half the draws do nothing, so that restores stay rarer than syncs.
+        if not now:
+            return
         index, snap = self.snapshots[k % len(self.snapshots)]
         d = self.devices[index]
         others = [o for o in self.devices if o is not d]
@@ -209,6 +227,7 @@ class Devices(RuleBasedStateMachine):
     # -- invariants ------------------------------------------------------------------
     @invariant()
     def no_dot_is_reused(self) -> None:
+        self.stats["steps"] += 1
         for d in self.devices:
             for dot, sealed in d.versions.items():
                 assert self.log.get(dot) == sealed.encode(), f"{d.name} holds a version {dot} nobody wrote"
@@ -227,7 +246,7 @@ class Devices(RuleBasedStateMachine):
             for x in range(len(self.devices)):
                 for y in range(x + 1, len(self.devices)):
                     result = run_session(self.devices[x], self.devices[y], SessionPlan(chunk_seed=passes, cut_at=None))
-                    assert not result.cut
+                    assert not result.cut and len(result.completed) == 2, "a complete session did not complete"
                     moved += result.versions_new
             if moved == 0:
                 return passes
@@ -264,3 +283,83 @@ def _print_stats() -> Iterator[None]:
     yield
     if os.environ.get("PEER_SIM_STATS"):
         print("\nconvergence simulation:", dict(sorted(STATS.items())))
+
+
+# -- the same guarantees, as plain scenarios a user would recognise ------------------------
+
+
+def _pair() -> tuple[SimClock, SimDevice, SimDevice]:
+    clock = SimClock()
+    laptop = SimDevice.found("laptop", clock)
+    return clock, laptop, laptop.invite("desktop")
+
+
+def test_interrupted_session_keeps_what_arrived_and_the_next_one_finishes() -> None:
+    clock, laptop, desktop = _pair()
+    for n in range(1, 41):
+        clock.advance(5)
+        laptop.add(memory_uuid(n), f"note {n} " + "x" * 200)
+    cut = run_session(laptop, desktop, SessionPlan(chunk_seed=1, cut_at=6000))
+    assert cut.cut and "desktop" not in cut.completed  # the laptop got all of (nothing) from the desktop
+    kept = len(desktop.versions)
+    assert 0 < kept < 40
+    assert desktop.vector == VersionVector()  # the laptop's vector was not merged
+    done = run_session(laptop, desktop, SessionPlan(chunk_seed=2))
+    assert len(done.completed) == 2
+    assert done.versions_delivered == 40  # everything is resent...
+    assert done.versions_new == 40 - kept  # ...and what had arrived is deduplicated
+    assert desktop.views() == laptop.views()
+    assert desktop.vector == laptop.vector
+
+
+def test_device_restored_from_old_backup_gets_its_lost_writes_back_and_never_reuses_a_dot() -> None:
+    clock, laptop, desktop = _pair()
+    laptop.add(memory_uuid(1), "kept in the backup")
+    backup = laptop.snapshot()
+    clock.advance(10)
+    lost_locally = laptop.add(memory_uuid(2), "written after the backup")
+    run_session(laptop, desktop, SessionPlan(chunk_seed=0))
+    # The disk dies; the laptop comes back from the backup, and its clock is now behind.
+    laptop.skew_ms = -60_000
+    laptop.restore(backup, incarnation=1)
+    assert memory_uuid(2) not in laptop.memory_ids()
+    after = laptop.add(memory_uuid(3), "written after the restore")
+    assert after.header.dot.origin == laptop.device_id + ".1"
+    assert after.header.dot != lost_locally.header.dot
+    run_session(laptop, desktop, SessionPlan(chunk_seed=0))
+    assert laptop.views() == desktop.views()
+    assert laptop.views()[memory_uuid(2)].winner_content == "written after the backup"
+
+
+def test_concurrent_edit_and_forget_converge_to_the_edit_with_the_forget_as_sibling() -> None:
+    clock, laptop, desktop = _pair()
+    laptop.add(memory_uuid(1), "draft")
+    run_session(laptop, desktop, SessionPlan(chunk_seed=0))
+    clock.advance(10)
+    edit = laptop.edit(memory_uuid(1), "final text")
+    clock.advance(10)
+    forget = desktop.forget(memory_uuid(1))  # later in time, and still loses to the edit
+    run_session(laptop, desktop, SessionPlan(chunk_seed=3))
+    for device in (laptop, desktop):
+        view = device.views()[memory_uuid(1)]
+        assert not view.deleted and view.winner_content == "final text"
+        assert set(view.live) == {edit.header.dot, forget.header.dot}
+
+
+def test_stale_bundle_does_not_let_the_receiver_claim_versions_it_lacks() -> None:
+    clock, laptop, desktop = _pair()
+    laptop.add(memory_uuid(1), "one")
+    believed = laptop.vector  # what the laptop thinks the desktop will hold
+    first = export_bundle(laptop, VersionVector())
+    clock.advance(10)
+    laptop.add(memory_uuid(2), "two")
+    second = export_bundle(laptop, believed)
+    # The second bundle arrives first: it only carries "two".
+    assert not import_bundle(desktop, second)
+    assert desktop.vector == VersionVector()
+    assert desktop.memory_ids() == [memory_uuid(2)]
+    assert import_bundle(desktop, first)  # a full bundle completes
+    assert desktop.vector == believed
+    assert import_bundle(desktop, second)  # now its base is covered
+    assert desktop.vector == laptop.vector
+    assert desktop.views() == laptop.views()
