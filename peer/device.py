@@ -12,10 +12,11 @@ loading a model or an hnswlib graph (nor even for importing numpy).
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +25,15 @@ import trio
 from protocol.errors import PeerError, StoreError
 
 from .home import Home
-from .memory import Draft, Memory
+from .memory import Draft, IndexChange, Memory
 from .search import SearchHit, candidate_count, fuse
-from .store import KEEP, SCHEMA_VERSION, Store
+from .store import _MEMORY_COLUMNS, KEEP, SCHEMA_VERSION, Store, _memory_from_row
 
 if TYPE_CHECKING:
     from .embedder import Embedder
     from .index import SearchIndex
 
-__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress"]
+__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress", "index_state"]
 
 #: ``progress(done, total)``, called from the trio thread as work advances.
 Progress = Callable[[int, int], None]
@@ -87,6 +88,94 @@ def _vector_bytes(rows: Any) -> list[bytes]:
     return [row.tobytes() for row in matrix]
 
 
+#: The index's sidecar file (peer.index.SIDECAR_FILE). Read here as plain
+#: JSON so that `peer stats` reports the index without importing hnswlib.
+_INDEX_SIDECAR = "index.json"
+
+
+class _StoreFeed:
+    """The store as the index's IndexFeed.
+
+    The index asks for ``count_live`` and ``live_winners``; the store
+    offers ``all_live_embeddings`` and counts in ``stats``. This adapter
+    bridges the names (and uses the store's own methods once it has them).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def changes_since(self, seq: int, limit: int) -> list[IndexChange]:
+        return await self._store.changes_since(seq, limit)
+
+    async def max_seq(self) -> int:
+        return await self._store.max_seq()
+
+    async def count_live(self) -> int:
+        native = getattr(self._store, "count_live", None)
+        if native is not None:
+            return int(await native())
+        # TODO(store): a Store.count_live(); this reaches into the store's connection meanwhile.
+        return int(await self._store._db.fetchvalue("SELECT count(*) FROM versions WHERE state = 2 AND deleted = 0"))
+
+    def live_winners(self, batch_size: int) -> AsyncIterator[list[IndexChange]]:
+        native = getattr(self._store, "live_winners", None)
+        if native is not None:
+            batches: AsyncIterator[list[IndexChange]] = native(batch_size)
+            return batches
+        return self._store.all_live_embeddings(batch_size)
+
+
+async def _live_memories_by_label(store: Store, labels: Iterable[int]) -> dict[int, Memory]:
+    """The live winners among these version row ids (index labels), by label.
+
+    A label whose version stopped winning since the index last caught up is
+    simply absent: search then never shows a stale or forgotten memory.
+    """
+    native = getattr(store, "memories_for_labels", None)
+    if native is not None:
+        found: dict[int, Memory] = await native(list(labels))
+        return found
+    wanted = json.dumps(list(labels))
+    # TODO(store): this belongs in Store (it reads the store's private schema);
+    # kept here until the store offers label -> memory.
+    rows = await store._db.fetchall(
+        f"SELECT v.id, {_MEMORY_COLUMNS} FROM versions v"
+        " WHERE v.id IN (SELECT value FROM json_each(?)) AND v.state = 2 AND v.deleted = 0",
+        (wanted,),
+    )
+    return {int(row[0]): _memory_from_row(row[1:]) for row in rows}
+
+
+def index_state(index_dir: os.PathLike[str] | str, store_seq: int) -> dict[str, Any]:
+    """What the saved index covers, from its sidecar alone (no hnswlib, no numpy)."""
+    path = os.path.join(index_dir, _INDEX_SIDECAR)
+    try:
+        with open(path, "rb") as f:
+            sidecar = json.load(f)
+        watermark = int(sidecar["watermark"])
+        vectors = int(sidecar["elements"]) - int(sidecar.get("deleted", 0))
+        embedder = str(sidecar["embedder"])
+    except FileNotFoundError:
+        return {
+            "state": "missing", "vectors": 0, "watermark": 0, "behind": store_seq, "embedder": None,
+            "summary": "not built yet (the next search builds it)",
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {
+            "state": "damaged", "vectors": 0, "watermark": 0, "behind": store_seq, "embedder": None,
+            "summary": "unreadable (the next search rebuilds it; or run `peer reindex`)",
+        }
+    behind = max(0, store_seq - watermark)
+    state = "current" if behind == 0 else "behind"
+    summary = f"{vectors:,} vectors, " + (
+        "up to date" if behind == 0 else f"{behind:,} changes behind the store (caught up on the next search)"
+    )
+    return {
+        "state": state, "vectors": vectors, "watermark": watermark, "behind": behind, "embedder": embedder,
+        "summary": summary,
+    }
+
+
 class Device:
     """A home opened for use. Create with :meth:`open`; close with :meth:`close`."""
 
@@ -101,12 +190,9 @@ class Device:
         return cls(home, await home.open_store())
 
     async def close(self) -> None:
-        try:
-            if self._index is not None:
-                await self._index.close()
-        finally:
-            self._index = None
-            await self.store.close()
+        # The index saves itself after every catch-up; nothing to flush here.
+        self._index = None
+        await self.store.close()
 
     async def __aenter__(self) -> Device:
         return self
@@ -201,7 +287,7 @@ class Device:
             index, opened = await SearchIndex.open(self.home.index_dir, self.embedder)
             warnings.extend(opened)
             self._index = index
-        await self._index.catch_up(self.store, self.embedder, progress)
+        await self._index.catch_up(_StoreFeed(self.store), self.embedder, progress)
         return warnings
 
     async def _ready_index(self) -> SearchIndex:
@@ -217,7 +303,7 @@ class Device:
         started = time.monotonic()
         if self._index is None:
             self._index, _ = await SearchIndex.open(self.home.index_dir, self.embedder)
-        await self._index.rebuild(self.store, self.embedder, progress)
+        await self._index.rebuild(_StoreFeed(self.store), self.embedder, progress)
         return {"vectors": len(self._index), "seconds": time.monotonic() - started}
 
     # Search -----------------------------------------------------------------------------
@@ -233,7 +319,8 @@ class Device:
         if k <= 0 or not query.strip():
             return []
         index = await self._ready_index()
-        (vector,) = await self.embed([query])
+        vectors = await trio.to_thread.run_sync(self.embedder.embed, [query])
+        vector = vectors[0]
         wanted = candidate_count(k)
         keyword = await self.store.fts_search(query, limit=wanted, project=project, kind=kind)
 
@@ -242,17 +329,16 @@ class Device:
         fetch = wanted
         while True:
             hits = await index.query(vector, fetch)
-            found = await self.store.get_many(
-                [m for m, _ in hits if m not in memories]
-            )
-            memories.update(found)
-            semantic = [
-                (m, sim)
-                for m, sim in hits
-                if m in memories
-                and (project is None or memories[m].project == project)
-                and (kind is None or memories[m].kind == kind)
-            ]
+            by_label = await _live_memories_by_label(self.store, [label for label, _ in hits])
+            semantic = []
+            for label, similarity in hits:
+                memory = by_label.get(label)
+                if memory is None:
+                    continue
+                if (project is not None and memory.project != project) or (kind is not None and memory.kind != kind):
+                    continue
+                memories[memory.id] = memory
+                semantic.append((memory.id, similarity))
             if len(semantic) >= wanted or len(hits) < fetch:
                 break
             fetch *= 4
@@ -276,8 +362,6 @@ class Device:
     # Health -----------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         """``peer stats``: the store's counts plus where things live and the index's state."""
-        from .index import index_state
-
         store_stats = await self.store.stats()
         out = store_stats.to_json()
         out["home"] = str(self.home.path)
@@ -315,7 +399,7 @@ class Device:
 
     async def doctor(self, *, repair: bool = False, progress: Progress | None = None) -> DoctorReport:
         """Check everything a user would want checked; with ``repair``, rebuild a bad index."""
-        from .index import SearchIndex, index_state
+        from .index import SearchIndex
 
         checks: list[Check] = []
         problems = await self.store.integrity_check()
@@ -338,23 +422,34 @@ class Device:
 
         checks.extend(self._key_file_checks())
 
-        max_seq = await self.store.max_seq()
         if model_ok:
-            index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder)
-            self._index = index
-            if repair and warnings:
-                await index.rebuild(self.store, self.embedder, progress)
-                warnings = [f"{w} (rebuilt)" for w in warnings]
-            if repair:
-                await index.catch_up(self.store, self.embedder, progress)
-            state = index_state(self.home.index_dir, max_seq)
-            healthy_index = not warnings or repair
-            checks.append(
-                Check(
-                    "search index",
-                    healthy_index,
-                    "; ".join(warnings) or state["summary"],
-                    "" if healthy_index else "run `peer doctor --repair` (or `peer reindex`)",
-                )
-            )
+            checks.append(await self._index_check(repair, progress))
         return DoctorReport(tuple(checks))
+
+    async def _index_check(self, repair: bool, progress: Progress | None) -> Check:
+        """The saved index against the store: readable, built by this embedder, not ahead, same size."""
+        from .index import SearchIndex
+
+        feed = _StoreFeed(self.store)
+        index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder)
+        self._index = index
+        max_seq = await self.store.max_seq()
+        state = index_state(self.home.index_dir, max_seq)
+        problem = "; ".join(warnings)
+        if not problem and index.watermark > max_seq:
+            # The store went back in time (restored from a backup): the index
+            # names versions the store does not hold.
+            problem = f"the index reflects store change {index.watermark} but the store is at {max_seq}"
+        if not problem and state["state"] == "current":
+            live = await feed.count_live()
+            if len(index) != live:
+                problem = f"the index holds {len(index):,} vectors for {live:,} live memories"
+        if not problem:
+            if repair and state["state"] != "current":
+                await index.catch_up(feed, self.embedder, progress)
+                state = index_state(self.home.index_dir, max_seq)
+            return Check("search index", True, state["summary"])
+        if not repair:
+            return Check("search index", False, problem, "run `peer doctor --repair` (or `peer reindex`)")
+        await index.rebuild(feed, self.embedder, progress)
+        return Check("search index", True, f"{problem}; rebuilt: {index_state(self.home.index_dir, max_seq)['summary']}")

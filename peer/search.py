@@ -17,9 +17,17 @@ damps the gap between ranks 1 and 2; 60 is the value the paper found
 robust and is kept here. Scores are reported divided by the best possible
 value (rank 1 in every list), so 1.0 means "first for both retrievers".
 
-Ties (equal fused score, e.g. rank 1 in one list each) go to the item with
-the better single rank, then to the higher cosine similarity, then to the
-memory id, so results are deterministic.
+Ties (equal fused score) go to the item with the better single rank; when
+that is equal too, which happens when each retriever puts a different item
+first, the keyword match wins. That is the case hybrid search exists for:
+the query holds a literal token the embedding model does not understand (an
+error code, an identifier, a name) and only the keyword index finds its
+memory, while the vector list's head is whatever happens to lie nearest to
+gibberish. The opposite case, a paraphrase that shares no word with its
+memory, rarely reaches a tie: the paraphrase's words usually bring the
+memory into the keyword list as well, and agreement scores higher. Then
+the higher cosine similarity, then the memory id decide, so results are
+deterministic.
 
 This module is pure: the device hub (:mod:`peer.device`) gathers the
 candidate lists, filters them to live memories and calls :func:`fuse`.
@@ -45,7 +53,7 @@ class SearchHit:
     vector_rank: int | None = None
     similarity: float | None = None
     keyword_rank: int | None = None
-    bm25: float | None = None
+    keyword_score: float | None = None
 
 
 def candidate_count(k: int) -> int:
@@ -70,7 +78,8 @@ def fuse(
     """Fuse two rankings, each given best first, into at most ``limit`` hits.
 
     ``vector_hits`` are ``(memory_id, cosine similarity)``; ``keyword_hits``
-    are ``(memory_id, bm25)`` as SQLite reports it. Only the order of each
+    are ``(memory_id, keyword relevance)`` as the store reports it (its
+    negated bm25: higher is better). Only the order of each
     list matters to the fused score; the raw scores are carried along for
     display and tie-breaking. A memory listed twice in one list counts at
     its first (best) position.
@@ -87,8 +96,8 @@ def fuse(
     for memory_id, similarity in vector_hits:
         vector.setdefault(memory_id, (len(vector) + 1, similarity))
     keyword: dict[str, tuple[int, float]] = {}
-    for memory_id, bm25 in keyword_hits:
-        keyword.setdefault(memory_id, (len(keyword) + 1, bm25))
+    for memory_id, relevance in keyword_hits:
+        keyword.setdefault(memory_id, (len(keyword) + 1, relevance))
 
     hits: list[SearchHit] = []
     for memory_id in vector.keys() | keyword.keys():
@@ -106,14 +115,14 @@ def fuse(
                 vector_rank=v[0] if v else None,
                 similarity=v[1] if v else None,
                 keyword_rank=w[0] if w else None,
-                bm25=w[1] if w else None,
+                keyword_score=w[1] if w else None,
             )
         )
 
-    def order(hit: SearchHit) -> tuple[float, int, float, str]:
+    def order(hit: SearchHit) -> tuple[float, int, bool, float, str]:
         ranks = [r for r in (hit.vector_rank, hit.keyword_rank) if r is not None]
         similarity = hit.similarity if hit.similarity is not None else -math.inf
-        return (-hit.score, min(ranks), -similarity, hit.memory_id)
+        return (-hit.score, min(ranks), hit.keyword_rank is None, -similarity, hit.memory_id)
 
     hits.sort(key=order)
     return hits[:limit]

@@ -16,33 +16,43 @@ def ids(hits: list[SearchHit]) -> list[str]:
 def test_agreement_beats_a_single_first_place() -> None:
     # "b" is second for both retrievers; "a" and "c" are each first for only one.
     vector = [("a", 0.9), ("b", 0.8), ("d", 0.1)]
-    keyword = [("c", -9.0), ("b", -8.0), ("e", -1.0)]
+    keyword = [("c", 9.0), ("b", 8.0), ("e", 1.0)]
     hits = fuse(vector, keyword, limit=5)
     assert ids(hits)[0] == "b"
     assert set(ids(hits)) == {"a", "b", "c", "d", "e"}
 
 
 def test_first_in_both_lists_scores_one() -> None:
-    hits = fuse([("x", 0.7)], [("x", -3.0)], limit=1)
+    hits = fuse([("x", 0.7)], [("x", 3.0)], limit=1)
     assert hits[0].score == pytest.approx(1.0)
     assert (hits[0].vector_rank, hits[0].keyword_rank) == (1, 1)
-    assert (hits[0].similarity, hits[0].bm25) == (0.7, -3.0)
+    assert (hits[0].similarity, hits[0].keyword_score) == (0.7, 3.0)
 
 
 def test_item_found_by_one_retriever_only_still_ranks() -> None:
-    hits = fuse([], [("kw", -2.0), ("kw2", -1.0)], limit=10)
+    hits = fuse([], [("kw", 2.0), ("kw2", 1.0)], limit=10)
     assert ids(hits) == ["kw", "kw2"]
     assert hits[0].vector_rank is None and hits[0].similarity is None
     assert hits[0].score == pytest.approx((1 / (RRF_K + 1)) / (2 / (RRF_K + 1)))
 
 
-def test_tie_goes_to_higher_similarity_then_id() -> None:
-    # "v" is first for vectors, "k" first for keywords: equal fused score.
-    hits = fuse([("v", 0.5), ("k", 0.4)], [("k", -5.0), ("v", -4.0)], limit=2)
+def test_ties_between_the_two_first_places_go_to_the_keyword_match() -> None:
+    # An error code: only the keyword index finds its memory, the vector
+    # list's head is an unrelated paragraph. Equal fused scores.
+    hits = fuse([("nearest-noise", 0.3)], [("exact-code", 5.0)], limit=2)
+    assert hits[0].score == pytest.approx(hits[1].score)
+    assert ids(hits) == ["exact-code", "nearest-noise"]
+
+
+def test_other_ties_go_to_higher_similarity_then_id() -> None:
+    # Both found by both retrievers, crosswise: same score, same best rank, both keyword matches.
+    hits = fuse([("v", 0.5), ("k", 0.4)], [("k", 5.0), ("v", 4.0)], limit=2)
     assert hits[0].score == pytest.approx(hits[1].score)
     assert ids(hits) == ["v", "k"]
-    hits = fuse([("z", 0.5)], [("a", -5.0)], limit=2)
-    assert ids(hits) == ["z", "a"]  # the keyword-only item has no similarity
+    hits = fuse([("b", 0.5), ("a", 0.5)], [], limit=2)
+    assert ids(hits) == ["b", "a"]  # different ranks: order kept
+    hits = fuse([], [("b", 1.0)], limit=1) + fuse([], [("a", 1.0)], limit=1)
+    assert ids(hits) == ["b", "a"]
 
 
 def test_duplicates_count_at_their_best_position() -> None:
@@ -53,7 +63,7 @@ def test_duplicates_count_at_their_best_position() -> None:
 
 def test_limit_and_weights() -> None:
     vector = [("a", 0.9), ("b", 0.8)]
-    keyword = [("b", -9.0), ("a", -8.0)]
+    keyword = [("b", 9.0), ("a", 8.0)]
     assert ids(fuse(vector, keyword, limit=1, keyword_weight=0.0)) == ["a"]
     assert ids(fuse(vector, keyword, limit=1, vector_weight=0.0)) == ["b"]
     assert fuse(vector, keyword, limit=0) == []
