@@ -33,6 +33,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -373,12 +374,27 @@ def _check_embedding(embedding: bytes | None, embedder: str) -> tuple[bytes, str
     return bytes(embedding), embedder
 
 
-def _fts_query(text: str) -> str | None:
-    """Arbitrary user text as a safe FTS5 query: each word quoted, any word may match."""
-    words = re.findall(r"\w+", text)
-    if not words:
-        return None
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in dict.fromkeys(words))
+#: A word found in more memories than this says little about any of them,
+#: and scoring every one of them is what makes keyword search slow on a big
+#: store: such words are left out of the query while a rarer word remains.
+COMMON_WORD_DOCS = 2000
+_MAX_QUERY_WORDS = 32
+
+
+def _fts_words(text: str) -> list[str]:
+    """The distinct words of arbitrary user text, as the FTS5 tokenizer would see them (folded)."""
+    words: dict[str, None] = {}
+    for word in re.findall(r"\w+", text):
+        decomposed = unicodedata.normalize("NFKD", word)
+        folded = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+        if folded:
+            words.setdefault(folded)
+    return list(words)[:_MAX_QUERY_WORDS]
+
+
+def _fts_query(words: Sequence[str]) -> str:
+    """Words as a safe FTS5 query: each quoted (no operator survives), any of them may match."""
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def _json_list(values: Iterable[Any]) -> str:
@@ -581,6 +597,8 @@ class Store:
                 now_ms=now_ms,
             )
             await store._reload_membership(int(meta.get(_MEMBERSHIP_REV, 0)))
+            # Word frequencies for keyword search; a TEMP table, so not part of the schema.
+            await db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, fts, 'row')")
         except BaseException:
             await db.close()
             raise
@@ -1193,12 +1211,25 @@ class Store:
     async def fts_search(
         self, query: str, *, limit: int = 20, project: str | None = None, kind: str | None = None
     ) -> builtins.list[tuple[str, float]]:
-        """Keyword search over live memories: (memory id, relevance), best first; higher is better (-bm25)."""
-        match = _fts_query(query)
-        if match is None or limit <= 0:
+        """Keyword search over live memories: (memory id, relevance), best first; higher is better (-bm25).
+
+        Any text is safe: words are quoted, operators are not interpreted.
+        Words that occur in very many memories are dropped while rarer ones
+        remain (see :data:`COMMON_WORD_DOCS`).
+        """
+        words = _fts_words(query)
+        if not words or limit <= 0:
             return []
+        frequency: dict[str, int] = dict(
+            await self._db.fetchall(
+                f"SELECT term, doc FROM temp.fts_vocab WHERE term IN ({', '.join('?' * len(words))})", words
+            )
+        )
+        rare = [w for w in words if frequency.get(w, 0) <= COMMON_WORD_DOCS]
+        if not rare:
+            rare = [min(words, key=lambda w: frequency.get(w, 0))]
         where = ["fts MATCH ?"]
-        params: builtins.list[Any] = [match]
+        params: builtins.list[Any] = [_fts_query(rare)]
         if project is not None:
             where.append("v.project = ?")
             params.append(project)

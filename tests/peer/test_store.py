@@ -213,6 +213,16 @@ async def test_fts_takes_any_user_text(store: Store) -> None:
     assert await store.fts_search("carefully", project="elsewhere") == []
 
 
+async def test_fts_leaves_out_words_that_are_everywhere(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "COMMON_WORD_DOCS", 2)
+    await store.add_many([(Draft(f"the note number {i}"), None) for i in range(5)])
+    special = await store.add(Draft("the Zürich note"))
+    # "the" and "note" are in every memory: only "zurich" (folded) decides.
+    assert [m for m, _ in await store.fts_search("the note about zurich")] == [special]
+    # With nothing but common words, the rarest one is still searched.
+    assert len(await store.fts_search("the note", limit=10)) == 6
+
+
 async def test_changes_since_follows_state_changes(store: Store) -> None:
     mid = await store.add(Draft("v1"), b"\1" * 8, "e")
     base = await store.max_seq()
