@@ -21,6 +21,7 @@ and can simply be run again (it reuses keys it already wrote).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,15 +212,30 @@ class Home:
         records: Sequence[bytes],
         group_keys: Mapping[int, bytes],
         now_ms: NowMs = wall_clock_ms,
+        replace_empty: bool = False,
     ) -> None:
         """Create this device's store for a group (after ``init`` founded it, or ``join`` was admitted).
 
         The store is built under a temporary name and renamed into place, so
-        a crash leaves either no store or a complete one.
+        a crash leaves either no store or a complete one. With
+        ``replace_empty`` (``peer join`` after ``peer init``), an existing
+        store that holds no memories is replaced, and the search index with it.
         """
-        if self.exists():
-            raise StoreError(f"{self.path} already holds a peer store")
         identity = self.ensure_identity()
+        if self.exists():
+            if not replace_empty:
+                raise StoreError(f"{self.path} already holds a peer store")
+            async with await self.open_store(now_ms=now_ms) as old:
+                held = (await old.stats()).versions
+                group = old.group_id.hex()
+            if held:
+                raise StoreError(
+                    f"this device already holds {held} versions of memories in group {group}; joining another"
+                    " group would leave them behind: use another --home for the new group"
+                )
+            if Path(f"{self.store_path}-wal").exists():
+                raise StoreError(f"the store at {self.store_path} is in use (is `peer agent` running?); stop it first")
+            shutil.rmtree(self.index_dir, ignore_errors=True)
         tmp = self.path / f".{STORE_FILE}.{os.getpid()}.tmp"
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             leftover.unlink(missing_ok=True)

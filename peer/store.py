@@ -1059,6 +1059,21 @@ class Store:
         await self._db.executemany(_INSERT_VERSION, inserts)
         await self._end(txn)
 
+    async def start_new_incarnation(self) -> str:
+        """Write from now on as a new replica (``DEVICEID.N``); returns its id.
+
+        For a store restored from a backup: versions it wrote after the
+        backup was taken may live on elsewhere, and a new replica id can
+        never collide with their dots, whatever the clocks say.
+        """
+        async with self._db.transaction():
+            incarnation = int(
+                await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_INCARNATION,)) or 0
+            ) + 1
+            await self._db.execute(_PUT_META, (_INCARNATION, incarnation))
+        self.replica_id = replica_id(self.device_id, incarnation)
+        return self.replica_id
+
     # Vectors and what the other side lacks ---------------------------------------------
     async def vector(self) -> VersionVector:
         return VersionVector(await self._db.fetchall("SELECT replica, counter FROM vector"))
@@ -1083,20 +1098,30 @@ class Store:
         origins = await self._db.fetchall("SELECT origin, max_counter FROM origins ORDER BY origin")
         return [(origin, vector.get(origin)) for origin, top in origins if top > vector.get(origin)]
 
-    async def missing_for(self, vector: VersionVector, batch_size: int = 500) -> AsyncIterator[list[SealedVersion]]:
+    async def missing_for(
+        self, vector: VersionVector, batch_size: int = 500, *, project: str | None = None
+    ) -> AsyncIterator[list[SealedVersion]]:
         """The versions this store holds that ``vector`` does not cover, in batches.
 
         Per origin in counter order. When nothing is missing this is one
-        query over a table with one row per origin.
+        query over a table with one row per origin. With ``project``, only
+        versions of memories that have (or had) a version in that project:
+        a partial set, after which the receiver must not merge our vector.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        in_project = ""
+        extra: tuple[Any, ...] = ()
+        if project is not None:
+            in_project = " AND memory_id IN (SELECT memory_id FROM versions WHERE project = ?)"
+            extra = (project,)
         batch: list[SealedVersion] = []
         for origin, after in await self._wanted(vector):
             while True:
                 rows = await self._db.fetchall(
-                    "SELECT counter, sealed FROM versions WHERE origin = ? AND counter > ? ORDER BY counter LIMIT ?",
-                    (origin, after, batch_size),
+                    f"SELECT counter, sealed FROM versions WHERE origin = ? AND counter > ?{in_project}"
+                    " ORDER BY counter LIMIT ?",
+                    (origin, after, *extra, batch_size),
                 )
                 for counter, data in rows:
                     batch.append(SealedVersion.decode(data))

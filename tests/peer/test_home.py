@@ -91,3 +91,32 @@ async def test_a_store_opened_with_another_devices_key_is_refused(aio_loop: obje
     one.store_path.rename(two.store_path)
     with pytest.raises(StoreError, match="belongs to device"):
         await two.open_store()
+
+
+async def test_joining_replaces_an_empty_store_only(aio_loop: object, tmp_path: Path) -> None:
+    inviter, joiner = Home(tmp_path / "inviter"), Home(tmp_path / "joiner")
+    await inviter.init("inviter")
+    await joiner.init("joiner")  # someone ran `peer init` before `peer join`
+    (joiner.index_dir).mkdir()
+    (joiner.index_dir / "stale").write_bytes(b"labels of the old store")
+    me = joiner.identity()
+    async with await inviter.open_store() as store:
+        ident = inviter.identity()
+        records = store.membership.add_member(
+            ident.signing_key,
+            ident.kex_key,
+            device_public_key=me.public_key,
+            kex_public_key=me.kex_public_key,
+            name="joiner",
+            now_ms=1_700_000_000_000,
+            epoch_keys=store.group_keys,
+        )
+        await store.apply_membership(records)
+        group_id, all_records = store.group_id, store.membership.records()
+    await joiner.create_store(group_id=group_id, records=all_records, group_keys={}, replace_empty=True)
+    assert not joiner.index_dir.exists()
+    async with await joiner.open_store() as store:
+        assert store.group_id == group_id
+        await store.add(Draft("now in the inviter's group"))
+    with pytest.raises(StoreError, match="already holds 1 versions"):
+        await joiner.create_store(group_id=group_id, records=all_records, group_keys={}, replace_empty=True)

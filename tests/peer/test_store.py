@@ -312,6 +312,30 @@ async def test_missing_for_returns_exactly_what_the_other_lacks(pair: tuple[Stor
     assert nothing == []
 
 
+async def test_missing_for_one_project(pair: tuple[Store, Store]) -> None:
+    a, _ = pair
+    inside = await a.add(Draft("in the project", project="peer"))
+    await a.add(Draft("elsewhere", project="other"))
+    await a.edit(inside, project="moved")  # its older version was in "peer": the memory still counts
+    found = [v async for batch in a.missing_for(VersionVector(), project="peer") for v in batch]
+    assert {v.header.memory_id for v in found} == {inside} and len(found) == 2
+
+
+async def test_a_new_incarnation_writes_new_dots_that_sync(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    before = await a.add(Draft("before the restore"))
+    replica = await a.start_new_incarnation()
+    assert replica == f"{a.device_id}.1" == a.replica_id
+    after = await a.add(Draft("after the restore"))
+    assert (await a.get(after)).version.startswith(f"{a.device_id}.1:")
+    await sync(a, b)
+    assert {m.id for m in await b.list()} == {before, after}
+    assert set(await b.vector()) == {a.device_id, replica}
+    # The incarnation is kept in the store, not only in this handle.
+    async with await Home(a.path.parent).open_store() as again:
+        assert again.replica_id == replica
+
+
 async def test_hlc_moves_past_received_versions(pair: tuple[Store, Store]) -> None:
     a, b = pair
     # B's clock runs far ahead of A's: A's next versions must still be stamped later.
