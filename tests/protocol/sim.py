@@ -383,16 +383,20 @@ class SimDevice:
             membership_records=tuple(self.membership.records()),
         )
 
-    def restore(self, snap: DeviceSnapshot, incarnation: int) -> None:
+    def restore(self, snap: DeviceSnapshot, incarnation: int | None = None) -> None:
         """Replace this device's store by an old backup, as a new incarnation.
 
-        ``incarnation`` must be one this device never used (the caller, like
-        peer's restore command, sees to that). The counter starts afresh for
-        the new replica; the snapshot's vector keeps its entry for the old
-        replica as it was, so peers resend what was written after the backup.
+        ``incarnation`` must be one this device never used; ``None`` takes
+        the backup's incarnation + 1, which is what peer's store does (and
+        which repeats itself when one backup is restored twice). The counter
+        starts afresh for the new replica; the snapshot's vector keeps its
+        entry for the old replica as it was, so peers resend what was
+        written after the backup.
         """
         if snap.device_id != self.device_id:
             raise ValueError("a snapshot of another device")
+        if incarnation is None:
+            incarnation = snap.incarnation + 1
         if incarnation <= snap.incarnation:
             raise ValueError("a restored store must start a new incarnation")
         self.incarnation = incarnation
