@@ -53,6 +53,8 @@ async def make_pair(tmp_path: Path) -> tuple[Store, Store]:
 async def sync_one_way(src: Store, dst: Store) -> int:
     """What a complete sync session does in one direction; returns the versions added."""
     added = 0
+    if await src.membership_digest() != await dst.membership_digest():
+        await dst.apply_membership(src.membership.records())
     async for batch in src.missing_for(await dst.vector(), batch_size=3):
         added += (await dst.apply(batch)).added
     await dst.merge_vector(await src.vector())
