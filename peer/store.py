@@ -43,6 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+import trio
 
 from protocol import (
     Dot,
@@ -660,9 +661,13 @@ class Store:
             before = set(
                 r for (r,) in await self._db.fetchall("SELECT record FROM membership")
             )
-            self._membership.add_all(records, strict=strict)
-            new = [r for r in self._membership.records() if r not in before]
-            keys = self._membership.epoch_keys(self.device_id, self._kex_key)
+            # A new object, swapped in at the end: apply() may be verifying
+            # with the current one in a worker thread.
+            membership = Membership(self.group_id)
+            membership.add_all(self._membership.records())
+            membership.add_all(records, strict=strict)
+            new = [r for r in membership.records() if r not in before]
+            keys = membership.epoch_keys(self.device_id, self._kex_key)
             new_keys = {e: k for e, k in keys.items() if self._group_keys.get(e) != k}
             if new:
                 await self._db.executemany("INSERT OR IGNORE INTO membership (record) VALUES (?)", [(r,) for r in new])
@@ -676,7 +681,8 @@ class Store:
                 rev = self._membership_rev + 1
                 await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
                 self._membership_rev = rev
-                self._group_keys.update(new_keys)
+                self._group_keys = {**self._group_keys, **new_keys}
+            self._membership = membership
         return new
 
     async def save_group_keys(self, keys: Mapping[int, bytes]) -> None:
@@ -728,31 +734,31 @@ class Store:
     ) -> list[Dot]:
         """Seal and store one new version per item (memory id, body, its current versions)."""
         epoch, group_key = self._current_key()
-        clock = HybridLogicalClock(self._now_ms, txn.hlc)
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[int, int, int]] = []
         dots: list[Dot] = []
-        for memory_id, body, prior in items:
-            txn.last_counter = next_counter(txn.last_counter, self._now_ms())
-            dot = Dot(self.replica_id, txn.last_counter)
-            hlc = clock.tick()
-            if prior:
-                before = resolve(r.meta for r in prior)
-                context = context_for_new_version(before)
-            else:
-                context = ()
-            header = VersionHeader(
-                group_id=self.group_id, epoch=epoch, memory_id=memory_id, dot=dot, context=context, hlc=hlc
-            )
-            sealed = seal(header, body, signing_key=self._signing_key, group_key=group_key)
-            after = resolve([*(r.meta for r in prior), VersionMeta(dot, context, hlc, body.deleted)])
-            for r in prior:
-                state = after.states[r.meta.dot]
-                if state != r.state:
-                    updates.append((int(state), txn.take_seq(), r.id))
-            inserts.append(_version_row(sealed, body, after.states[dot], txn.take_seq()))
-            dots.append(dot)
-        txn.hlc = clock.last
+
+        def prepare() -> None:
+            clock = HybridLogicalClock(self._now_ms, txn.hlc)
+            for memory_id, body, prior in items:
+                txn.last_counter = next_counter(txn.last_counter, self._now_ms())
+                dot = Dot(self.replica_id, txn.last_counter)
+                hlc = clock.tick()
+                context = context_for_new_version(resolve(r.meta for r in prior)) if prior else ()
+                header = VersionHeader(
+                    group_id=self.group_id, epoch=epoch, memory_id=memory_id, dot=dot, context=context, hlc=hlc
+                )
+                sealed = seal(header, body, signing_key=self._signing_key, group_key=group_key)
+                after = resolve([*(r.meta for r in prior), VersionMeta(dot, context, hlc, body.deleted)])
+                for r in prior:
+                    state = after.states[r.meta.dot]
+                    if state != r.state:
+                        updates.append((int(state), txn.take_seq(), r.id))
+                inserts.append(_version_row(sealed, body, after.states[dot], txn.take_seq()))
+                dots.append(dot)
+            txn.hlc = clock.last
+
+        await _cpu_bound(prepare, len(items))
         await self._db.executemany(_UPDATE_STATE, updates)
         await self._db.executemany(_INSERT_VERSION, inserts)
         await self._db.execute(_MERGE_VECTOR, (self.replica_id, txn.last_counter))
@@ -979,24 +985,27 @@ class Store:
         opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
-        for sealed in versions:
-            header = sealed.header
-            if header.dot in opened:
-                in_batch_duplicates += 1
-                continue
-            try:
-                body = open_version(
-                    sealed,
-                    group_id=self.group_id,
-                    group_keys=self._group_keys,
-                    member_key=self._membership.member_key,
-                )
-            except (TrustError, DecodeError) as e:
-                if strict and not self._written_by_revoked(sealed, e):
-                    raise
-                rejected.append(Rejected(str(header.dot), header.memory_id, str(e)))
-                continue
-            opened[header.dot] = (sealed, body)
+        membership, group_keys = self._membership, dict(self._group_keys)
+
+        def check() -> None:
+            nonlocal in_batch_duplicates
+            for sealed in versions:
+                header = sealed.header
+                if header.dot in opened:
+                    in_batch_duplicates += 1
+                    continue
+                try:
+                    body = open_version(
+                        sealed, group_id=self.group_id, group_keys=group_keys, member_key=membership.member_key
+                    )
+                except (TrustError, DecodeError) as e:
+                    if strict and not _written_by_revoked(membership, sealed, e):
+                        raise
+                    rejected.append(Rejected(str(header.dot), header.memory_id, str(e)))
+                    continue
+                opened[header.dot] = (sealed, body)
+
+        await _cpu_bound(check, len(versions))
         if not opened:
             return ApplyResult(duplicates=in_batch_duplicates, rejected=tuple(rejected))
 
@@ -1012,17 +1021,6 @@ class Store:
                 await self._store_received(fresh, by_memory, txn)
         memories = len({s.header.memory_id for s, _ in fresh.values()})
         return ApplyResult(added=len(fresh), duplicates=duplicates, rejected=tuple(rejected), memories=memories)
-
-    def _written_by_revoked(self, sealed: SealedVersion, error: Exception) -> bool:
-        """A version by a device since revoked: dropped, but it does not fail the batch.
-
-        Honest members may still hold and forward such versions; failing the
-        whole batch would fail every session with them, forever.
-        """
-        if not isinstance(error, NotAMember):
-            return False
-        info = self._membership.member_info(sealed.header.author)
-        return info is not None and info.revoked
 
     async def _store_received(
         self,
@@ -1395,6 +1393,30 @@ class Store:
         for (memory_id,) in bad:
             problems.append(f"memory {memory_id} does not have exactly one winner")
         return problems
+
+
+def _written_by_revoked(membership: Membership, sealed: SealedVersion, error: Exception) -> bool:
+    """A version by a device since revoked: dropped, but it does not fail the batch.
+
+    Honest members may still hold and forward such versions; failing the
+    whole batch would fail every session with them, forever.
+    """
+    if not isinstance(error, NotAMember):
+        return False
+    info = membership.member_info(sealed.header.author)
+    return info is not None and info.revoked
+
+
+#: Below this many versions, sealing or opening runs inline; above, in a
+#: worker thread, so that a big batch does not stall the agent's other tasks.
+_OFFLOAD_AT = 32
+
+
+async def _cpu_bound(work: Callable[[], None], size: int) -> None:
+    if size >= _OFFLOAD_AT:
+        await trio.to_thread.run_sync(work)
+    else:
+        work()
 
 
 async def _configure(db: Database) -> None:

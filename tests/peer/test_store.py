@@ -425,6 +425,19 @@ async def test_versions_by_a_revoked_device_are_dropped_without_failing_the_batc
     assert max(v.header.epoch for v in newest) == 1
 
 
+async def test_big_batches_are_sealed_and_checked_off_the_event_loop(pair: tuple[Store, Store]) -> None:
+    a, b = pair
+    ids = await a.add_many([(Draft(f"bulk {i}", tags=("bulk",)), b"\0" * 8) for i in range(120)], "e")
+    batch = [v async for batch in a.missing_for(await b.vector(), batch_size=500) for v in batch]
+    assert len(batch) == 120
+    with pytest.raises(NotAMember):
+        await b.apply([*batch[:60], _forged(a, Ed25519PrivateKey.generate()), *batch[60:]])
+    assert (await b.stats()).versions == 0
+    result = await b.apply(batch)
+    assert result.added == 120 and result.memories == 120
+    assert {m.id for m in await b.list(tag="bulk")} == set(ids)
+
+
 async def test_two_handles_on_one_store_see_each_other(pair: tuple[Store, Store], tmp_path: Path) -> None:
     a, _ = pair
     home = Home(tmp_path / "a")
