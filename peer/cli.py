@@ -756,6 +756,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``peer`` console script: the one place that turns errors into ``error:`` lines."""
     try:
         code = cli.main(args=argv, prog_name="peer", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        # Bare `peer` (or a group without a command): the help, not an error.
+        click.echo(e.format_message())
+        sys.exit(0)
     except click.UsageError as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
         _fail(e.format_message() + hint, e.exit_code)
