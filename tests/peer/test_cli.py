@@ -248,6 +248,15 @@ def test_corrupt_index_is_rebuilt_with_a_warning(small_home: Path) -> None:
     assert doctor.returncode == 0, doctor.stdout
     assert json.loads(doctor.stdout)["healthy"] is True
 
+    # Damaged again: doctor says so and what to do, --repair rebuilds it.
+    (small_home / "index" / "hnsw.bin").write_bytes(b"\x00" * 64)
+    sick = peer(small_home, "doctor")
+    assert sick.returncode == 1 and "FAIL  search index" in sick.stdout and "--repair" in sick.stdout
+    repaired = peer(small_home, "doctor", "--repair", "--json")
+    assert repaired.returncode == 0, repaired.stdout
+    assert ok_json(small_home, "doctor")["healthy"] is True
+    assert ok_json(small_home, "stats")["index"]["vectors"] == 2
+
 
 def test_doctor_reports_loose_key_permissions(small_home: Path) -> None:
     ok(small_home, "search", "caching")  # build the index first
