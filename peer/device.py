@@ -26,7 +26,7 @@ from protocol.errors import PeerError, StoreError
 
 from .home import Home
 from .memory import Draft, IndexChange, Memory
-from .search import SearchHit, candidate_count, fuse
+from .search import SearchHit, candidate_count, fuse, keyword_query
 from .store import _MEMORY_COLUMNS, KEEP, SCHEMA_VERSION, Store, _memory_from_row
 
 if TYPE_CHECKING:
@@ -319,10 +319,26 @@ class Device:
         if k <= 0 or not query.strip():
             return []
         index = await self._ready_index()
-        vectors = await trio.to_thread.run_sync(self.embedder.embed, [query])
-        vector = vectors[0]
         wanted = candidate_count(k)
-        keyword = await self.store.fts_search(query, limit=wanted, project=project, kind=kind)
+        keyword: list[tuple[str, float]] = []
+        failed: list[PeerError] = []
+
+        async def keyword_search() -> None:
+            try:
+                keyword.extend(
+                    await self.store.fts_search(keyword_query(query), limit=wanted, project=project, kind=kind)
+                )
+            except PeerError as e:
+                failed.append(e)  # re-raised below as itself, not inside an exception group
+
+        # The model runs in a worker thread and SQLite in aiosqlite's: the
+        # keyword search costs nothing extra while the query is embedded.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keyword_search)
+            vectors = await trio.to_thread.run_sync(self.embedder.embed, [query])
+        if failed:
+            raise failed[0]
+        vector = vectors[0]
 
         semantic: list[tuple[str, float]] = []
         memories: dict[str, Memory] = {}

@@ -36,12 +36,39 @@ candidate lists, filters them to live memories and calls :func:`fuse`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RRF_K", "SearchHit", "fuse", "candidate_count"]
+__all__ = ["RRF_K", "SearchHit", "fuse", "candidate_count", "keyword_query"]
 
 RRF_K = 60
+
+
+# Function words of English questions. Any word may match in the keyword
+# search, so "how do I run the tests" would otherwise rank (and, at 100k
+# memories, score) nearly every memory for "the", "do" and "i". bm25 already
+# gives them little weight; dropping them saves the work and keeps the
+# keyword list about the words that carry the question.
+_STOPWORDS = frozenset(
+    """a about after all also am an and any are as at be because been before being between both but by can could
+    did do does doing down during each few for from further had has have having he her here hers him his how i if
+    in into is it its itself just me more most my no nor not now of off on once only or other our ours out over own
+    same she should so some such than that the their theirs them then there these they this those through to too
+    under until up very was we were what when where which while who whom why will with would you your yours""".split()
+)
+_WORD = re.compile(r"\w+")
+
+
+def keyword_query(text: str) -> str:
+    """The words of a query worth a keyword search: without English function words.
+
+    A query made only of function words ("to be or not to be") is kept
+    whole, since then they are what the user is looking for.
+    """
+    words = _WORD.findall(text)
+    kept = [w for w in words if w.lower() not in _STOPWORDS]
+    return " ".join(kept or words)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.search import RRF_K, SearchHit, candidate_count, fuse
+from peer.search import RRF_K, SearchHit, candidate_count, fuse, keyword_query
 
 
 def ids(hits: list[SearchHit]) -> list[str]:
@@ -93,3 +93,10 @@ def test_fusion_is_a_ranking_of_the_union(vector: list[str], keyword: list[str],
     swapped = fuse([(m, 1.0 - i / 10) for i, m in enumerate(keyword)], [(m, -10.0 + i) for i, m in enumerate(vector)],
                    limit=limit)
     assert sorted(h.score for h in swapped) == pytest.approx(sorted(scores))
+
+
+def test_keyword_query_drops_function_words_but_not_everything() -> None:
+    assert keyword_query("how do I run the tests?") == "run tests"
+    assert keyword_query("QX-4471 on staging") == "QX 4471 staging"
+    assert keyword_query("to be or not to be") == "to be or not to be"
+    assert keyword_query("  ") == ""
