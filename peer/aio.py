@@ -239,3 +239,503 @@ class Database:
                 raise translate_sqlite_error(e, self.path) from e
             finally:
                 self._closed = True
+
+
+# =============================================================================
+# SSH transport (asyncssh)
+# =============================================================================
+#
+# Theory of operation. Every device runs an SSH server whose host key is its
+# device key, and connects to others with the same key as its client key.
+# Trust is decided here, from device ids alone: the server accepts a client
+# key only when the trio side's ``authorize`` says its device is a current
+# member (asked at connection time, so a revocation takes effect on the next
+# connection), except on the username ``peer-join``, where any key may
+# authenticate but only the join subsystem is served; the client accepts a
+# host key only when ``trust_host`` says so. Nothing else of SSH is offered:
+# no shell, no exec, no forwarding, no agent, no ~/.ssh files.
+#
+# A session is one channel running a named subsystem with raw bytes
+# (encoding=None). The trio side sees it as a :class:`ByteStream`; the
+# server calls back into trio through ``trio_as_aio`` for each channel.
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+from typing import Protocol
+
+import asyncssh
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from protocol.errors import PeerError, TransportError, TrustError
+from protocol.ids import device_id_for, format_device_id
+
+__all__ += [
+    "ByteStream",
+    "StreamHandler",
+    "Authorize",
+    "serve",
+    "connect",
+    "SYNC_SUBSYSTEM",
+    "JOIN_SUBSYSTEM",
+    "SYNC_USER",
+    "JOIN_USER",
+    "DEFAULT_PORT",
+    "CONNECT_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "LOGIN_TIMEOUT_S",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7847
+SYNC_SUBSYSTEM = "peer-sync@peer"
+JOIN_SUBSYSTEM = "peer-join@peer"
+#: Members log in as this user; the name carries no meaning beyond that.
+SYNC_USER = "peer"
+#: Devices that are not members yet log in as this user, for the join subsystem only.
+JOIN_USER = "peer-join"
+
+#: TCP connect, key exchange and authentication together.
+CONNECT_TIMEOUT_S = 15.0
+#: How long the server gives a client to authenticate.
+LOGIN_TIMEOUT_S = 15.0
+#: The longest silence tolerated while waiting for the other side's bytes.
+READ_TIMEOUT_S = 60.0
+#: SSH keepalives notice a vanished peer even while this side only writes.
+KEEPALIVE_INTERVAL_S = 15.0
+KEEPALIVE_COUNT_MAX = 3
+#: What a close may take before the connection is dropped instead.
+CLOSE_TIMEOUT_S = 3.0
+
+_ED25519 = b"ssh-ed25519"
+
+
+class ByteStream(Protocol):
+    """One authenticated, ordered, bidirectional byte stream to another device."""
+
+    @property
+    def peer_device_id(self) -> str:
+        """The device id of the key the other side authenticated with."""
+        ...
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        """Some bytes (at most ``max_bytes``), or ``b""`` once the other side closed its end."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+#: The trio function that serves one channel; the stream is closed after it returns.
+StreamHandler = Callable[[ByteStream], Awaitable[None]]
+#: Whether a device (by id) may connect now; a trio function.
+Authorize = Callable[[str], Awaitable[bool]]
+
+
+def _device_of_key(key: asyncssh.SSHKey) -> str | None:
+    """The device id of an SSH Ed25519 public key, None for any other kind of key."""
+    data = bytes(key.public_data)
+    try:
+        n = int.from_bytes(data[:4], "big")
+        algorithm = data[4 : 4 + n]
+        m = int.from_bytes(data[4 + n : 8 + n], "big")
+        raw = data[8 + n : 8 + n + m]
+    except (IndexError, ValueError):
+        return None
+    if algorithm != _ED25519 or len(raw) != 32 or 8 + n + m != len(data):
+        return None
+    return device_id_for(raw)
+
+
+def _ssh_key(signing_key: Ed25519PrivateKey) -> asyncssh.SSHKey:
+    pem = signing_key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    return asyncssh.import_private_key(pem)
+
+
+def _no_known_hosts(host: str, addr: str, port: int | None) -> tuple[list[str], list[str], list[str]]:
+    # A callable (not None, not empty) so that asyncssh neither skips host
+    # key checks nor reads ~/.ssh/known_hosts: every key goes to
+    # validate_host_public_key.
+    return [], [], []
+
+
+class _SSHStream:
+    """A :class:`ByteStream` over one asyncssh channel's reader and writer."""
+
+    def __init__(
+        self,
+        reader: asyncssh.SSHReader[bytes],
+        writer: asyncssh.SSHWriter[bytes],
+        peer_device_id: str,
+        where: str,
+        read_timeout: float,
+        conn: asyncssh.SSHClientConnection | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._peer_device_id = peer_device_id
+        self._where = where
+        self._read_timeout = read_timeout
+        self._conn = conn  # owned by the client side: closed with the stream
+        self._closed = False
+
+    @property
+    def peer_device_id(self) -> str:
+        return self._peer_device_id
+
+    def _lost(self, e: BaseException) -> TransportError:
+        return TransportError(
+            f"the connection to device {format_device_id(self._peer_device_id)} ({self._where}) was lost: {e or type(e).__name__}"
+        )
+
+    async def send_all(self, data: bytes) -> None:
+        if self._closed:
+            raise TransportError(f"the connection to {self._where} is closed")
+        writer = self._writer
+
+        async def write() -> None:
+            writer.write(data)
+            await writer.drain()
+
+        try:
+            with trio.fail_after(self._read_timeout):
+                await trio_asyncio.aio_as_trio(write)()
+        except trio.TooSlowError as e:
+            raise TransportError(
+                f"device {format_device_id(self._peer_device_id)} ({self._where}) stopped reading:"
+                f" nothing acknowledged for {self._read_timeout:g} s; giving up"
+            ) from e
+        except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as e:
+            raise self._lost(e) from e
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise TransportError(f"the connection to {self._where} is closed")
+        try:
+            with trio.fail_after(self._read_timeout):
+                data: bytes = await trio_asyncio.aio_as_trio(self._reader.read)(max_bytes)
+        except trio.TooSlowError as e:
+            raise TransportError(
+                f"device {format_device_id(self._peer_device_id)} ({self._where}) stopped responding:"
+                f" nothing received for {self._read_timeout:g} s; giving up"
+            ) from e
+        except asyncssh.ConnectionLost as e:
+            raise self._lost(e) from e
+        except (asyncssh.Error, OSError) as e:
+            raise self._lost(e) from e
+        return data
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        writer, conn = self._writer, self._conn
+
+        async def close() -> None:
+            try:
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except (asyncssh.Error, OSError):
+                pass
+            writer.close()
+            if conn is not None:
+                conn.close()
+                await conn.wait_closed()
+
+        # Shielded, so a cancelled sync still releases its connection; bounded,
+        # so a dead peer cannot hold the close.
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await trio_asyncio.aio_as_trio(close)()
+            except (asyncssh.Error, OSError):
+                pass
+        if conn is not None:
+            conn.abort()
+
+
+# Server ----------------------------------------------------------------------
+
+
+class _Listener:
+    """What all connections of one :func:`serve` share."""
+
+    def __init__(self, authorize: Authorize, handlers: Mapping[str, StreamHandler], read_timeout: float) -> None:
+        self.authorize = authorize
+        self.handlers = dict(handlers)
+        self.read_timeout = read_timeout
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.scopes: set[trio.CancelScope] = set()
+
+    async def run_handler(self, handler: StreamHandler, stream: _SSHStream) -> None:
+        """Runs in trio (through trio_as_aio): one channel, from start to close."""
+        with trio.CancelScope() as scope:
+            self.scopes.add(scope)
+            try:
+                await handler(stream)
+            except PeerError as e:
+                log.warning("session with device %s ended: %s", format_device_id(stream.peer_device_id), e)
+            except Exception:
+                log.exception("session with device %s failed", format_device_id(stream.peer_device_id))
+            finally:
+                self.scopes.discard(scope)
+                await stream.aclose()
+
+
+class _ServerConnection(asyncssh.SSHServer):
+    """One incoming connection (asyncssh makes one of these per connection)."""
+
+    def __init__(self, listener: _Listener) -> None:
+        self._listener = listener
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._where = "?"
+        self._device_id: str | None = None
+        self._username = ""
+        self._refusal_logged = False
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self._where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+        self._listener.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._listener.connections.discard(self._conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # authentication is always required
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        device_id = _device_of_key(key)
+        if device_id is None:
+            self._refuse("a key that is not an Ed25519 device key")
+            return False
+        if username == JOIN_USER:
+            # Anyone may try to join; the join handler checks the invite.
+            if JOIN_SUBSYSTEM not in self._listener.handlers:
+                self._refuse(f"device {format_device_id(device_id)} asked to join, but joining is not served here")
+                return False
+        elif username == SYNC_USER:
+            allowed = await trio_asyncio.trio_as_aio(self._listener.authorize)(device_id)
+            if not allowed:
+                self._refuse(f"device {format_device_id(device_id)} is not a member of this group: refused")
+                return False
+        else:
+            self._refuse(f"unknown user {username!r}")
+            return False
+        self._device_id = device_id
+        self._username = username
+        return True
+
+    def _refuse(self, why: str) -> None:
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            log.warning("%s (connection from %s)", why, self._where)
+
+    def session_requested(self) -> Any:
+        device_id, username, listener = self._device_id, self._username, self._listener
+        if device_id is None:
+            return False
+        where = self._where
+
+        async def session(
+            stdin: asyncssh.SSHReader[bytes], stdout: asyncssh.SSHWriter[bytes], stderr: asyncssh.SSHWriter[bytes]
+        ) -> None:
+            subsystem = stdin.channel.get_subsystem()
+            allowed = subsystem == JOIN_SUBSYSTEM if username == JOIN_USER else subsystem != JOIN_SUBSYSTEM
+            handler = listener.handlers.get(subsystem or "") if allowed else None
+            if handler is None:
+                log.warning(
+                    "device %s (%s) asked for %s, which is not served to it: refused",
+                    format_device_id(device_id), where, subsystem or "a shell or command",
+                )
+                channel = stdout.channel
+                assert isinstance(channel, asyncssh.SSHServerChannel)
+                channel.exit(1)
+                return
+            stream = _SSHStream(stdin, stdout, device_id, where, listener.read_timeout)
+            await trio_asyncio.trio_as_aio(listener.run_handler)(handler, stream)
+
+        return session
+
+
+async def serve(
+    signing_key: Ed25519PrivateKey,
+    *,
+    host: str,
+    port: int,
+    authorize: Authorize,
+    handlers: Mapping[str, StreamHandler],
+    login_timeout: float = LOGIN_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve SSH on ``host:port`` until cancelled; ``task_status.started(port)`` once listening.
+
+    ``signing_key`` is the device key (the SSH host key). ``handlers`` maps
+    subsystem names (:data:`SYNC_SUBSYSTEM`, :data:`JOIN_SUBSYSTEM`) to trio
+    functions serving one channel each. Members (``authorize(device_id)``
+    true, user :data:`SYNC_USER`) reach every subsystem but the join one;
+    any key on user :data:`JOIN_USER` reaches only the join one. Port 0
+    picks a free port; the port really bound is what ``started`` reports.
+    """
+    listener = _Listener(authorize, handlers, read_timeout)
+    host_key = _ssh_key(signing_key)
+
+    async def start() -> asyncssh.SSHAcceptor:
+        return await asyncssh.create_server(
+            lambda: _ServerConnection(listener),
+            host,
+            port,
+            server_host_keys=[host_key],
+            encoding=None,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=login_timeout,
+            keepalive_interval=KEEPALIVE_INTERVAL_S,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            reuse_address=True,
+        )
+
+    try:
+        acceptor = await trio_asyncio.aio_as_trio(start)()
+    except OSError as e:
+        raise TransportError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    try:
+        bound = acceptor.get_port()
+        task_status.started(bound)
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            for scope in list(listener.scopes):
+                scope.cancel()
+
+            async def stop() -> None:
+                acceptor.close()
+                for conn in list(listener.connections):
+                    conn.close()
+                await acceptor.wait_closed()
+
+            await trio_asyncio.aio_as_trio(stop)()
+
+
+# Client ----------------------------------------------------------------------
+
+
+class _ClientConnection(asyncssh.SSHClient):
+    def __init__(self, trust_host: Callable[[str], bool]) -> None:
+        self._trust_host = trust_host
+        self.host_device_id: str | None = None
+        self.host_refused = False
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        device_id = _device_of_key(key)
+        self.host_device_id = device_id
+        ok = device_id is not None and self._trust_host(device_id)
+        self.host_refused = not ok
+        return ok
+
+
+async def connect(
+    host: str,
+    port: int,
+    signing_key: Ed25519PrivateKey,
+    *,
+    trust_host: Callable[[str], bool],
+    subsystem: str = SYNC_SUBSYSTEM,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+) -> ByteStream:
+    """Connect to the device at ``host:port`` and open ``subsystem``; close the stream when done.
+
+    ``trust_host(device_id)`` decides whether the server's host key is
+    acceptable (a current member for sync; the inviter pinned by the code
+    for join). The join subsystem logs in as :data:`JOIN_USER`, anything
+    else as :data:`SYNC_USER`. Raises :class:`TransportError` when the
+    connection fails or times out and :class:`TrustError` when either side
+    refuses the other's key.
+    """
+    where = f"{host}:{port}"
+    username = JOIN_USER if subsystem == JOIN_SUBSYSTEM else SYNC_USER
+    client = _ClientConnection(trust_host)
+    key = _ssh_key(signing_key)
+    own_id = device_id_for(bytes(key.public_data)[-32:])
+
+    async def open_channel() -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
+        conn, _ = await asyncssh.create_connection(
+            lambda: client,
+            host,
+            port,
+            username=username,
+            client_keys=[key],
+            known_hosts=_no_known_hosts,
+            server_host_key_algs=["ssh-ed25519"],
+            config=None,
+            agent_path=None,
+            password=None,
+            kbdint_auth=False,
+            gss_auth=False,
+            host_based_auth=False,
+            connect_timeout=connect_timeout,
+            keepalive_interval=KEEPALIVE_INTERVAL_S,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+        )
+        try:
+            writer, reader, _stderr = await conn.open_session(subsystem=subsystem, encoding=None)
+        except BaseException:
+            conn.abort()
+            raise
+        return conn, reader, writer
+
+    try:
+        with trio.fail_after(connect_timeout + 1):
+            conn, reader, writer = await trio_asyncio.aio_as_trio(open_channel)()
+    except (trio.TooSlowError, asyncio.TimeoutError) as e:
+        raise TransportError(
+            f"{where} did not complete an SSH handshake within {connect_timeout:g} s; is `peer agent` running there?"
+        ) from e
+    except asyncssh.HostKeyNotVerifiable as e:
+        if client.host_device_id is None:
+            raise TrustError(f"the host key of {where} is not a peer device key; refusing to connect") from e
+        raise TrustError(
+            f"the host key of {where} (device {format_device_id(client.host_device_id)}) is not a member's"
+            " of this group; refusing to sync with it"
+            if subsystem != JOIN_SUBSYSTEM
+            else f"the host key of {where} (device {format_device_id(client.host_device_id)}) is not the inviter's"
+            " named in the code; refusing to join through it"
+        ) from e
+    except asyncssh.PermissionDenied as e:
+        raise TrustError(
+            f"{where} refused this device ({format_device_id(own_id)}): it is not a member of that device's group;"
+            " pair it first (`peer invite` there, `peer join` here)"
+        ) from e
+    except asyncssh.ChannelOpenError as e:
+        raise TransportError(f"{where} does not serve {subsystem}: {e.reason}") from e
+    except ConnectionRefusedError as e:
+        raise TransportError(f"connection refused by {where} — is `peer agent` running there?") from e
+    except socket.gaierror as e:
+        raise TransportError(f"cannot resolve the host name {host!r}: {e.strerror or e}") from e
+    except asyncssh.Error as e:
+        raise TransportError(f"the SSH connection to {where} failed: {e.reason or e}") from e
+    except OSError as e:
+        raise TransportError(f"cannot connect to {where}: {e.strerror or e}") from e
+    host_id = client.host_device_id
+    assert host_id is not None
+    return _SSHStream(reader, writer, host_id, where, read_timeout, conn)
