@@ -1,0 +1,747 @@
+"""Pairing and membership: invite codes, the join exchange, devices, revoke, conflicts.
+
+Theory of operation. ``peer invite`` makes a one-time invite: a random
+invite id and a 128-bit secret, kept by the inviter as a *verifier* (a
+one-way hash of the secret) with an expiry and a "used" mark, and printed
+as a code that also names the inviter's device (so the joiner can pin its
+SSH host key) and where its agent listens. ``peer join CODE`` connects to
+that address as the SSH user ``peer-join`` with its own device key,
+checks the host key against the device id in the code, and sends a
+JOIN_REQUEST whose proof is an HMAC, keyed with the verifier, over the
+invite id and the joiner's keys and name. The inviter checks, in one
+transaction of its invite file, that the invite exists, has not expired,
+was not used and that the proof matches, and marks it used; only then does
+it admit the device (a Member record and the group keys sealed to it) and
+answer with every membership record it holds. Any refusal is the same
+JOIN_REJECT, whatever went wrong, so a wrong code teaches nothing.
+
+Why the proof is keyed with the verifier and not the secret: the inviter
+must be able to check the proof without keeping the secret that was
+shown to a person. The verifier is enough to forge a proof, so it is a
+secret too, kept like the group keys (0600 in a 0700 home): someone who
+can read it can read the store and the device key beside it anyway. What
+hashing buys is that the code itself (what a person copied, maybe into a
+chat) is never written to disk.
+
+Why invites live in their own small SQLite file (``invites.db``) rather
+than in the store: they are local to one device, never replicated, short
+lived, and written by ``peer invite`` while the agent (another process)
+reads and claims them; SQLite gives the atomic "claim if unused" across
+processes, and the store stays what it is, versions and membership.
+The invite is marked used *before* the device is admitted (admission
+writes the store, another file): a crash in between wastes the code, it
+never lets one code admit two devices.
+
+Code layout (before base32 and grouping)::
+
+    u8 code version (1) | raw(16) inviter device id | raw(8) invite id
+    | raw(16) secret | uvarint expiry (unix seconds) | str address hint
+    | raw(4) SHA-256 checksum of everything before
+
+shown as ``PEER1-`` followed by the base32 text in groups of five.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from protocol.codec import Reader, Writer
+from protocol.errors import (
+    DecodeError,
+    LocalProtocolError,
+    NotAMember,
+    PeerError,
+    RemoteProtocolError,
+    StoreError,
+    TrustError,
+)
+from protocol.frames import (
+    END_OF_STREAM,
+    NEED_DATA,
+    EndOfStream,
+    ErrorCode,
+    ErrorFrame,
+    Frame,
+    FrameDecoder,
+    JoinAccept,
+    JoinReject,
+    JoinRequest,
+    NeedData,
+    encode_frame,
+    frame_name,
+)
+from protocol.ids import device_id_for, format_device_id, normalize_device_id
+from protocol.membership import MemberInfo, Membership
+
+from .aio import Database
+from .home import Home, Identity
+from .store import NowMs, Store, wall_clock_ms
+
+__all__ = [
+    "CODE_PREFIX",
+    "DEFAULT_PORT",
+    "DEFAULT_TTL_S",
+    "JOIN_USERNAME",
+    "REFUSAL_MESSAGE",
+    "ByteStream",
+    "JoinStream",
+    "admitted_membership",
+    "join",
+    "join_handler",
+    "Invite",
+    "InviteCode",
+    "InviteRefused",
+    "Invites",
+    "MistypedCode",
+    "check_joinable",
+    "conflicts",
+    "decode_code",
+    "devices",
+    "encode_code",
+    "find_device",
+    "make_invite",
+    "parse_address",
+    "parse_ttl",
+    "prepare_join",
+    "accept_join",
+    "request_join",
+    "resolve",
+    "revoke",
+    "serve_join",
+    "verifier_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: The SSH port an agent listens on unless told otherwise.
+DEFAULT_PORT = 7847
+#: The SSH user name a joining device connects as.
+JOIN_USERNAME = "peer-join"
+#: How long an invite stays valid unless ``--ttl`` says otherwise.
+DEFAULT_TTL_S = 15 * 60
+MAX_TTL_S = 7 * 24 * 3600
+CODE_PREFIX = "PEER1"
+CODE_VERSION = 1
+INVITE_ID_BYTES = 8
+SECRET_BYTES = 16
+_CHECKSUM_BYTES = 4
+_DEVICE_BYTES = 16
+_MAX_ADDRESS_BYTES = 255
+_VERIFIER_LABEL = b"peer/v1/invite-verifier\x00"
+_CHECKSUM_LABEL = b"peer/v1/invite-code\x00"
+INVITES_FILE = "invites.db"
+#: What the joiner reads for every refusal: it must not say which check failed.
+#: A code that expired this long ago by this device's clock is refused before connecting.
+_CLOCK_SLACK_MS = 5 * 60 * 1000
+REFUSAL_MESSAGE = "the invite was refused: the code is wrong, already used or expired; ask for a new one"
+
+
+class MistypedCode(DecodeError):
+    """This invite code is mistyped; copy it again exactly as `peer invite` printed it."""
+
+
+class InviteRefused(TrustError):
+    """The inviter refused the code: it is wrong, already used or expired; ask for a new one."""
+
+
+# Invite codes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InviteCode:
+    """What a person copies from the inviter to the new device."""
+
+    device_id: str
+    invite_id: bytes
+    secret: bytes
+    expires_at: int  # unix seconds
+    address: str  # "host:port", or "" when the inviter gave none
+
+    def __post_init__(self) -> None:
+        if len(self.invite_id) != INVITE_ID_BYTES or len(self.secret) != SECRET_BYTES:
+            raise ValueError("an invite id is 8 bytes and a secret 16")
+        if len(self.address.encode("utf-8")) > _MAX_ADDRESS_BYTES:
+            raise ValueError(f"an address hint is at most {_MAX_ADDRESS_BYTES} bytes")
+
+    @property
+    def verifier(self) -> bytes:
+        return verifier_for(self.secret)
+
+
+def verifier_for(secret: bytes) -> bytes:
+    """What the inviter keeps of a secret, and the key of the join proof."""
+    return hashlib.sha256(_VERIFIER_LABEL + secret).digest()
+
+
+def _device_bytes(device_id: str) -> bytes:
+    return base64.b32decode(device_id + "======")
+
+
+def _device_text(raw: bytes) -> str:
+    return base64.b32encode(raw).decode("ascii").rstrip("=")
+
+
+def encode_code(invite: InviteCode) -> str:
+    w = Writer().raw(bytes([CODE_VERSION])).raw(_device_bytes(invite.device_id)).raw(invite.invite_id)
+    body = w.raw(invite.secret).uvarint(invite.expires_at).str(invite.address).getvalue()
+    checksum = hashlib.sha256(_CHECKSUM_LABEL + body).digest()[:_CHECKSUM_BYTES]
+    text = base64.b32encode(body + checksum).decode("ascii").rstrip("=")
+    return "-".join([CODE_PREFIX, *(text[i : i + 5] for i in range(0, len(text), 5))])
+
+
+# People read 0 for O and 1 for I/L; base32 has none of 0, 1, 8, 9.
+_LOOKALIKES = str.maketrans({"0": "O", "1": "I", "8": "B"})
+
+
+def decode_code(code: str) -> InviteCode:
+    """Parse a code; MistypedCode when any character is wrong (the checksum catches typos)."""
+    text = re.sub(r"[\s\-]", "", code).upper()
+    prefix = CODE_PREFIX.upper()
+    if not text.startswith("PEER"):
+        raise MistypedCode("this is not a peer invite code (it should start with PEER1-); copy it again")
+    if not text.startswith(prefix):
+        raise DecodeError("this invite code was made by a newer peer; upgrade peer on this device")
+    text = text[len(prefix) :].translate(_LOOKALIKES)
+    if not text or not re.fullmatch(r"[A-Z2-7]+", text):
+        raise MistypedCode("this invite code is mistyped (it holds characters a code never has); copy it again")
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8))
+    except ValueError as e:
+        raise MistypedCode("this invite code is mistyped (wrong length); copy it again") from e
+    body, checksum = raw[:-_CHECKSUM_BYTES], raw[-_CHECKSUM_BYTES:]
+    expected = hashlib.sha256(_CHECKSUM_LABEL + body).digest()[:_CHECKSUM_BYTES]
+    if len(raw) <= _CHECKSUM_BYTES or not hmac.compare_digest(checksum, expected):
+        raise MistypedCode("this invite code is mistyped (its checksum does not match); copy it again")
+    try:
+        r = Reader(body, "invite code")
+        version = r.raw(1)[0]
+        if version != CODE_VERSION:
+            raise DecodeError("this invite code was made by a newer peer; upgrade peer on this device")
+        device_id = _device_text(r.raw(_DEVICE_BYTES))
+        invite_id = r.raw(INVITE_ID_BYTES)
+        secret = r.raw(SECRET_BYTES)
+        expires_at = r.uvarint(limit=1 << 40)
+        address = r.str(limit=_MAX_ADDRESS_BYTES)
+        r.end()
+    except DecodeError as e:
+        if isinstance(e, MistypedCode) or "newer peer" in str(e):
+            raise
+        raise MistypedCode("this invite code is damaged; copy it again") from e
+    return InviteCode(device_id, invite_id, secret, expires_at, address)
+
+
+def parse_ttl(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``1d`` (or plain seconds) as seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise PeerError(f"{text!r} is not a duration; write it like 90s, 15m, 2h or 1d")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if not 0 < seconds <= MAX_TTL_S:
+        raise PeerError("an invite lasts between 1 second and 7 days")
+    return seconds
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or ``v6`` as (host, port)."""
+    text = text.strip()
+    if not text:
+        raise PeerError("the address is empty; give it as HOST or HOST:PORT")
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+    if match:
+        host, port = match.group(1), match.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if not host:
+        raise PeerError(f"{text!r} has no host; give it as HOST or HOST:PORT")
+    number = default_port if port is None else int(port) if port.isdigit() else -1
+    if not 0 < number < 65536:
+        raise PeerError(f"{text!r} has no valid port; give it as HOST:PORT with a port from 1 to 65535")
+    return host, number
+
+
+# Pending invites ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A pending or spent invite as the inviter keeps it (no secret)."""
+
+    invite_id: bytes
+    expires_at_ms: int
+    created_at_ms: int
+    used_at_ms: int | None
+    used_by: str | None
+
+
+_INVITES_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS invites (
+        invite_id BLOB PRIMARY KEY,
+        verifier BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        used_at_ms INTEGER,
+        used_by TEXT
+    ) STRICT""",
+]
+
+
+class Invites:
+    """The invites this device handed out, in ``invites.db`` in its home (0600)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, home: Home) -> Invites:
+        path = home.path / INVITES_FILE
+        if not path.exists():
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as e:
+                raise StoreError(f"cannot create {path}: {e.strerror or e}") from e
+        db = await Database.open(path)
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            for statement in _INVITES_SCHEMA:
+                await db.execute(statement)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Invites:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def add(self, invite_id: bytes, verifier: bytes, *, created_at_ms: int, expires_at_ms: int) -> None:
+        await self._db.execute(
+            "INSERT INTO invites (invite_id, verifier, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?)",
+            (invite_id, verifier, created_at_ms, expires_at_ms),
+        )
+
+    async def claim(self, request: JoinRequest, *, now_ms: int) -> bool:
+        """Mark the request's invite used if it exists, is unexpired, unused and the proof matches.
+
+        One transaction, so two joiners racing on one code cannot both win.
+        """
+        async with self._db.transaction():
+            row = await self._db.fetchone(
+                "SELECT verifier, expires_at_ms, used_at_ms FROM invites WHERE invite_id = ?", (request.invite_id,)
+            )
+            # The proof is checked even for an unknown or spent invite, so
+            # that every refusal costs the same work.
+            verifier = bytes(row[0]) if row is not None else bytes(32)
+            proof_ok = request.proof_matches(verifier)
+            if row is None or not proof_ok or row[2] is not None or now_ms >= int(row[1]):
+                return False
+            await self._db.execute(
+                "UPDATE invites SET used_at_ms = ?, used_by = ? WHERE invite_id = ?",
+                (now_ms, device_id_for(request.device_key), request.invite_id),
+            )
+        return True
+
+    async def list(self) -> list[Invite]:
+        rows = await self._db.fetchall(
+            "SELECT invite_id, expires_at_ms, created_at_ms, used_at_ms, used_by FROM invites ORDER BY created_at_ms"
+        )
+        return [Invite(bytes(r[0]), int(r[1]), int(r[2]), r[3], r[4]) for r in rows]
+
+    async def forget_expired(self, *, now_ms: int, keep_ms: int = 7 * 24 * 3600 * 1000) -> int:
+        """Drop invites that expired long ago (a used one is kept as long, for the record)."""
+        return await self._db.execute("DELETE FROM invites WHERE expires_at_ms < ?", (now_ms - keep_ms,))
+
+
+async def make_invite(
+    home: Home,
+    store: Store,
+    *,
+    ttl_s: int = DEFAULT_TTL_S,
+    address: str = "",
+    now_ms: NowMs = wall_clock_ms,
+) -> tuple[str, InviteCode]:
+    """``peer invite``: a new one-time invite, remembered in ``invites.db``; returns (code text, code)."""
+    if not store.membership.is_member(store.device_id):
+        raise NotAMember("this device is no longer a member of its group; it cannot invite anyone")
+    if address:
+        host, port = parse_address(address)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    now = now_ms()
+    invite = InviteCode(
+        device_id=store.device_id,
+        invite_id=os.urandom(INVITE_ID_BYTES),
+        secret=os.urandom(SECRET_BYTES),
+        expires_at=(now + ttl_s * 1000 + 999) // 1000,
+        address=address,
+    )
+    async with await Invites.open(home) as invites:
+        await invites.forget_expired(now_ms=now)
+        await invites.add(
+            invite.invite_id, invite.verifier, created_at_ms=now, expires_at_ms=invite.expires_at * 1000
+        )
+    return encode_code(invite), invite
+
+
+# The join exchange ----------------------------------------------------------------
+
+
+class ByteStream(Protocol):
+    """The part of a transport stream (an SSH channel, :class:`peer.aio.ByteStream`) pairing uses."""
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes: ...
+
+
+class JoinStream(ByteStream, Protocol):
+    """A server-side join channel: it knows which key the client authenticated with."""
+
+    @property
+    def peer_device_id(self) -> str: ...
+
+
+_JOIN_MAX_FRAME = 4 << 20
+
+
+async def _receive_frame(stream: ByteStream, decoder: FrameDecoder) -> Frame:
+    while True:
+        frame = decoder.next_frame()
+        if frame is END_OF_STREAM:
+            raise RemoteProtocolError("the other device closed the connection during pairing")
+        if frame is not NEED_DATA:
+            assert not isinstance(frame, (NeedData, EndOfStream))
+            return frame
+        decoder.receive_data(bytes(await stream.receive_some(65536)))
+
+
+async def accept_join(
+    request: JoinRequest,
+    *,
+    store: Store,
+    identity: Identity,
+    invites: Invites,
+    client_device_id: str,
+    now_ms: NowMs = wall_clock_ms,
+) -> JoinAccept | JoinReject:
+    """The inviter's decision on one JOIN_REQUEST (no I/O but the two local databases).
+
+    ``client_device_id`` is the device whose key authenticated the SSH
+    connection: the request must be for that same key, so that nobody can
+    join with a key whose private half it does not hold.
+    """
+    refused = JoinReject(ErrorCode.INVITE_REFUSED, REFUSAL_MESSAGE)
+    joiner = device_id_for(request.device_key)
+    if not hmac.compare_digest(joiner, client_device_id):
+        log.warning(
+            "refused a join: the request is for device %s but the connection authenticated as %s",
+            format_device_id(joiner),
+            format_device_id(client_device_id),
+        )
+        return refused
+    if not await invites.claim(request, now_ms=now_ms()):
+        log.warning("refused a join by device %s: unknown, used or expired invite, or a wrong code", format_device_id(joiner))
+        return refused
+    await store.refresh()
+    # A copy: the store's own membership may be in use by a verifying batch.
+    membership = Membership(store.group_id)
+    membership.add_all(store.membership.records())
+    try:
+        records = membership.add_member(
+            identity.signing_key,
+            identity.kex_key,
+            device_public_key=request.device_key,
+            kex_public_key=request.exchange_key,
+            name=request.name,
+            now_ms=now_ms(),
+            epoch_keys=store.group_keys,
+        )
+    except (LocalProtocolError, NotAMember) as e:
+        # A revoked device, or an inviter revoked since it made the invite.
+        log.warning("refused a join by device %s after claiming its invite: %s", format_device_id(joiner), e)
+        return refused
+    await store.apply_membership(records, strict=True)
+    log.info("admitted device %s (%r) to the group", format_device_id(joiner), request.name)
+    return JoinAccept(group_id=store.group_id, records=tuple(store.membership.records()))
+
+
+async def serve_join(
+    stream: JoinStream,
+    *,
+    store: Store,
+    identity: Identity,
+    invites: Invites,
+    now_ms: NowMs = wall_clock_ms,
+) -> bool:
+    """The inviter's side of one join channel; True when a device was admitted."""
+    refused = JoinReject(ErrorCode.INVITE_REFUSED, REFUSAL_MESSAGE)
+    try:
+        frame = await _receive_frame(stream, FrameDecoder(_JOIN_MAX_FRAME))
+    except RemoteProtocolError as e:
+        log.warning("refused a join attempt by device %s: %s", format_device_id(stream.peer_device_id), e)
+        await stream.send_all(encode_frame(refused))
+        return False
+    if not isinstance(frame, JoinRequest):
+        log.warning(
+            "refused a join attempt by device %s: it began with %s",
+            format_device_id(stream.peer_device_id),
+            frame_name(frame),
+        )
+        await stream.send_all(encode_frame(refused))
+        return False
+    answer = await accept_join(
+        frame, store=store, identity=identity, invites=invites, client_device_id=stream.peer_device_id, now_ms=now_ms
+    )
+    await stream.send_all(encode_frame(answer))
+    return isinstance(answer, JoinAccept)
+
+
+def join_handler(
+    store: Store, identity: Identity, invites: Invites, *, now_ms: NowMs = wall_clock_ms
+) -> Callable[[JoinStream], Awaitable[None]]:
+    """The handler for the transport's join subsystem (``peer.aio.serve(handlers={JOIN_SUBSYSTEM: ...})``)."""
+
+    async def handle(stream: JoinStream) -> None:
+        await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
+
+    return handle
+
+
+def prepare_join(identity: Identity, code: InviteCode, name: str) -> JoinRequest:
+    return JoinRequest.create(
+        secret=code.verifier,
+        invite_id=code.invite_id,
+        device_key=identity.public_key,
+        exchange_key=identity.kex_public_key,
+        name=name,
+    )
+
+
+async def request_join(stream: ByteStream, request: JoinRequest) -> JoinAccept:
+    """The joiner's side: send the request, return the JOIN_ACCEPT or raise InviteRefused."""
+    await stream.send_all(encode_frame(request))
+    frame = await _receive_frame(stream, FrameDecoder(_JOIN_MAX_FRAME))
+    if isinstance(frame, JoinAccept):
+        return frame
+    if isinstance(frame, JoinReject):
+        if frame.code == ErrorCode.INVITE_REFUSED:
+            raise InviteRefused(REFUSAL_MESSAGE)
+        raise TrustError(f"the inviter refused to pair: {frame.message}")
+    if isinstance(frame, ErrorFrame):
+        raise RemoteProtocolError(f"the inviter failed: {frame.message}")
+    raise RemoteProtocolError(f"the inviter answered with {frame_name(frame)} instead of JOIN_ACCEPT")
+
+
+def admitted_membership(identity: Identity, code: InviteCode, accept: JoinAccept) -> tuple[list[bytes], dict[int, bytes]]:
+    """Check a JOIN_ACCEPT: (records, epoch keys) to create the store with, or TrustError."""
+    membership = Membership(accept.group_id)
+    membership.add_all(accept.records)
+    if not membership.is_member(identity.device_id):
+        raise TrustError("the inviter's answer does not admit this device; ask for a new invite")
+    if not membership.is_member(code.device_id):
+        raise TrustError("the inviter is not a member of the group it invited to; ask for a new invite")
+    keys = membership.epoch_keys(identity.device_id, identity.kex_key)
+    if membership.current_epoch not in keys:
+        raise TrustError("the inviter did not send the group key; ask for a new invite")
+    return membership.records(), keys
+
+
+async def check_joinable(home: Home) -> None:
+    """Refuse before connecting if joining would leave this device's memories behind."""
+    if not home.exists():
+        return
+    async with await home.open_store() as store:
+        held = (await store.stats()).versions
+        group = store.group_id.hex()
+    if held:
+        raise StoreError(
+            f"this device already holds {held} versions of memories in group {group}; joining another group"
+            " would leave them behind: use another --home for the new device"
+        )
+
+
+async def join(
+    home: Home,
+    code_text: str,
+    *,
+    host: str | None = None,
+    name: str,
+    now_ms: NowMs = wall_clock_ms,
+    connect_timeout: float | None = None,
+) -> dict[str, Any]:
+    """``peer join``: pair this device with the inviter's group and create its store.
+
+    Returns what ``--json`` prints: the group id, this device, the inviter
+    and how many members the group has.
+    """
+    from .aio import JOIN_SUBSYSTEM, connect
+
+    code = decode_code(code_text)
+    address = host or code.address
+    if not address:
+        raise PeerError("this invite code carries no address; give the inviter's with --host HOST[:PORT]")
+    target_host, target_port = parse_address(address)
+    if code.expires_at * 1000 < now_ms() - _CLOCK_SLACK_MS:
+        raise InviteRefused(
+            f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)}; ask for a new one"
+        )
+    await check_joinable(home)
+    identity = home.ensure_identity()
+    if identity.device_id == code.device_id:
+        raise PeerError("this invite was made on this device; run `peer join` on the device that should join")
+    kwargs: dict[str, Any] = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+    stream = await connect(
+        target_host,
+        target_port,
+        identity.signing_key,
+        trust_host=lambda device_id: device_id == code.device_id,
+        subsystem=JOIN_SUBSYSTEM,
+        **kwargs,
+    )
+    try:
+        accept = await request_join(stream, prepare_join(identity, code, name))
+    finally:
+        await stream.aclose()
+    records, keys = admitted_membership(identity, code, accept)
+    await home.create_store(
+        group_id=accept.group_id, records=records, group_keys=keys, now_ms=now_ms, replace_empty=True
+    )
+    log.info("joined group %s through device %s", accept.group_id.hex(), code.device_id)
+    return {
+        "group_id": accept.group_id.hex(),
+        "device_id": identity.device_id,
+        "inviter": code.device_id,
+        "address": f"{target_host}:{target_port}",
+        "members": sum(1 for m in _membership_of(accept).members() if not m.revoked),
+    }
+
+
+def _membership_of(accept: JoinAccept) -> Membership:
+    membership = Membership(accept.group_id)
+    membership.add_all(accept.records)
+    return membership
+
+
+# Members ----------------------------------------------------------------------------
+
+
+def _member_json(info: MemberInfo, this_device: str) -> dict[str, Any]:
+    return {
+        "device_id": info.device_id,
+        "display_id": format_device_id(info.device_id),
+        "name": info.name,
+        "added_by": info.added_by,
+        "added_at": info.added_at_ms / 1000,
+        "founder": info.founder,
+        "revoked": info.revoked,
+        "this_device": info.device_id == this_device,
+    }
+
+
+async def devices(store: Store) -> list[dict[str, Any]]:
+    """``peer devices``: current members and revoked devices."""
+    await store.refresh()
+    return [_member_json(m, store.device_id) for m in store.membership.members()]
+
+
+def find_device(members: Sequence[MemberInfo], text: str) -> MemberInfo:
+    """The member a person means: a unique device id prefix (any case, dashes allowed) or its name."""
+    named = [m for m in members if m.name == text]
+    if len(named) == 1:
+        return named[0]
+    prefix = normalize_device_id(text)
+    matches = [m for m in members if prefix and m.device_id.startswith(prefix)] if not named else named
+    if not matches:
+        raise PeerError(f"no device of this group is called or starts with {text!r}; see `peer devices`")
+    if len(matches) > 1:
+        raise PeerError(f"{text!r} matches {len(matches)} devices; give more of the device id (see `peer devices`)")
+    return matches[0]
+
+
+async def revoke(
+    store: Store, identity: Identity, device: str, *, now_ms: NowMs = wall_clock_ms
+) -> dict[str, Any]:
+    """``peer revoke``: revoke a member and move the group to a new key epoch it does not get."""
+    await store.refresh()
+    target = find_device([m for m in store.membership.members()], device)
+    if target.revoked:
+        raise PeerError(f"device {format_device_id(target.device_id)} ({target.name}) is already revoked")
+    membership = Membership(store.group_id)
+    membership.add_all(store.membership.records())
+    records, new_key = membership.revoke(
+        identity.signing_key,
+        identity.kex_key,
+        device_id=target.device_id,
+        now_ms=now_ms(),
+        epoch_keys=store.group_keys,
+    )
+    await store.apply_membership(records, strict=True)
+    epoch = store.membership.current_epoch
+    if store.group_keys.get(epoch) != new_key:
+        await store.save_group_keys({epoch: new_key})
+    log.info("revoked device %s; the group key moved to epoch %d", target.device_id, epoch)
+    return {
+        "device_id": target.device_id,
+        "name": target.name,
+        "epoch": epoch,
+        "readmitted": sorted(
+            m.device_id for m in store.membership.members() if m.added_by == identity.device_id and not m.revoked
+        ),
+    }
+
+
+# Conflicts ----------------------------------------------------------------------------
+
+
+async def conflicts(store: Store, preview: int = 200) -> list[dict[str, Any]]:
+    """``peer conflicts``: each memory with siblings and all its live versions, the winner first."""
+    out: list[dict[str, Any]] = []
+    for versions in await store.conflicts():
+        out.append(
+            {
+                "id": versions[0].memory_id,
+                "versions": [
+                    {
+                        "version": v.version,
+                        "winner": v.state == "winner",
+                        "deleted": v.deleted,
+                        "updated_at": v.updated_at,
+                        "kind": v.kind,
+                        "project": v.project,
+                        "content": v.content[:preview],
+                    }
+                    for v in versions
+                ],
+            }
+        )
+    return out
+
+
+async def resolve(store: Store, memory_id: str, keep: str) -> dict[str, Any]:
+    """``peer resolve``: keep one version; the new version supersedes every sibling."""
+    resolved = await store.resolve(memory_id, keep)
+    memory = await store.get(resolved)
+    return {"id": resolved, "version": memory.version, "kept": keep}
+
+
+def expires_text(expires_at: int, now: float | None = None) -> str:
+    """``in 15 min`` / ``at 2026-11-22 05:30 UTC``, for the person reading an invite."""
+    left = expires_at - (time.time() if now is None else now)
+    if left < 3600:
+        return f"in {max(0, round(left / 60))} min"
+    return time.strftime("at %Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+

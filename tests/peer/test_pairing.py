@@ -1,0 +1,347 @@
+"""Pairing: invite codes, the join exchange, devices and revoke.
+
+The exchange is tested twice: over an in-memory stream pair (every refusal,
+with injected time) and over real SSH on loopback (join, member lists
+replicated by sync, revocation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from peer.home import Home, Identity
+from peer.pairing import (
+    REFUSAL_MESSAGE,
+    InviteCode,
+    InviteRefused,
+    Invites,
+    MistypedCode,
+    admitted_membership,
+    decode_code,
+    devices,
+    encode_code,
+    find_device,
+    make_invite,
+    parse_address,
+    parse_ttl,
+    prepare_join,
+    request_join,
+    revoke,
+    serve_join,
+)
+from peer.store import Store
+from protocol.errors import DecodeError, PeerError, StoreError
+from protocol.frames import ErrorCode, JoinReject, encode_frame, FrameDecoder
+from protocol.ids import device_id_for
+
+
+class Clock:
+    """Injected wall-clock time, in ms."""
+
+    def __init__(self, start_ms: int = 1_800_000_000_000) -> None:
+        self.now = start_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+
+# Invite codes -------------------------------------------------------------------------
+
+
+def _code(address: str = "192.0.2.7:7847") -> InviteCode:
+    return InviteCode(
+        device_id=device_id_for(bytes(range(32))),
+        invite_id=bytes(range(8)),
+        secret=bytes(range(100, 116)),
+        expires_at=1_800_000_900,
+        address=address,
+    )
+
+
+def test_code_round_trip() -> None:
+    code = _code()
+    text = encode_code(code)
+    assert text.startswith("PEER1-")
+    assert decode_code(text) == code
+    # What people do to codes: lower case, spaces instead of dashes, line breaks.
+    assert decode_code(text.lower()) == code
+    assert decode_code(" " + text.replace("-", " ") + "\n") == code
+    assert decode_code(encode_code(_code(address=""))).address == ""
+    assert decode_code(encode_code(_code(address="[fe80::1]:9000"))).address == "[fe80::1]:9000"
+
+
+def test_every_single_typo_is_caught() -> None:
+    text = encode_code(_code())
+    body_start = len("PEER1-")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    caught = 0
+    for i in range(body_start, len(text)):
+        if text[i] == "-":
+            continue
+        for replacement in alphabet[(alphabet.index(text[i]) + 1) % 32], alphabet[(alphabet.index(text[i]) + 7) % 32]:
+            typo = text[:i] + replacement + text[i + 1 :]
+            with pytest.raises(MistypedCode, match="mistyped|damaged"):
+                decode_code(typo)
+            caught += 1
+    assert caught > 150
+    # A character left out, or one too many.
+    with pytest.raises(MistypedCode):
+        decode_code(text[:-1])
+    with pytest.raises(MistypedCode):
+        decode_code(text + "A")
+    with pytest.raises(MistypedCode, match="not a peer invite code"):
+        decode_code("hello")
+    with pytest.raises(MistypedCode, match="characters"):
+        decode_code(text[:20] + "!" + text[21:])
+
+
+def test_code_from_a_newer_peer_says_upgrade() -> None:
+    text = encode_code(_code())
+    with pytest.raises(DecodeError, match="newer peer"):
+        decode_code("PEER2-" + text[len("PEER1-") :])
+
+
+def test_ttl_and_address_parsing() -> None:
+    assert parse_ttl("15m") == 900
+    assert parse_ttl("90s") == 90
+    assert parse_ttl("2h") == 7200
+    assert parse_ttl("120") == 120
+    for bad in ("", "15 minutes", "0s", "30d"):
+        with pytest.raises(PeerError):
+            parse_ttl(bad)
+    assert parse_address("host") == ("host", 7847)
+    assert parse_address("host:22") == ("host", 22)
+    assert parse_address("[::1]:9000") == ("::1", 9000)
+    assert parse_address("::1") == ("::1", 7847)
+    for bad in ("", "host:0", "host:x", ":22"):
+        with pytest.raises(PeerError):
+            parse_address(bad)
+
+
+# The join exchange over an in-memory stream ---------------------------------------------
+
+
+@dataclass
+class Device:
+    home: Home
+    store: Store
+    identity: Identity
+
+
+async def _founder(tmp_path: Path, name: str, clock: Callable[[], int]) -> Device:
+    home = Home(tmp_path / name)
+    await home.init(name, now_ms=clock)
+    store = await home.open_store(now_ms=clock)
+    return Device(home, store, home.identity())
+
+
+@dataclass
+class _Side:
+    """One end of a memory stream, with the device id its 'SSH client' authenticated as."""
+
+    stream: trio.abc.Stream
+    peer_device_id: str
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        return bytes(await self.stream.receive_some(max_bytes))
+
+
+async def _exchange(
+    inviter: Device, joiner: Identity, code: InviteCode, clock: Callable[[], int], *, authenticated_as: str | None = None, name: str = "new"
+) -> tuple[object, bool]:
+    """Run both sides of one join over a memory stream: (what the joiner got, what the inviter returned)."""
+    left, right = trio.testing.memory_stream_pair()
+    outcome: list[object] = []
+    admitted: list[bool] = []
+
+    async def server() -> None:
+        async with await Invites.open(inviter.home) as invites:
+            admitted.append(
+                await serve_join(
+                    _Side(right, authenticated_as or joiner.device_id),
+                    store=inviter.store,
+                    identity=inviter.identity,
+                    invites=invites,
+                    now_ms=clock,
+                )
+            )
+
+    async def client() -> None:
+        try:
+            outcome.append(await request_join(_Side(left, inviter.identity.device_id), prepare_join(joiner, code, name)))
+        except PeerError as e:
+            outcome.append(e)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server)
+            nursery.start_soon(client)
+    return outcome[0], admitted[0]
+
+
+@pytest.fixture
+async def inviter(tmp_path: Path, aio_loop: object) -> AsyncIterator[tuple[Device, Clock]]:
+    clock = Clock()
+    device = await _founder(tmp_path, "alpha", clock)
+    try:
+        yield device, clock
+    finally:
+        await device.store.close()
+
+
+async def test_join_accepts_once_then_refuses_reuse(
+    inviter: tuple[Device, Clock], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, clock = inviter
+    _, code = await make_invite(a.home, a.store, ttl_s=600, address="127.0.0.1:1", now_ms=clock)
+    b = Home(tmp_path / "b").ensure_identity()
+    accept, admitted = await _exchange(a, b, code, clock)
+    assert admitted
+    records, keys = admitted_membership(b, code, accept)  # type: ignore[arg-type]
+    assert a.store.membership.is_member(b.device_id)
+    assert keys == a.store.group_keys
+    # Every record the inviter holds, so the joiner knows the whole group at once.
+    assert sorted(records) == sorted(a.store.membership.records())
+
+    c = Home(tmp_path / "c").ensure_identity()
+    with caplog.at_level(logging.WARNING, logger="peer.pairing"):
+        refused, admitted = await _exchange(a, c, code, clock)
+    assert not admitted
+    assert isinstance(refused, InviteRefused) and str(refused) == REFUSAL_MESSAGE
+    assert not a.store.membership.is_member(c.device_id)
+    assert "refused a join" in caplog.text
+
+
+async def test_wrong_code_and_expired_code_are_refused_alike(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
+    a, clock = inviter
+    _, code = await make_invite(a.home, a.store, ttl_s=60, now_ms=clock)
+    b = Home(tmp_path / "b").ensure_identity()
+    wrong_secret = InviteCode(code.device_id, code.invite_id, bytes(16), code.expires_at, code.address)
+    wrong_id = InviteCode(code.device_id, bytes(8), code.secret, code.expires_at, code.address)
+    answers = []
+    for bad in (wrong_secret, wrong_id):
+        refused, admitted = await _exchange(a, b, bad, clock)
+        assert not admitted
+        answers.append(str(refused))
+    clock.now += 61_000
+    refused, admitted = await _exchange(a, b, code, clock)  # the right code, a minute too late
+    assert not admitted
+    answers.append(str(refused))
+    # One message whatever was wrong: a refusal tells nothing about the invite.
+    assert answers == [REFUSAL_MESSAGE] * 3
+    assert not a.store.membership.is_member(b.device_id)
+
+
+async def test_wrong_code_does_not_burn_the_invite(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
+    a, clock = inviter
+    _, code = await make_invite(a.home, a.store, now_ms=clock)
+    b = Home(tmp_path / "b").ensure_identity()
+    wrong = InviteCode(code.device_id, code.invite_id, bytes(16), code.expires_at, code.address)
+    assert not (await _exchange(a, b, wrong, clock))[1]
+    assert (await _exchange(a, b, code, clock))[1]
+
+
+async def test_request_for_another_key_than_the_connection_is_refused(
+    inviter: tuple[Device, Clock], tmp_path: Path
+) -> None:
+    a, clock = inviter
+    _, code = await make_invite(a.home, a.store, now_ms=clock)
+    b = Home(tmp_path / "b").ensure_identity()
+    mallory = Home(tmp_path / "m").ensure_identity()
+    refused, admitted = await _exchange(a, b, code, clock, authenticated_as=mallory.device_id)
+    assert not admitted and isinstance(refused, InviteRefused)
+    # The invite was not spent by the attempt.
+    assert (await _exchange(a, b, code, clock))[1]
+
+
+async def test_garbage_instead_of_a_request_is_refused(inviter: tuple[Device, Clock]) -> None:
+    a, clock = inviter
+    left, right = trio.testing.memory_stream_pair()
+    with trio.fail_after(10):
+        async with await Invites.open(a.home) as invites, trio.open_nursery() as nursery:
+
+            async def server() -> None:
+                side = _Side(right, a.identity.device_id)
+                assert not await serve_join(side, store=a.store, identity=a.identity, invites=invites, now_ms=clock)
+
+            nursery.start_soon(server)
+            await left.send_all(b"\x00\x00\x00\x05\x10junk")
+            decoder = FrameDecoder()
+            while True:
+                decoder.receive_data(bytes(await left.receive_some(65536)))
+                frame = decoder.next_frame()
+                if isinstance(frame, JoinReject):
+                    break
+    assert frame.code == ErrorCode.INVITE_REFUSED
+
+
+async def test_invites_file_is_private_and_holds_no_secret(inviter: tuple[Device, Clock]) -> None:
+    a, clock = inviter
+    text, code = await make_invite(a.home, a.store, now_ms=clock)
+    path = a.home.path / "invites.db"
+    assert path.stat().st_mode & 0o077 == 0
+    data = b"".join(p.read_bytes() for p in a.home.path.glob("invites.db*"))
+    assert code.secret not in data
+    assert code.invite_id in data
+    async with await Invites.open(a.home) as invites:
+        pending = await invites.list()
+    assert [i.invite_id for i in pending] == [code.invite_id]
+    assert pending[0].used_at_ms is None
+
+
+async def test_join_refuses_a_device_with_memories(tmp_path: Path, aio_loop: object) -> None:
+    from peer.memory import Draft
+    from peer.pairing import join
+
+    clock = Clock()
+    home = Home(tmp_path / "busy")
+    await home.init("busy", now_ms=clock)
+    async with await home.open_store(now_ms=clock) as store:
+        await store.add(Draft("something worth keeping"))
+    with pytest.raises(StoreError, match="already holds 1 versions"):
+        await join(home, encode_code(_code()), name="busy", now_ms=clock)
+
+
+# Devices and revoke, without the network -------------------------------------------------
+
+
+async def test_devices_and_revoke_locally(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
+    a, clock = inviter
+    joiners = []
+    for name in ("bravo", "charlie"):
+        _, code = await make_invite(a.home, a.store, now_ms=clock)
+        ident = Home(tmp_path / name).ensure_identity()
+        _, admitted = await _exchange(a, ident, code, clock, name=name)
+        assert admitted
+        joiners.append(ident)
+    listed = await devices(a.store)
+    assert [d["name"] for d in listed] == ["alpha", "bravo", "charlie"]
+    assert [d["this_device"] for d in listed] == [True, False, False]
+    assert all(d["added_by"] == a.identity.device_id for d in listed)
+
+    members = a.store.membership.members()
+    assert find_device(members, "bravo").device_id == joiners[0].device_id
+    assert find_device(members, joiners[1].device_id[:6].lower()).device_id == joiners[1].device_id
+    with pytest.raises(PeerError, match="no device"):
+        find_device(members, "delta")
+    epoch = a.store.membership.current_epoch
+    result = await revoke(a.store, a.identity, "bravo", now_ms=clock)
+    assert result["device_id"] == joiners[0].device_id
+    assert a.store.membership.current_epoch == result["epoch"] > epoch
+    assert a.store.membership.current_epoch in a.store.group_keys
+    listed = await devices(a.store)
+    assert [(d["name"], d["revoked"]) for d in listed] == [("alpha", False), ("bravo", True), ("charlie", False)]
+    with pytest.raises(PeerError, match="already revoked"):
+        await revoke(a.store, a.identity, "bravo", now_ms=clock)
+    with pytest.raises(PeerError, match="cannot revoke itself"):
+        await revoke(a.store, a.identity, "alpha", now_ms=clock)
