@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import trio
+from numpy.typing import NDArray
 import trio_asyncio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,13 +72,14 @@ def _peer_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "peer"]
 
 
-def corpus_vectors(texts: list[str]) -> np.ndarray:
+def corpus_vectors(texts: list[str]) -> NDArray[np.float32]:
     """The model's vectors of the corpus paragraphs, cached on disk by corpus and embedder."""
     embedder = default_embedder()
     key = hashlib.sha256(("\n".join(texts) + embedder.id).encode()).hexdigest()[:16]
     cache = OUT / f"corpus-vectors-{key}.npy"
     if cache.exists():
-        return np.load(cache)
+        cached: NDArray[np.float32] = np.load(cache)
+        return cached
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"embedding {len(texts)} corpus paragraphs once (cached in {cache}) ...", flush=True)
     started = time.monotonic()
@@ -85,13 +87,13 @@ def corpus_vectors(texts: list[str]) -> np.ndarray:
     for at in range(0, len(texts), 512):
         parts.append(embedder.embed(texts[at : at + 512]))
         print(f"  {min(at + 512, len(texts))}/{len(texts)}", end="\r", flush=True)
-    vectors = np.concatenate(parts).astype(np.float32)
+    vectors: NDArray[np.float32] = np.concatenate(parts).astype(np.float32)
     print(f"  embedded in {time.monotonic() - started:.0f} s{' ' * 20}")
     np.save(cache, vectors)
     return vectors
 
 
-def dataset(size: int, texts: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+def dataset(size: int, texts: list[str], vectors: NDArray[np.float32]) -> tuple[list[str], NDArray[np.float32]]:
     """``size`` texts and vectors: the corpus, then numbered variants with perturbed vectors."""
     rng = np.random.default_rng(7)
     out_texts: list[str] = []
@@ -104,7 +106,7 @@ def dataset(size: int, texts: list[str], vectors: np.ndarray) -> tuple[list[str]
             out_vectors[i] = vectors[base]
         else:
             out_texts.append(f"{texts[base]} (variant {round_})")
-            v = vectors[base] + rng.normal(0, 0.02, vectors.shape[1]).astype(np.float32)
+            v = vectors[base] + np.asarray(rng.normal(0, 0.02, vectors.shape[1]), dtype=np.float32)
             out_vectors[i] = v / np.linalg.norm(v)
     return out_texts, out_vectors
 
@@ -128,7 +130,7 @@ async def bench_add_with_model(root: Path, texts: list[str]) -> float:
         await device.close()
 
 
-async def fill(home: Home, texts: list[str], vectors: np.ndarray) -> float:
+async def fill(home: Home, texts: list[str], vectors: NDArray[np.float32]) -> float:
     """Add memories with their vectors given (no model); returns memories per second."""
     device = await Device.open(home)
     try:
@@ -136,7 +138,7 @@ async def fill(home: Home, texts: list[str], vectors: np.ndarray) -> float:
         started = time.perf_counter()
         for at in range(0, len(texts), BATCH):
             batch = [
-                (Draft(content=texts[i], kind="fact", project=f"p{i % 5}"), vectors[i].astype("<f4").tobytes())
+                (Draft(content=texts[i], kind="fact", project=f"p{i % 5}"), np.asarray(vectors[i], dtype="<f4").tobytes())
                 for i in range(at, min(at + BATCH, len(texts)))
             ]
             await device.store.add_many(batch, embedder_id)
@@ -145,13 +147,13 @@ async def fill(home: Home, texts: list[str], vectors: np.ndarray) -> float:
         await device.close()
 
 
-def raw_hnswlib_seconds(vectors: np.ndarray) -> float:
+def raw_hnswlib_seconds(vectors: NDArray[np.float32]) -> float:
     import hnswlib
 
     from peer import index as index_module
 
-    m = getattr(index_module, "HNSW_M", 16)
-    ef_construction = getattr(index_module, "HNSW_EF_CONSTRUCTION", 200)
+    m = index_module.M
+    ef_construction = index_module.EF_CONSTRUCTION
     started = time.perf_counter()
     graph = hnswlib.Index(space="cosine", dim=vectors.shape[1])
     graph.init_index(max_elements=len(vectors), M=m, ef_construction=ef_construction)
@@ -159,7 +161,7 @@ def raw_hnswlib_seconds(vectors: np.ndarray) -> float:
     return time.perf_counter() - started
 
 
-async def bench_size(root: Path, size: int, texts: list[str], vectors: np.ndarray, queries: int) -> dict[str, Any]:
+async def bench_size(root: Path, size: int, texts: list[str], vectors: NDArray[np.float32], queries: int) -> dict[str, Any]:
     data_texts, data_vectors = dataset(size, texts, vectors)
     home = Home.locate(root / f"store-{size}")
     await home.init("bench")

@@ -16,7 +16,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,9 @@ import trio
 from protocol.errors import PeerError, StoreError
 
 from .home import Home
-from .memory import Draft, IndexChange, Memory
+from .memory import Draft, Memory
 from .search import SearchHit, candidate_count, fuse, keyword_query
-from .store import _MEMORY_COLUMNS, KEEP, SCHEMA_VERSION, Store, _memory_from_row
+from .store import KEEP, SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -91,59 +91,6 @@ def _vector_bytes(rows: Any) -> list[bytes]:
 #: The index's sidecar file (peer.index.SIDECAR_FILE). Read here as plain
 #: JSON so that `peer stats` reports the index without importing hnswlib.
 _INDEX_SIDECAR = "index.json"
-
-
-class _StoreFeed:
-    """The store as the index's IndexFeed.
-
-    The index asks for ``count_live`` and ``live_winners``; the store
-    offers ``all_live_embeddings`` and counts in ``stats``. This adapter
-    bridges the names (and uses the store's own methods once it has them).
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def changes_since(self, seq: int, limit: int) -> list[IndexChange]:
-        return await self._store.changes_since(seq, limit)
-
-    async def max_seq(self) -> int:
-        return await self._store.max_seq()
-
-    async def count_live(self) -> int:
-        native = getattr(self._store, "count_live", None)
-        if native is not None:
-            return int(await native())
-        # TODO(store): a Store.count_live(); this reaches into the store's connection meanwhile.
-        return int(await self._store._db.fetchvalue("SELECT count(*) FROM versions WHERE state = 2 AND deleted = 0"))
-
-    def live_winners(self, batch_size: int) -> AsyncIterator[list[IndexChange]]:
-        native = getattr(self._store, "live_winners", None)
-        if native is not None:
-            batches: AsyncIterator[list[IndexChange]] = native(batch_size)
-            return batches
-        return self._store.all_live_embeddings(batch_size)
-
-
-async def _live_memories_by_label(store: Store, labels: Iterable[int]) -> dict[int, Memory]:
-    """The live winners among these version row ids (index labels), by label.
-
-    A label whose version stopped winning since the index last caught up is
-    simply absent: search then never shows a stale or forgotten memory.
-    """
-    native = getattr(store, "memories_for_labels", None)
-    if native is not None:
-        found: dict[int, Memory] = await native(list(labels))
-        return found
-    wanted = json.dumps(list(labels))
-    # TODO(store): this belongs in Store (it reads the store's private schema);
-    # kept here until the store offers label -> memory.
-    rows = await store._db.fetchall(
-        f"SELECT v.id, {_MEMORY_COLUMNS} FROM versions v"
-        " WHERE v.id IN (SELECT value FROM json_each(?)) AND v.state = 2 AND v.deleted = 0",
-        (wanted,),
-    )
-    return {int(row[0]): _memory_from_row(row[1:]) for row in rows}
 
 
 def index_state(index_dir: os.PathLike[str] | str, store_seq: int) -> dict[str, Any]:
@@ -287,7 +234,7 @@ class Device:
             index, opened = await SearchIndex.open(self.home.index_dir, self.embedder)
             warnings.extend(opened)
             self._index = index
-        await self._index.catch_up(_StoreFeed(self.store), self.embedder, progress)
+        await self._index.catch_up(self.store, self.embedder, progress)
         return warnings
 
     async def _ready_index(self) -> SearchIndex:
@@ -303,7 +250,7 @@ class Device:
         started = time.monotonic()
         if self._index is None:
             self._index, _ = await SearchIndex.open(self.home.index_dir, self.embedder)
-        await self._index.rebuild(_StoreFeed(self.store), self.embedder, progress)
+        await self._index.rebuild(self.store, self.embedder, progress)
         return {"vectors": len(self._index), "seconds": time.monotonic() - started}
 
     # Search -----------------------------------------------------------------------------
@@ -345,7 +292,7 @@ class Device:
         fetch = wanted
         while True:
             hits = await index.query(vector, fetch)
-            by_label = await _live_memories_by_label(self.store, [label for label, _ in hits])
+            by_label = await self.store.memories_for_labels([label for label, _ in hits])
             semantic = []
             for label, similarity in hits:
                 memory = by_label.get(label)
@@ -446,7 +393,7 @@ class Device:
         """The saved index against the store: readable, built by this embedder, not ahead, same size."""
         from .index import SearchIndex
 
-        feed = _StoreFeed(self.store)
+        feed = self.store
         index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder)
         self._index = index
         max_seq = await self.store.max_seq()
