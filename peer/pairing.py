@@ -510,13 +510,18 @@ async def serve_join(
     return isinstance(answer, JoinAccept)
 
 
-def join_handler(
-    store: Store, identity: Identity, invites: Invites, *, now_ms: NowMs = wall_clock_ms
-) -> Callable[[JoinStream], Awaitable[None]]:
-    """The handler for the transport's join subsystem (``peer.aio.serve(handlers={JOIN_SUBSYSTEM: ...})``)."""
+def join_handler(home: Home, store: Store, *, now_ms: NowMs = wall_clock_ms) -> Callable[[JoinStream], Awaitable[None]]:
+    """The handler for the transport's join subsystem: ``serve(handlers={JOIN_SUBSYSTEM: join_handler(home, store)})``.
+
+    Each join opens ``invites.db`` for its own short transaction, so that
+    invites made by ``peer invite`` (another process) while the agent runs
+    are seen at once.
+    """
+    identity = home.identity()
 
     async def handle(stream: JoinStream) -> None:
-        await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
+        async with await Invites.open(home) as invites:
+            await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
 
     return handle
 
@@ -582,6 +587,7 @@ async def join(
     name: str,
     now_ms: NowMs = wall_clock_ms,
     connect_timeout: float | None = None,
+    first_sync: bool = True,
 ) -> dict[str, Any]:
     """``peer join``: pair this device with the inviter's group and create its store.
 
@@ -621,13 +627,27 @@ async def join(
         group_id=accept.group_id, records=records, group_keys=keys, now_ms=now_ms, replace_empty=True
     )
     log.info("joined group %s through device %s", accept.group_id.hex(), code.device_id)
-    return {
+    result: dict[str, Any] = {
         "group_id": accept.group_id.hex(),
         "device_id": identity.device_id,
         "inviter": code.device_id,
         "address": f"{target_host}:{target_port}",
         "members": sum(1 for m in _membership_of(accept).members() if not m.revoked),
     }
+    if first_sync:
+        # The store exists whatever happens now: a failed first sync is
+        # reported, not raised, and `peer sync` (or the agent) catches up.
+        from .sync import Syncer
+
+        async with await home.open_store(now_ms=now_ms) as store:
+            try:
+                summary = await Syncer(store, identity.signing_key, **kwargs).sync_with(target_host, target_port)
+            except PeerError as e:
+                log.warning("joined, but the first sync with %s failed: %s", result["address"], e)
+                result["sync_error"] = e.message
+            else:
+                result["sync"] = summary.to_json()
+    return result
 
 
 def _membership_of(accept: JoinAccept) -> Membership:
@@ -745,3 +765,113 @@ def expires_text(expires_at: int, now: float | None = None) -> str:
         return f"in {max(0, round(left / 60))} min"
     return time.strftime("at %Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
 
+
+
+# Command bodies (the CLI parses arguments and prints; these do the work) ---------------------
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
+
+def default_address() -> str:
+    """The address hint an invite carries when ``--address`` is not given: this host, default port."""
+    import socket
+
+    return f"{socket.gethostname()}:{DEFAULT_PORT}"
+
+
+async def invite_command(
+    home: Home, *, ttl: str | None = None, address: str | None = None, now_ms: NowMs = wall_clock_ms
+) -> tuple[dict[str, Any], str]:
+    """``peer invite``: (JSON, text for a person)."""
+    ttl_s = DEFAULT_TTL_S if ttl is None else parse_ttl(ttl)
+    async with await home.open_store(now_ms=now_ms) as store:
+        text, code = await make_invite(
+            home, store, ttl_s=ttl_s, address=default_address() if address is None else address, now_ms=now_ms
+        )
+    out = {
+        "code": text,
+        "device_id": code.device_id,
+        "address": code.address,
+        "expires_at": code.expires_at,
+    }
+    human = (
+        f"{text}\n\n"
+        f"On the new device run:  peer join {text}\n"
+        f"The code works once and expires {expires_text(code.expires_at, now_ms() / 1000)}."
+        f" `peer agent` must be running here{' at ' + code.address if code.address else ''}."
+    )
+    return out, human
+
+
+async def join_command(
+    home: Home, code: str, *, host: str | None = None, name: str | None = None, now_ms: NowMs = wall_clock_ms
+) -> tuple[dict[str, Any], str]:
+    import socket
+
+    result = await join(home, code, host=host, name=name or socket.gethostname(), now_ms=now_ms)
+    human = (
+        f"joined group {result['group_id']} through device {format_device_id(result['inviter'])}"
+        f" ({result['members']} members)\nthis device: {format_device_id(result['device_id'])}"
+    )
+    if "sync" in result:
+        sync = result["sync"]
+        human += f"\nfirst sync: {sync.get('received', 0)} versions received"
+    elif "sync_error" in result:
+        human += f"\nthe first sync failed ({result['sync_error']}); run `peer sync {result['address']}`"
+    return result, human
+
+
+def devices_text(listed: Sequence[dict[str, Any]]) -> str:
+    names = {d["device_id"]: d["name"] for d in listed}
+    lines = []
+    for d in listed:
+        mark = "*" if d["this_device"] else " "
+        state = "revoked" if d["revoked"] else "founder" if d["founder"] else f"added by {names.get(d['added_by'], d['added_by'][:8])}"
+        lines.append(f"{mark} {d['display_id']}  {d['name']:<16}  {state:<22}  {_when(d['added_at'])}")
+    return "\n".join(lines)
+
+
+async def devices_command(home: Home) -> tuple[list[dict[str, Any]], str]:
+    async with await home.open_store() as store:
+        listed = await devices(store)
+    return listed, devices_text(listed)
+
+
+async def revoke_command(home: Home, device: str, *, now_ms: NowMs = wall_clock_ms) -> tuple[dict[str, Any], str]:
+    identity = home.identity()
+    async with await home.open_store(now_ms=now_ms) as store:
+        result = await revoke(store, identity, device, now_ms=now_ms)
+    human = (
+        f"revoked {format_device_id(result['device_id'])} ({result['name']}); the group key moved to epoch"
+        f" {result['epoch']}. Other devices learn of it at their next sync."
+    )
+    return result, human
+
+
+def conflicts_text(found: Sequence[dict[str, Any]]) -> str:
+    if not found:
+        return "no conflicts"
+    lines: list[str] = []
+    for memory in found:
+        lines.append(f"{memory['id']}  ({len(memory['versions'])} live versions)")
+        for v in memory["versions"]:
+            what = "(forgotten)" if v["deleted"] else " ".join(v["content"].split())[:70]
+            lines.append(f"  {'winner ' if v['winner'] else 'sibling'}  {v['version']}  {_when(v['updated_at'])}  {what}")
+        lines.append(f"  keep one with: peer resolve {memory['id']} --keep VERSION")
+    return "\n".join(lines)
+
+
+async def conflicts_command(home: Home) -> tuple[list[dict[str, Any]], str]:
+    async with await home.open_store() as store:
+        found = await conflicts(store)
+    return found, conflicts_text(found)
+
+
+async def resolve_command(
+    home: Home, memory_id: str, keep: str, *, now_ms: NowMs = wall_clock_ms
+) -> tuple[dict[str, Any], str]:
+    async with await home.open_store(now_ms=now_ms) as store:
+        result = await resolve(store, memory_id, keep)
+    return result, f"resolved {result['id']}: kept {keep}, now version {result['version']}"

@@ -345,3 +345,121 @@ async def test_devices_and_revoke_locally(inviter: tuple[Device, Clock], tmp_pat
         await revoke(a.store, a.identity, "bravo", now_ms=clock)
     with pytest.raises(PeerError, match="cannot revoke itself"):
         await revoke(a.store, a.identity, "alpha", now_ms=clock)
+
+
+# Over real SSH on loopback ------------------------------------------------------------------
+
+DEADLINE = 60
+
+
+async def _serve(nursery: trio.Nursery, home: Home, store: Store) -> int:
+    """Start what `peer agent` serves (sync, and joining) on a free loopback port."""
+    from peer.aio import JOIN_SUBSYSTEM, StreamHandler
+    from peer.pairing import join_handler
+    from peer.sync import Syncer
+
+    syncer = Syncer(store, home.identity().signing_key)
+    handlers: dict[str, StreamHandler] = {JOIN_SUBSYSTEM: join_handler(home, store)}
+    port: int = await nursery.start(lambda task_status: syncer.serve("127.0.0.1", 0, handlers=handlers, task_status=task_status))
+    return port
+
+
+async def _sync(home: Home, store: Store, port: int) -> object:
+    from peer.sync import Syncer
+
+    return await Syncer(store, home.identity().signing_key).sync_with("127.0.0.1", port)
+
+
+async def test_join_over_ssh(tmp_path: Path, aio_loop: object) -> None:
+    from peer.pairing import join
+
+    a_home = Home(tmp_path / "a")
+    await a_home.init("alpha")
+    with trio.fail_after(DEADLINE):
+        async with await a_home.open_store() as a_store, trio.open_nursery() as nursery:
+            port = await _serve(nursery, a_home, a_store)
+            text, _ = await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")
+            b_home = Home(tmp_path / "b")
+            result = await join(b_home, text, name="bravo")
+            assert result["group_id"] == a_store.group_id.hex()
+            assert result["members"] == 2
+            # The same code a second time, from another device: refused.
+            with pytest.raises(InviteRefused):
+                await join(Home(tmp_path / "c"), text, name="charlie")
+            assert not (tmp_path / "c" / "peer.db").exists()
+            # A code whose device id is not the server's: the host key check refuses it.
+            other, _ = await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")
+            forged = decode_code(other)
+            forged = InviteCode(device_id_for(bytes(32)), forged.invite_id, forged.secret, forged.expires_at, forged.address)
+            from protocol.errors import TrustError
+
+            with pytest.raises(TrustError, match="not the inviter"):
+                await join(Home(tmp_path / "d"), encode_code(forged), name="delta")
+            nursery.cancel_scope.cancel()
+    async with await b_home.open_store() as b_store:
+        assert b_store.group_id == a_store.group_id
+        assert [d["name"] for d in await devices(b_store)] == ["alpha", "bravo"]
+        assert b_store.membership.current_epoch in b_store.group_keys
+
+
+async def _names(store: Store) -> list[tuple[str, bool]]:
+    return [(d["name"], d["revoked"]) for d in await devices(store)]
+
+
+async def test_three_devices_pair_sync_and_revoke(tmp_path: Path, aio_loop: object) -> None:
+    from peer.memory import Draft
+    from peer.pairing import join
+    from protocol.clock import Dot
+    from protocol.errors import TrustError
+
+    homes = {name: Home(tmp_path / name) for name in ("alpha", "bravo", "charlie")}
+    await homes["alpha"].init("alpha")
+    with trio.fail_after(DEADLINE):
+        async with await homes["alpha"].open_store() as a, trio.open_nursery() as nursery:
+            before = await a.add(Draft("written before anyone joined"))
+            a_port = await _serve(nursery, homes["alpha"], a)
+            for name in ("bravo", "charlie"):
+                text, _ = await make_invite(homes["alpha"], a, address=f"127.0.0.1:{a_port}")
+                joined = await join(homes[name], text, name=name)
+                assert joined["sync"]["received"] >= 1, joined  # the first sync ran right away
+            async with await homes["bravo"].open_store() as b, await homes["charlie"].open_store() as c:
+                assert (await b.get(before)).content == "written before anyone joined"
+                # Bravo joined before charlie existed; one sync with alpha tells it.
+                assert not b.membership.is_member(c.device_id)
+                await _sync(homes["bravo"], b, a_port)
+                b_port = await _serve(nursery, homes["bravo"], b)
+                # Now charlie and bravo sync directly, with no help from alpha.
+                from_c = await c.add(Draft("charlie's note, for bravo"))
+                await _sync(homes["charlie"], c, b_port)
+                assert (await b.get(from_c)).content == "charlie's note, for bravo"
+                everyone = [("alpha", False), ("bravo", False), ("charlie", False)]
+                for store in (a, b, c):
+                    assert await _names(store) == everyone
+                    assert [d["this_device"] for d in await devices(store)] == [
+                        d == store.device_id for d in (a.device_id, b.device_id, c.device_id)
+                    ]
+
+                # Alpha revokes charlie and writes under the new key.
+                old_epoch = a.membership.current_epoch
+                await revoke(a, homes["alpha"].identity(), "charlie")
+                assert a.membership.current_epoch > old_epoch
+                after = await a.add(Draft("written after charlie was revoked"))
+                after_dot = Dot.parse((await a.get(after)).version)
+                [sealed] = await a.sealed([after_dot])
+                assert sealed.header.epoch == a.membership.current_epoch
+
+                # Bravo, still a member, learns of it at its next sync and reads the new memory.
+                await _sync(homes["bravo"], b, a_port)
+                assert (await b.get(after)).content == "written after charlie was revoked"
+                assert await _names(b) == [("alpha", False), ("bravo", False), ("charlie", True)]
+
+                # Charlie is refused at authentication by both, and cannot open the new version.
+                for port in (a_port, b_port):
+                    with pytest.raises(TrustError, match="refused this device"):
+                        await _sync(homes["charlie"], c, port)
+                assert a.membership.current_epoch not in c.group_keys
+                with pytest.raises(TrustError):
+                    await c.apply([sealed])
+                with pytest.raises(PeerError):
+                    await c.get(after)
+            nursery.cancel_scope.cancel()
