@@ -327,6 +327,10 @@ class ByteStream(Protocol):
         """Some bytes (at most ``max_bytes``), or ``b""`` once the other side closed its end."""
         ...
 
+    async def send_eof(self) -> None:
+        """Tell the other side this one will send nothing more (it reads ``b""``); receiving goes on."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -428,6 +432,21 @@ class _SSHStream:
         except (asyncssh.Error, OSError) as e:
             raise self._lost(e) from e
         return data
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            return
+        writer = self._writer
+
+        async def eof() -> None:
+            # After what was written before it: SSH keeps a channel's data in order.
+            if writer.can_write_eof():
+                writer.write_eof()
+
+        try:
+            await trio_asyncio.aio_as_trio(eof)()
+        except (asyncssh.Error, OSError) as e:
+            raise self._lost(e) from e
 
     async def aclose(self) -> None:
         if self._closed:
@@ -715,11 +734,11 @@ async def connect(
         if client.host_device_id is None:
             raise TrustError(f"the host key of {where} is not a peer device key; refusing to connect") from e
         raise TrustError(
-            f"the host key of {where} (device {format_device_id(client.host_device_id)}) is not a member's"
-            " of this group; refusing to sync with it"
+            f"the host key of {where} belongs to device {format_device_id(client.host_device_id)}, which is not"
+            " a member of this group; refusing to sync with it (pair the two devices first)"
             if subsystem != JOIN_SUBSYSTEM
-            else f"the host key of {where} (device {format_device_id(client.host_device_id)}) is not the inviter's"
-            " named in the code; refusing to join through it"
+            else f"the host key of {where} belongs to device {format_device_id(client.host_device_id)}, not to the"
+            " inviter named in the code; refusing to join through it"
         ) from e
     except asyncssh.PermissionDenied as e:
         raise TrustError(

@@ -133,7 +133,7 @@ async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Pair) -> No
                         "127.0.0.1", port, homes.second.identity().signing_key, trust_host=member_check(client_store)
                     )
                 nursery.cancel_scope.cancel()
-    assert "is not a member's" in str(refused.value)
+    assert "which is not a member of this group" in str(refused.value)
     # The client gave up before authenticating: the stranger never saw its key.
     assert reached == []
     del stranger_store

@@ -1,0 +1,411 @@
+"""The sync driver: one :class:`~protocol.session.SyncSession` run over a byte stream against a store.
+
+Theory of operation. Both ends run :func:`sync_over`, symmetric: nobody
+waits for a turn. Two trio tasks share the session (it is a plain state
+machine; trio runs one task at a time, so no lock is needed):
+
+* the *receiver* reads bytes, feeds the session and handles its events in
+  order: membership records are applied before anything that follows
+  them (versions may be signed by devices, or sealed under key epochs,
+  that only those records introduce); each VERSIONS batch is applied in
+  one store transaction; :class:`SessionComplete` is the one moment the
+  peer's vector is merged;
+* the *sender* waits for the peer's HELLO, then sends MEMBERS, every
+  version the peer's vector does not cover (read from the store in slices,
+  cut into batches), and DONE.
+
+After completing, each side half-closes (EOF) and waits, briefly, for the
+other's EOF: neither closes the connection while the other may still be
+reading what it sent. Whatever fails, this side sends an ERROR frame
+saying why (unless the peer's ERROR is the cause) and raises; the versions
+already stored stay stored, the vector is not merged, and the next sync
+resends the rest.
+
+:class:`Syncer` is what ``peer sync`` and ``peer agent`` share: who is
+trusted (the store's *current* membership, re-read for every
+connection), connecting, serving, and what to do after a sync (reindex
+what arrived).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol import format_device_id
+from protocol.errors import LocalProtocolError, PeerError, TransportError
+from protocol.frames import NEED_DATA, Done, Members, VersionsBatch
+from protocol.session import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    PAUSED,
+    ConnectionClosed,
+    HelloReceived,
+    MembersReceived,
+    PeerDone,
+    SessionComplete,
+    SyncSession,
+    VersionsReceived,
+    batches,
+)
+
+from .aio import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_PORT,
+    READ_TIMEOUT_S,
+    SYNC_SUBSYSTEM,
+    ByteStream,
+    StreamHandler,
+    connect,
+    serve,
+)
+from .store import Store
+
+__all__ = [
+    "SyncSummary",
+    "SyncProgress",
+    "ProgressCallback",
+    "AfterSync",
+    "sync_over",
+    "Syncer",
+    "parse_address",
+    "DEFAULT_PORT",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long a side that completed waits for the other's EOF before closing anyway.
+CLOSE_GRACE_S: Final = 5.0
+#: How long sending the ERROR frame may take when giving up.
+ERROR_SEND_S: Final = 2.0
+#: Versions read from the store per query while sending.
+READ_SLICE: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSummary:
+    """What one completed sync did, seen from this side."""
+
+    peer_device_id: str
+    sent: int  # versions sent
+    received: int  # versions received (some may have been held already)
+    added: int  # versions received that were new here
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "seconds": round(self.seconds, 3),
+            "added": self.added,
+            "peer": self.peer_device_id,
+        }
+
+    def describe(self) -> str:
+        """One line for people: ``sent 3, received 5 versions (2.1 kB) in 0.4 s``."""
+        total = self.bytes_sent + self.bytes_received
+        return (
+            f"sent {self.sent:,}, received {self.received:,} versions ({_size(total)}) in {self.seconds:.1f} s"
+            f" with device {format_device_id(self.peer_device_id)}"
+        )
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f} kB"
+    return f"{n / 1_000_000:.1f} MB"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncProgress:
+    """Where a running sync is; ``to_send`` is known once the peer's HELLO arrived."""
+
+    sent: int
+    to_send: int
+    received: int
+    bytes_sent: int
+    bytes_received: int
+
+
+ProgressCallback = Callable[[SyncProgress], None]
+#: Called after every completed sync (e.g. to bring the search index up to date).
+AfterSync = Callable[["SyncSummary"], Awaitable[None]]
+
+
+class _Counted:
+    """The stream, counting bytes both ways."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+        self.sent = 0
+        self.received = 0
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+        self.sent += len(data)
+
+    async def receive_some(self) -> bytes:
+        data = await self.stream.receive_some(1 << 16)
+        self.received += len(data)
+        return data
+
+
+async def sync_over(
+    stream: ByteStream,
+    store: Store,
+    *,
+    progress: ProgressCallback | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> SyncSummary:
+    """Run one complete sync session over ``stream`` (the caller closes it); raises a PeerError if it fails.
+
+    ``stream.peer_device_id`` (what the transport authenticated) must
+    match the device id in the peer's HELLO.
+    """
+    started = time.monotonic()
+    await store.refresh()
+    session = SyncSession(
+        store.device_id,
+        store.group_id,
+        await store.vector(),
+        await store.membership_digest(),
+        peer_device_id=stream.peer_device_id,
+    )
+    wire = _Counted(stream)
+    peer_hello = trio.Event()
+    done_sent = trio.Event()
+    failures: list[BaseException] = []
+    counts = {"to_send": 0, "received": 0, "added": 0}
+
+    def report() -> None:
+        if progress is not None:
+            progress(
+                SyncProgress(session.versions_sent, counts["to_send"], counts["received"], wire.sent, wire.received)
+            )
+
+    async def send() -> None:
+        await peer_hello.wait()
+        peer_vector = session.peer_vector
+        assert peer_vector is not None
+        counts["to_send"] = await store.count_missing_for(peer_vector)
+        report()
+        await wire.send_all(session.send(Members(session.members_to_send(store.membership.records()))))
+        async for slice_ in store.missing_for(peer_vector, READ_SLICE):
+            for batch in batches(slice_, max_count=batch_size, max_bytes=batch_bytes):
+                await wire.send_all(session.send(VersionsBatch(batch)))
+                report()
+        await wire.send_all(session.send(Done(session.versions_sent)))
+        done_sent.set()
+
+    async def receive() -> None:
+        while True:
+            event = session.next_event()
+            if event is NEED_DATA:
+                session.receive_data(await wire.receive_some())
+            elif event is PAUSED:
+                await done_sent.wait()
+            elif isinstance(event, HelloReceived):
+                peer_hello.set()
+            elif isinstance(event, MembersReceived):
+                if event.records:
+                    await store.apply_membership(event.records)
+            elif isinstance(event, VersionsReceived):
+                result = await store.apply(event.versions)
+                counts["received"] += len(event.versions)
+                counts["added"] += result.added
+                report()
+            elif isinstance(event, PeerDone):
+                pass
+            elif isinstance(event, SessionComplete):
+                # Our DONE may still be on its way out; the peer must get it before we half-close.
+                await done_sent.wait()
+                await store.merge_vector(event.peer_vector)
+                return
+            else:  # pragma: no cover - ConnectionClosed cannot come before SessionComplete
+                raise LocalProtocolError(f"unexpected {type(event).__name__} before the session completed")
+
+    async def guarded(task: Callable[[], Awaitable[None]], cancel: trio.CancelScope) -> None:
+        try:
+            await task()
+        except PeerError as e:
+            failures.append(e)
+            cancel.cancel()
+
+    try:
+        await wire.send_all(session.start())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, send, nursery.cancel_scope)
+            nursery.start_soon(guarded, receive, nursery.cancel_scope)
+    except PeerError as e:
+        failures.append(e)
+    except BaseException:
+        # Cancelled (Ctrl-C, a deadline): still tell the peer why the session ends.
+        await _send_error(wire, session, None)
+        raise
+    if failures:
+        failure = failures[0]
+        await _send_error(wire, session, failure)
+        raise failure
+    report()
+    await _finish(wire, session)
+    return SyncSummary(
+        peer_device_id=stream.peer_device_id,
+        sent=session.versions_sent,
+        received=counts["received"],
+        added=counts["added"],
+        bytes_sent=wire.sent,
+        bytes_received=wire.received,
+        seconds=time.monotonic() - started,
+    )
+
+
+async def _send_error(wire: _Counted, session: SyncSession, failure: BaseException | None) -> None:
+    try:
+        data = session.send_error(failure)
+    except PeerError:
+        return
+    if not data:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(ERROR_SEND_S):
+        try:
+            await wire.send_all(data)
+        except PeerError:
+            pass  # the connection is what failed; the peer will notice it too
+
+
+async def _finish(wire: _Counted, session: SyncSession) -> None:
+    """Half-close, then give the peer a moment to finish reading and close its side."""
+    with trio.move_on_after(CLOSE_GRACE_S):
+        try:
+            await wire.stream.send_eof()
+            while not isinstance(session.next_event(), ConnectionClosed):
+                session.receive_data(await wire.receive_some())
+        except PeerError as e:
+            # Our side completed and merged; whatever the peer does now cannot undo that.
+            log.debug("after a complete sync, closing failed: %s", e)
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address -> (host, port)."""
+    text = text.strip()
+    if not text:
+        raise TransportError("no address given; use HOST or HOST:PORT")
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise TransportError(f"{text!r} is not an address: a [ has no matching ]")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise TransportError(f"{text!r} is not an address; use [IPv6]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise TransportError(f"{text!r} has no host name; use HOST or HOST:PORT")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise TransportError(f"{port_text!r} is not a port number (0 to 65535)")
+    return host, int(port_text)
+
+
+class Syncer:
+    """One device's side of every sync: what ``peer sync`` and ``peer agent`` share.
+
+    Trust comes from the store's membership, re-read for each connection,
+    so a device revoked (by any process) is refused from the next
+    connection on. ``after_sync`` runs after every completed sync that
+    brought new versions (the CLI and the agent bring the index up to date there).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        signing_key: Ed25519PrivateKey,
+        *,
+        after_sync: AfterSync | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
+        self.store = store
+        self._signing_key = signing_key
+        self._after_sync = after_sync
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    @property
+    def device_id(self) -> str:
+        return self.store.device_id
+
+    def _member(self, device_id: str) -> bool:
+        return device_id != self.store.device_id and self.store.membership.is_member(device_id)
+
+    async def authorize(self, device_id: str) -> bool:
+        """Whether ``device_id`` may connect now (the server's check)."""
+        await self.store.refresh()
+        return self._member(device_id)
+
+    async def sync_with(self, host: str, port: int = DEFAULT_PORT, *, progress: ProgressCallback | None = None) -> SyncSummary:
+        """Connect to the member at ``host:port`` and run one sync; ``after_sync`` follows a complete one."""
+        await self.store.refresh()
+        stream = await connect(
+            host,
+            port,
+            self._signing_key,
+            trust_host=self._member,
+            subsystem=SYNC_SUBSYSTEM,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        )
+        try:
+            summary = await sync_over(stream, self.store, progress=progress)
+        finally:
+            await stream.aclose()
+        await self._after(summary)
+        return summary
+
+    async def handle(self, stream: ByteStream) -> None:
+        """Serve one sync session a member opened (the server's SYNC_SUBSYSTEM handler)."""
+        peer = format_device_id(stream.peer_device_id)
+        log.info("sync with device %s started", peer)
+        summary = await sync_over(stream, self.store)
+        log.info("synced: %s", summary.describe())
+        await self._after(summary)
+
+    async def _after(self, summary: SyncSummary) -> None:
+        if self._after_sync is not None and summary.added:
+            await self._after_sync(summary)
+
+    async def serve(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        handlers: Mapping[str, StreamHandler] | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` for members' syncs (and ``handlers``' other subsystems, e.g. joining)."""
+        await serve(
+            self._signing_key,
+            host=host,
+            port=port,
+            authorize=self.authorize,
+            handlers={**(handlers or {}), SYNC_SUBSYSTEM: self.handle},
+            read_timeout=self.read_timeout,
+            task_status=task_status,
+        )
