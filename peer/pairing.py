@@ -63,6 +63,7 @@ from protocol.errors import (
     RemoteProtocolError,
     StoreError,
     TrustError,
+    UnsupportedFormat,
 )
 from protocol.frames import (
     END_OF_STREAM,
@@ -82,7 +83,7 @@ from protocol.frames import (
 from protocol.ids import device_id_for, format_device_id, normalize_device_id
 from protocol.membership import MemberInfo, Membership
 
-from .aio import Database
+from .aio import DEFAULT_PORT, Database
 from .home import Home, Identity
 from .store import NowMs, Store, wall_clock_ms
 
@@ -90,7 +91,6 @@ __all__ = [
     "CODE_PREFIX",
     "DEFAULT_PORT",
     "DEFAULT_TTL_S",
-    "JOIN_USERNAME",
     "REFUSAL_MESSAGE",
     "ByteStream",
     "JoinStream",
@@ -122,10 +122,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The SSH port an agent listens on unless told otherwise.
-DEFAULT_PORT = 7847
-#: The SSH user name a joining device connects as.
-JOIN_USERNAME = "peer-join"
 #: How long an invite stays valid unless ``--ttl`` says otherwise.
 DEFAULT_TTL_S = 15 * 60
 MAX_TTL_S = 7 * 24 * 3600
@@ -139,9 +135,9 @@ _MAX_ADDRESS_BYTES = 255
 _VERIFIER_LABEL = b"peer/v1/invite-verifier\x00"
 _CHECKSUM_LABEL = b"peer/v1/invite-code\x00"
 INVITES_FILE = "invites.db"
-#: What the joiner reads for every refusal: it must not say which check failed.
 #: A code that expired this long ago by this device's clock is refused before connecting.
 _CLOCK_SLACK_MS = 5 * 60 * 1000
+#: What the joiner reads for every refusal: it must not say which check failed.
 REFUSAL_MESSAGE = "the invite was refused: the code is wrong, already used or expired; ask for a new one"
 
 
@@ -209,7 +205,7 @@ def decode_code(code: str) -> InviteCode:
     if not text.startswith("PEER"):
         raise MistypedCode("this is not a peer invite code (it should start with PEER1-); copy it again")
     if not text.startswith(prefix):
-        raise DecodeError("this invite code was made by a newer peer; upgrade peer on this device")
+        raise UnsupportedFormat("this invite code was made by a newer peer; upgrade peer on this device")
     text = text[len(prefix) :].translate(_LOOKALIKES)
     if not text or not re.fullmatch(r"[A-Z2-7]+", text):
         raise MistypedCode("this invite code is mistyped (it holds characters a code never has); copy it again")
@@ -225,7 +221,7 @@ def decode_code(code: str) -> InviteCode:
         r = Reader(body, "invite code")
         version = r.raw(1)[0]
         if version != CODE_VERSION:
-            raise DecodeError("this invite code was made by a newer peer; upgrade peer on this device")
+            raise UnsupportedFormat("this invite code was made by a newer peer; upgrade peer on this device")
         device_id = _device_text(r.raw(_DEVICE_BYTES))
         invite_id = r.raw(INVITE_ID_BYTES)
         secret = r.raw(SECRET_BYTES)
@@ -233,8 +229,7 @@ def decode_code(code: str) -> InviteCode:
         address = r.str(limit=_MAX_ADDRESS_BYTES)
         r.end()
     except DecodeError as e:
-        if isinstance(e, MistypedCode) or "newer peer" in str(e):
-            raise
+        # The checksum matched, so this is a code made wrongly, not mistyped; say the same anyway.
         raise MistypedCode("this invite code is damaged; copy it again") from e
     return InviteCode(device_id, invite_id, secret, expires_at, address)
 

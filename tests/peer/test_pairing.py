@@ -37,7 +37,7 @@ from peer.pairing import (
     serve_join,
 )
 from peer.store import Store
-from protocol.errors import DecodeError, PeerError, StoreError
+from protocol.errors import PeerError, StoreError, UnsupportedFormat
 from protocol.frames import ErrorCode, JoinReject, encode_frame, FrameDecoder
 from protocol.ids import device_id_for
 
@@ -104,7 +104,7 @@ def test_every_single_typo_is_caught() -> None:
 
 def test_code_from_a_newer_peer_says_upgrade() -> None:
     text = encode_code(_code())
-    with pytest.raises(DecodeError, match="newer peer"):
+    with pytest.raises(UnsupportedFormat, match="newer peer"):
         decode_code("PEER2-" + text[len("PEER1-") :])
 
 
@@ -251,6 +251,31 @@ async def test_wrong_code_does_not_burn_the_invite(inviter: tuple[Device, Clock]
     assert (await _exchange(a, b, code, clock))[1]
 
 
+async def test_two_devices_racing_on_one_code_admit_one(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
+    a, clock = inviter
+    _, code = await make_invite(a.home, a.store, now_ms=clock)
+    racers = [Home(tmp_path / f"r{i}").ensure_identity() for i in range(4)]
+    results: list[bool] = []
+
+    async def race(ident: Identity) -> None:
+        results.append((await _exchange(a, ident, code, clock))[1])
+
+    async with trio.open_nursery() as nursery:
+        for ident in racers:
+            nursery.start_soon(race, ident)
+    assert sorted(results) == [False, False, False, True]
+    assert sum(a.store.membership.is_member(r.device_id) for r in racers) == 1
+
+
+async def test_join_refuses_an_expired_code_before_connecting(tmp_path: Path, aio_loop: object) -> None:
+    from peer.pairing import join
+
+    clock = Clock(start_ms=(_code().expires_at + 3600) * 1000)
+    with pytest.raises(InviteRefused, match="expired"):
+        await join(Home(tmp_path / "late"), encode_code(_code()), name="late", now_ms=clock)
+    assert not (tmp_path / "late" / "peer.db").exists()
+
+
 async def test_request_for_another_key_than_the_connection_is_refused(
     inviter: tuple[Device, Clock], tmp_path: Path
 ) -> None:
@@ -393,7 +418,7 @@ async def test_join_over_ssh(tmp_path: Path, aio_loop: object) -> None:
             forged = InviteCode(device_id_for(bytes(32)), forged.invite_id, forged.secret, forged.expires_at, forged.address)
             from protocol.errors import TrustError
 
-            with pytest.raises(TrustError, match="not the inviter"):
+            with pytest.raises(TrustError, match="inviter.*refusing to join"):
                 await join(Home(tmp_path / "d"), encode_code(forged), name="delta")
             nursery.cancel_scope.cancel()
     async with await b_home.open_store() as b_store:
