@@ -449,7 +449,9 @@ async def accept_join(
         )
         return refused
     if not await invites.claim(request, now_ms=now_ms()):
-        log.warning("refused a join by device %s: unknown, used or expired invite, or a wrong code", format_device_id(joiner))
+        log.warning(
+            "refused a join by device %s: unknown, used or expired invite, or a wrong code", format_device_id(joiner)
+        )
         return refused
     await store.refresh()
     # A copy: the store's own membership may be in use by a verifying batch.
@@ -546,7 +548,9 @@ async def request_join(stream: ByteStream, request: JoinRequest) -> JoinAccept:
     raise RemoteProtocolError(f"the inviter answered with {frame_name(frame)} instead of JOIN_ACCEPT")
 
 
-def admitted_membership(identity: Identity, code: InviteCode, accept: JoinAccept) -> tuple[list[bytes], dict[int, bytes]]:
+def admitted_membership(
+    identity: Identity, code: InviteCode, accept: JoinAccept
+) -> tuple[list[bytes], dict[int, bytes]]:
     """Check a JOIN_ACCEPT: (records, epoch keys) to create the store with, or TrustError."""
     membership = Membership(accept.group_id)
     membership.add_all(accept.records)
@@ -823,7 +827,12 @@ def devices_text(listed: Sequence[dict[str, Any]]) -> str:
     lines = []
     for d in listed:
         mark = "*" if d["this_device"] else " "
-        state = "revoked" if d["revoked"] else "founder" if d["founder"] else f"added by {names.get(d['added_by'], d['added_by'][:8])}"
+        if d["revoked"]:
+            state = "revoked"
+        elif d["founder"]:
+            state = "founder"
+        else:
+            state = f"added by {names.get(d['added_by'], d['added_by'][:8])}"
         lines.append(f"{mark} {d['display_id']}  {d['name']:<16}  {state:<22}  {_when(d['added_at'])}")
     return "\n".join(lines)
 
@@ -853,7 +862,8 @@ def conflicts_text(found: Sequence[dict[str, Any]]) -> str:
         lines.append(f"{memory['id']}  ({len(memory['versions'])} live versions)")
         for v in memory["versions"]:
             what = "(forgotten)" if v["deleted"] else " ".join(v["content"].split())[:70]
-            lines.append(f"  {'winner ' if v['winner'] else 'sibling'}  {v['version']}  {_when(v['updated_at'])}  {what}")
+            role = "winner " if v["winner"] else "sibling"
+            lines.append(f"  {role}  {v['version']}  {_when(v['updated_at'])}  {what}")
         lines.append(f"  keep one with: peer resolve {memory['id']} --keep VERSION")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ replicated by sync, revocation).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -157,7 +158,13 @@ class _Side:
 
 
 async def _exchange(
-    inviter: Device, joiner: Identity, code: InviteCode, clock: Callable[[], int], *, authenticated_as: str | None = None, name: str = "new"
+    inviter: Device,
+    joiner: Identity,
+    code: InviteCode,
+    clock: Callable[[], int],
+    *,
+    authenticated_as: str | None = None,
+    name: str = "new",
 ) -> tuple[object, bool]:
     """Run both sides of one join over a memory stream: (what the joiner got, what the inviter returned)."""
     left, right = trio.testing.memory_stream_pair()
@@ -178,7 +185,8 @@ async def _exchange(
 
     async def client() -> None:
         try:
-            outcome.append(await request_join(_Side(left, inviter.identity.device_id), prepare_join(joiner, code, name)))
+            request = prepare_join(joiner, code, name)
+            outcome.append(await request_join(_Side(left, inviter.identity.device_id), request))
         except PeerError as e:
             outcome.append(e)
 
@@ -385,7 +393,9 @@ async def _serve(nursery: trio.Nursery, home: Home, store: Store) -> int:
 
     syncer = Syncer(store, home.identity().signing_key)
     handlers: dict[str, StreamHandler] = {JOIN_SUBSYSTEM: join_handler(home, store)}
-    port: int = await nursery.start(lambda task_status: syncer.serve("127.0.0.1", 0, handlers=handlers, task_status=task_status))
+    port: int = await nursery.start(
+        lambda task_status: syncer.serve("127.0.0.1", 0, handlers=handlers, task_status=task_status)
+    )
     return port
 
 
@@ -415,7 +425,7 @@ async def test_join_over_ssh(tmp_path: Path, aio_loop: object) -> None:
             # A code whose device id is not the server's: the host key check refuses it.
             other, _ = await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")
             forged = decode_code(other)
-            forged = InviteCode(device_id_for(bytes(32)), forged.invite_id, forged.secret, forged.expires_at, forged.address)
+            forged = dataclasses.replace(forged, device_id=device_id_for(bytes(32)))
             from protocol.errors import TrustError
 
             with pytest.raises(TrustError, match="inviter.*refusing to join"):
