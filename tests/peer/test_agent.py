@@ -1,0 +1,83 @@
+"""The agent in-process: it serves members' syncs and keeps the search index in step with what arrives."""
+
+from __future__ import annotations
+
+from functools import partial
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from peer.agent import run_agent
+from peer.device import Device, index_state
+from peer.memory import Draft
+from peer.sync import Syncer
+
+from .groups import admit, found
+
+
+async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, aio_loop: object) -> None:
+    first = await found(tmp_path / "first")
+    second = await admit(first, tmp_path / "second")
+    texts = ["the staging database is reset every Monday", "use ruff, not flake8, in this repository"]
+    with trio.fail_after(120):
+        async with await Device.open(second) as device:
+            ids = await device.add([Draft(t) for t in texts])
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(run_agent, first, host="127.0.0.1", port=0))
+            async with await second.open_store() as store:
+                summary = await Syncer(store, second.identity().signing_key).sync_with("127.0.0.1", port)
+            # The agent reindexes after answering; wait until its index holds both.
+            while index_state(first.index_dir, 0)["vectors"] < len(texts):
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        async with await Device.open(first) as device:
+            hits = await device.search("which linter do we use", k=1)
+    assert summary.sent == len(texts)
+    assert index_state(first.index_dir, 0)["embedder"] == device.embedder.id
+    assert [h.memory.id for h in hits] == [ids[1]]
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.texts = 0
+
+    @property
+    def id(self) -> str:
+        return str(self.inner.id)
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+async def test_received_embeddings_are_reused_and_missing_ones_computed(tmp_path: Path, aio_loop: object) -> None:
+    first = await found(tmp_path / "first")
+    second = await admit(first, tmp_path / "second")
+    with trio.fail_after(120):
+        async with await Device.open(second) as device:
+            await device.add([Draft("backups run at 02:00 UTC"), Draft("the VPN needs a hardware key")])
+            # A version that travels without a vector (e.g. imported by an older tool).
+            await device.store.add(Draft("lunch is at noon"))
+        async with trio.open_nursery() as nursery:
+            async with await first.open_store() as store:
+                port = await nursery.start(partial(Syncer(store, first.identity().signing_key).serve, "127.0.0.1", 0))
+                async with await second.open_store() as other:
+                    await Syncer(other, second.identity().signing_key).sync_with("127.0.0.1", port)
+                nursery.cancel_scope.cancel()
+        async with await Device.open(first) as device:
+            counting = CountingEmbedder(device.embedder)
+            device._embedder = counting  # the index must not run the model for vectors that travelled
+            await device.prepare_index()
+            hits = await device.search("when are backups taken", k=1)
+    assert counting.texts == 1 + 1  # the memory without a vector, then the query
+    assert index_state(first.index_dir, 0)["vectors"] == 3
+    assert hits[0].memory.content == "backups run at 02:00 UTC"
