@@ -83,9 +83,10 @@ from protocol.frames import (
 from protocol.ids import device_id_for, format_device_id, normalize_device_id
 from protocol.membership import MemberInfo, Membership
 
-from .aio import DEFAULT_PORT, Database
+from .aio import DEFAULT_PORT, JOIN_SUBSYSTEM, Database, connect
 from .home import Home, Identity
 from .store import NowMs, Store, wall_clock_ms
+from .sync import Syncer, parse_address
 
 __all__ = [
     "CODE_PREFIX",
@@ -109,7 +110,6 @@ __all__ = [
     "encode_code",
     "find_device",
     "make_invite",
-    "parse_address",
     "parse_ttl",
     "prepare_join",
     "accept_join",
@@ -243,26 +243,6 @@ def parse_ttl(text: str) -> int:
     if not 0 < seconds <= MAX_TTL_S:
         raise PeerError("an invite lasts between 1 second and 7 days")
     return seconds
-
-
-def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or ``v6`` as (host, port)."""
-    text = text.strip()
-    if not text:
-        raise PeerError("the address is empty; give it as HOST or HOST:PORT")
-    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
-    if match:
-        host, port = match.group(1), match.group(2)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, None
-    if not host:
-        raise PeerError(f"{text!r} has no host; give it as HOST or HOST:PORT")
-    number = default_port if port is None else int(port) if port.isdigit() else -1
-    if not 0 < number < 65536:
-        raise PeerError(f"{text!r} has no valid port; give it as HOST:PORT with a port from 1 to 65535")
-    return host, number
 
 
 # Pending invites ------------------------------------------------------------------
@@ -593,8 +573,6 @@ async def join(
     Returns what ``--json`` prints: the group id, this device, the inviter
     and how many members the group has.
     """
-    from .aio import JOIN_SUBSYSTEM, connect
-
     code = decode_code(code_text)
     address = host or code.address
     if not address:
@@ -636,8 +614,6 @@ async def join(
     if first_sync:
         # The store exists whatever happens now: a failed first sync is
         # reported, not raised, and `peer sync` (or the agent) catches up.
-        from .sync import Syncer
-
         async with await home.open_store(now_ms=now_ms) as store:
             try:
                 summary = await Syncer(store, identity.signing_key, **kwargs).sync_with(target_host, target_port)

@@ -30,7 +30,6 @@ from peer.pairing import (
     encode_code,
     find_device,
     make_invite,
-    parse_address,
     parse_ttl,
     prepare_join,
     request_join,
@@ -109,7 +108,7 @@ def test_code_from_a_newer_peer_says_upgrade() -> None:
         decode_code("PEER2-" + text[len("PEER1-") :])
 
 
-def test_ttl_and_address_parsing() -> None:
+def test_ttl_parsing() -> None:
     assert parse_ttl("15m") == 900
     assert parse_ttl("90s") == 90
     assert parse_ttl("2h") == 7200
@@ -117,13 +116,6 @@ def test_ttl_and_address_parsing() -> None:
     for bad in ("", "15 minutes", "0s", "30d"):
         with pytest.raises(PeerError):
             parse_ttl(bad)
-    assert parse_address("host") == ("host", 7847)
-    assert parse_address("host:22") == ("host", 22)
-    assert parse_address("[::1]:9000") == ("::1", 9000)
-    assert parse_address("::1") == ("::1", 7847)
-    for bad in ("", "host:0", "host:x", ":22"):
-        with pytest.raises(PeerError):
-            parse_address(bad)
 
 
 # The join exchange over an in-memory stream ---------------------------------------------
