@@ -490,3 +490,40 @@ async def test_three_devices_pair_sync_and_revoke(tmp_path: Path, aio_loop: obje
                 with pytest.raises(PeerError):
                     await c.get(after)
             nursery.cancel_scope.cancel()
+
+
+async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
+    from peer.memory import Draft
+    from peer.pairing import join_from_file, make_invite_file
+
+    a_home = Home(tmp_path / "a")
+    await a_home.init("alpha")
+    file = tmp_path / "usb" / "invite.peer"
+    file.parent.mkdir()
+    async with await a_home.open_store() as a:
+        memory_id = await a.add(Draft("carried on a stick"))
+        text, code, new_id = await make_invite_file(a, a_home.identity(), file, name="laptop")
+        other, _ = await make_invite(a_home, a)
+        assert a.membership.is_member(new_id)
+    assert file.stat().st_mode & 0o077 == 0
+    assert code.secret not in file.read_bytes()
+
+    b_home = Home(tmp_path / "b")
+    with pytest.raises(InviteRefused, match="another invite code"):
+        await join_from_file(b_home, other, file)
+    wrong = encode_code(dataclasses.replace(code, secret=bytes(16)))
+    with pytest.raises(InviteRefused, match="does not open"):
+        await join_from_file(b_home, wrong, file)
+    assert not b_home.device_key_path.exists()
+
+    joined = await join_from_file(b_home, text, file)
+    assert joined["device_id"] == new_id and joined["members"] == 2
+    with trio.fail_after(DEADLINE):
+        async with await a_home.open_store() as a, await b_home.open_store() as b, trio.open_nursery() as nursery:
+            port = await _serve(nursery, a_home, a)
+            await _sync(b_home, b, port)
+            assert (await b.get(memory_id)).content == "carried on a stick"
+            assert [d["name"] for d in await devices(b)] == ["alpha", "laptop"]
+            nursery.cancel_scope.cancel()
+    with pytest.raises(StoreError, match="new --home"):
+        await join_from_file(b_home, text, file)
