@@ -25,7 +25,7 @@ from protocol.errors import PeerError
 from .aio import DEFAULT_PORT, JOIN_SUBSYSTEM, StreamHandler
 from .device import Device
 from .home import Home
-from .sync import Syncer, SyncSummary
+from .sync import Syncer, SyncSummary, catch_up_index
 
 __all__ = ["run_agent", "run_until_signalled", "DEFAULT_LISTEN", "Listening"]
 
@@ -63,7 +63,7 @@ async def run_agent(
             # One catch-up at a time: hnswlib is not safe for concurrent writes.
             async with index_lock:
                 try:
-                    await device.prepare_index()
+                    await catch_up_index(device)
                 except PeerError as e:
                     log.warning("the search index was not updated (%s); the next search catches up", e)
 

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -67,6 +67,9 @@ from .aio import (
 )
 from .store import Store
 
+if TYPE_CHECKING:
+    from .device import Device
+
 __all__ = [
     "SyncSummary",
     "SyncProgress",
@@ -75,6 +78,8 @@ __all__ = [
     "sync_over",
     "Syncer",
     "parse_address",
+    "catch_up_index",
+    "sync_device",
     "DEFAULT_PORT",
 ]
 
@@ -382,7 +387,7 @@ class Syncer:
     async def handle(self, stream: ByteStream) -> None:
         """Serve one sync session a member opened (the server's SYNC_SUBSYSTEM handler)."""
         peer = format_device_id(stream.peer_device_id)
-        log.info("sync with device %s started", peer)
+        log.debug("sync with device %s started", peer)
         summary = await sync_over(stream, self.store)
         log.info("synced: %s", summary.describe())
         await self._after(summary)
@@ -409,3 +414,42 @@ class Syncer:
             read_timeout=self.read_timeout,
             task_status=task_status,
         )
+
+
+async def catch_up_index(device: Device) -> None:
+    """Bring the device's search index up to date after a sync brought versions.
+
+    Vectors that travelled with the versions are reused when they come from
+    this device's embedder; the others are embedded here, in batches. An
+    index that was never built is left alone: the first search builds it,
+    and a sync should not pay for that.
+    """
+    from .device import index_state
+
+    if index_state(device.home.index_dir, 0)["state"] == "missing":
+        return
+    await device.prepare_index()
+
+
+async def sync_device(
+    device: Device,
+    host: str,
+    port: int = DEFAULT_PORT,
+    *,
+    progress: ProgressCallback | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+) -> SyncSummary:
+    """``peer sync HOST[:PORT]``: one sync with the member there, then the index catch-up."""
+
+    async def reindex(summary: SyncSummary) -> None:
+        await catch_up_index(device)
+
+    syncer = Syncer(
+        device.store,
+        device.home.identity().signing_key,
+        after_sync=reindex,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    return await syncer.sync_with(host, port, progress=progress)

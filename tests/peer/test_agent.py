@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,16 @@ async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, 
     with trio.fail_after(120):
         async with await Device.open(second) as device:
             ids = await device.add([Draft(t) for t in texts])
+        async with await Device.open(first) as device:
+            # A device that has searched before has an index to keep in step.
+            await device.add([Draft("the first device's own note")])
+            await device.prepare_index()
         async with trio.open_nursery() as nursery:
             port = await nursery.start(partial(run_agent, first, host="127.0.0.1", port=0))
             async with await second.open_store() as store:
                 summary = await Syncer(store, second.identity().signing_key).sync_with("127.0.0.1", port)
             # The agent reindexes after answering; wait until its index holds both.
-            while index_state(first.index_dir, 0)["vectors"] < len(texts):
+            while index_state(first.index_dir, 0)["vectors"] < len(texts) + 1:
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         async with await Device.open(first) as device:
