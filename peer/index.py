@@ -457,6 +457,18 @@ class SearchIndex:
         """Apply every change after the watermark (or rebuild if the index needs it)."""
         self._check_embedder(embedder)
         async with self._lock:
+            if not self._needs_rebuild:
+                store_seq = await store.max_seq()
+                if self._watermark > store_seq:
+                    # The index saw changes this store does not have (the store
+                    # was restored from an older backup): its labels may name
+                    # other versions now, so none of it can be trusted.
+                    log.warning(
+                        "search index is ahead of the store (change %d > %d); rebuilding",
+                        self._watermark,
+                        store_seq,
+                    )
+                    self._needs_rebuild = True
             if self._needs_rebuild:
                 return await self._rebuild(store, progress)
             return await self._catch_up(store, progress)

@@ -462,3 +462,15 @@ async def test_progress_reaches_its_total(tmp_path: Path, embedder: HashEmbedder
     await index.catch_up(store, embedder, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (300, 300)
     assert all(0 <= d <= t for d, t in calls)
+
+
+async def test_index_ahead_of_its_store_is_rebuilt(tmp_path: Path, embedder: HashEmbedder, store: FakeStore) -> None:
+    index, _ = await open_index(tmp_path / "index", embedder)
+    for label in range(1, 31):
+        store.record(label, True)
+    await index.catch_up(store, embedder)
+    # The store is restored from an older backup: it has only its first 10 changes.
+    store.log = store.log[:10]
+    result = await index.catch_up(store, embedder)
+    assert result.rebuilt and result.watermark == 10
+    await assert_matches_store(index, store)
