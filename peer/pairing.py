@@ -29,14 +29,14 @@ lived, and written by ``peer invite`` while the agent (another process)
 reads and claims them; SQLite gives the atomic "claim if unused" across
 processes, and the store stays what it is, versions and membership.
 The invite is marked used *before* the device is admitted (admission
-writes the store, another file): a crash in between wastes the code, it
-never lets one code admit two devices.
+writes the store, another file): a crash or a refusal in between (a
+revoked device) spends the code, but one code can never admit two devices.
 
 Code layout (before base32 and grouping)::
 
     u8 code version (1) | raw(16) inviter device id | raw(8) invite id
     | raw(16) secret | uvarint expiry (unix seconds) | str address hint
-    | raw(4) SHA-256 checksum of everything before
+    | raw(4) checksum: SHA-256("peer/v1/invite-code\0" | everything before)
 
 shown as ``PEER1-`` followed by the base32 text in groups of five.
 """
@@ -50,9 +50,9 @@ import logging
 import os
 import re
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from protocol.codec import Reader, Writer
@@ -909,20 +909,37 @@ def default_address() -> str:
 
 
 async def invite_command(
-    home: Home, *, ttl: str | None = None, address: str | None = None, now_ms: NowMs = wall_clock_ms
+    home: Home,
+    *,
+    ttl: str | None = None,
+    address: str | None = None,
+    file: str | None = None,
+    name: str | None = None,
+    now_ms: NowMs = wall_clock_ms,
 ) -> tuple[dict[str, Any], str]:
     """``peer invite``: (JSON, text for a person)."""
     ttl_s = DEFAULT_TTL_S if ttl is None else parse_ttl(ttl)
     async with await home.open_store(now_ms=now_ms) as store:
-        text, code = await make_invite(
-            home, store, ttl_s=ttl_s, address=default_address() if address is None else address, now_ms=now_ms
+        if file is not None:
+            text, code, new_id = await make_invite_file(
+                store, home.identity(), Path(file), name=name or "new device", ttl_s=ttl_s, now_ms=now_ms
+            )
+        else:
+            new_id = None
+            text, code = await make_invite(
+                home, store, ttl_s=ttl_s, address=default_address() if address is None else address, now_ms=now_ms
+            )
+    out: dict[str, Any] = {"code": text, "device_id": code.device_id, "expires_at": code.expires_at}
+    if file is not None:
+        out.update(file=file, new_device_id=new_id)
+        human = (
+            f"{text}\n\n"
+            f"Carry {file} to the new device and run there:  peer join {text} --file {file}\n"
+            f"Keep the code apart from the file. Device {format_device_id(new_id or '')} is a member already;"
+            f" if the file is never used, revoke it."
         )
-    out = {
-        "code": text,
-        "device_id": code.device_id,
-        "address": code.address,
-        "expires_at": code.expires_at,
-    }
+        return out, human
+    out["address"] = code.address
     human = (
         f"{text}\n\n"
         f"On the new device run:  peer join {text}\n"
@@ -933,20 +950,30 @@ async def invite_command(
 
 
 async def join_command(
-    home: Home, code: str, *, host: str | None = None, name: str | None = None, now_ms: NowMs = wall_clock_ms
+    home: Home,
+    code: str,
+    *,
+    host: str | None = None,
+    name: str | None = None,
+    file: str | None = None,
+    now_ms: NowMs = wall_clock_ms,
 ) -> tuple[dict[str, Any], str]:
     import socket
 
-    result = await join(home, code, host=host, name=name or socket.gethostname(), now_ms=now_ms)
+    if file is not None:
+        result = await join_from_file(home, code, Path(file), now_ms=now_ms)
+    else:
+        result = await join(home, code, host=host, name=name or socket.gethostname(), now_ms=now_ms)
     human = (
         f"joined group {result['group_id']} through device {format_device_id(result['inviter'])}"
         f" ({result['members']} members)\nthis device: {format_device_id(result['device_id'])}"
     )
     if "sync" in result:
-        sync = result["sync"]
-        human += f"\nfirst sync: {sync.get('received', 0)} versions received"
+        human += f"\nfirst sync: {result['sync'].get('received', 0)} versions received"
     elif "sync_error" in result:
         human += f"\nthe first sync failed ({result['sync_error']}); run `peer sync {result['address']}`"
+    elif file is not None:
+        human += "\nnow bring the memories over: `peer bundle import FILE`, or `peer sync HOST` once on a network"
     return result, human
 
 
