@@ -1201,7 +1201,7 @@ class Store:
         if since is not None:
             where.append("v.updated_at >= ?")
             params.append(since)
-        sql = f"SELECT {_MEMORY_COLUMNS} FROM versions v WHERE {' AND '.join(where)} ORDER BY v.updated_at DESC, v.id DESC"
+        sql = f"SELECT {_MEMORY_COLUMNS} FROM versions v WHERE {' AND '.join(where)} ORDER BY v.updated_at DESC, v.memory_id DESC"
         if limit is not None:
             if limit < 0:
                 raise StoreError("the limit cannot be negative")
