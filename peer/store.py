@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import secrets
 import time
 import unicodedata
 import uuid
@@ -64,6 +65,7 @@ from protocol import (
     seal,
     valid_kind,
 )
+from protocol.ids import MAX_INCARNATION
 from protocol.errors import DecodeError, NotAMember, StoreError, TrustError
 from protocol.membership import Membership
 from protocol.records import MAX_CONTENT_BYTES, MAX_EMBEDDING_BYTES
@@ -1065,9 +1067,12 @@ class Store:
         never collide with their dots, whatever the clocks say.
         """
         async with self._db.transaction():
-            incarnation = int(
-                await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_INCARNATION,)) or 0
-            ) + 1
+            current = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_INCARNATION,)) or 0)
+            # Random, not current + 1: the same backup may be restored twice,
+            # and both restored stores would then count dots in one replica.
+            incarnation = current
+            while incarnation == current:
+                incarnation = secrets.randbelow(MAX_INCARNATION) + 1
             await self._db.execute(_PUT_META, (_INCARNATION, incarnation))
         self.replica_id = replica_id(self.device_id, incarnation)
         return self.replica_id

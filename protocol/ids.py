@@ -7,9 +7,10 @@ prefix, in any case, with or without the dashes.
 
 A *replica id* names one incarnation of a device's store and is what dots
 count in. It is the device id itself for the store ``peer init`` made, and
-``DEVICEID.N`` after the N-th restore from a backup: a restored store
-starts a new incarnation, so it can never reuse a dot of the versions it
-wrote after the backup was taken and then lost (see docs/protocol.md).
+``DEVICEID.N`` after a restore from a backup, with N drawn at random: a
+restored store starts a new incarnation, so it can never reuse a dot of the
+versions it wrote after the backup was taken and then lost, even when the
+same backup is restored twice (see docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import DecodeError
 
 __all__ = [
     "DEVICE_ID_LENGTH",
+    "MAX_INCARNATION",
     "device_id_for",
     "is_device_id",
     "format_device_id",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 DEVICE_ID_LENGTH = 26
+#: Incarnation numbers are 1..MAX_INCARNATION (at most nine digits).
+MAX_INCARNATION = 999_999_999
 # fullmatch, not match: "$" also matches before a trailing newline.
 _DEVICE_RE = re.compile(r"^[A-Z2-7]{26}$")
 _REPLICA_RE = re.compile(r"^([A-Z2-7]{26})(?:\.([1-9][0-9]{0,8}))?$")
@@ -65,8 +69,8 @@ def normalize_device_id(text: str) -> str:
 def replica_id(device_id: str, incarnation: int = 0) -> str:
     if not is_device_id(device_id):
         raise ValueError(f"not a device id: {device_id!r}")
-    if incarnation < 0:
-        raise ValueError("incarnation must be >= 0")
+    if not 0 <= incarnation <= MAX_INCARNATION:
+        raise ValueError(f"incarnation must be between 0 and {MAX_INCARNATION}")
     return device_id if incarnation == 0 else f"{device_id}.{incarnation}"
 
 

@@ -327,9 +327,12 @@ async def test_a_new_incarnation_writes_new_dots_that_sync(pair: tuple[Store, St
     a, b = pair
     before = await a.add(Draft("before the restore"))
     replica = await a.start_new_incarnation()
-    assert replica == f"{a.device_id}.1" == a.replica_id
+    assert replica.startswith(f"{a.device_id}.") and replica == a.replica_id
+    # Restoring the same backup twice must not give the same replica twice.
+    assert await a.start_new_incarnation() != replica
+    replica = a.replica_id
     after = await a.add(Draft("after the restore"))
-    assert (await a.get(after)).version.startswith(f"{a.device_id}.1:")
+    assert (await a.get(after)).version.startswith(f"{replica}:")
     await sync(a, b)
     assert {m.id for m in await b.list()} == {before, after}
     assert set(await b.vector()) == {a.device_id, replica}
