@@ -294,3 +294,38 @@ def test_addresses(text: str, expected: tuple[str, int]) -> None:
 def test_bad_addresses_say_what_is_wrong(text: str) -> None:
     with pytest.raises(TransportError):
         parse_address(text)
+
+
+async def test_the_other_sides_error_reaches_the_user_and_nothing_is_merged(homes: Devices) -> None:
+    async def refuse_after_hello(stream: ByteStream) -> None:
+        # A member whose side fails (here on purpose): it says why in an ERROR frame.
+        from protocol.session import SyncSession
+
+        async with await homes.first.open_store() as store:
+            session = SyncSession(
+                store.device_id, store.group_id, await store.vector(), await store.membership_digest()
+            )
+            await stream.send_all(session.start())
+            await stream.send_all(session.send_error(TrustError("this device's disk is full; free some space")))
+
+    with trio.fail_after(DEADLINE):
+        async with await homes.first.open_store() as a, await homes.second.open_store() as b:
+            await add(b, "kept here")
+            before = await snapshot(b)
+            async with trio.open_nursery() as nursery:
+                syncer_a = Syncer(a, homes.first.identity().signing_key)
+                port = await nursery.start(
+                    partial(
+                        serve,
+                        homes.first.identity().signing_key,
+                        host="127.0.0.1",
+                        port=0,
+                        authorize=syncer_a.authorize,
+                        handlers={SYNC_SUBSYSTEM: refuse_after_hello},
+                    )
+                )
+                with pytest.raises(PeerError) as failed:
+                    await client(homes.second, b).sync_with("127.0.0.1", port)
+                nursery.cancel_scope.cancel()
+            assert await snapshot(b) == before
+    assert "ended the sync" in str(failed.value) and "disk is full" in str(failed.value)
