@@ -215,45 +215,68 @@ async def sync_over(
         await wire.send_all(session.send(Done(session.versions_sent)))
         done_sent.set()
 
-    async def receive() -> None:
-        while True:
-            event = session.next_event()
-            if event is NEED_DATA:
-                session.receive_data(await wire.receive_some())
-            elif event is PAUSED:
-                await done_sent.wait()
-            elif isinstance(event, HelloReceived):
-                peer_hello.set()
-            elif isinstance(event, MembersReceived):
-                if event.records:
-                    await store.apply_membership(event.records)
-            elif isinstance(event, VersionsReceived):
-                result = await store.apply(event.versions)
-                counts["received"] += len(event.versions)
-                counts["added"] += result.added
-                report()
-            elif isinstance(event, PeerDone):
-                pass
-            elif isinstance(event, SessionComplete):
-                # Our DONE may still be on its way out; the peer must get it before we half-close.
-                await done_sent.wait()
-                await store.merge_vector(event.peer_vector)
-                return
-            else:  # pragma: no cover - ConnectionClosed cannot come before SessionComplete
-                raise LocalProtocolError(f"unexpected {type(event).__name__} before the session completed")
+    # Decoding the next frames overlaps with applying the previous batch (the
+    # store verifies in a worker thread and writes in SQLite's); the applier
+    # takes events strictly in order, so members still come before versions.
+    to_apply, applying = trio.open_memory_channel[MembersReceived | VersionsReceived | SessionComplete](1)
 
-    async def guarded(task: Callable[[], Awaitable[None]], cancel: trio.CancelScope) -> None:
-        try:
-            await task()
-        except PeerError as e:
-            failures.append(e)
-            cancel.cancel()
+    async def receive() -> None:
+        async with to_apply:
+            while True:
+                event = session.next_event()
+                if event is NEED_DATA:
+                    session.receive_data(await wire.receive_some())
+                elif event is PAUSED:
+                    await done_sent.wait()
+                elif isinstance(event, HelloReceived):
+                    peer_hello.set()
+                elif isinstance(event, (MembersReceived, VersionsReceived)):
+                    await to_apply.send(event)
+                elif isinstance(event, PeerDone):
+                    pass
+                elif isinstance(event, SessionComplete):
+                    await to_apply.send(event)
+                    return
+                else:  # pragma: no cover - ConnectionClosed cannot come before SessionComplete
+                    raise LocalProtocolError(f"unexpected {type(event).__name__} before the session completed")
+
+    async def apply() -> None:
+        async with applying:
+            async for event in applying:
+                if isinstance(event, MembersReceived):
+                    if event.records:
+                        await store.apply_membership(event.records)
+                elif isinstance(event, VersionsReceived):
+                    result = await store.apply(event.versions)
+                    counts["received"] += len(event.versions)
+                    counts["added"] += result.added
+                    report()
+                else:
+                    # Our DONE may still be on its way out; the peer must get it before we half-close.
+                    await done_sent.wait()
+                    await store.merge_vector(event.peer_vector)
+                    return
+
+    send_scope, receive_scope, apply_scope = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
+
+    async def guarded(task: Callable[[], Awaitable[None]], scope: trio.CancelScope, *stop: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await task()
+            except PeerError as e:
+                failures.append(e)
+                for other in stop:
+                    other.cancel()
 
     try:
         await wire.send_all(session.start())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(guarded, send, nursery.cancel_scope)
-            nursery.start_soon(guarded, receive, nursery.cancel_scope)
+            # When the connection fails, the applier still stores the batches
+            # that arrived whole (it stops once the receiver's channel closes);
+            # when storing fails, everything stops.
+            nursery.start_soon(guarded, send, send_scope, receive_scope)
+            nursery.start_soon(guarded, receive, receive_scope, send_scope)
+            nursery.start_soon(guarded, apply, apply_scope, send_scope, receive_scope)
     except PeerError as e:
         failures.append(e)
     except BaseException:
