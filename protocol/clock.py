@@ -33,10 +33,13 @@ __all__ = [
     "hlc_pack",
     "hlc_unpack",
     "MAX_COUNTER",
+    "MAX_CLOCK_SKEW_MS",
 ]
 
 #: Counters are milliseconds since the epoch at most a few millennia ahead.
 MAX_COUNTER = 2**62
+#: How far ahead of the local wall clock a received clock time can move ours.
+MAX_CLOCK_SKEW_MS = 24 * 60 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -252,6 +255,13 @@ class HybridLogicalClock:
         return self._last
 
     def observe(self, remote: int) -> None:
-        """Account for a timestamp seen on a received version."""
+        """Account for a timestamp seen on a received version.
+
+        A remote time more than :data:`MAX_CLOCK_SKEW_MS` ahead of our wall
+        clock only pulls us that far: one version stamped in the far future
+        (a broken clock) must not drag every later write with it, up to the
+        end of the clock's range where no write is possible any more.
+        """
+        remote = min(remote, hlc_pack(self._now_ms() + MAX_CLOCK_SKEW_MS, 0))
         if remote > self._last:
             self._last = remote

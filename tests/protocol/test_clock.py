@@ -56,3 +56,17 @@ def test_hlc_is_monotonic_and_passes_observed_times() -> None:
     assert t2 > t1
     clock.observe(t2 + 10_000_000)
     assert clock.tick() > t2 + 10_000_000
+
+
+def test_a_far_future_clock_time_does_not_stop_later_writes() -> None:
+    from protocol import MAX_COUNTER, hlc_unpack
+    from protocol.clock import MAX_CLOCK_SKEW_MS
+
+    wall = 1_700_000_000_000
+    clock = HybridLogicalClock(lambda: wall)
+    clock.observe(MAX_COUNTER << 16)  # a version from a badly broken clock
+    ms, _ = hlc_unpack(clock.tick())
+    assert wall < ms <= wall + MAX_CLOCK_SKEW_MS + 1
+    # A time within the allowed skew is still passed, as an HLC must.
+    clock.observe((wall + 5_000) << 16)
+    assert hlc_unpack(clock.tick())[0] >= wall + 5_000
