@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from protocol import (
     resolve,
     seal,
 )
+from protocol.ids import MAX_INCARNATION
 
 __all__ = [
     "SimClock",
@@ -386,9 +388,9 @@ class SimDevice:
     def restore(self, snap: DeviceSnapshot, incarnation: int | None = None) -> None:
         """Replace this device's store by an old backup, as a new incarnation.
 
-        ``incarnation`` must be one this device never used; ``None`` takes
-        the backup's incarnation + 1, which is what peer's store does (and
-        which repeats itself when one backup is restored twice). The counter
+        ``incarnation`` must be one this device never used; ``None`` draws
+        one at random, which is what peer's store does (so restoring one
+        backup twice gives two different replicas). The counter
         starts afresh for the new replica; the snapshot's vector keeps its
         entry for the old replica as it was, so peers resend what was
         written after the backup.
@@ -396,8 +398,10 @@ class SimDevice:
         if snap.device_id != self.device_id:
             raise ValueError("a snapshot of another device")
         if incarnation is None:
-            incarnation = snap.incarnation + 1
-        if incarnation <= snap.incarnation:
+            incarnation = snap.incarnation
+            while incarnation == snap.incarnation:
+                incarnation = secrets.randbelow(MAX_INCARNATION) + 1
+        if incarnation == snap.incarnation:
             raise ValueError("a restored store must start a new incarnation")
         self.incarnation = incarnation
         self.last_counter = 0
