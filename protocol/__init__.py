@@ -35,6 +35,7 @@ from .ids import (
 from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, resolve, winner_key
 from .records import DEFAULT_KIND, FORMAT_VERSION, KINDS, MemoryBody, VersionHeader, canonical_json, valid_kind
 from .sealing import SealedVersion, open_version, seal, verify_version
+from .sealing import AuthorKeyLookup, MemberKeyLookup
 
 __all__ = [
     "MAX_COUNTER", "Dot", "HybridLogicalClock", "Ordering", "VersionVector", "hlc_pack", "hlc_unpack",
@@ -47,6 +48,7 @@ __all__ = [
     "MemoryState", "VersionMeta", "VersionState", "context_for_new_version", "resolve", "winner_key",
     "DEFAULT_KIND", "FORMAT_VERSION", "KINDS", "MemoryBody", "VersionHeader", "canonical_json", "valid_kind",
     "SealedVersion", "open_version", "seal", "verify_version",
+    "AuthorKeyLookup", "MemberKeyLookup",
 ]
 
 from .membership import (  # noqa: E402

@@ -12,7 +12,8 @@ with Ed25519 by the device that wrote it:
   id is ``SHA-256(label | founder public key | nonce)[:16]``, so the id
   alone names its founder and nobody can found a group with someone
   else's id.
-* **Revocation** (``RevocationRecord``): "device D is revoked, by S".
+* **Revocation** (``RevocationRecord``): "device D is revoked, by S; of
+  D's replicas, S accepts versions up to these counters (the *cutoff*)".
 * **KeyEpoch** (``KeyEpochRecord``): "the group key of epoch N, sealed to
   device R, by S". The key is sealed with an ephemeral X25519 exchange,
   HKDF-SHA256 and ChaCha20-Poly1305 (group id, epoch and recipient are
@@ -39,7 +40,12 @@ Validity is then computed from the whole set, as least fixpoints:
    Member record signed by a current member. Endorsements by a revoked
    device do not count, which is why ``revoke()`` re-endorses the devices
    that were admitted through the revoked one.
-5. A KeyEpoch record *counts* iff its creator is a current member (a
+5. A version is accepted from a current member, and from a revoked device
+   only up to the effective cutoff of its replica: the minimum over the
+   device's valid revocations (0 for a replica one of them does not list).
+   Versions a device wrote before it was revoked and the revoker held
+   therefore stay valid everywhere; later ones are dropped everywhere.
+6. A KeyEpoch record *counts* iff its creator is a current member (a
    revoked device cannot push a key it knows as the new epoch).
    ``current_epoch`` is the highest counting epoch; the key of an epoch is
    the one with the smallest key id among its counting records.
@@ -77,7 +83,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .clock import MAX_COUNTER
+from .clock import MAX_COUNTER, Dot
 from .codec import Reader, Writer
 from .errors import (
     BadSignature,
@@ -88,7 +94,7 @@ from .errors import (
     UnsupportedFormat,
     WrongGroup,
 )
-from .ids import device_id_for, is_device_id
+from .ids import device_id_for, device_of, is_device_id, is_replica_id
 
 __all__ = [
     "MEMBERSHIP_FORMAT",
@@ -122,6 +128,8 @@ KEY_ID_BYTES = 16
 MAX_NAME_BYTES = 256
 MAX_EPOCH = (1 << 32) - 1
 MAX_RECORD_BYTES = 4096
+#: A revoked device rarely has more than a few incarnations; the bound keeps a record under MAX_RECORD_BYTES.
+MAX_CUTOFF_ENTRIES = 64
 
 _SIGNATURE_BYTES = 64
 _SEALED_KEY_BYTES = GROUP_KEY_BYTES + 16
@@ -266,13 +274,23 @@ class MemberRecord:
 
 @dataclass(frozen=True, slots=True)
 class RevocationRecord:
-    """Device ``device_id`` is no longer a member, says ``revoked_by``."""
+    """Device ``device_id`` is no longer a member, says ``revoked_by``.
+
+    ``cutoff`` lists, for replicas of the revoked device (``DEVICEID`` and
+    ``DEVICEID.N``), the highest counter the revoker accepts from it:
+    normally the revoker's own version-vector entries for those replicas
+    when it revoked. A replica that is not listed has cutoff 0 (nothing of
+    it is accepted). Entries are sorted by replica id, each counter is at
+    least 1 and each replica belongs to the revoked device, so one record
+    has exactly one encoding.
+    """
 
     group_id: bytes
     device_id: str
     revoked_by: str
     at_ms: int
     signature: bytes
+    cutoff: tuple[tuple[str, int], ...] = ()
 
     TAG = TAG_REVOCATION
 
@@ -283,14 +301,35 @@ class RevocationRecord:
         _check_time(self.at_ms)
         if len(self.signature) != _SIGNATURE_BYTES:
             raise DecodeError("a signature is 64 bytes")
+        if len(self.cutoff) > MAX_CUTOFF_ENTRIES:
+            raise DecodeError(f"malformed revocation record: more than {MAX_CUTOFF_ENTRIES} cutoff entries")
+        previous = ""
+        for replica, counter in self.cutoff:
+            if not is_replica_id(replica) or device_of(replica) != self.device_id:
+                raise DecodeError(f"malformed revocation record: {replica!r} is not a replica of the revoked device")
+            if replica <= previous:
+                raise DecodeError("malformed revocation record: cutoff entries must be sorted and distinct")
+            if not 1 <= counter <= MAX_COUNTER:
+                raise DecodeError("malformed revocation record: cutoff counter out of range")
+            previous = replica
 
     @property
     def signer(self) -> str:
         return self.revoked_by
 
+    def cutoff_of(self, replica: str) -> int:
+        """The highest counter of ``replica`` this revocation accepts (0 when not listed)."""
+        for listed, counter in self.cutoff:
+            if listed == replica:
+                return counter
+        return 0
+
     def unsigned(self) -> bytes:
         w = Writer().uvarint(TAG_REVOCATION).uvarint(MEMBERSHIP_FORMAT).raw(self.group_id)
-        return w.str(self.device_id).str(self.revoked_by).uvarint(self.at_ms).getvalue()
+        w.str(self.device_id).str(self.revoked_by).uvarint(self.at_ms).uvarint(len(self.cutoff))
+        for replica, counter in self.cutoff:
+            w.str(replica).uvarint(counter)
+        return w.getvalue()
 
     def encode(self) -> bytes:
         return self.unsigned() + self.signature
@@ -301,8 +340,10 @@ class RevocationRecord:
         device_id = r.str(limit=64)
         revoked_by = r.str(limit=64)
         at_ms = r.uvarint(limit=MAX_COUNTER)
+        entries = r.uvarint(limit=MAX_CUTOFF_ENTRIES)
+        cutoff = tuple((r.str(limit=64), r.uvarint(limit=MAX_COUNTER)) for _ in range(entries))
         signature = r.raw(_SIGNATURE_BYTES)
-        return cls(group_id, device_id, revoked_by, at_ms, signature)
+        return cls(group_id, device_id, revoked_by, at_ms, signature, cutoff)
 
     @classmethod
     def decode(cls, data: bytes) -> RevocationRecord:
@@ -441,8 +482,13 @@ def _sign_member(
     return dataclasses.replace(draft, signature=signer.sign(_signed_message(draft.unsigned())))
 
 
-def _sign_revocation(signer: Ed25519PrivateKey, group_id: bytes, device_id: str, now_ms: int) -> RevocationRecord:
-    draft = RevocationRecord(group_id, device_id, device_id_for(_raw_public(signer)), now_ms, bytes(_SIGNATURE_BYTES))
+def _sign_revocation(
+    signer: Ed25519PrivateKey, group_id: bytes, device_id: str, now_ms: int, cutoff: Mapping[str, int]
+) -> RevocationRecord:
+    entries = tuple(sorted((replica, counter) for replica, counter in cutoff.items() if counter > 0))
+    draft = RevocationRecord(
+        group_id, device_id, device_id_for(_raw_public(signer)), now_ms, bytes(_SIGNATURE_BYTES), entries
+    )
     return dataclasses.replace(draft, signature=signer.sign(_signed_message(draft.unsigned())))
 
 
@@ -557,6 +603,8 @@ class _View:
     used_key_ids: Mapping[int, frozenset[bytes]]
     highest_epoch_seen: int
     rotation_needed: bool
+    #: Per revoked device, per replica: the lowest cutoff over its valid revocations.
+    cutoffs: Mapping[str, Mapping[str, int]]
 
 
 class Membership:
@@ -710,6 +758,15 @@ class Membership:
                     changed = True
         valid_revocations = [r for r in self._revocations if r.revoked_by in ever]
         revoked = {r.device_id for r in valid_revocations}
+        cutoffs: dict[str, dict[str, int]] = {}
+        for device_id in revoked:
+            of_device = [r for r in valid_revocations if r.device_id == device_id]
+            # A replica missing from any one revocation has cutoff 0 there,
+            # so only replicas listed by every revocation keep a positive one.
+            replicas = set.intersection(*({replica for replica, _ in r.cutoff} for r in of_device))
+            cutoffs[device_id] = {
+                replica: min(r.cutoff_of(replica) for r in of_device) for replica in sorted(replicas)
+            }
         if founder is None:
             roots: set[str] = set()
         elif founder not in revoked:
@@ -747,6 +804,7 @@ class Membership:
             used_key_ids={epoch: frozenset(ids) for epoch, ids in used.items()},
             highest_epoch_seen=max(used, default=0),
             rotation_needed=rotation_needed,
+            cutoffs=cutoffs,
         )
         return self._view
 
@@ -755,6 +813,37 @@ class Membership:
         if device_id not in self._compute().current:
             return None
         return self._public_key(device_id)
+
+    def author_key(self, dot: Dot) -> Ed25519PublicKey | None:
+        """The key that must have signed the version ``dot``, None if no version of it is accepted.
+
+        A current member's versions are all accepted. A revoked device's
+        versions are accepted up to its effective cutoff (see
+        :meth:`cutoff`), which every device computes alike from the same
+        records, so they all keep or drop the same versions.
+        """
+        device_id = device_of(dot.origin)
+        view = self._compute()
+        if device_id in view.current:
+            return self._public_key(device_id)
+        if device_id in view.revoked and dot.counter <= view.cutoffs[device_id].get(dot.origin, 0):
+            return self._public_key(device_id)
+        return None
+
+    def is_revoked(self, device_id: str) -> bool:
+        """True when a valid revocation of this device is known."""
+        return device_id in self._compute().revoked
+
+    def cutoff(self, device_id: str) -> dict[str, int] | None:
+        """The effective cutoff of a revoked device (replica -> highest accepted counter), None if not revoked.
+
+        With several valid revocations of one device, each replica's cutoff
+        is the lowest of theirs: learning another revocation can only lower
+        it, so devices that know the same records apply the same rule.
+        A replica that is not listed has cutoff 0.
+        """
+        cutoffs = self._compute().cutoffs.get(device_id)
+        return None if cutoffs is None else dict(cutoffs)
 
     def is_member(self, device_id: str) -> bool:
         return device_id in self._compute().current
@@ -983,8 +1072,16 @@ class Membership:
         now_ms: int,
         epoch_keys: Mapping[int, bytes],
         new_group_key: bytes | None = None,
+        cutoff: Mapping[str, int] | None = None,
     ) -> tuple[list[bytes], bytes]:
         """Revoke a device and move the group to a new key it does not know.
+
+        ``cutoff`` maps replicas of the revoked device to the highest
+        counter of theirs this device accepts: pass this device's version
+        vector entries for them, so the versions it holds stay valid
+        everywhere. None means no cutoff information, which is read as an
+        empty mapping: every version the device wrote is then refused once
+        the revocation is known (also versions already held).
 
         Returns the records (the revocation, re-admissions of the devices
         that had been admitted only through the revoked one, the new epoch
@@ -998,7 +1095,11 @@ class Membership:
         if not self.is_member(device_id):
             raise NotAMember(f"device {device_id} is not a current member of this group")
         before = {m.device_id: m for m in self.members() if not m.revoked}
-        revocation = _sign_revocation(signer, self.group_id, device_id, now_ms)
+        cutoff = {} if cutoff is None else dict(cutoff)
+        for replica in cutoff:
+            if not is_replica_id(replica) or device_of(replica) != device_id:
+                raise ValueError(f"cutoff entry {replica!r} is not a replica of {device_id}")
+        revocation = _sign_revocation(signer, self.group_id, device_id, now_ms, cutoff)
         # Check on a copy first: if the signer's own admission went through
         # the revoked device, its re-admissions and keys would not count.
         trial = Membership(self.group_id)

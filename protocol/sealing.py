@@ -27,12 +27,21 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .clock import Dot
 from .codec import Reader, Writer
 from .errors import BadSignature, DecodeError, DecryptionFailed, NotAMember, UnknownEpochKey, WrongGroup
 from .ids import device_id_for
 from .records import MemoryBody, VersionHeader
 
-__all__ = ["SealedVersion", "seal", "open_version", "verify_version", "MAX_SEALED_BYTES", "MemberKeyLookup"]
+__all__ = [
+    "SealedVersion",
+    "seal",
+    "open_version",
+    "verify_version",
+    "MAX_SEALED_BYTES",
+    "MemberKeyLookup",
+    "AuthorKeyLookup",
+]
 
 MAX_SEALED_BYTES = 4 << 20
 _NONCE_BYTES = 12
@@ -42,6 +51,20 @@ _KDF_LABEL = b"peer/v1/version-key\x00"
 
 #: Given a device id, the public key of that device if it is a current member.
 MemberKeyLookup = Callable[[str], Ed25519PublicKey | None]
+#: Given a version's dot, the public key that must have signed it, or None
+#: when no version of that dot is accepted (``Membership.author_key``: a
+#: revoked device's versions count only up to its revocation cutoff).
+AuthorKeyLookup = Callable[[Dot], Ed25519PublicKey | None]
+
+
+def _author_public_key(
+    header: VersionHeader, member_key: MemberKeyLookup | None, author_key: AuthorKeyLookup | None
+) -> Ed25519PublicKey | None:
+    if author_key is not None:
+        return author_key(header.dot)
+    if member_key is not None:
+        return member_key(header.author)
+    raise TypeError("pass author_key (or member_key) to check who wrote a version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +143,29 @@ def seal(
     return SealedVersion(header=header, header_bytes=header_bytes, box=box, signature=signature)
 
 
-def verify_version(sealed: SealedVersion, *, group_id: bytes, member_key: MemberKeyLookup) -> None:
-    """Check group, membership and signature (what a forwarder can check without the key)."""
+def verify_version(
+    sealed: SealedVersion,
+    *,
+    group_id: bytes,
+    member_key: MemberKeyLookup | None = None,
+    author_key: AuthorKeyLookup | None = None,
+) -> None:
+    """Check group, authorship and signature (what a forwarder can check without the key).
+
+    ``author_key`` (per version) takes precedence over ``member_key`` (per
+    device, current members only); one of them is required.
+    """
     header = sealed.header
     if header.group_id != group_id:
         raise WrongGroup(
             f"version {header.dot} belongs to group {header.group_id.hex()}, not this group {group_id.hex()}"
         )
-    public_key = member_key(header.author)
+    public_key = _author_public_key(header, member_key, author_key)
     if public_key is None:
-        raise NotAMember(f"version {header.dot} was written by {header.author}, which is not a member of this group")
+        raise NotAMember(
+            f"version {header.dot} was written by {header.author}, which is not a member of this group"
+            " (or was revoked before this version reached the device that revoked it)"
+        )
     try:
         public_key.verify(sealed.signature, _signed_bytes(sealed.header_bytes, sealed.box))
     except InvalidSignature as e:
@@ -141,10 +177,11 @@ def open_version(
     *,
     group_id: bytes,
     group_keys: Mapping[int, bytes],
-    member_key: MemberKeyLookup,
+    member_key: MemberKeyLookup | None = None,
+    author_key: AuthorKeyLookup | None = None,
 ) -> MemoryBody:
     """Verify and decrypt; raises a :class:`TrustError` subclass or :class:`DecodeError`."""
-    verify_version(sealed, group_id=group_id, member_key=member_key)
+    verify_version(sealed, group_id=group_id, member_key=member_key, author_key=author_key)
     header = sealed.header
     group_key = group_keys.get(header.epoch)
     if group_key is None:

@@ -36,6 +36,7 @@ from protocol import (
     seal,
 )
 from protocol.membership import KeyEpochRecord, RevocationRecord
+from protocol.sealing import SealedVersion
 
 
 @dataclass
@@ -176,6 +177,55 @@ def test_a_revoked_device_signs_nothing_that_opens() -> None:
     sealed = seal(header, MemoryBody("fine"), signing_key=C.key, group_key=key1)
     body = open_version(sealed, group_id=m.group_id, group_keys=m.epoch_keys(C.id, C.kex), member_key=m.member_key)
     assert body.content == "fine"
+
+
+def test_versions_up_to_the_revocation_cutoff_stay_valid_and_later_ones_do_not() -> None:
+    m, key0 = group_abc()
+    admit(m, A, D, 4)
+    before = Membership(m.group_id)
+    before.add_all(m.records())
+    _, key1 = m.revoke(
+        A.key, A.kex, device_id=B.id, now_ms=20, epoch_keys=m.epoch_keys(A.id, A.kex),
+        cutoff={B.id: 10, B.id + ".2": 4},
+    )
+    assert m.cutoff(B.id) == {B.id: 10, B.id + ".2": 4} and m.cutoff(C.id) is None and m.is_revoked(B.id)
+
+    def sealed_by_b(dot: Dot) -> SealedVersion:
+        header = VersionHeader(m.group_id, 0, str(uuid.UUID(int=7)), dot, (), dot.counter << 16)
+        return seal(header, MemoryBody("written on b"), signing_key=B.key, group_key=key0)
+
+    keys = {0: key0, 1: key1}
+    for dot in (Dot(B.id, 10), Dot(B.id, 1), Dot(B.id + ".2", 4)):
+        assert open_version(sealed_by_b(dot), group_id=m.group_id, group_keys=keys, author_key=m.author_key).content
+    for dot in (Dot(B.id, 11), Dot(B.id + ".2", 5), Dot(B.id + ".1", 1)):
+        with pytest.raises(NotAMember, match="revoked"):
+            open_version(sealed_by_b(dot), group_id=m.group_id, group_keys=keys, author_key=m.author_key)
+    # The per-device lookup still refuses every version of a revoked device.
+    with pytest.raises(NotAMember):
+        open_version(sealed_by_b(Dot(B.id, 1)), group_id=m.group_id, group_keys=keys, member_key=m.member_key)
+    # A second, concurrent revocation with a lower cutoff wins for the replicas it lists,
+    # and replicas it leaves out drop to 0, in whichever order the records arrive.
+    before.revoke(D.key, D.kex, device_id=B.id, now_ms=21, epoch_keys=before.epoch_keys(D.id, D.kex),
+                  cutoff={B.id: 7, B.id + ".3": 9})
+    assert before.cutoff(B.id) == {B.id: 7, B.id + ".3": 9}
+    merged = Membership(m.group_id)
+    merged.add_all(before.records() + m.records())
+    assert merged.cutoff(B.id) == {B.id: 7}
+    assert merged.author_key(Dot(B.id, 7)) is not None and merged.author_key(Dot(B.id, 8)) is None
+    assert merged.author_key(Dot(B.id + ".2", 1)) is None and merged.author_key(Dot(B.id + ".3", 1)) is None
+    # Members that were never revoked keep every version.
+    assert merged.author_key(Dot(C.id, 10**9)) is not None
+
+
+def test_a_revocation_cutoff_lists_only_the_revoked_device_in_order() -> None:
+    m, _ = group_abc()
+    with pytest.raises(ValueError):
+        m.revoke(A.key, A.kex, device_id=B.id, now_ms=20, epoch_keys={}, cutoff={C.id: 3})
+    ok = RevocationRecord(m.group_id, B.id, A.id, 5, bytes(64), ((B.id, 3), (B.id + ".1", 2)))
+    assert RevocationRecord.decode(ok.encode()) == ok
+    for cutoff in (((B.id + ".1", 2), (B.id, 3)), ((B.id, 3), (B.id, 4)), ((C.id, 1),), ((B.id, 0),)):
+        with pytest.raises(DecodeError):
+            RevocationRecord(m.group_id, B.id, A.id, 5, bytes(64), cutoff)
 
 
 def test_a_revoked_device_cannot_push_a_new_epoch_or_admit() -> None:

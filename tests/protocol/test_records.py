@@ -210,9 +210,9 @@ def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
         now_ms=6,
         epoch_keys={0: key0},
     )
+    other_id = device_id_for(other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     revocation, _ = m.revoke(
-        signing, kex, device_id=device_id_for(other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)),
-        now_ms=7, epoch_keys={0: key0},
+        signing, kex, device_id=other_id, now_ms=7, epoch_keys={0: key0}, cutoff={other_id: 40, other_id + ".3": 9},
     )
     by_type = {type(decode_membership_record(r)): r for r in m.records()}
     return [
@@ -267,7 +267,10 @@ def test_membership_records_round_trip(data: st.DataObject) -> None:
         group_id, key, key[::-1], data.draw(st.text(max_size=40)), added_by, data.draw(st.integers(0, MAX_COUNTER)),
         nonce, signature,
     )
-    revocation = RevocationRecord(group_id, data.draw(device_ids), data.draw(device_ids), 5, signature)
+    revoked = data.draw(device_ids)
+    incarnations = data.draw(st.sets(st.integers(0, 999_999_999), max_size=4))
+    cutoff = tuple(sorted((revoked if n == 0 else f"{revoked}.{n}", c) for n, c in zip(incarnations, range(1, 9))))
+    revocation = RevocationRecord(group_id, revoked, data.draw(device_ids), 5, signature, cutoff)
     key_epoch = KeyEpochRecord(
         group_id, data.draw(st.integers(0, (1 << 32) - 1)), data.draw(device_ids), data.draw(device_ids),
         key[:16], key, data.draw(st.binary(min_size=48, max_size=48)), signature,
