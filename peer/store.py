@@ -58,6 +58,7 @@ from protocol import (
     canonical_json,
     context_for_new_version,
     device_id_for,
+    device_of,
     next_counter,
     open_version,
     replica_id,
@@ -659,33 +660,92 @@ class Store:
         is skipped (``strict=False``) or raises a TrustError (``strict=True``).
         """
         async with self._db.transaction():
-            await self._refresh_membership()
-            before = set(
-                r for (r,) in await self._db.fetchall("SELECT record FROM membership")
+            return await self._apply_membership(records, strict=strict)
+
+    async def _apply_membership(self, records: Sequence[bytes], *, strict: bool) -> list[bytes]:
+        """:meth:`apply_membership` inside the caller's write transaction."""
+        await self._refresh_membership()
+        before = set(
+            r for (r,) in await self._db.fetchall("SELECT record FROM membership")
+        )
+        # A new object, swapped in at the end: apply() may be verifying
+        # with the current one in a worker thread.
+        membership = Membership(self.group_id)
+        membership.add_all(self._membership.records())
+        membership.add_all(records, strict=strict)
+        new = [r for r in membership.records() if r not in before]
+        keys = membership.epoch_keys(self.device_id, self._kex_key)
+        new_keys = {e: k for e, k in keys.items() if self._group_keys.get(e) != k}
+        if new:
+            await self._db.executemany("INSERT OR IGNORE INTO membership (record) VALUES (?)", [(r,) for r in new])
+        if new_keys:
+            await self._db.executemany(
+                "INSERT INTO group_keys (epoch, key) VALUES (?, ?)"
+                " ON CONFLICT (epoch) DO UPDATE SET key = excluded.key",
+                sorted(new_keys.items()),
             )
-            # A new object, swapped in at the end: apply() may be verifying
-            # with the current one in a worker thread.
-            membership = Membership(self.group_id)
-            membership.add_all(self._membership.records())
-            membership.add_all(records, strict=strict)
-            new = [r for r in membership.records() if r not in before]
-            keys = membership.epoch_keys(self.device_id, self._kex_key)
-            new_keys = {e: k for e, k in keys.items() if self._group_keys.get(e) != k}
-            if new:
-                await self._db.executemany("INSERT OR IGNORE INTO membership (record) VALUES (?)", [(r,) for r in new])
-            if new_keys:
-                await self._db.executemany(
-                    "INSERT INTO group_keys (epoch, key) VALUES (?, ?)"
-                    " ON CONFLICT (epoch) DO UPDATE SET key = excluded.key",
-                    sorted(new_keys.items()),
-                )
-            if new or new_keys:
-                rev = self._membership_rev + 1
-                await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
-                self._membership_rev = rev
-                self._group_keys = {**self._group_keys, **new_keys}
-            self._membership = membership
+        if new or new_keys:
+            rev = self._membership_rev + 1
+            await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
+            self._membership_rev = rev
+            self._group_keys = {**self._group_keys, **new_keys}
+        # Also without new records: a store written before it knew a
+        # cutoff rule may still hold such versions.
+        await self._drop_beyond_cutoff(membership)
+        self._membership = membership
         return new
+
+    async def _drop_beyond_cutoff(self, membership: Membership) -> int:
+        """Delete held versions of revoked devices above their effective cutoff; returns how many.
+
+        No member accepts them any more (the revoker did not hold them), so
+        keeping them would leave this store's memories different from
+        everyone else's forever. The memories they belonged to are merged
+        again from what is left; versions that change state get a new seq so
+        the search index follows. The vector keeps covering the dropped
+        dots: nobody will ever send them again, nor should.
+        """
+        limits: dict[str, int] = {}
+        for origin, top in await self._db.fetchall("SELECT origin, max_counter FROM origins"):
+            cutoff = membership.cutoff(device_of(origin))
+            if cutoff is not None and top > cutoff.get(origin, 0):
+                limits[origin] = cutoff.get(origin, 0)
+        if not limits:
+            return 0
+        dropped: list[Row] = []
+        for origin, limit in limits.items():
+            dropped += await self._db.fetchall(
+                "SELECT id, memory_id, state, deleted FROM versions WHERE origin = ? AND counter > ?", (origin, limit)
+            )
+        if not dropped:
+            return 0
+        # The FTS triggers cover inserts and state changes only.
+        await self._db.executemany(
+            "DELETE FROM fts WHERE rowid = ?",
+            [(rowid,) for rowid, _, state, deleted in dropped if state == int(VersionState.WINNER) and not deleted],
+        )
+        await self._db.execute(
+            "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (_json_list(r[0] for r in dropped),)
+        )
+        for origin in limits:
+            top = await self._db.fetchvalue("SELECT max(counter) FROM versions WHERE origin = ?", (origin,))
+            if top is None:
+                await self._db.execute("DELETE FROM origins WHERE origin = ?", (origin,))
+            else:
+                await self._db.execute("UPDATE origins SET max_counter = ? WHERE origin = ?", (top, origin))
+        meta: dict[str, Any] = dict(await self._db.fetchall("SELECT key, value FROM meta"))
+        txn = _Txn(last_counter=int(meta[_LAST_COUNTER]), hlc=int(meta[_HLC]), next_seq=int(meta[_NEXT_SEQ]))
+        updates: list[tuple[int, int, int]] = []
+        for rows in (await self._merge_rows(r[1] for r in dropped)).values():
+            if not rows:
+                continue  # every version of that memory was dropped: it is gone
+            state = resolve(r.meta for r in rows)
+            for r in rows:
+                if state.states[r.meta.dot] != r.state:
+                    updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
+        await self._db.executemany(_UPDATE_STATE, updates)
+        await self._end(txn)
+        return len(dropped)
 
     async def save_group_keys(self, keys: Mapping[int, bytes]) -> None:
         """Keep group keys this device made (``Membership.rotate``/``revoke`` return the new one)."""
@@ -697,6 +757,49 @@ class Store:
             rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_MEMBERSHIP_REV,)) or 0) + 1
             await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
         await self._reload_membership(rev)
+
+    async def revoke(self, device_id: str, *, now_ms: int | None = None) -> list[bytes]:
+        """Revoke a member as this device; returns the new membership records (to sync to everyone).
+
+        Besides what :meth:`Membership.revoke` writes (re-admissions, a new
+        key epoch), the revocation's cutoff is taken from this store in the
+        same transaction: per replica of the revoked device, the highest
+        counter it holds or its vector covers. Every version the device
+        wrote up to there was written before this revocation and stays
+        valid on every member; later ones are refused everywhere.
+        """
+        async with self._db.transaction():
+            await self._refresh_membership()
+            cutoff: dict[str, int] = {}
+            rows = [
+                *await self._db.fetchall("SELECT replica, counter FROM vector"),
+                *await self._db.fetchall("SELECT origin, max_counter FROM origins"),
+            ]
+            for replica, counter in rows:
+                if device_of(replica) == device_id:
+                    cutoff[replica] = max(cutoff.get(replica, 0), int(counter))
+            trial = Membership(self.group_id)
+            trial.add_all(self._membership.records())
+            records, new_key = trial.revoke(
+                self._signing_key,
+                self._kex_key,
+                device_id=device_id,
+                now_ms=self._now_ms() if now_ms is None else now_ms,
+                epoch_keys=self._group_keys,
+                cutoff=cutoff,
+            )
+            await self._apply_membership(records, strict=True)
+            epoch = self._membership.current_epoch
+            if self._group_keys.get(epoch) != new_key:
+                # Sealed to this device too, so normally already unwrapped; kept
+                # here in case this device's key-exchange key is unusable.
+                await self._db.execute(
+                    "INSERT INTO group_keys (epoch, key) VALUES (?, ?)"
+                    " ON CONFLICT (epoch) DO UPDATE SET key = excluded.key",
+                    (epoch, new_key),
+                )
+                self._group_keys = {**self._group_keys, epoch: new_key}
+        return records
 
     def _current_key(self) -> tuple[int, bytes]:
         epoch = self._membership.current_epoch
@@ -998,7 +1101,7 @@ class Store:
                     continue
                 try:
                     body = open_version(
-                        sealed, group_id=self.group_id, group_keys=group_keys, member_key=membership.member_key
+                        sealed, group_id=self.group_id, group_keys=group_keys, author_key=membership.author_key
                     )
                 except (TrustError, DecodeError) as e:
                     if strict and not _written_by_revoked(membership, sealed, e):
@@ -1013,6 +1116,15 @@ class Store:
 
         async with self._db.transaction():
             txn = await self._begin()
+            if self._membership is not membership:
+                # A revocation arrived while the batch was being checked: its
+                # cutoff applies to this batch too.
+                for dot, (sealed, _) in list(opened.items()):
+                    if self._membership.author_key(dot) is None:
+                        del opened[dot]
+                        rejected.append(
+                            Rejected(str(dot), sealed.header.memory_id, f"{sealed.header.author} was revoked")
+                        )
             by_memory: dict[str, list[_MergeRow]] = await self._merge_rows(
                 s.header.memory_id for s, _ in opened.values()
             )

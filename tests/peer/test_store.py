@@ -428,6 +428,38 @@ async def test_versions_by_a_revoked_device_are_dropped_without_failing_the_batc
     assert max(v.header.epoch for v in newest) == 1
 
 
+async def test_a_revocation_keeps_what_the_revoker_held_and_drops_later_versions_everywhere(
+    pair: tuple[Store, Store]
+) -> None:
+    a, b = pair
+    first = await b.add(Draft("draft one of the plan"))
+    await sync_one_way(b, a)
+    held = (await b.versions(first))[0].version
+    await b.edit(first, content="revised wording")
+    late = await b.add(Draft("a late note from the stolen laptop"))
+    records = await a.revoke(b.device_id)
+    assert records and a.membership.is_revoked(b.device_id)
+    assert a.membership.cutoff(b.device_id) == {b.replica_id: int(held.rsplit(":", 1)[1])}
+    # Sent to the revoker: what it held is a duplicate, the rest is dropped without failing the batch.
+    every = [v async for batch in b.missing_for(VersionVector()) for v in batch]
+    result = await a.apply(every)
+    assert result.added == 0 and result.duplicates == 1 and len(result.rejected) == 2
+    assert all("revoked" in r.reason for r in result.rejected)
+    # A store that held the later versions drops them once it learns of the revocation,
+    # and its memories, keyword search and index feed follow.
+    seq = await b.max_seq()
+    await b.apply_membership(a.membership.records())
+    assert await snapshot(b) == await snapshot(a)
+    assert (await b.get(first)).content == "draft one of the plan"
+    assert late not in {m.id for m in await b.list()}
+    assert await b.fts_search("stolen") == [] and await b.fts_search("revised") == []
+    assert [m for m, _ in await b.fts_search("draft one")] == [first]
+    changes = await b.changes_since(seq)
+    assert [(c.memory_id, c.live, c.content) for c in changes] == [(first, True, "draft one of the plan")]
+    assert await b.integrity_check() == []
+    assert (await b.stats()).versions == 1
+
+
 async def test_big_batches_are_sealed_and_checked_off_the_event_loop(pair: tuple[Store, Store]) -> None:
     a, b = pair
     ids = await a.add_many([(Draft(f"bulk {i}", tags=("bulk",)), b"\0" * 8) for i in range(120)], "e")
