@@ -732,6 +732,140 @@ def reindex() -> None:
         click.echo(f"indexed {result['vectors']:,} memories in {result['seconds']:.1f} s")
 
 
+# Pairing, members, conflicts -------------------------------------------------------------
+
+
+def _ttl_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .pairing import parse_ttl
+
+    if value is not None:
+        try:
+            parse_ttl(value)
+        except PeerError as e:
+            raise click.BadParameter(e.message) from None
+    return value
+
+
+def _address_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .sync import parse_address
+
+    if value is not None:
+        try:
+            parse_address(value)
+        except PeerError as e:
+            raise click.BadParameter(e.message) from None
+    return value
+
+
+def _print_result(result: Any, text: str) -> None:
+    if _json_mode():
+        _print_json(result)
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@click.option(
+    "--ttl", default=None, metavar="DURATION", callback=_ttl_option, help="How long the code works: 90s, 15m (default), 2h, 1d."
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="HOST[:PORT]",
+    callback=_address_option,
+    help="Where the new device reaches this device's agent (default: this host name, port 7847).",
+)
+@click.option(
+    "--file",
+    "file",
+    default=None,
+    metavar="FILE",
+    help="Air-gapped: write the new device's identity to FILE, readable only with the code.",
+)
+@click.option("--name", default=None, help="With --file: the name of the new device.")
+@common_options
+def invite(ttl: str | None, address: str | None, file: str | None, name: str | None) -> None:
+    """Print a one-time code that lets a new device join this device's group."""
+    from .home import Home
+    from .pairing import invite_command
+
+    if name is not None and file is None:
+        raise click.UsageError("--name names the device an invite file makes; use it with --file")
+    home = Home.locate(_home_arg())
+    _print_result(*_run(lambda: invite_command(home, ttl=ttl, address=address, file=file, name=name)))
+
+
+@cli.command()
+@click.argument("code", nargs=-1, required=True)
+@click.option(
+    "--host",
+    default=None,
+    metavar="HOST[:PORT]",
+    callback=_address_option,
+    help="The inviter's address, when the one in the code is not reachable from here.",
+)
+@click.option("--name", default=None, help="A name for this device (default: the host name).")
+@click.option("--file", "file", default=None, metavar="FILE", help="Join with an invite file (`peer invite --file`).")
+@common_options
+def join(code: tuple[str, ...], host: str | None, name: str | None, file: str | None) -> None:
+    """Join the group of the device that printed CODE (`peer invite`), then sync with it."""
+    from .home import Home
+    from .pairing import join_command
+
+    if file is not None and (host is not None or name is not None):
+        raise click.UsageError("an invite file already names the device and needs no host; drop --host/--name")
+    home = Home.locate(_home_arg())
+    # A code pasted with spaces arrives as several arguments.
+    _print_result(*_run(lambda: join_command(home, "".join(code), host=host, name=name, file=file)))
+
+
+@cli.command()
+@common_options
+def devices() -> None:
+    """List the devices of this group (* marks this one)."""
+    from .home import Home
+    from .pairing import devices_command
+
+    home = Home.locate(_home_arg())
+    _print_result(*_run(lambda: devices_command(home)))
+
+
+@cli.command()
+@click.argument("device")
+@common_options
+def revoke(device: str) -> None:
+    """Remove DEVICE (its name or a unique prefix of its id) from the group; it gets no new keys."""
+    from .home import Home
+    from .pairing import revoke_command
+
+    home = Home.locate(_home_arg())
+    _print_result(*_run(lambda: revoke_command(home, device)))
+
+
+@cli.command()
+@common_options
+def conflicts() -> None:
+    """List memories edited concurrently on several devices, with every live version."""
+    from .home import Home
+    from .pairing import conflicts_command
+
+    home = Home.locate(_home_arg())
+    _print_result(*_run(lambda: conflicts_command(home)))
+
+
+@cli.command()
+@click.argument("memory_id", metavar="ID")
+@click.option("--keep", required=True, metavar="VERSION", help="The version to keep, as `peer conflicts` shows it.")
+@common_options
+def resolve(memory_id: str, keep: str) -> None:
+    """Settle a conflict: keep one version of memory ID, superseding the others on every device."""
+    from .home import Home
+    from .pairing import resolve_command
+
+    home = Home.locate(_home_arg())
+    _print_result(*_run(lambda: resolve_command(home, memory_id, keep)))
+
+
 # Entry point ---------------------------------------------------------------------------
 
 

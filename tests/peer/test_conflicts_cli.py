@@ -1,19 +1,25 @@
-"""Concurrent edits on two devices: `peer conflicts` shows the same winner on both, `peer resolve` clears it."""
+"""Concurrent edits on two devices: `peer conflicts` shows the same winner on both, `peer resolve` clears it.
+
+The devices sync in this process; the commands run as a person runs them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from peer.home import Home
 from peer.memory import Draft
-from peer.pairing import conflicts_command, resolve_command
 from peer.store import Store
 from peer.sync import Syncer
 
+from .cli_runner import assert_error, ok, ok_json, peer
 from .groups import admit, found
+
+T = TypeVar("T")
 
 DEADLINE = 60
 
@@ -28,13 +34,14 @@ async def _sync(home: Home, store: Store, port: int) -> None:
     await Syncer(store, home.identity().signing_key).sync_with("127.0.0.1", port)
 
 
+async def _in_thread(fn: Callable[[], T]) -> T:
+    # The command runs in a subprocess while this test's agent keeps serving.
+    return await trio.to_thread.run_sync(fn)
+
+
 async def _conflicts(home: Home) -> list[dict[str, Any]]:
-    found_, text = await conflicts_command(home)
-    if found_:
-        assert found_[0]["id"] in text and "winner" in text
-    else:
-        assert text == "no conflicts"
-    return found_
+    listed: list[dict[str, Any]] = await _in_thread(lambda: ok_json(home.path, "conflicts"))
+    return listed
 
 
 async def test_conflict_shown_alike_and_resolved_everywhere(tmp_path: Path, aio_loop: object) -> None:
@@ -66,13 +73,20 @@ async def test_conflict_shown_alike_and_resolved_everywhere(tmp_path: Path, aio_
             assert conflict["versions"][0]["winner"]
             winner = conflict["versions"][0]["content"]
             assert (await a.get(memory_id)).content == winner == (await b.get(memory_id)).content
+            text = await _in_thread(lambda: ok(b_home.path, "conflicts"))
+            assert memory_id in text and "winner" in text
+            assert all(v["version"] in text for v in conflict["versions"])
 
             # Keep the version that lost, on alpha; bravo learns it at the next sync.
             loser = next(v for v in conflict["versions"] if not v["winner"])
-            result, text = await resolve_command(a_home, memory_id[:8], loser["version"])
-            assert result["id"] == memory_id and loser["version"] in text
+            result = await _in_thread(lambda: ok_json(a_home.path, "resolve", memory_id[:8], "--keep", loser["version"]))
+            assert result["id"] == memory_id
+            # A version the memory does not have is refused, clearly.
+            missing = await _in_thread(lambda: peer(a_home.path, "resolve", memory_id, "--keep", "AAAA:1"))
+            assert_error(missing, 1, "version")
             await _sync(b_home, b, port)
             assert await _conflicts(a_home) == [] and await _conflicts(b_home) == []
+            assert (await _in_thread(lambda: ok(b_home.path, "conflicts"))).strip() == "no conflicts"
             for store in (a, b):
                 memory = await store.get(memory_id)
                 assert memory.content == loser["content"] and memory.siblings == 0

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -40,6 +41,9 @@ from peer.store import Store
 from protocol.errors import PeerError, StoreError, UnsupportedFormat
 from protocol.frames import ErrorCode, JoinReject, encode_frame, FrameDecoder
 from protocol.ids import device_id_for
+
+
+T = TypeVar("T")
 
 
 class Clock:
@@ -527,3 +531,44 @@ async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
             nursery.cancel_scope.cancel()
     with pytest.raises(StoreError, match="new --home"):
         await join_from_file(b_home, text, file)
+
+
+# The commands, as a person runs them ------------------------------------------------------
+
+
+async def test_pairing_commands(tmp_path: Path, aio_loop: object) -> None:
+    from .cli_runner import assert_error, ok, ok_json, peer
+
+    async def run(fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn)
+
+    a_path, b_path = tmp_path / "a", tmp_path / "b"
+    ok_json(a_path, "init", "--name", "alpha")
+    a_home = Home(a_path)
+    with trio.fail_after(DEADLINE):
+        async with await a_home.open_store() as a, trio.open_nursery() as nursery:
+            port = await _serve(nursery, a_home, a)
+            invite = await run(lambda: ok_json(a_path, "invite", "--ttl", "5m", "--address", f"127.0.0.1:{port}"))
+            assert invite["code"].startswith("PEER1-")
+            assert invite["device_id"] == a.device_id
+
+            mistyped = invite["code"][:-1] + ("A" if invite["code"][-1] != "A" else "B")
+            done = await run(lambda: peer(b_path, "join", mistyped, "--name", "bravo"))
+            assert_error(done, 1, "mistyped")
+            assert not (b_path / "peer.db").exists()
+
+            joined = await run(lambda: ok_json(b_path, "join", invite["code"], "--name", "bravo"))
+            assert joined["group_id"] == a.group_id.hex()
+            text = await run(lambda: ok(b_path, "devices"))
+            assert "alpha" in text and "* " in text and "bravo" in text
+            nursery.cancel_scope.cancel()
+    for path in (a_path, b_path):
+        listed = ok_json(path, "devices")
+        assert [(d["name"], d["revoked"]) for d in listed] == [("alpha", False), ("bravo", False)]
+        assert [d["this_device"] for d in listed] == [path == a_path, path == b_path]
+    revoked = ok_json(a_path, "revoke", "bravo")
+    assert revoked["device_id"] == joined["device_id"]
+    assert [(d["name"], d["revoked"]) for d in ok_json(a_path, "devices")] == [("alpha", False), ("bravo", True)]
+    assert_error(peer(a_path, "revoke", "nobody"), 1, "no device")
+    assert_error(peer(a_path, "invite", "--ttl", "3y"), 2, "duration")
+    assert_error(peer(a_path, "join", "--file", "x", "--host", "h", "CODE"), 2)
