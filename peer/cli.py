@@ -866,6 +866,84 @@ def resolve(memory_id: str, keep: str) -> None:
     _print_result(*_run(lambda: resolve_command(home, memory_id, keep)))
 
 
+# Sync --------------------------------------------------------------------------------
+
+
+def _sync_progress() -> tuple[Callable[[Any], None] | None, Callable[[], None]]:
+    """A bar for big transfers (versions sent and received so far), when stderr is a terminal."""
+    if _json_mode() or not sys.stderr.isatty():
+        return None, lambda: None
+    bar: list[_ProgressBar] = []
+
+    def update(p: Any) -> None:
+        total = p.to_send + p.received
+        if not bar and total < 1000:
+            return
+        if not bar:
+            bar.append(_ProgressBar("syncing versions", total))
+        bar[0].update(p.sent + p.received, max(total, p.sent + p.received))
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return update, close
+
+
+@cli.command()
+@click.argument("address", metavar="HOST[:PORT]")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="How long HOST may take to answer, and to stay silent mid-sync (default 15 and 60).")
+@common_options
+def sync(address: str, timeout: float | None) -> None:
+    """Sync with another device of the group over SSH, once, both ways (default port 7847)."""
+    from .sync import parse_address, sync_device
+
+    host, port = parse_address(address)
+    limits: dict[str, float] = {} if timeout is None else {"connect_timeout": timeout, "read_timeout": timeout}
+    update, close = _sync_progress()
+    try:
+        summary = _with_device(lambda device: sync_device(device, host, port, progress=update, **limits))
+    finally:
+        close()
+    if _json_mode():
+        _print_json(summary.to_json())
+    else:
+        click.echo(summary.describe())
+
+
+@cli.command()
+@click.option("--listen", metavar="ADDR:PORT", default=None,
+              help="Where to accept SSH connections (default 0.0.0.0:7847; port 0 picks a free one).")
+@click.option("--no-discovery", is_flag=True, help="Do not look for the group's devices on the LAN (mDNS).")
+@common_options
+def agent(listen: str | None, no_discovery: bool) -> None:
+    """Run this device's agent: serve syncs to members (and joins to invitees) until Ctrl-C."""
+    import logging
+
+    from .agent import DEFAULT_LISTEN, run_until_signalled
+    from .home import Home
+    from .sync import parse_address
+
+    host, port = DEFAULT_LISTEN if listen is None else parse_address(listen, DEFAULT_LISTEN[1])
+    home = Home.locate(_home_arg())
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    if not no_discovery:
+        _warn("LAN discovery is not available yet: serving syncs only (use `peer sync HOST` from the other devices)")
+
+    def listening(bound_host: str, bound_port: int, device_id: str) -> None:
+        # The first line on stdout, so that scripts (and tests) learn the port.
+        if _json_mode():
+            click.echo(json.dumps({"listening": f"{bound_host}:{bound_port}", "host": bound_host,
+                                   "port": bound_port, "device_id": device_id}))
+        else:
+            click.echo(f"listening on {bound_host}:{bound_port}")
+        sys.stdout.flush()
+
+    _run(lambda: run_until_signalled(home, host=host, port=port, listening=listening))
+
+
 # Entry point ---------------------------------------------------------------------------
 
 

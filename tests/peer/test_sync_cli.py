@@ -1,0 +1,103 @@
+"""`peer sync` and `peer agent` as a user runs them: real processes, real SSH on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio_asyncio
+
+from peer.home import Home
+
+from .cli_runner import PEER, assert_error, env, ok, ok_json, peer
+from .groups import admit, found
+
+
+async def _pair(root: Path) -> None:
+    async with trio_asyncio.open_loop():
+        await admit(await found(root / "first"), root / "second")
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    trio.run(_pair, tmp_path)
+    return tmp_path / "first", tmp_path / "second"
+
+
+class Agent:
+    def __init__(self, home: Path, log: Path, *extra: str) -> None:
+        self.log = log
+        self._err = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [*PEER, "--home", str(home), "agent", "--listen", "127.0.0.1:0", "--json", *extra],
+            stdout=subprocess.PIPE, stderr=self._err, env=env(), text=True,
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline()
+        assert first, "peer agent exited before listening: " + log.read_text()
+        self.listening = json.loads(first)
+        self.port = int(self.listening["port"])
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=30)
+        self._err.close()
+        return code
+
+
+@pytest.fixture
+def agent(pair: tuple[Path, Path], tmp_path: Path) -> Iterator[Agent]:
+    running = Agent(pair[0], tmp_path / "agent.log", "--no-discovery")
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+def test_sync_both_ways_with_the_agent(pair: tuple[Path, Path], agent: Agent) -> None:
+    first, second = pair
+    ok(first, "add", "the build server is ci-3", "--kind", "fact")
+    ok(second, "add", "always rebase before merging", "--kind", "preference")
+    summary = ok_json(second, "sync", f"127.0.0.1:{agent.port}")
+    assert {"sent", "received", "bytes_sent", "bytes_received", "seconds"} <= set(summary)
+    assert (summary["sent"], summary["received"]) == (1, 1)
+    on_first = {m["content"] for m in ok_json(first, "list")}
+    on_second = {m["content"] for m in ok_json(second, "list")}
+    assert on_first == on_second == {"the build server is ci-3", "always rebase before merging"}
+    line = ok(second, "sync", f"127.0.0.1:{agent.port}")
+    assert line.startswith("sent 0, received 0 versions"), line
+    assert agent.listening["device_id"] == Home(first).identity().device_id
+    assert agent.stop() == 0
+    log = agent.log.read_text()
+    assert log.count("synced: ") == 2 and "SIGTERM received: shutting down" in log
+
+
+def test_a_stranger_is_told_the_agent_is_not_a_member(pair: tuple[Path, Path], agent: Agent, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    ok(stranger, "init")
+    ok(stranger, "add", "not for them")
+    done = peer(stranger, "sync", f"127.0.0.1:{agent.port}")
+    assert_error(done, 1, "not a member")
+    assert [m["content"] for m in ok_json(pair[0], "list")] == []
+    assert [m["content"] for m in ok_json(stranger, "list")] == ["not for them"]
+
+
+def test_nothing_listening_says_to_start_the_agent(pair: tuple[Path, Path]) -> None:
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert_error(peer(pair[1], "sync", f"127.0.0.1:{port}"), 1, "connection refused", "peer agent")
+
+
+def test_a_bad_address_is_an_error(pair: tuple[Path, Path]) -> None:
+    assert_error(peer(pair[1], "sync", "host:notaport"), 1, "port")
+
+
+def test_without_no_discovery_the_agent_says_discovery_is_not_there_yet(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    running = Agent(pair[0], tmp_path / "agent.log")
+    assert running.stop(signal.SIGINT) == 0
+    assert "discovery is not available yet" in running.log.read_text()
