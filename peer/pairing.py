@@ -819,36 +819,21 @@ def find_device(members: Sequence[MemberInfo], text: str) -> MemberInfo:
     return matches[0]
 
 
-async def revoke(
-    store: Store, identity: Identity, device: str, *, now_ms: NowMs = wall_clock_ms
-) -> dict[str, Any]:
-    """``peer revoke``: revoke a member and move the group to a new key epoch it does not get."""
+async def revoke(store: Store, device: str, *, now_ms: NowMs = wall_clock_ms) -> dict[str, Any]:
+    """``peer revoke``: revoke a member and move the group to a new key epoch it does not get.
+
+    :meth:`Store.revoke` writes the records (with the cutoff of what the
+    store holds from that device) in one transaction; the other members
+    learn of it at their next sync.
+    """
     await store.refresh()
-    target = find_device([m for m in store.membership.members()], device)
+    target = find_device(store.membership.members(), device)
     if target.revoked:
         raise PeerError(f"device {format_device_id(target.device_id)} ({target.name}) is already revoked")
-    membership = Membership(store.group_id)
-    membership.add_all(store.membership.records())
-    records, new_key = membership.revoke(
-        identity.signing_key,
-        identity.kex_key,
-        device_id=target.device_id,
-        now_ms=now_ms(),
-        epoch_keys=store.group_keys,
-    )
-    await store.apply_membership(records, strict=True)
+    records = await store.revoke(target.device_id, now_ms=now_ms())
     epoch = store.membership.current_epoch
-    if store.group_keys.get(epoch) != new_key:
-        await store.save_group_keys({epoch: new_key})
     log.info("revoked device %s; the group key moved to epoch %d", target.device_id, epoch)
-    return {
-        "device_id": target.device_id,
-        "name": target.name,
-        "epoch": epoch,
-        "readmitted": sorted(
-            m.device_id for m in store.membership.members() if m.added_by == identity.device_id and not m.revoked
-        ),
-    }
+    return {"device_id": target.device_id, "name": target.name, "epoch": epoch, "records": len(records)}
 
 
 # Conflicts ----------------------------------------------------------------------------
@@ -999,9 +984,8 @@ async def devices_command(home: Home) -> tuple[list[dict[str, Any]], str]:
 
 
 async def revoke_command(home: Home, device: str, *, now_ms: NowMs = wall_clock_ms) -> tuple[dict[str, Any], str]:
-    identity = home.identity()
     async with await home.open_store(now_ms=now_ms) as store:
-        result = await revoke(store, identity, device, now_ms=now_ms)
+        result = await revoke(store, device, now_ms=now_ms)
     human = (
         f"revoked {format_device_id(result['device_id'])} ({result['name']}); the group key moved to epoch"
         f" {result['epoch']}. Other devices learn of it at their next sync."

@@ -364,16 +364,16 @@ async def test_devices_and_revoke_locally(inviter: tuple[Device, Clock], tmp_pat
     with pytest.raises(PeerError, match="no device"):
         find_device(members, "delta")
     epoch = a.store.membership.current_epoch
-    result = await revoke(a.store, a.identity, "bravo", now_ms=clock)
+    result = await revoke(a.store, "bravo", now_ms=clock)
     assert result["device_id"] == joiners[0].device_id
     assert a.store.membership.current_epoch == result["epoch"] > epoch
     assert a.store.membership.current_epoch in a.store.group_keys
     listed = await devices(a.store)
     assert [(d["name"], d["revoked"]) for d in listed] == [("alpha", False), ("bravo", True), ("charlie", False)]
     with pytest.raises(PeerError, match="already revoked"):
-        await revoke(a.store, a.identity, "bravo", now_ms=clock)
+        await revoke(a.store, "bravo", now_ms=clock)
     with pytest.raises(PeerError, match="cannot revoke itself"):
-        await revoke(a.store, a.identity, "alpha", now_ms=clock)
+        await revoke(a.store, "alpha", now_ms=clock)
 
 
 # Over real SSH on loopback ------------------------------------------------------------------
@@ -472,7 +472,7 @@ async def test_three_devices_pair_sync_and_revoke(tmp_path: Path, aio_loop: obje
 
                 # Alpha revokes charlie and writes under the new key.
                 old_epoch = a.membership.current_epoch
-                await revoke(a, homes["alpha"].identity(), "charlie")
+                await revoke(a, "charlie")
                 assert a.membership.current_epoch > old_epoch
                 after = await a.add(Draft("written after charlie was revoked"))
                 after_dot = Dot.parse((await a.get(after)).version)
