@@ -216,6 +216,10 @@ def decode_code(code: str) -> InviteCode:
         raw = base64.b32decode(text + "=" * (-len(text) % 8))
     except ValueError as e:
         raise MistypedCode("this invite code is mistyped (wrong length); copy it again") from e
+    # The last character may carry unused bits that the decoder ignores:
+    # only the one spelling that encodes these bytes is a code.
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != text:
+        raise MistypedCode("this invite code is mistyped (its last characters do not fit); copy it again")
     body, checksum = raw[:-_CHECKSUM_BYTES], raw[-_CHECKSUM_BYTES:]
     expected = hashlib.sha256(_CHECKSUM_LABEL + body).digest()[:_CHECKSUM_BYTES]
     if len(raw) <= _CHECKSUM_BYTES or not hmac.compare_digest(checksum, expected):

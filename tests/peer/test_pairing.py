@@ -95,6 +95,13 @@ def test_every_single_typo_is_caught() -> None:
                 decode_code(typo)
             caught += 1
     assert caught > 150
+    # Every spelling of the last character, for codes of every length of address.
+    for address in ("", "h:1", "ho:1", "hos:1", "host:1", "host1:1"):
+        good = encode_code(_code(address=address))
+        for replacement in alphabet:
+            if replacement != good[-1]:
+                with pytest.raises(MistypedCode):
+                    decode_code(good[:-1] + replacement)
     # A character left out, or one too many.
     with pytest.raises(MistypedCode):
         decode_code(text[:-1])
