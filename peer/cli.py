@@ -876,12 +876,12 @@ def _sync_progress() -> tuple[Callable[[Any], None] | None, Callable[[], None]]:
     bar: list[_ProgressBar] = []
 
     def update(p: Any) -> None:
-        total = p.to_send + p.received
-        if not bar and total < 1000:
+        # How many versions will arrive is known only at the end: the bar counts, it cannot fill.
+        if not bar and p.to_send + p.received < 1000:
             return
         if not bar:
-            bar.append(_ProgressBar("syncing versions", total))
-        bar[0].update(p.sent + p.received, max(total, p.sent + p.received))
+            bar.append(_ProgressBar(f"syncing ({p.to_send:,} versions to send)", None))
+        bar[0].update(p.sent + p.received, None)
 
     def close() -> None:
         if bar:
