@@ -1,22 +1,27 @@
-"""``python -m peer.demo`` (``make demo``): two devices' homes, memories on each, searched and shown.
+"""``python -m peer.demo`` (``make demo``): three devices pair and sync on loopback.
 
 Every step runs the real ``peer`` command in a subprocess, exactly as a
 user (or an assistant) would type it, and prints the command and what it
-answered. The homes live in a temporary directory that is removed at the
-end, whatever happens.
+answered. The three homes (laptop, desktop, work) live in a temporary
+directory that is removed at the end, whatever happens; each device runs
+``peer agent`` in the background, listening on 127.0.0.1 only, and every
+agent is stopped before the demo exits, even when a step fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import IO
 
 __all__ = ["main"]
 
@@ -40,9 +45,87 @@ DESKTOP_NOTES = [
      "kind": "session_summary", "project": "ml"},
 ]
 
+#: The demo never listens anywhere but loopback.
+LOOPBACK = "127.0.0.1"
+
+#: How long an agent may take to say where it listens (it imports asyncssh and opens its store).
+AGENT_START_S = 30.0
+
+#: How long a stopped agent may take to close its sessions and its store before it is killed.
+AGENT_STOP_S = 10.0
+
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _quote(arg: str) -> str:
+    if arg and all(c.isalnum() or c in "-_./$:=" for c in arg):
+        return arg
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+def _heading(text: str) -> None:
+    _say(text)
+    _say("-" * len(text))
+
+
+class DemoFailed(Exception):
+    """A step did not do what the demo expects; the message says which."""
+
+
+class Agent:
+    """One device's ``peer agent``, in the background, with its log in a file."""
+
+    def __init__(self, device: str, process: subprocess.Popen[str], log_path: Path, log: IO[str]) -> None:
+        self.device = device
+        self.process = process
+        self.log_path = log_path
+        self._log = log
+        self.port = 0
+
+    def wait_listening(self) -> str:
+        """The agent's first stdout line (``listening on 127.0.0.1:PORT``); sets :attr:`port`."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + AGENT_START_S
+        with selectors.DefaultSelector() as sel:
+            sel.register(stdout, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DemoFailed(f"the {self.device} agent did not start listening within {AGENT_START_S:.0f} s")
+                if sel.select(left):
+                    break
+        # The agent flushes whole lines, so once readable a full line is there (or EOF).
+        line = stdout.readline().strip()
+        prefix = f"listening on {LOOPBACK}:"
+        if not line.startswith(prefix):
+            raise DemoFailed(f"the {self.device} agent did not start: {line or 'no output'}\n{self.log_tail()}")
+        self.port = int(line[len(prefix):])
+        return line
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown), then SIGKILL if it does not exit in time."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=AGENT_STOP_S)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=AGENT_STOP_S)
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self._log.close()
 
 
 class Demo:
@@ -52,10 +135,14 @@ class Demo:
         self.env.pop("PEER_HOME", None)
         # The demo's own terminal decides colours; the child's output is captured.
         self.env["COLUMNS"] = "100"
+        self.agents: dict[str, Agent] = {}
+
+    def _shown(self, device: str, args: tuple[str, ...]) -> str:
+        return " ".join(_quote(a) for a in ("peer", "--home", f"$DEMO/{device}", *args))
 
     def peer(self, device: str, *args: str, stdin: str | None = None, show: bool = True) -> str:
         home = self.root / device
-        shown = " ".join(_quote(a) for a in ("peer", "--home", f"$DEMO/{device}", *args))
+        shown = self._shown(device, args)
         if stdin is not None:
             shown = f"{shown} < {device}-notes.jsonl"
         if show:
@@ -70,7 +157,7 @@ class Demo:
         )
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
-            raise SystemExit(f"demo step failed (exit {done.returncode}): {shown}")
+            raise DemoFailed(f"demo step failed (exit {done.returncode}): {shown}")
         if show:
             for line in done.stdout.rstrip("\n").splitlines():
                 _say(f"    {line}")
@@ -78,71 +165,141 @@ class Demo:
             _say()
         return done.stdout
 
+    def start_agent(self, device: str) -> Agent:
+        """Start ``peer agent`` for ``device`` on a free loopback port; wait with :meth:`Agent.wait_listening`."""
+        args = ("agent", "--no-discovery", "--listen", f"{LOOPBACK}:0")
+        _say(f"$ {self._shown(device, args)} 2>{device}-agent.log &")
+        log_path = self.root / f"{device}-agent.log"
+        log = open(log_path, "w")  # noqa: SIM115 - closed by Agent.stop
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "peer", "--home", str(self.root / device), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=self.env,
+            )
+        except BaseException:
+            log.close()
+            raise
+        agent = Agent(device, process, log_path, log)
+        self.agents[device] = agent
+        return agent
 
-def _quote(arg: str) -> str:
-    if arg and all(c.isalnum() or c in "-_./$:=" for c in arg):
-        return arg
-    return "'" + arg.replace("'", "'\\''") + "'"
+    def stop_agents(self) -> None:
+        for agent in self.agents.values():
+            try:
+                agent.stop()
+            except Exception as e:  # noqa: BLE001 - stop the others whatever happens to one
+                sys.stderr.write(f"demo: could not stop the {agent.device} agent: {e}\n")
+
+    def address(self, device: str) -> str:
+        return f"{LOOPBACK}:{self.agents[device].port}"
 
 
-def _heading(text: str) -> None:
-    _say(text)
-    _say("-" * len(text))
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0]
 
 
-def run(root: Path) -> None:
-    demo = Demo(root)
-    _say(f"Demo homes live in {root} (shown as $DEMO; removed at the end).")
+def run(demo: Demo) -> None:
+    _say(f"Demo homes live in {demo.root} (shown as $DEMO; removed at the end).")
+    _say("Three devices (laptop, desktop, work) talk over SSH on 127.0.0.1 only.")
     _say()
 
-    _heading("1. Two devices, each with its own keys and store")
+    _heading("1. The laptop: its own keys, store and memories")
     demo.peer("laptop", "init", "--name", "laptop")
-    demo.peer("desktop", "init", "--name", "desktop")
-
-    _heading("2. Memories: one by one, or many at once from NDJSON")
-    demo.peer(
+    shared = _first_line(demo.peer(
         "laptop", "add", "The shop's API keys live in 1Password, vault 'shop-prod', never in .env files.",
         "--kind", "fact", "--project", "shop", "--tag", "secrets", "--meta", "source=onboarding",
-    )
+    ))
     demo.peer("laptop", "add", "--file", "-", stdin="".join(json.dumps(n) + "\n" for n in LAPTOP_NOTES))
+
+    _heading("2. Pairing: the laptop's agent lets desktop and work join with one-time codes")
+    laptop = demo.start_agent("laptop")
+    _say(f"    {laptop.wait_listening()}")
+    _say()
+    for device in ("desktop", "work"):
+        # A code works once: each new device gets its own. The address in the code is
+        # this host's name and the default port; --host points the joiner at loopback.
+        code = _first_line(demo.peer("laptop", "invite"))
+        demo.peer(device, "join", code, "--name", device, "--host", demo.address("laptop"))
+    desktop, work = demo.start_agent("desktop"), demo.start_agent("work")
+    for agent in (desktop, work):
+        _say(f"    {agent.device}: {agent.wait_listening()}")
+    _say()
+
+    _heading("3. Memories written on each device, then synced pairwise")
     demo.peer("desktop", "add", "--file", "-", stdin="".join(json.dumps(n) + "\n" for n in DESKTOP_NOTES))
+    demo.peer("work", "add", "The VPN drops every 8 hours; reconnect with `nmcli con up corp-vpn`.",
+              "--kind", "procedure", "--project", "it", "--tag", "vpn")
+    demo.peer("laptop", "sync", demo.address("desktop"))
+    demo.peer("laptop", "sync", demo.address("work"))
+    demo.peer("desktop", "sync", demo.address("work"))
 
-    _heading("3. Search by meaning: the words need not match")
-    demo.peer("laptop", "search", "how do I run the tests", "-k", "3")
-    demo.peer("laptop", "search", "which database did we pick and why", "-k", "2")
-    demo.peer("desktop", "search", "training crashed, how to continue", "-k", "2")
+    _heading("4. On work, desktop's memory is found by meaning")
+    demo.peer("work", "search", "training crashed, how to continue", "-k", "2")
+    demo.peer("work", "devices")
 
-    _heading("4. Machine-readable output for assistants")
-    out = demo.peer("laptop", "search", "ssh deploy error", "-k", "1", "--json")
-    memory_id = json.loads(out)[0]["id"]
+    _heading("5. A sync with nothing new moves only the version vectors")
+    demo.peer("work", "sync", demo.address("laptop"))
 
-    _heading("5. Edit and forget: every change is a new version, nothing is lost")
-    demo.peer("laptop", "edit", memory_id[:8], "--text",
-              "Staging deploys fail with 'permission denied (publickey)' unless you run ssh-add first.")
-    demo.peer("laptop", "show", memory_id[:8], "--versions")
-    demo.peer("laptop", "list", "--project", "shop")
-    forgotten = json.loads(demo.peer("laptop", "list", "--tag", "review", "--json", show=False))[0]["id"]
-    demo.peer("laptop", "forget", forgotten[:8])
-    demo.peer("laptop", "stats")
+    _heading("6. A conflict: one memory edited on laptop and desktop before they sync")
+    demo.peer("laptop", "edit", shared[:8], "--text",
+              "The shop's API keys moved to 1Password vault 'shop-keys' (shop-prod is read-only now).")
+    demo.peer("desktop", "edit", shared[:8], "--text",
+              "The shop's API keys live in 1Password, vault 'shop-prod'; ask Dana for access.")
+    demo.peer("laptop", "sync", demo.address("desktop"))
+    on_laptop = demo.peer("laptop", "conflicts")
+    found = json.loads(demo.peer("desktop", "conflicts", "--json"))
+    winners = [v["version"] for m in found for v in m["versions"] if v["winner"]]
+    if len(found) != 1 or _roles(on_laptop).get("winner") != winners:
+        raise DemoFailed("laptop and desktop do not show the same conflict with the same winner")
+    # Keep the version that lost the tie-break: resolving is a person's choice, not the default.
+    keep = next(v["version"] for v in found[0]["versions"] if not v["winner"])
+    demo.peer("desktop", "resolve", shared[:8], "--keep", keep)
+    demo.peer("desktop", "sync", demo.address("laptop"))
+    for device in ("laptop", "desktop"):
+        if demo.peer(device, "conflicts").strip() != "no conflicts":
+            raise DemoFailed(f"the conflict is still listed on {device} after resolve and sync")
+    demo.peer("laptop", "show", shared[:8])
 
     _say(
         textwrap.dedent(
             """\
-            The two devices are separate groups for now: pairing them (`peer invite` /
-            `peer join`), syncing over SSH, the LAN agent and USB bundles are the next
-            milestones (see README.md)."""
+            Still to come (see README.md): the agent finding the group's devices on the
+            LAN by itself (mDNS) and syncing on its own, USB bundles, plaintext import/export."""
         )
     )
+
+
+def _roles(conflicts_text: str) -> dict[str, list[str]]:
+    """Versions by role (winner, sibling) in the text of ``peer conflicts``."""
+    roles: dict[str, list[str]] = {}
+    for line in conflicts_text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("winner", "sibling"):
+            roles.setdefault(words[0], []).append(words[1])
+    return roles
 
 
 def main() -> None:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="peer-demo-"))
+    demo = Demo(root)
     try:
-        run(root)
+        run(demo)
+    except DemoFailed as e:
+        sys.stderr.write(f"demo failed: {e}\n")
+        for agent in demo.agents.values():
+            tail = agent.log_tail()
+            if tail:
+                sys.stderr.write(f"--- {agent.device} agent log (last lines) ---\n{tail}\n")
+        raise SystemExit(1) from None
     finally:
+        demo.stop_agents()
         shutil.rmtree(root, ignore_errors=True)
-    _say(f"Demo finished in {time.monotonic() - started:.0f} s; removed {root}.")
+    _say(f"Demo finished in {time.monotonic() - started:.0f} s; agents stopped, removed {root}.")
 
 
 if __name__ == "__main__":
