@@ -120,6 +120,8 @@ class Agent:
                 try:
                     self.process.wait(timeout=AGENT_STOP_S)
                 except subprocess.TimeoutExpired:
+                    sys.stderr.write(f"demo: the {self.device} agent was still running"
+                                     f" {AGENT_STOP_S:.0f} s after SIGTERM; killed\n")
                     self.process.kill()
                     self.process.wait(timeout=AGENT_STOP_S)
         finally:
@@ -241,7 +243,7 @@ def run(demo: Demo) -> None:
     demo.peer("work", "search", "training crashed, how to continue", "-k", "2")
     demo.peer("work", "devices")
 
-    _heading("5. A sync with nothing new moves only the version vectors")
+    _heading("5. A sync with nothing new to exchange costs a few hundred bytes")
     demo.peer("work", "sync", demo.address("laptop"))
 
     _heading("6. A conflict: one memory edited on laptop and desktop before they sync")
