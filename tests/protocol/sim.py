@@ -7,8 +7,11 @@ real, and keeps every sealed version it ever accepted, by dot. Its version
 vector covers exactly what it holds contiguously: its own replica up to its
 last counter, and whatever a complete session or a bundle whose base it
 dominates proved it holds. Received versions are verified and opened (real
-signatures, real AEAD), deduplicated by dot, and never dropped; a memory's
-state is :func:`protocol.merge.resolve` over all of its versions.
+signatures, real AEAD), deduplicated by dot, and never dropped, except
+what a revocation refuses: like the store, a device accepts a revoked
+device's versions only up to the revocation's cutoff (``author_key``),
+and when it learns of a revocation it drops the versions above it. A
+memory's state is :func:`protocol.merge.resolve` over all of its versions.
 
 A device restored from a snapshot keeps the snapshot's versions and vector
 but writes as a new incarnation (``DEVICEID.N``), so the dots it wrote
@@ -61,6 +64,7 @@ from protocol import (
     VersionVector,
     context_for_new_version,
     device_id_for,
+    device_of,
     found_group,
     next_counter,
     open_version,
@@ -216,7 +220,39 @@ class SimDevice:
         return self._keys[1]
 
     def receive_members(self, records: Iterable[bytes]) -> None:
-        self.membership.add_all(records)
+        if self.membership.add_all(records):
+            self._drop_refused()
+
+    def _refused(self, dot: Dot) -> bool:
+        """A version of a revoked device above its cutoff: no member accepts it."""
+        return self.membership.author_key(dot) is None and self.membership.is_revoked(device_of(dot.origin))
+
+    def _drop_refused(self) -> None:
+        """Forget held versions a revocation refuses, as the store does; states follow (computed on demand)."""
+        for dot in [d for d in self.versions if self._refused(d)]:
+            memory_id = self.versions.pop(dot).header.memory_id
+            del self.bodies[dot]
+            dots = self._by_memory[memory_id]
+            dots.discard(dot)
+            if not dots:
+                del self._by_memory[memory_id]
+
+    def revoke(self, device_id: str) -> list[bytes]:
+        """``peer revoke``: the cutoff is what this device holds or its vector covers of that device."""
+        cutoff: dict[str, int] = {}
+        for replica, counter in [*self.vector.items(), *((d.origin, d.counter) for d in self.versions)]:
+            if device_of(replica) == device_id:
+                cutoff[replica] = max(cutoff.get(replica, 0), counter)
+        records, _ = self.membership.revoke(
+            self.signing_key,
+            self.kex_key,
+            device_id=device_id,
+            now_ms=self.now_ms(),
+            epoch_keys=self.group_keys,
+            cutoff=cutoff,
+        )
+        self._drop_refused()
+        return records
 
     @property
     def replica(self) -> str:
@@ -289,6 +325,8 @@ class SimDevice:
     def apply(self, sealed_versions: Iterable[SealedVersion]) -> int:
         """Verify, open and keep one batch, all or nothing; returns how many were new.
 
+        Versions a revocation refuses are skipped, not failed, like the store does.
+
         Never touches the vector: only a complete session or a bundle that
         completes may (see :meth:`merge_vector`).
         """
@@ -301,8 +339,10 @@ class SimDevice:
                 if held is not None and held.encode() != sealed.encode():
                     raise DotCollision(f"{self.name} received a second, different version {dot}")
                 continue
+            if self._refused(dot):
+                continue  # dropped without failing the batch: honest members may still forward it
             body = open_version(
-                sealed, group_id=self.group_id, group_keys=self.group_keys, member_key=self.membership.member_key
+                sealed, group_id=self.group_id, group_keys=self.group_keys, author_key=self.membership.author_key
             )
             opened.append((sealed, body))
             seen.add(dot)
