@@ -328,6 +328,8 @@ def plot(rows: list[Row], path: Path) -> None:
             bars = ax.bar(x + (i - 1) * width, values, width, label=label)
             ax.bar_label(bars, labels=[_secs(v) for v in values], fontsize=7)
         ax.set_yscale("log")
+        # Head room above the tallest bar for the legend.
+        ax.set_ylim(top=max(max(v) for _, v in series) * 12)
         ax.set_xticks(x, [f"d = {r.d:,}" for r in mine])
         ax.set_ylabel("wall time (s, log scale)")
         ax.set_title(f"N = {n:,} memories on both devices")
@@ -372,12 +374,20 @@ async def main_async(args: argparse.Namespace) -> None:
             rows.append(row)
     print(f"load average at the end {os.getloadavg()}")
     report(rows, initials)
-    (OUT / "sync-results.json").write_text(json.dumps(
-        {"initial": [i.to_json() for i in initials],
-         "rows": [{**r.__dict__, "baseline_s": r.baseline_s} for r in rows]}, indent=1))
+    for n in args.sizes:
+        (OUT / f"sync-results-{n}.json").write_text(json.dumps(
+            [{k: v for k, v in r.__dict__.items()} for r in rows if r.n == n], indent=1))
     if args.plot:
-        plot(rows, Path(args.plot))
-        print(f"plot written to {args.plot}")
+        plot(saved_rows(), Path(args.plot))
+        print(f"plot written to {args.plot} (every size measured so far: bench/out/sync-results-*.json)")
+
+
+def saved_rows() -> list[Row]:
+    """Every size's latest rows, so that a run of one size redraws the plot with the others too."""
+    rows: list[Row] = []
+    for path in sorted(OUT.glob("sync-results-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
+        rows.extend(Row(**r) for r in json.loads(path.read_text()))
+    return rows
 
 
 def main() -> None:
@@ -385,8 +395,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000])
     parser.add_argument("--deltas", type=lambda s: [int(x) for x in s.split(",")], default=[0, 10, 1000])
     parser.add_argument("--plot", default=str(ROOT / "docs" / "sync-bench.png"))
+    parser.add_argument("--plot-only", action="store_true", help="Redraw the plot from bench/out/sync-results-*.json.")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        plot(saved_rows(), Path(args.plot))
+        return
 
     async def run() -> None:
         async with trio_asyncio.open_loop():
