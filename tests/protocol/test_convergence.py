@@ -81,6 +81,7 @@ class Devices(RuleBasedStateMachine):
         self.pool: list[tuple[int, bytes]] = []
         # Indices of revoked devices: they sync with nobody any more.
         self.revoked: set[int] = set()
+        self.revocation_records: set[bytes] = set()
         self.snapshots: list[tuple[int, DeviceSnapshot]] = []
         self.old_vectors: list[VersionVector] = [VersionVector()]
         self.incarnations: dict[int, int] = {}
@@ -246,12 +247,6 @@ class Devices(RuleBasedStateMachine):
         incarnation = self.incarnations.get(index, 0) + 1
         self.incarnations[index] = incarnation
         d.restore(snap, incarnation)
-        # A revocation that only this device knew is gone with its disk: the
-        # revoked device is a member again for everyone, and syncs again.
-        for k in sorted(self.revoked):
-            if not any(o.membership.is_revoked(self.devices[k].device_id) for o in self.members()):
-                self.revoked.discard(k)
-                self.stats["revocations lost to restores"] += 1
         self.stats["restores"] += 1
 
     # -- revocation ------------------------------------------------------------------
@@ -266,11 +261,15 @@ class Devices(RuleBasedStateMachine):
         # admitted through the target that the revoker does not know of
         # would be orphaned; both are documented limitations, not what
         # this machine checks.
+        # Records made by earlier revocations count too: a restored revoker
+        # may have lost them while bundles and batches still carry them.
         known = set(revoker.membership.records())
-        if any(not known.issuperset(d.membership.records()) for d in self.devices):
+        if not known.issuperset(self.revocation_records) or any(
+            not known.issuperset(d.membership.records()) for d in self.devices
+        ):
             return
         try:
-            revoker.revoke(target.device_id)
+            self.revocation_records.update(revoker.revoke(target.device_id))
         except LocalProtocolError:
             return  # the revoker was admitted through the target: it must ask another member
         others = [d for d in self.members() if d is not target]
@@ -316,6 +315,7 @@ class Devices(RuleBasedStateMachine):
             return
         self.converge()
         first, *rest = self.members()
+        revoked_ids = {self.devices[k].device_id for k in self.revoked}
         views = first.views()
         for d in rest:
             assert d.views() == views, f"{d.name} differs from {first.name}"
@@ -326,6 +326,10 @@ class Devices(RuleBasedStateMachine):
                 continue
             if first.membership.author_key(dot) is None:
                 continue  # a revoked device's version above its cutoff: no member accepts it
+            if dot.origin.split(".")[0] in revoked_ids:
+                # Held by no member: the revoked device, which syncs with no one, kept it (also
+                # when a restore of the revoker lost the revocation, so that it never took effect).
+                continue
             superseding = [s for s in first.versions.values() if dot in s.header.context]
             assert superseding, f"version {dot} was lost: no device holds it and nothing supersedes it"
         self.stats["examples"] += 1
