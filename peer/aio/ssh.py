@@ -196,6 +196,12 @@ class _SSHStream:
             raise self._lost(e) from e
         except (asyncssh.Error, OSError) as e:
             raise self._lost(e) from e
+        except AssertionError as e:
+            # asyncssh (2.24) asserts that the channel still has its session
+            # when a read resumes; when the other side dies mid-transfer the
+            # session can be gone first. That is a lost connection, not a bug
+            # of ours.
+            raise self._lost(ConnectionResetError("the other side went away")) from e
         return data
 
     async def send_eof(self) -> None:
