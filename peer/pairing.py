@@ -962,7 +962,8 @@ async def join_command(
     elif "sync_error" in result:
         human += f"\nthe first sync failed ({result['sync_error']}); run `peer sync {result['address']}`"
     elif file is not None:
-        human += "\nnow bring the memories over: `peer bundle import FILE`, or `peer sync HOST` once on a network"
+        # USB bundles (`peer bundle`) are not built yet; say only what works today.
+        human += "\nnow bring the memories over with `peer sync HOST` once both devices share a network"
     return result, human
 
 
