@@ -15,7 +15,7 @@ import trio
 from protocol import Dot, VersionVector
 from protocol.errors import PeerError, TransportError, TrustError
 
-from peer.aio import SYNC_SUBSYSTEM, ByteStream, connect, serve
+from peer.aio import SYNC_SUBSYSTEM, Authorize, ByteStream, StreamHandler, connect, serve
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
@@ -39,6 +39,23 @@ async def homes(tmp_path: Path, aio_loop: object) -> Devices:
     second = await admit(first, tmp_path / "second")
     stranger = await found(tmp_path / "stranger", "stranger")
     return Devices(first, second, stranger)
+
+
+async def serve_on_loopback(
+    nursery: trio.Nursery, home: Home, authorize: Authorize, handler: StreamHandler
+) -> int:
+    """Start an SSH server for ``home`` on 127.0.0.1 serving ``handler`` as the sync subsystem; its port."""
+    port: int = await nursery.start(
+        partial(
+            serve,
+            home.identity().signing_key,
+            host="127.0.0.1",
+            port=0,
+            authorize=authorize,
+            handlers={SYNC_SUBSYSTEM: handler},
+        )
+    )
+    return port
 
 
 async def snapshot(store: Store) -> dict[str, Any]:
@@ -153,16 +170,7 @@ async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Devices) ->
                     return True
 
                 stranger = Syncer(s, homes.stranger.identity().signing_key)
-                port = await nursery.start(
-                    partial(
-                        serve,
-                        homes.stranger.identity().signing_key,
-                        host="127.0.0.1",
-                        port=0,
-                        authorize=anyone,
-                        handlers={SYNC_SUBSYSTEM: stranger.handle},
-                    )
-                )
+                port = await serve_on_loopback(nursery, homes.stranger, anyone, stranger.handle)
                 with pytest.raises(TrustError) as refused:
                     await client(homes.second, b).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()
@@ -200,16 +208,7 @@ async def test_a_member_that_stalls_after_connecting_fails_the_sync_in_time(home
         async with await homes.first.open_store() as a, await homes.second.open_store() as b:
             async with trio.open_nursery() as nursery:
                 syncer_a = Syncer(a, homes.first.identity().signing_key)
-                port = await nursery.start(
-                    partial(
-                        serve,
-                        homes.first.identity().signing_key,
-                        host="127.0.0.1",
-                        port=0,
-                        authorize=syncer_a.authorize,
-                        handlers={SYNC_SUBSYSTEM: mute},
-                    )
-                )
+                port = await serve_on_loopback(nursery, homes.first, syncer_a.authorize, mute)
                 with pytest.raises(TransportError) as failed:
                     await client(homes.second, b, read_timeout=1).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()
@@ -314,16 +313,7 @@ async def test_the_other_sides_error_reaches_the_user_and_nothing_is_merged(home
             before = await snapshot(b)
             async with trio.open_nursery() as nursery:
                 syncer_a = Syncer(a, homes.first.identity().signing_key)
-                port = await nursery.start(
-                    partial(
-                        serve,
-                        homes.first.identity().signing_key,
-                        host="127.0.0.1",
-                        port=0,
-                        authorize=syncer_a.authorize,
-                        handlers={SYNC_SUBSYSTEM: refuse_after_hello},
-                    )
-                )
+                port = await serve_on_loopback(nursery, homes.first, syncer_a.authorize, refuse_after_hello)
                 with pytest.raises(PeerError) as failed:
                     await client(homes.second, b).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()
