@@ -24,6 +24,14 @@ from protocol.errors import (
     WrongGroup,
 )
 
+
+class ConfigError(PeerError):
+    """``config.toml`` cannot be read, or holds an unknown key or a value of the wrong type."""
+
+
+class ImportFormatError(PeerError):
+    """A file given to ``peer import`` (or a backup) is not in the format it claims; names the line."""
+
 __all__ = [
     "PeerError",
     "ProtocolError",
@@ -40,4 +48,6 @@ __all__ = [
     "BundleError",
     "StoreError",
     "TransportError",
+    "ConfigError",
+    "ImportFormatError",
 ]
