@@ -80,6 +80,7 @@ __all__ = [
     "ApplyResult",
     "StoreStats",
     "Rejected",
+    "KnownPeer",
     "NowMs",
     "wall_clock_ms",
 ]
@@ -154,6 +155,17 @@ MIGRATIONS: list[list[str]] = [
             INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
         END""",
     ],
+    [
+        # What each other device is known to hold: its vector as of the last
+        # complete sync with it, or the last bundle from it. `peer status`
+        # counts what it lacks; `peer bundle export --for` sends exactly that.
+        """CREATE TABLE peers (
+            device_id TEXT PRIMARY KEY,
+            vector BLOB NOT NULL,
+            seen_at REAL NOT NULL,
+            via TEXT NOT NULL
+        ) STRICT""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -221,6 +233,16 @@ class ApplyResult:
             self.rejected + other.rejected,
             self.memories + other.memories,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPeer:
+    """What another device is known to hold, and since when (``via``: "sync" or "bundle")."""
+
+    device_id: str
+    vector: VersionVector
+    seen_at: float
+    via: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1208,6 +1230,26 @@ class Store:
                 )
             rows = await self._db.fetchall("SELECT replica, counter FROM vector")
         return VersionVector(rows)
+
+    async def remember_peer(self, device_id: str, vector: VersionVector, *, via: str) -> None:
+        """Record that ``device_id`` holds at least ``vector`` (merged with what was known)."""
+        known = await self.known_peer(device_id)
+        merged = vector if known is None else known.vector.merge(vector)
+        await self._db.execute(
+            "INSERT INTO peers (device_id, vector, seen_at, via) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (device_id) DO UPDATE SET vector = excluded.vector, seen_at = excluded.seen_at,"
+            " via = excluded.via",
+            (device_id, merged.encode(), self._now_ms() / 1000, via),
+        )
+
+    async def known_peer(self, device_id: str) -> KnownPeer | None:
+        """The last vector known for ``device_id``, or None if it never synced nor sent a bundle."""
+        row = await self._db.fetchone("SELECT device_id, vector, seen_at, via FROM peers WHERE device_id = ?", (device_id,))
+        return None if row is None else KnownPeer(row[0], VersionVector.decode(row[1]), row[2], row[3])
+
+    async def known_peers(self) -> list[KnownPeer]:
+        rows = await self._db.fetchall("SELECT device_id, vector, seen_at, via FROM peers ORDER BY device_id")
+        return [KnownPeer(r[0], VersionVector.decode(r[1]), r[2], r[3]) for r in rows]
 
     async def _wanted(self, vector: VersionVector) -> list[tuple[str, int]]:
         origins = await self._db.fetchall("SELECT origin, max_counter FROM origins ORDER BY origin")

@@ -182,10 +182,11 @@ async def sync_over(
     """
     started = time.monotonic()
     await store.refresh()
+    start_vector = await store.vector()
     session = SyncSession(
         store.device_id,
         store.group_id,
-        await store.vector(),
+        start_vector,
         await store.membership_digest(),
         peer_device_id=stream.peer_device_id,
     )
@@ -255,6 +256,7 @@ async def sync_over(
                     # Our DONE may still be on its way out; the peer must get it before we half-close.
                     await done_sent.wait()
                     await store.merge_vector(event.peer_vector)
+                    await store.remember_peer(stream.peer_device_id, event.peer_vector, via="sync")
                     return
 
     send_scope, receive_scope, apply_scope = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
@@ -288,7 +290,9 @@ async def sync_over(
         await _send_error(wire, session, failure)
         raise failure
     report()
-    await _finish(wire, session)
+    if await _finish(wire, session):
+        # The peer closed after taking in all we sent: it holds our vector too.
+        await store.remember_peer(stream.peer_device_id, start_vector, via="sync")
     return SyncSummary(
         peer_device_id=stream.peer_device_id,
         sent=session.versions_sent,
@@ -314,16 +318,22 @@ async def _send_error(wire: _Counted, session: SyncSession, failure: BaseExcepti
             pass  # the connection is what failed; the peer will notice it too
 
 
-async def _finish(wire: _Counted, session: SyncSession) -> None:
-    """Half-close, then give the peer a moment to finish reading and close its side."""
+async def _finish(wire: _Counted, session: SyncSession) -> bool:
+    """Half-close, then give the peer a moment to finish reading and close its side.
+
+    True when the peer closed cleanly: it completed too (it half-closes
+    only after storing everything we sent).
+    """
     with trio.move_on_after(CLOSE_GRACE_S):
         try:
             await wire.stream.send_eof()
             while not isinstance(session.next_event(), ConnectionClosed):
                 session.receive_data(await wire.receive_some())
+            return True
         except PeerError as e:
             # Our side completed and merged; whatever the peer does now cannot undo that.
             log.debug("after a complete sync, closing failed: %s", e)
+    return False
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:

@@ -104,6 +104,14 @@ async def test_two_members_sync_both_ways_and_agree(homes: Devices) -> None:
                 second = await client(homes.second, b).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()
             left, right = await snapshot(a), await snapshot(b)
+            # Each side now knows the other holds everything (what `peer status` and `bundle export --for` use).
+            a_knows = await a.known_peer(b.device_id)
+            b_knows = await b.known_peer(a.device_id)
+            assert a_knows is not None and b_knows is not None
+            assert (a_knows.via, b_knows.via) == ("sync", "sync")
+            assert await a.count_missing_for(a_knows.vector) == 0
+            assert await b.count_missing_for(b_knows.vector) == 0
+            assert await a.known_peer(homes.stranger.identity().device_id) is None
     assert (first.sent, first.received) == (2, 3)
     assert (second.sent, second.received) == (1, 1)
     assert first.peer_device_id == homes.first.identity().device_id
