@@ -1,41 +1,456 @@
-"""``peer agent``: the long-running side of a device.
+"""``peer agent``: the long-running side of a device, which keeps its store in sync.
 
-Today it is the SSH listener: it serves sync sessions to members and the
-join subsystem to devices holding an invite, and keeps the search index in
-step with what arrives. LAN discovery (mDNS) and automatic syncs hook in
-here later, as further tasks of the same nursery.
+Theory of operation. One trio nursery runs, side by side:
+
+* the **SSH listener**, serving sync sessions to members and the join
+  subsystem to devices holding an invite;
+* **discovery** (mDNS, :mod:`peer.discovery`): it advertises this device
+  and reports the group's other devices as they appear, move and leave.
+  A discovered service is only a hint: nothing is trusted until SSH has
+  proved the other side holds a member's key;
+* the **watcher**, which notices versions written by other ``peer``
+  processes on the same store (``peer add``, ``peer edit``...) through
+  SQLite's ``PRAGMA data_version``, polled every :data:`WATCH_INTERVAL_S`;
+* one **worker per peer** (discovered, or listed in ``[agent] peers``),
+  which syncs with it when it appears, after local changes (debounced),
+  and every ``sync_interval`` seconds (anti-entropy), with exponential
+  backoff and jitter after failures;
+* the **status writer**: ``agent.json`` in the home directory, which
+  ``peer status`` reads from another process.
+
+One session per peer at a time: a worker holds the peer's lock while its
+session runs, and a session the peer opens meanwhile is refused with
+BUSY (the peer retries in a moment; the running session already carries
+both directions). Two agents that start a session to each other at the
+same instant both get BUSY and retry after different random delays.
+
+Who needs a sync after a change is decided by the vectors, not guessed:
+each peer's vector as of its last sync is in the store (``peers`` table),
+so a change is pushed to every peer that does not hold it yet, which also
+relays what one peer brought to the others.
 
 Shutdown: cancelling :func:`run_agent` (the CLI does it on SIGINT/SIGTERM)
-stops the listener, closes open sessions (their peers keep what they
-already stored and resend the rest next time) and closes the store.
+stops the listener and discovery (with an mDNS goodbye), cancels running
+sessions (each side keeps every batch it stored; the next sync resends
+the rest), writes a last status and closes the store. Versions are
+committed in transactions, so nothing committed is lost, even to SIGKILL.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import random
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import trio
 
-from protocol.errors import PeerError
+from protocol import format_device_id
+from protocol.errors import PeerBusy, PeerError, TransportError, TrustError
+from protocol.session import SyncSession
 
-from .aio import DEFAULT_PORT, JOIN_SUBSYSTEM, StreamHandler
+from .aio import DEFAULT_PORT, JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
+from .config import AgentConfig
 from .device import Device
 from .home import Home
-from .sync import Syncer, SyncSummary, catch_up_index
+from .sync import Syncer, SyncSummary, catch_up_index, parse_address
 
-__all__ = ["run_agent", "run_until_signalled", "DEFAULT_LISTEN", "Listening"]
+__all__ = [
+    "run_agent",
+    "run_until_signalled",
+    "DEFAULT_LISTEN",
+    "Listening",
+    "STATUS_FILE",
+    "read_status",
+]
 
 log = logging.getLogger(__name__)
 
 #: Where the agent listens unless told otherwise: every interface, the default port.
 DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)
+#: The agent's status, for ``peer status``: in the home directory.
+STATUS_FILE: Final = "agent.json"
+#: How often the watcher asks SQLite whether another process wrote.
+WATCH_INTERVAL_S: Final = 0.25
+#: The first wait after a failure; it doubles with each further failure, up to ``backoff_max``.
+BACKOFF_BASE_S: Final = 1.0
+#: How soon to try again when the peer was busy syncing with us.
+BUSY_RETRY_S: Final = (0.2, 1.0)
+#: The status file is rewritten at most this often (and once more when the agent stops).
+STATUS_EVERY_S: Final = 0.5
 
 #: ``listening(host, port, device_id)``, called once the listener really accepts connections.
 Listening = Callable[[str, int, str], None]
+
+
+@dataclass
+class _Peer:
+    """What the agent knows about one other device, and its worker's state."""
+
+    key: str  # the device id, or "address:HOST:PORT" for a configured peer not reached yet
+    device_id: str | None
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+    source: str = "mdns"  # "mdns" or "config"
+    present: bool = True
+    dirty: bool = True  # a sync is wanted as soon as the backoff allows
+    failures: int = 0
+    not_before: float = 0.0  # monotonic: no attempt before this (backoff)
+    next_periodic: float = 0.0  # monotonic: the next anti-entropy round
+    last_attempt: float | None = None  # wall clock
+    last_sync: float | None = None  # wall clock of the last complete sync
+    last_result: str = "never synced"
+    last_summary: dict[str, Any] | None = None
+    last_error: str | None = None
+    logged: set[str] = field(default_factory=set)  # error kinds already logged at WARNING
+    wake: trio.Event = field(default_factory=trio.Event)
+    cancel: trio.CancelScope | None = None
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "addresses": [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in self.addresses],
+            "source": self.source,
+            "present": self.present,
+            "last_attempt": self.last_attempt,
+            "last_sync": self.last_sync,
+            "last_result": self.last_result,
+            "last_summary": self.last_summary,
+            "failures": self.failures,
+        }
+
+
+def _backoff(failures: int, ceiling: float) -> float:
+    """Exponential backoff with full jitter between half and all of the step."""
+    step = min(ceiling, BACKOFF_BASE_S * 2 ** min(failures - 1, 30))
+    return random.uniform(step / 2, step)
+
+
+class _Agent:
+    def __init__(
+        self,
+        home: Home,
+        device: Device,
+        config: AgentConfig,
+        *,
+        interfaces: Sequence[str],
+        discovery: bool,
+        static_peers: Sequence[str],
+    ) -> None:
+        self.home = home
+        self.device = device
+        self.store = device.store
+        self.config = config
+        self.interfaces = list(interfaces)
+        self.discovery = discovery
+        self.static_peers = list(static_peers)
+        self.identity = home.identity()
+        self.peers: dict[str, _Peer] = {}
+        self.locks: dict[str, trio.Lock] = {}  # one session per device id at a time
+        self.index_lock = trio.Lock()
+        self.status_dirty = trio.Event()
+        self.started = time.time()
+        self.listen: tuple[str, int] | None = None
+        self.nursery: trio.Nursery | None = None
+        self.syncer = Syncer(self.store, self.identity.signing_key, after_sync=self._after_sync)
+
+    # Sessions ----------------------------------------------------------------------
+    def _lock(self, device_id: str) -> trio.Lock:
+        return self.locks.setdefault(device_id, trio.Lock())
+
+    async def _after_sync(self, summary: SyncSummary) -> None:
+        """Versions arrived: index them, and relay them to the peers that lack them."""
+        async with self.index_lock:
+            try:
+                await catch_up_index(self.device)
+            except PeerError as e:
+                log.warning("the search index was not updated (%s); the next search catches up", e)
+        await self._changed(exclude=summary.peer_device_id)
+
+    async def handle(self, stream: ByteStream) -> None:
+        """A member opened a sync session: serve it, unless a session with it is already running."""
+        lock = self._lock(stream.peer_device_id)
+        if lock.locked():
+            session = SyncSession(
+                self.store.device_id, self.store.group_id, await self.store.vector(),
+                await self.store.membership_digest(), peer_device_id=stream.peer_device_id,
+            )
+            data = session.send_error(PeerBusy("a sync session with this device is already running"))
+            with trio.move_on_after(2):
+                try:
+                    await stream.send_all(data)
+                    await stream.send_eof()
+                except PeerError:
+                    pass
+            return
+        async with lock:
+            peer = self.peers.get(stream.peer_device_id)
+            try:
+                await self.syncer.handle(stream)
+            except PeerError as e:
+                log.info("sync from device %s failed: %s", format_device_id(stream.peer_device_id), e)
+                raise
+            if peer is not None:
+                # A complete session it opened counts as a sync with it.
+                peer.last_sync = time.time()
+                peer.last_result = "ok (it connected)"
+                self._status_changed()
+
+    async def _changed(self, exclude: str | None = None) -> None:
+        """This store changed: mark every peer that does not hold our vector yet."""
+        vector = await self.store.vector()
+        for peer in list(self.peers.values()):
+            if peer.device_id is None or peer.device_id == exclude:
+                if peer.device_id is None:
+                    peer.dirty = True
+                    peer.poke()
+                continue
+            known = await self.store.known_peer(peer.device_id)
+            if known is None or known.vector.merge(vector) != known.vector:
+                peer.dirty = True
+                peer.poke()
+
+    async def _sync_once(self, peer: _Peer) -> None:
+        """One attempt: try the peer's addresses in order until one answers."""
+        if not peer.addresses:
+            raise TransportError("no address known")
+        errors: list[str] = []
+        for host, port in list(peer.addresses):
+            try:
+                summary = await self.syncer.sync_with(host, port)
+            except TrustError:
+                raise  # another address will not make a stranger a member
+            except PeerBusy:
+                raise
+            except TransportError as e:
+                errors.append(f"{host}:{port}: {e}")
+                continue
+            self._reached(peer, summary, host, port)
+            return
+        raise TransportError("; ".join(errors))
+
+    def _reached(self, peer: _Peer, summary: SyncSummary, host: str, port: int) -> None:
+        peer.last_sync = time.time()
+        peer.last_summary = summary.to_json()
+        peer.last_result = "ok"
+        if peer.device_id is None:
+            # A configured address answered: from now on the device is known by its id.
+            peer.device_id = summary.peer_device_id
+        if (host, port) in peer.addresses and peer.addresses[0] != (host, port):
+            peer.addresses.remove((host, port))
+            peer.addresses.insert(0, (host, port))
+        level = logging.INFO if summary.sent or summary.received or peer.failures else logging.DEBUG
+        log.log(level, "synced: %s", summary.describe())
+
+    async def worker(self, peer: _Peer) -> None:
+        """Sync with one peer when wanted, for as long as it is known."""
+        with trio.CancelScope() as scope:
+            peer.cancel = scope
+            while True:
+                now = trio.current_time()
+                due = max(now if peer.dirty else peer.next_periodic, peer.not_before)
+                if due <= now:
+                    await self._attempt(peer)
+                    continue
+                peer.wake = trio.Event()
+                with trio.move_on_at(due):
+                    await peer.wake.wait()
+                    # Debounce: let a burst of local writes settle into one session.
+                    await trio.sleep(self.config.debounce)
+
+    async def _attempt(self, peer: _Peer) -> None:
+        peer.dirty = False
+        peer.last_attempt = time.time()
+        interval = self.config.sync_interval
+        lock = self._lock(peer.device_id) if peer.device_id is not None else trio.Lock()
+        try:
+            if lock.locked():
+                raise PeerBusy("a session with it is already running")
+            async with lock:
+                await self._sync_once(peer)
+        except PeerBusy:
+            # Not a failure: the running session carries both directions. Check again soon.
+            peer.dirty = True
+            peer.not_before = trio.current_time() + random.uniform(*BUSY_RETRY_S)
+            return
+        except PeerError as e:
+            self._failed(peer, e)
+            return
+        finally:
+            self._status_changed()
+        peer.failures = 0
+        peer.last_error = None
+        peer.logged.clear()
+        peer.not_before = 0.0
+        peer.next_periodic = trio.current_time() + random.uniform(0.9 * interval, 1.1 * interval)
+
+    def _failed(self, peer: _Peer, error: PeerError) -> None:
+        peer.failures += 1
+        peer.last_error = str(error)
+        peer.last_result = f"failed: {error}"
+        delay = _backoff(peer.failures, self.config.backoff_max)
+        if isinstance(error, TrustError):
+            # A device that is not (or no longer) a member will not become one by retrying soon.
+            delay = self.config.backoff_max
+        peer.not_before = trio.current_time() + delay
+        peer.dirty = True
+        name = format_device_id(peer.device_id) if peer.device_id else peer.key
+        kind = type(error).__name__
+        # Log each kind of failure once per peer until it next succeeds: no log flood while a peer is away.
+        if kind not in peer.logged:
+            peer.logged.add(kind)
+            log.warning("sync with %s failed: %s (retrying with backoff)", name, error)
+        else:
+            log.debug("sync with %s failed again: %s (next try in %.1f s)", name, error, delay)
+
+    # Peers -------------------------------------------------------------------------
+    def _start_worker(self, peer: _Peer) -> None:
+        assert self.nursery is not None
+        self.peers[peer.key] = peer
+        self.nursery.start_soon(self._run_worker, peer)
+        self._status_changed()
+
+    async def _run_worker(self, peer: _Peer) -> None:
+        try:
+            await self.worker(peer)
+        finally:
+            if self.peers.get(peer.key) is peer:
+                del self.peers[peer.key]
+                self._status_changed()
+
+    def appeared(self, device_id: str, addresses: Sequence[tuple[str, int]]) -> None:
+        """Discovery saw ``device_id`` (again) at ``addresses``."""
+        if device_id == self.store.device_id:
+            return
+        peer = self.peers.get(device_id)
+        if peer is None:
+            # Maybe a configured address that turned out to be this device.
+            peer = next((p for p in self.peers.values() if p.device_id == device_id), None)
+        if peer is None:
+            log.info("found device %s on the LAN at %s", format_device_id(device_id),
+                     ", ".join(f"{h}:{p}" for h, p in addresses))
+            self._start_worker(_Peer(device_id, device_id, list(addresses), source="mdns"))
+            return
+        changed = list(addresses) != peer.addresses[: len(addresses)]
+        if peer.source == "mdns":
+            peer.addresses = list(addresses)
+        else:
+            peer.addresses = list(dict.fromkeys([*peer.addresses, *addresses]))
+        if not peer.present or changed:
+            peer.present = True
+            peer.dirty = True
+            peer.not_before = 0.0  # back on the network: try now, whatever the backoff said
+            peer.poke()
+        self._status_changed()
+
+    def gone(self, device_id: str) -> None:
+        """Discovery saw ``device_id`` leave (goodbye, or its records expired)."""
+        peer = self.peers.get(device_id)
+        if peer is None or peer.source != "mdns":
+            return
+        log.info("device %s left the LAN", format_device_id(device_id))
+        peer.present = False
+        if peer.cancel is not None:
+            peer.cancel.cancel()  # its worker ends; a new one starts if it comes back
+
+    def _add_static(self) -> None:
+        for text in self.static_peers:
+            host, port = parse_address(text)
+            self._start_worker(_Peer(f"address:{host}:{port}", None, [(host, port)], source="config"))
+
+    # Tasks -------------------------------------------------------------------------
+    async def watch(self) -> None:
+        """Notice versions written by other processes on this store."""
+        version = await self.store.data_version()
+        seq = await self.store.last_seq()
+        while True:
+            await trio.sleep(WATCH_INTERVAL_S)
+            now = await self.store.data_version()
+            if now == version:
+                continue
+            version = now
+            latest = await self.store.last_seq()
+            if latest != seq:
+                seq = latest
+                await self.store.refresh()
+                await self._changed()
+
+    async def discover(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .discovery import Appeared, Discovery, Gone
+
+        assert self.listen is not None
+        finder = Discovery(
+            self.store.device_id, self.store.group_id, self.listen[1], self.interfaces
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(finder.run)
+            task_status.started()
+            async for event in finder.events():
+                if isinstance(event, Appeared):
+                    advert = event.advert
+                    self.appeared(advert.device_id, [(a, advert.port) for a in advert.addresses])
+                elif isinstance(event, Gone):
+                    self.gone(event.device_id)
+
+    def _status_changed(self) -> None:
+        self.status_dirty.set()
+
+    def status(self, running: bool = True) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "running": running,
+            "device_id": self.store.device_id,
+            "started_at": self.started,
+            "updated_at": time.time(),
+            "listen": None if self.listen is None else f"{self.listen[0]}:{self.listen[1]}",
+            "discovery": self.discovery,
+            "interfaces": self.interfaces,
+            "peers": [p.to_json() for p in sorted(self.peers.values(), key=lambda p: p.key)],
+        }
+
+    def write_status(self, running: bool = True) -> None:
+        path = self.home.path / STATUS_FILE
+        tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(running), indent=1), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as e:
+            log.debug("could not write %s: %s", path, e)
+
+    async def publish_status(self) -> None:
+        while True:
+            self.write_status()
+            self.status_dirty = trio.Event()
+            await self.status_dirty.wait()
+            await trio.sleep(STATUS_EVERY_S)
+
+
+def read_status(home: Home) -> dict[str, Any] | None:
+    """The running agent's last status, or None when no agent is running on this home."""
+    path = home.path / STATUS_FILE
+    try:
+        status: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(status["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not status.get("running"):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # it died without saying so (SIGKILL)
+    except PermissionError:
+        pass
+    return status
 
 
 def _join_handler(home: Home, device: Device) -> dict[str, StreamHandler]:
@@ -50,43 +465,59 @@ async def run_agent(
     *,
     host: str = DEFAULT_LISTEN[0],
     port: int = DEFAULT_LISTEN[1],
+    config: AgentConfig | None = None,
+    interfaces: Sequence[str] | None = None,
+    discovery: bool | None = None,
+    peers: Sequence[str] | None = None,
     listening: Listening | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve this device until cancelled; ``task_status.started(port)`` once listening."""
+    """Serve and sync this device until cancelled; ``task_status.started(port)`` once listening.
+
+    ``interfaces``, ``discovery`` and ``peers`` override ``config`` (the
+    ``[agent]`` section of config.toml) when given.
+    """
+    config = config or AgentConfig()
     device = await Device.open(home)
+    agent = _Agent(
+        home,
+        device,
+        config,
+        interfaces=config.interfaces if interfaces is None else interfaces,
+        discovery=config.discovery if discovery is None else discovery,
+        static_peers=config.peers if peers is None else peers,
+    )
     try:
-        identity = home.identity()
-        index_lock = trio.Lock()
-
-        async def reindex(summary: SyncSummary) -> None:
-            # One catch-up at a time: hnswlib is not safe for concurrent writes.
-            async with index_lock:
-                try:
-                    await catch_up_index(device)
-                except PeerError as e:
-                    log.warning("the search index was not updated (%s); the next search catches up", e)
-
-        syncer = Syncer(device.store, identity.signing_key, after_sync=reindex)
         async with trio.open_nursery() as nursery:
-            bound: int = await nursery.start(partial(syncer.serve, host, port, handlers=_join_handler(home, device)))
-            log.info("listening on %s:%d as device %s", host, bound, identity.device_id)
+            agent.nursery = nursery
+            handlers = {**_join_handler(home, device), SYNC_SUBSYSTEM: agent.handle}
+            bound: int = await nursery.start(partial(agent.syncer.serve, host, port, handlers=handlers))
+            agent.listen = (host, bound)
+            log.info("listening on %s:%d as device %s", host, bound, format_device_id(agent.store.device_id))
+            if agent.discovery:
+                await nursery.start(agent.discover)
+            agent._add_static()
+            nursery.start_soon(agent.watch)
+            nursery.start_soon(agent.publish_status)
             if listening is not None:
-                listening(host, bound, identity.device_id)
+                listening(host, bound, agent.store.device_id)
             task_status.started(bound)
     finally:
         with trio.CancelScope(shield=True):
+            agent.write_status(running=False)
             await device.close()
 
 
-async def run_until_signalled(
-    home: Home, *, host: str, port: int, listening: Listening | None = None
-) -> None:
+async def run_until_signalled(home: Home, **kwargs: Any) -> None:
     """:func:`run_agent` until SIGINT or SIGTERM, then a clean shutdown."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_agent, home, host=host, port=port, listening=listening))
+            await nursery.start(partial(run_agent, home, **kwargs))
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def status_path(home: Home) -> Path:
+    return home.path / STATUS_FILE

@@ -914,23 +914,39 @@ def sync(address: str, timeout: float | None) -> None:
 
 @cli.command()
 @click.option("--listen", metavar="ADDR:PORT", default=None,
-              help="Where to accept SSH connections (default 0.0.0.0:7847; port 0 picks a free one).")
+              help="Where to accept SSH connections (default 0.0.0.0:7847, or [agent] listen; port 0 picks a free one).")
+@click.option("--interface", "interfaces", multiple=True, metavar="IP",
+              help="Advertise and browse mDNS on this address only (repeat for more; default: every non-loopback one).")
+@click.option("--peer", "peers", multiple=True, metavar="HOST[:PORT]",
+              help="Also keep this device in sync, mDNS or not (repeat for more; adds to [agent] peers).")
 @click.option("--no-discovery", is_flag=True, help="Do not look for the group's devices on the LAN (mDNS).")
 @common_options
-def agent(listen: str | None, no_discovery: bool) -> None:
-    """Run this device's agent: serve syncs to members (and joins to invitees) until Ctrl-C."""
+def agent(listen: str | None, interfaces: tuple[str, ...], peers: tuple[str, ...], no_discovery: bool) -> None:
+    """Run this device's agent until Ctrl-C: find the group's devices on the LAN and keep them in sync.
+
+    Settings come from config.toml in the home directory ([agent]); these options override it.
+    """
+    import ipaddress
     import logging
 
-    from .agent import DEFAULT_LISTEN, run_until_signalled
+    from .agent import run_until_signalled
+    from .config import load_config
     from .home import Home
     from .sync import parse_address
 
-    host, port = DEFAULT_LISTEN if listen is None else parse_address(listen, DEFAULT_LISTEN[1])
     home = Home.locate(_home_arg())
+    config = load_config(home.config_path).agent
+    host, port = parse_address(listen or config.listen)
+    for address in interfaces:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise click.BadParameter(f"{address!r} is not an IP address", param_hint="--interface") from None
+    for address in peers:
+        parse_address(address)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    if not no_discovery:
-        _warn("LAN discovery is not available yet: serving syncs only (use `peer sync HOST` from the other devices)")
+    for noisy in ("asyncssh", "zeroconf"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     def listening(bound_host: str, bound_port: int, device_id: str) -> None:
         # The first line on stdout, so that scripts (and tests) learn the port.
@@ -941,7 +957,30 @@ def agent(listen: str | None, no_discovery: bool) -> None:
             click.echo(f"listening on {bound_host}:{bound_port}")
         sys.stdout.flush()
 
-    _run(lambda: run_until_signalled(home, host=host, port=port, listening=listening))
+    _run(lambda: run_until_signalled(
+        home,
+        host=host,
+        port=port,
+        config=config,
+        interfaces=interfaces or None,
+        discovery=False if no_discovery else None,
+        peers=[*config.peers, *peers],
+        listening=listening,
+    ))
+
+
+@cli.command()
+@common_options
+def status() -> None:
+    """The agent and the group's devices: addresses, last sync and its result, what each lacks."""
+    from .home import Home
+    from .status import status_command
+
+    result = _run(lambda: status_command(Home.locate(_home_arg())))
+    if _json_mode():
+        _print_json(result.to_json())
+    else:
+        result.print()
 
 
 # Entry point ---------------------------------------------------------------------------

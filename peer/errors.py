@@ -13,6 +13,7 @@ from protocol.errors import (
     DecryptionFailed,
     LocalProtocolError,
     NotAMember,
+    PeerBusy,
     PeerError,
     ProtocolError,
     RemoteProtocolError,
@@ -48,6 +49,7 @@ __all__ = [
     "BundleError",
     "StoreError",
     "TransportError",
+    "PeerBusy",
     "ConfigError",
     "ImportFormatError",
 ]

@@ -857,9 +857,16 @@ class Store:
 
     # Local writes ----------------------------------------------------------------
     async def _write_local(
-        self, items: Sequence[tuple[str, MemoryBody, list[_MergeRow]]], txn: _Txn
+        self,
+        items: Sequence[tuple[str, MemoryBody, list[_MergeRow]]],
+        txn: _Txn,
+        placements: Sequence[_Placement] | None = None,
     ) -> list[Dot]:
-        """Seal and store one new version per item (memory id, body, its current versions)."""
+        """Seal and store one new version per item (memory id, body, its current versions).
+
+        Each new version supersedes every live version of its memory, unless
+        ``placements`` (one per item, for imports) says otherwise.
+        """
         epoch, group_key = self._current_key()
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[int, int, int]] = []
@@ -867,11 +874,13 @@ class Store:
 
         def prepare() -> None:
             clock = HybridLogicalClock(self._now_ms, txn.hlc)
-            for memory_id, body, prior in items:
+            for at, (memory_id, body, prior) in enumerate(items):
                 txn.last_counter = next_counter(txn.last_counter, self._now_ms())
                 dot = Dot(self.replica_id, txn.last_counter)
                 hlc = clock.tick()
                 context = context_for_new_version(resolve(r.meta for r in prior)) if prior else ()
+                if placements is not None:
+                    context, hlc = placements[at].place(context, hlc)
                 header = VersionHeader(
                     group_id=self.group_id, epoch=epoch, memory_id=memory_id, dot=dot, context=context, hlc=hlc
                 )
@@ -1230,6 +1239,14 @@ class Store:
                 )
             rows = await self._db.fetchall("SELECT replica, counter FROM vector")
         return VersionVector(rows)
+
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection (process) commits."""
+        return int(await self._db.fetchvalue("PRAGMA data_version"))
+
+    async def last_seq(self) -> int:
+        """The change sequence number of the newest version held (0 when empty)."""
+        return int(await self._db.fetchvalue("SELECT coalesce(max(seq), 0) FROM versions"))
 
     async def remember_peer(self, device_id: str, vector: VersionVector, *, via: str) -> None:
         """Record that ``device_id`` holds at least ``vector`` (merged with what was known)."""

@@ -437,13 +437,16 @@ class Syncer:
         handlers: Mapping[str, StreamHandler] | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on ``host:port`` for members' syncs (and ``handlers``' other subsystems, e.g. joining)."""
+        """Listen on ``host:port`` for members' syncs (and ``handlers``' other subsystems, e.g. joining).
+
+        ``handlers`` may replace the sync handler too (the agent wraps it to allow one session per peer).
+        """
         await serve(
             self._signing_key,
             host=host,
             port=port,
             authorize=self.authorize,
-            handlers={**(handlers or {}), SYNC_SUBSYSTEM: self.handle},
+            handlers={SYNC_SUBSYSTEM: self.handle, **(handlers or {})},
             read_timeout=self.read_timeout,
             task_status=task_status,
         )

@@ -16,6 +16,7 @@ __all__ = [
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
+    "PeerBusy",
     "DecodeError",
     "UnsupportedFormat",
     "TrustError",
@@ -97,3 +98,7 @@ class StoreError(PeerError):
 
 class TransportError(PeerError):
     """The connection to the other device failed."""
+
+
+class PeerBusy(TransportError):
+    """The other device is already syncing with this one; try again in a moment."""

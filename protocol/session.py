@@ -50,6 +50,7 @@ from .clock import VersionVector
 from .errors import (
     LocalProtocolError,
     NotAMember,
+    PeerBusy,
     PeerError,
     RemoteProtocolError,
     TrustError,
@@ -226,6 +227,8 @@ def error_frame_for(exc: BaseException) -> ErrorFrame:
         code = ErrorCode.WRONG_GROUP
     elif isinstance(exc, NotAMember):
         code = ErrorCode.NOT_A_MEMBER
+    elif isinstance(exc, PeerBusy):
+        code = ErrorCode.BUSY
     elif isinstance(exc, (RemoteProtocolError, TrustError)):
         code = ErrorCode.PROTOCOL
     else:
@@ -242,6 +245,7 @@ _RECEIVED_ERRORS: Final[dict[int, Callable[[str], PeerError]]] = {
     ErrorCode.VERSION: UnsupportedFormat,
     ErrorCode.WRONG_GROUP: WrongGroup,
     ErrorCode.NOT_A_MEMBER: NotAMember,
+    ErrorCode.BUSY: PeerBusy,
 }
 
 

@@ -1,0 +1,127 @@
+"""``peer status``: the agent and the group's other devices, read from another process.
+
+Two sources, joined by device id: the store (every member, and for each
+device that ever synced or sent a bundle, its vector as of then, hence
+exactly how many versions it lacks from this store) and the running
+agent's ``agent.json`` (addresses it found, its last attempt and its
+result). Without a running agent the store's half is still shown.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import format_device_id
+
+from .agent import read_status
+from .home import Home
+
+__all__ = ["StatusReport", "status_command"]
+
+
+def _ago(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "never"
+    seconds = max(0.0, now - timestamp)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    device_id: str
+    agent: dict[str, Any] | None
+    peers: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "agent": self.agent,
+            "peers": self.peers,
+        }
+
+    def text(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        lines = [f"device {format_device_id(self.device_id)}"]
+        if self.agent is None:
+            lines.append("agent: not running (start it with `peer agent`)")
+        else:
+            discovery = "mDNS on " + (", ".join(self.agent["interfaces"]) or "every interface") if self.agent["discovery"] else "mDNS off"
+            lines.append(
+                f"agent: running (pid {self.agent['pid']}), listening on {self.agent['listen']}, {discovery},"
+                f" up since {_ago(self.agent['started_at'], now)}"
+            )
+        if not self.peers:
+            lines.append("no other devices in this group yet (`peer invite` on this one, `peer join` on the other)")
+        for p in self.peers:
+            name = f"{p['name']} ({format_device_id(p['device_id'])})" if p["device_id"] else p["name"]
+            flags = " [revoked]" if p["revoked"] else ""
+            lines.append(f"{name}{flags}")
+            if p["addresses"]:
+                state = "on the LAN" if p["present"] else "gone from the LAN"
+                lines.append(f"  at {', '.join(p['addresses'])} ({state})")
+            lines.append(f"  last sync: {_ago(p['last_sync'], now)}" + (f" (by {p['via']})" if p["via"] else ""))
+            if p["last_result"]:
+                lines.append(f"  last attempt: {_ago(p['last_attempt'], now)}: {p['last_result']}")
+            if p["lacks"] is None:
+                lines.append("  lacks: unknown (never synced)")
+            else:
+                lines.append(f"  lacks: {p['lacks']:,} versions of this device's store" + (
+                    "; it has versions this device lacks" if p["ahead"] else ""))
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        print(self.text())
+
+
+async def status_command(home: Home) -> StatusReport:
+    agent = read_status(home)
+    async with await home.open_store() as store:
+        vector = await store.vector()
+        known = {k.device_id: k for k in await store.known_peers()}
+        members = {m.device_id: m for m in store.membership.members()}
+        by_agent: dict[str, dict[str, Any]] = {}
+        unnamed: list[dict[str, Any]] = []
+        for p in (agent or {}).get("peers", []):
+            if p.get("device_id"):
+                by_agent[p["device_id"]] = p
+            else:
+                unnamed.append(p)
+        peers: list[dict[str, Any]] = []
+        for device_id in sorted(set(members) | set(known) | set(by_agent), key=lambda d: (
+            members[d].name if d in members else "~", d)):
+            if device_id == store.device_id:
+                continue
+            member = members.get(device_id)
+            seen = known.get(device_id)
+            live = by_agent.get(device_id, {})
+            peers.append({
+                "device_id": device_id,
+                "name": member.name if member else "(not a member)",
+                "member": member is not None and not member.revoked,
+                "revoked": bool(member and member.revoked),
+                "addresses": live.get("addresses", []),
+                "present": bool(live.get("present")),
+                "last_sync": seen.seen_at if seen else None,
+                "via": seen.via if seen else None,
+                "last_attempt": live.get("last_attempt"),
+                "last_result": live.get("last_result"),
+                "failures": live.get("failures", 0),
+                "lacks": await store.count_missing_for(seen.vector) if seen else None,
+                "ahead": bool(seen and vector.merge(seen.vector) != vector),
+            })
+        for p in unnamed:
+            peers.append({
+                "device_id": None, "name": ", ".join(p["addresses"]) or "?", "member": False, "revoked": False,
+                "addresses": p["addresses"], "present": bool(p.get("present")), "last_sync": None, "via": None,
+                "last_attempt": p.get("last_attempt"), "last_result": p.get("last_result"),
+                "failures": p.get("failures", 0), "lacks": None, "ahead": False,
+            })
+        return StatusReport(store.device_id, agent, peers)
