@@ -69,6 +69,7 @@ __all__ = [
     "Listening",
     "STATUS_FILE",
     "read_status",
+    "systemd_unit_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -519,5 +520,26 @@ async def run_until_signalled(home: Home, **kwargs: Any) -> None:
                 break
 
 
-def status_path(home: Home) -> Path:
-    return home.path / STATUS_FILE
+def systemd_unit_text(home: Home, executable: str, options: Sequence[str] = ()) -> str:
+    """A systemd *user* unit running this agent at login, restarted if it fails."""
+    import shlex
+
+    program = Path(executable).resolve()
+    command = shlex.join([str(program), "agent", f"--home={home.path.resolve()}", *options])
+    return f"""[Unit]
+Description=peer agent: keeps this device's memories in sync with the group's other devices
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={command}
+Restart=on-failure
+RestartSec=5
+# SIGTERM stops it cleanly: running sessions end, nothing committed is lost.
+KillSignal=SIGTERM
+TimeoutStopSec=15
+
+[Install]
+WantedBy=default.target
+"""

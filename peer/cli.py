@@ -920,8 +920,12 @@ def sync(address: str, timeout: float | None) -> None:
 @click.option("--peer", "peers", multiple=True, metavar="HOST[:PORT]",
               help="Also keep this device in sync, mDNS or not (repeat for more; adds to [agent] peers).")
 @click.option("--no-discovery", is_flag=True, help="Do not look for the group's devices on the LAN (mDNS).")
+@click.option("--systemd-unit", is_flag=True,
+              help="Print a systemd user unit that runs this agent at login, and exit (see the README).")
 @common_options
-def agent(listen: str | None, interfaces: tuple[str, ...], peers: tuple[str, ...], no_discovery: bool) -> None:
+def agent(
+    listen: str | None, interfaces: tuple[str, ...], peers: tuple[str, ...], no_discovery: bool, systemd_unit: bool
+) -> None:
     """Run this device's agent until Ctrl-C: find the group's devices on the LAN and keep them in sync.
 
     Settings come from config.toml in the home directory ([agent]); these options override it.
@@ -929,12 +933,18 @@ def agent(listen: str | None, interfaces: tuple[str, ...], peers: tuple[str, ...
     import ipaddress
     import logging
 
-    from .agent import run_until_signalled
+    from .agent import run_until_signalled, systemd_unit_text
     from .config import load_config
     from .home import Home
     from .sync import parse_address
 
     home = Home.locate(_home_arg())
+    if systemd_unit:
+        click.echo(systemd_unit_text(home, sys.argv[0], [*(f"--interface={i}" for i in interfaces),
+                                                        *(f"--peer={p}" for p in peers),
+                                                        *([f"--listen={listen}"] if listen else []),
+                                                        *(["--no-discovery"] if no_discovery else [])]), nl=False)
+        return
     config = load_config(home.config_path).agent
     host, port = parse_address(listen or config.listen)
     for address in interfaces:

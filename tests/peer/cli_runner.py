@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,36 @@ def assert_error(done: subprocess.CompletedProcess[str], code: int, *words: str)
 
 def ndjson(items: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(item) + "\n" for item in items)
+
+
+class Agent:
+    """``peer agent --listen 127.0.0.1:0 --json EXTRA...`` in a subprocess; stderr goes to ``log``."""
+
+    def __init__(
+        self, home: Path, log: Path, *extra: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = ()
+    ) -> None:
+        self.home = home
+        self.log = log
+        self._err = open(log, "ab")  # noqa: SIM115 - closed in stop(); appended to across restarts
+        self.process = subprocess.Popen(
+            [*prefix, *PEER, "--home", str(home), "agent", "--listen", listen, "--json", *extra],
+            stdout=subprocess.PIPE, stderr=self._err, env=env(), text=True,
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline()
+        assert first, "peer agent exited before listening: " + log.read_text()
+        self.listening = json.loads(first)
+        self.port = int(self.listening["port"])
+
+    def rss_kb(self) -> int:
+        """The agent's resident memory now, in kB (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc")
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=30)
+        self._err.close()
+        return code

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import trio_asyncio
 
 from peer.home import Home
 
-from .cli_runner import PEER, assert_error, env, ok, ok_json, peer
+from .cli_runner import Agent, assert_error, ok, ok_json, peer
 from .groups import admit, found
 
 
@@ -27,27 +26,6 @@ async def _pair(root: Path) -> None:
 def pair(tmp_path: Path) -> tuple[Path, Path]:
     trio.run(_pair, tmp_path)
     return tmp_path / "first", tmp_path / "second"
-
-
-class Agent:
-    def __init__(self, home: Path, log: Path, *extra: str) -> None:
-        self.log = log
-        self._err = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [*PEER, "--home", str(home), "agent", "--listen", "127.0.0.1:0", "--json", *extra],
-            stdout=subprocess.PIPE, stderr=self._err, env=env(), text=True,
-        )
-        assert self.process.stdout is not None
-        first = self.process.stdout.readline()
-        assert first, "peer agent exited before listening: " + log.read_text()
-        self.listening = json.loads(first)
-        self.port = int(self.listening["port"])
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=30)
-        self._err.close()
-        return code
 
 
 @pytest.fixture
