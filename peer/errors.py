@@ -30,6 +30,10 @@ class ConfigError(PeerError):
     """``config.toml`` cannot be read, or holds an unknown key or a value of the wrong type."""
 
 
+class DiscoveryError(PeerError):
+    """LAN discovery (mDNS) cannot start: a bad ``--interface`` address, or sockets that cannot be opened."""
+
+
 class ImportFormatError(PeerError):
     """A file given to ``peer import`` (or a backup) is not in the format it claims; names the line."""
 
@@ -51,5 +55,6 @@ __all__ = [
     "TransportError",
     "PeerBusy",
     "ConfigError",
+    "DiscoveryError",
     "ImportFormatError",
 ]
