@@ -82,6 +82,13 @@ STATUS_FILE: Final = "agent.json"
 WATCH_INTERVAL_S: Final = 0.25
 #: The first wait after a failure; it doubles with each further failure, up to ``backoff_max``.
 BACKOFF_BASE_S: Final = 1.0
+#: The longest wait before retrying a peer that did not answer: a peer that is still
+#: advertised (or configured) but unreachable costs one TCP handshake per few seconds,
+#: and a healed partition is noticed within that time. Refusals back off to ``backoff_max``.
+UNREACHABLE_MAX_S: Final = 5.0
+#: How long an automatic sync may take to connect and log in (a LAN answers in milliseconds;
+#: this leaves room for loss and delay).
+AGENT_CONNECT_TIMEOUT_S: Final = 8.0
 #: How soon to try again when the peer was busy syncing with us.
 BUSY_RETRY_S: Final = (0.2, 1.0)
 #: The status file is rewritten at most this often (and once more when the agent stops).
@@ -162,7 +169,9 @@ class _Agent:
         self.started = time.time()
         self.listen: tuple[str, int] | None = None
         self.nursery: trio.Nursery | None = None
-        self.syncer = Syncer(self.store, self.identity.signing_key, after_sync=self._after_sync)
+        self.syncer = Syncer(
+            self.store, self.identity.signing_key, after_sync=self._after_sync, connect_timeout=AGENT_CONNECT_TIMEOUT_S
+        )
 
     # Sessions ----------------------------------------------------------------------
     def _lock(self, device_id: str) -> trio.Lock:
@@ -298,10 +307,13 @@ class _Agent:
         peer.failures += 1
         peer.last_error = str(error)
         peer.last_result = f"failed: {error}"
-        delay = _backoff(peer.failures, self.config.backoff_max)
         if isinstance(error, TrustError):
             # A device that is not (or no longer) a member will not become one by retrying soon.
             delay = self.config.backoff_max
+        elif isinstance(error, TransportError):
+            delay = _backoff(peer.failures, min(UNREACHABLE_MAX_S, self.config.backoff_max))
+        else:
+            delay = _backoff(peer.failures, self.config.backoff_max)
         peer.not_before = trio.current_time() + delay
         peer.dirty = True
         name = format_device_id(peer.device_id) if peer.device_id else peer.key
