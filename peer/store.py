@@ -37,6 +37,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -507,6 +508,7 @@ class Store:
         self._membership = Membership(group_id)
         self._group_keys: dict[int, bytes] = {}
         self._membership_rev = -1
+        self._txn_task: trio.lowlevel.Task | None = None  # the task inside transaction(), if any
 
     @property
     def path(self) -> Path:
@@ -681,7 +683,7 @@ class Store:
         records that were new to this store. A record that does not verify
         is skipped (``strict=False``) or raises a TrustError (``strict=True``).
         """
-        async with self._db.transaction():
+        async with self._write():
             return await self._apply_membership(records, strict=strict)
 
     async def _apply_membership(self, records: Sequence[bytes], *, strict: bool) -> list[bytes]:
@@ -835,6 +837,32 @@ class Store:
         return epoch, key
 
     # Transactions ----------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction around several writes (a bundle import: members, versions, vector).
+
+        Inside it, :meth:`apply_membership`, :meth:`apply`, :meth:`merge_vector`
+        and :meth:`remember_peer` called from this task join it instead of
+        opening their own: everything commits together, or nothing does.
+        """
+        try:
+            async with self._db.transaction():
+                self._txn_task = trio.lowlevel.current_task()
+                try:
+                    yield
+                finally:
+                    self._txn_task = None
+        except BaseException:
+            # The cached membership may hold records that were rolled back: reload it next time.
+            self._membership_rev = -1
+            raise
+
+    def _write(self) -> AbstractAsyncContextManager[None]:
+        """A write transaction of its own, or none inside :meth:`transaction` (same task)."""
+        if self._txn_task is not None and self._txn_task is trio.lowlevel.current_task():
+            return nullcontext()
+        return self._db.transaction()
+
     async def _begin(self) -> _Txn:
         """Read the counters (and reload a changed membership) inside a write transaction."""
         meta: dict[str, Any] = dict(await self._db.fetchall("SELECT key, value FROM meta"))
@@ -1145,7 +1173,7 @@ class Store:
         if not opened:
             return ApplyResult(duplicates=in_batch_duplicates, rejected=tuple(rejected))
 
-        async with self._db.transaction():
+        async with self._write():
             txn = await self._begin()
             if self._membership is not membership:
                 # A revocation arrived while the batch was being checked: its
@@ -1230,7 +1258,7 @@ class Store:
         A higher counter for this store's own replica means versions it
         wrote and lost; it adopts the counter so it never writes those dots again.
         """
-        async with self._db.transaction():
+        async with self._write():
             await self._db.executemany(_MERGE_VECTOR, list(other.items()))
             own = other.get(self.replica_id)
             if own:
