@@ -1040,3 +1040,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise
         _fail(error.message, 1)
     sys.exit(code if isinstance(code, int) else 0)
+from . import cli_bundle as _cli_bundle  # noqa: E402,F401  (registers bundle and backup)

@@ -962,8 +962,10 @@ async def join_command(
     elif "sync_error" in result:
         human += f"\nthe first sync failed ({result['sync_error']}); run `peer sync {result['address']}`"
     elif file is not None:
-        # USB bundles (`peer bundle`) are not built yet; say only what works today.
-        human += "\nnow bring the memories over with `peer sync HOST` once both devices share a network"
+        human += (
+            "\nnow bring the memories over: `peer bundle export FILE` on the inviter, `peer bundle import FILE`"
+            " here (and bundles back the other way), or `peer sync HOST` once both devices share a network"
+        )
     return result, human
 
 

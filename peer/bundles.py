@@ -1,0 +1,750 @@
+"""Bundles: air-gapped sync through a file (``peer bundle export`` / ``peer bundle import``).
+
+Theory of operation. A bundle is a sync session written to a file (the
+format is :mod:`protocol.bundle`, docs/protocol.md section 11). Export
+writes, for one recipient, every version that recipient lacks according
+to what this device last learned of it: the vector it showed in the last
+complete sync, or the sender vector of the last bundle it sent (the
+store's ``peers`` table). That *known vector* becomes the bundle's base.
+Every bundle carries its sender's vector, so a bundle carried back
+acknowledges the ones before it and the next export starts from there;
+with nothing new, a bundle still carries that acknowledgement. Every
+bundle also carries the whole member list (a few hundred bytes per
+member): the recipient may not know the devices whose versions it holds,
+and revocations must travel too.
+
+Import trusts nothing before the reader has seen the end of the file.
+Pass one reads and verifies the whole file (entry count, digest, the
+sender's signature, nothing after it) without touching the store. Pass
+two reads it again inside ONE store transaction: it adds the membership
+records, applies the versions batch by batch (each verified and decrypted
+by :meth:`Store.apply`), merges the sender's vector only if the bundle
+*completes* what this device held (not partial, and this device's vector
+dominated the base when the import began), and records the sender's
+vector as what the sender holds. The transaction commits only after the
+second reader verified the end again (the file may have changed in
+between); any failure rolls everything back, so a bad bundle changes
+nothing. Reading twice never holds a whole bundle in memory, and the
+store's write lock is held only for the second pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol import Dot, SealedVersion, VersionVector, format_device_id
+from protocol.bundle import (
+    BUNDLE_MAGIC,
+    BundleEnd,
+    BundleEvent,
+    BundleHeader,
+    BundleMemberRecord,
+    BundleReader,
+    BundleVersion,
+    BundleWriter,
+    SenderKeyLookup,
+)
+from protocol.errors import BundleError, PeerError, StoreError
+from protocol.frames import END_OF_STREAM, NEED_DATA
+from protocol.membership import Membership
+
+from .store import ApplyResult, NowMs, Store, wall_clock_ms
+
+if TYPE_CHECKING:
+    from .device import Device
+
+__all__ = [
+    "BundleSource",
+    "BundleScan",
+    "Trust",
+    "Written",
+    "ExportResult",
+    "ImportResult",
+    "Progress",
+    "atomic_output",
+    "choose_recipient",
+    "write_bundle",
+    "scan_bundle",
+    "apply_bundle",
+    "export_bundle",
+    "import_bundle",
+    "export_command",
+    "import_command",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``progress(stage, done, total)``: stage "exporting" and "applying" count
+#: versions, "verifying" counts bytes.
+Progress = Callable[[str, int, int], None]
+
+READ_CHUNK: Final = 1 << 20
+#: Versions read from the store per query while exporting.
+EXPORT_SLICE: Final = 1000
+#: Bytes gathered before one write to the file.
+WRITE_CHUNK: Final = 1 << 20
+#: Versions (and bytes) per Store.apply call while importing.
+APPLY_BATCH: Final = 500
+APPLY_BATCH_BYTES: Final = 4 << 20
+#: Exports restart when the member list changed meanwhile; this many tries.
+_EXPORT_ATTEMPTS: Final = 3
+_DIGEST_AND_SIGNATURE: Final = 96
+
+
+# Where bundles live ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BundleSource:
+    """Where a bundle's bytes are: a whole file, or a slice of one (a backup holds its bundle at an offset)."""
+
+    path: Path
+    offset: int = 0
+    length: int | None = None  # None: to the end of the file
+
+    def size(self) -> int:
+        if self.length is not None:
+            return self.length
+        try:
+            return max(0, os.stat(self.path).st_size - self.offset)
+        except OSError as e:
+            raise PeerError(f"cannot read {self.path}: {e.strerror or e}") from e
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_replaceable(path: Path, magic: bytes, what: str) -> None:
+    """Refuse to overwrite anything but an earlier file of the same kind (or an empty one)."""
+    try:
+        if not path.exists():
+            return
+        if not path.is_file():
+            raise PeerError(f"{path} exists and is not a file; give another file name")
+        with path.open("rb") as f:
+            start = f.read(len(magic))
+    except OSError as e:
+        raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
+    if start and start != magic:
+        raise PeerError(f"{path} exists and is not a peer {what}; give another file name (it was left as it is)")
+
+
+@asynccontextmanager
+async def atomic_output(
+    path: Path, *, magic: bytes, what: str, tmp_name: str | None = None
+) -> AsyncIterator[BinaryIO]:
+    """A file written under a temporary name (mode 0600) and renamed to ``path`` only once complete.
+
+    An existing ``path`` is replaced only if it is an earlier file of the
+    same kind (it starts with ``magic``). Whatever fails, the temporary
+    file is removed and ``path`` is left as it was; an OSError (a full
+    disk) becomes a PeerError naming the file.
+    """
+    path = Path(path)
+    _check_replaceable(path, magic, what)
+    tmp = path.with_name(tmp_name or f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            await trio.to_thread.run_sync(os.fsync, f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# Writing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What :func:`write_bundle` wrote."""
+
+    header: BundleHeader
+    members: int
+    versions: int
+    size: int  # bytes
+    digest: bytes  # the trailer's SHA-256 (backups bind their identity section to it)
+
+
+async def _write(out: BinaryIO, data: bytes | bytearray) -> None:
+    if data:
+        await trio.to_thread.run_sync(out.write, bytes(data))
+
+
+async def write_bundle(
+    out: BinaryIO,
+    store: Store,
+    signing_key: Ed25519PrivateKey,
+    *,
+    base: VersionVector,
+    recipient: str | None = None,
+    project: str | None = None,
+    now_ms: NowMs = wall_clock_ms,
+    progress: Progress | None = None,
+) -> Written:
+    """Write a bundle of every version ``base`` does not cover to ``out``, from its current position.
+
+    The vector is read before the versions (versions only get added, so
+    the bundle holds at least what the vector claims), the member list
+    before and after them: if it changed meanwhile, a version may be
+    signed by a member the records do not include yet, so the export
+    starts over.
+    """
+    start = out.tell()
+    for _ in range(_EXPORT_ATTEMPTS):
+        await store.refresh()
+        records = store.membership.records()
+        vector = await store.vector()
+        total = await store.count_missing_for(base)
+        writer = BundleWriter(
+            signing_key=signing_key,
+            group_id=store.group_id,
+            sender_vector=vector,
+            created_ms=now_ms(),
+            base_vector=base,
+            recipient=recipient,
+            partial=project is not None,
+        )
+        await trio.to_thread.run_sync(out.seek, start)
+        await trio.to_thread.run_sync(out.truncate)
+        buffer = bytearray(writer.header())
+        for record in records:
+            buffer += writer.add_member_record(record)
+        versions = 0
+        async for batch in store.missing_for(base, EXPORT_SLICE, project=project):
+            for version in batch:
+                buffer += writer.add_version(version)
+            versions += len(batch)
+            if len(buffer) >= WRITE_CHUNK:
+                await _write(out, buffer)
+                buffer = bytearray()
+            if progress is not None:
+                progress("exporting", versions, max(total, versions))
+        await store.refresh()
+        if set(store.membership.records()) != set(records):
+            log.info("the member list changed while the bundle was written; writing it again")
+            continue
+        trailer = writer.finish()
+        buffer += trailer
+        await _write(out, buffer)
+        size = out.tell() - start
+        digest = trailer[-_DIGEST_AND_SIGNATURE : -_DIGEST_AND_SIGNATURE + 32]
+        return Written(writer.header_info, len(records), versions, size, digest)
+    raise StoreError("the member list kept changing while the bundle was being written; try again")
+
+
+def choose_recipient(store: Store, device: str | None, full: bool) -> str | None:
+    """The device a bundle is for: ``--for DEVICE``, else the only other member, else None with ``--all``."""
+    from .pairing import find_device
+
+    members = store.membership.members()
+    if device is not None:
+        target = find_device(members, device)
+        if target.device_id == store.device_id:
+            raise PeerError(f"{device!r} is this device; a bundle is for another device of the group")
+        if target.revoked:
+            raise PeerError(
+                f"device {format_device_id(target.device_id)} ({target.name}) was revoked; it cannot import this"
+                " group's bundles"
+            )
+        return target.device_id
+    if full:
+        return None
+    others = [m for m in members if not m.revoked and m.device_id != store.device_id]
+    if len(others) == 1:
+        return others[0].device_id
+    if not others:
+        raise PeerError(
+            "this group has no other device yet: pair one first (`peer invite --file F`), or use --all to write"
+            " a full bundle"
+        )
+    raise PeerError(
+        f"this group has {len(others)} other devices; say which one the bundle is for with --for DEVICE"
+        " (see `peer devices`), or use --all for a full bundle any of them can import"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: Path
+    written: Written
+    recipient: str | None
+    known_since: float | None  # when the recipient's vector was learned (None: never, a full bundle)
+    known_via: str | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        header = self.written.header
+        return {
+            "file": str(self.path),
+            "versions": self.written.versions,
+            "members": self.written.members,
+            "bytes": self.written.size,
+            "recipient": self.recipient,
+            "full": not header.base_vector,
+            "partial": header.partial,
+            "nothing_new": self.written.versions == 0,
+            "base": header.base_vector.as_dict(),
+            "known_since": self.known_since,
+            "known_via": self.known_via,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def describe(self) -> str:
+        w = self.written
+        size = _size(w.size)
+        who = f"device {format_device_id(self.recipient)}" if self.recipient else "any device of the group"
+        if w.versions == 0:
+            return (
+                f"nothing new for {who}: wrote a small acknowledgement bundle ({size}) to {self.path};"
+                " importing it there tells that device what this one holds"
+            )
+        what = _count(w.versions, "version")
+        if w.header.partial:
+            scope = " of that project (a partial bundle)"
+        elif not w.header.base_vector:
+            scope = " (everything this device holds)"
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.known_since or 0))
+            scope = f" (what it lacks since its last {self.known_via or 'sync'}, {when})"
+        return f"wrote {what}{scope} and {_count(w.members, 'member record')} ({size}) to {self.path} for {who}"
+
+
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f} kB"
+    return f"{n / 1_000_000:.1f} MB"
+
+
+async def export_bundle(
+    store: Store,
+    signing_key: Ed25519PrivateKey,
+    path: Path,
+    *,
+    device: str | None = None,
+    project: str | None = None,
+    full: bool = False,
+    now_ms: NowMs = wall_clock_ms,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """``peer bundle export``: write what the recipient lacks (everything with ``full``) to ``path``."""
+    started = time.monotonic()
+    await store.refresh()
+    if project is not None and not project:
+        raise PeerError("--project needs a project name")
+    recipient = choose_recipient(store, device, full)
+    known = None if full or recipient is None else await store.known_peer(recipient)
+    base = VersionVector() if known is None else known.vector
+    async with atomic_output(Path(path), magic=BUNDLE_MAGIC, what="bundle") as out:
+        written = await write_bundle(
+            out, store, signing_key, base=base, recipient=recipient, project=project, now_ms=now_ms, progress=progress
+        )
+    log.info("wrote a bundle of %d versions (%d bytes) to %s", written.versions, written.size, path)
+    return ExportResult(
+        Path(path),
+        written,
+        recipient,
+        None if known is None else known.seen_at,
+        None if known is None else known.via,
+        time.monotonic() - started,
+    )
+
+
+# Reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """What a bundle is checked against: the group, the membership records already trusted, this device."""
+
+    group_id: bytes
+    records: tuple[bytes, ...]
+    device_id: str | None  # refuses bundles made for another device; None before a device exists
+
+    @classmethod
+    def of(cls, store: Store) -> Trust:
+        return cls(store.group_id, tuple(store.membership.records()), store.device_id)
+
+    def sender_lookup(self, records: Sequence[bytes]) -> SenderKeyLookup:
+        """The sender's key among the members known here plus the records the bundle itself carried.
+
+        Called once, at the trailer: by then ``records`` holds every record of
+        the bundle. Records that do not verify from what is trusted are
+        ignored (they chain to this group's founder, or they count for nothing).
+        """
+
+        def lookup(sender: str) -> Ed25519PublicKey | None:
+            membership = Membership(self.group_id)
+            membership.add_all(self.records)
+            membership.add_all(records)
+            return membership.member_key(sender)
+
+        return lookup
+
+
+@dataclass(frozen=True, slots=True)
+class BundleScan:
+    """A bundle verified whole (pass one): its header, its records, the dots of its versions."""
+
+    header: BundleHeader
+    records: tuple[bytes, ...]
+    dots: tuple[Dot, ...]
+    size: int  # bytes
+
+    @property
+    def versions(self) -> int:
+        return len(self.dots)
+
+    @property
+    def members(self) -> int:
+        return len(self.records)
+
+
+def _events(source: BundleSource, reader: BundleReader) -> Iterator[tuple[BundleEvent, int]]:
+    """Feed the file to ``reader``; yields each event with the bytes read so far, up to BundleEnd."""
+    try:
+        f = open(source.path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise PeerError(f"cannot read {source.path}: {e.strerror or e}") from e
+    with f:
+        left = source.length
+        done = 0
+        try:
+            f.seek(source.offset)
+        except OSError as e:
+            raise PeerError(f"cannot read {source.path}: {e.strerror or e}") from e
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                want = READ_CHUNK if left is None else min(READ_CHUNK, left)
+                try:
+                    data = f.read(want) if want else b""
+                except OSError as e:
+                    raise PeerError(f"cannot read {source.path}: {e.strerror or e}") from e
+                if left is not None:
+                    left -= len(data)
+                done += len(data)
+                reader.receive_data(data)  # b"" marks the end of the file
+                continue
+            if event is END_OF_STREAM:
+                return
+            yield event, done
+
+
+def _check_sender(header: BundleHeader, trust: Trust, allow_own: bool) -> None:
+    if header.sender == trust.device_id and not allow_own:
+        raise BundleError(
+            "this bundle was made by this device; carry it to the device it is for and import it there"
+        )
+
+
+async def scan_bundle(
+    source: BundleSource, trust: Trust, *, allow_own: bool = False, progress: Progress | None = None
+) -> BundleScan:
+    """Pass one: read and verify the whole bundle, change nothing. Raises what :class:`BundleReader` raises."""
+    records: list[bytes] = []
+    dots: list[Dot] = []
+    reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
+    total = source.size()
+    end: BundleEnd | None = None
+    done = 0
+    for count, (event, done) in enumerate(_events(source, reader)):
+        if isinstance(event, BundleHeader):
+            _check_sender(event, trust, allow_own)
+        elif isinstance(event, BundleMemberRecord):
+            records.append(event.record)
+        elif isinstance(event, BundleVersion):
+            dots.append(event.version.header.dot)
+        elif isinstance(event, BundleEnd):
+            end = event
+        if count % 512 == 0:
+            if progress is not None:
+                progress("verifying", done, total)
+            await trio.sleep(0)
+    assert end is not None  # _events stops only after BundleEnd, or raises
+    if progress is not None:
+        progress("verifying", total, total)
+    return BundleScan(end.header, tuple(records), tuple(dots), done)
+
+
+def _changed() -> BundleError:
+    return BundleError("the bundle changed while it was being imported (is something still writing it?)")
+
+
+async def apply_bundle(
+    store: Store,
+    source: BundleSource,
+    scan: BundleScan,
+    *,
+    allow_own: bool = False,
+    progress: Progress | None = None,
+) -> tuple[ApplyResult, int, bool]:
+    """Pass two, in ONE store transaction: records, versions, vector, the sender's vector.
+
+    Returns (what applying the versions did, new membership records,
+    whether the sender's vector was merged). Raises, with nothing
+    changed, if anything fails, the file's end included.
+    """
+    await store.refresh()
+    trust = Trust.of(store)
+    records: list[bytes] = []
+    reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
+    result = ApplyResult()
+    new_records: list[bytes] | None = None
+    batch: list[SealedVersion] = []
+    batch_bytes = 0
+    applied = 0
+    header = scan.header
+    async with store.transaction():
+        start_vector = await store.vector()
+        for event, _ in _events(source, reader):
+            if isinstance(event, BundleHeader):
+                _check_sender(event, trust, allow_own)
+                if event != header:
+                    raise _changed()
+            elif isinstance(event, BundleMemberRecord):
+                records.append(event.record)
+            elif isinstance(event, BundleVersion):
+                if new_records is None:
+                    # Before any version: they may be signed by devices, or sealed
+                    # under key epochs, that only these records introduce.
+                    new_records = await store.apply_membership(records)
+                batch.append(event.version)
+                batch_bytes += len(event.version.header_bytes) + len(event.version.box)
+                if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
+                    result += await store.apply(batch)
+                    applied += len(batch)
+                    batch, batch_bytes = [], 0
+                    if progress is not None:
+                        progress("applying", applied, scan.versions)
+            elif isinstance(event, BundleEnd):
+                if (event.members, event.versions) != (scan.members, scan.versions):
+                    raise _changed()
+        if new_records is None:
+            new_records = await store.apply_membership(records)
+        if batch:
+            result += await store.apply(batch)
+            applied += len(batch)
+        if progress is not None:
+            progress("applying", applied, scan.versions)
+        merged = header.completes(start_vector)
+        if merged:
+            await store.merge_vector(header.sender_vector)
+        if header.sender != store.device_id:
+            await store.remember_peer(header.sender, header.sender_vector, via="bundle")
+    return result, len(new_records), merged
+
+
+async def _count_new(store: Store, dots: Sequence[Dot]) -> int:
+    """How many of these versions the store does not hold (what an import would add, at most)."""
+    vector = await store.vector()
+    candidates = list(dict.fromkeys(d for d in dots if not vector.covers(d)))
+    held: set[Dot] = set()
+    for at in range(0, len(candidates), 1000):
+        held.update(s.header.dot for s in await store.sealed(candidates[at : at + 1000]))
+    return len(candidates) - len(held)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    path: Path
+    header: BundleHeader
+    versions: int  # in the bundle
+    members: int  # membership records in the bundle
+    added: int  # versions new to this store (dry run: that would be)
+    new_members: int  # membership records new to this store
+    duplicates: int
+    rejected: int  # versions of revoked devices, dropped
+    memories: int  # memories whose versions grew
+    vector_merged: bool
+    dry_run: bool
+    size: int  # bytes
+    seconds: float
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def nothing_new(self) -> bool:
+        return self.added == 0 and self.new_members == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "sender": self.header.sender,
+            "created_at": self.header.created_ms / 1000,
+            "versions": self.versions,
+            "members": self.members,
+            "added": self.added,
+            "new_members": self.new_members,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "memories": self.memories,
+            "vector_merged": self.vector_merged,
+            "nothing_new": self.nothing_new,
+            "partial": self.header.partial,
+            "dry_run": self.dry_run,
+            "bytes": self.size,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def describe(self) -> str:
+        sender = format_device_id(self.header.sender)
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.header.created_ms / 1000))
+        source = f"{self.path} (from device {sender}, made {made})"
+        if self.dry_run:
+            if self.nothing_new:
+                return f"{source} is intact; importing it would add nothing new (nothing was changed)"
+            return (
+                f"{source} is intact; importing it would add {self.added:,} of its"
+                f" {_count(self.versions, 'version')} and {_count(self.new_members, 'member record')}"
+                " (nothing was changed)"
+            )
+        if self.nothing_new and not self.versions:
+            text = f"nothing new in {source}: it holds no versions, only what that device holds (noted here)"
+        elif self.nothing_new:
+            held = "its only version" if self.versions == 1 else f"all {self.versions:,} of its versions"
+            text = f"nothing new in {source}: this device already holds {held}"
+        else:
+            text = (
+                f"imported {_count(self.added, 'new version')} ({_count(self.memories, 'memory', 'memories')})"
+                f" and {_count(self.new_members, 'member record')} from {source}"
+            )
+        if self.rejected:
+            text += f"; dropped {self.rejected} versions of revoked devices"
+        if not self.vector_merged and not self.header.partial:
+            text += (
+                f"\nnote: device {sender} made this bundle for a state this device does not fully hold;"
+                f" ask it for a full bundle (`peer bundle export --all`) to be sure nothing is missing"
+            )
+        return text
+
+
+def _unchanged(error: PeerError, what: str) -> PeerError:
+    """The same error, saying that nothing changed."""
+    try:
+        return type(error)(f"{error.message}; {what}")
+    except TypeError:  # pragma: no cover - every PeerError takes a message
+        return error
+
+
+async def import_bundle(
+    store: Store,
+    source: BundleSource | Path,
+    *,
+    dry_run: bool = False,
+    allow_own: bool = False,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """``peer bundle import``: verify the whole file, then apply it in one transaction (or only report, dry run)."""
+    started = time.monotonic()
+    if not isinstance(source, BundleSource):
+        source = BundleSource(Path(source))
+    await store.refresh()
+    try:
+        scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress)
+        if dry_run:
+            known = set(store.membership.records())
+            return ImportResult(
+                path=source.path,
+                header=scan.header,
+                versions=scan.versions,
+                members=scan.members,
+                added=await _count_new(store, scan.dots),
+                new_members=sum(1 for r in set(scan.records) if r not in known),
+                duplicates=0,
+                rejected=0,
+                memories=0,
+                vector_merged=scan.header.completes(await store.vector()),
+                dry_run=True,
+                size=scan.size,
+                seconds=time.monotonic() - started,
+            )
+        result, new_members, merged = await apply_bundle(store, source, scan, allow_own=allow_own, progress=progress)
+    except PeerError as e:
+        raise _unchanged(e, "nothing was changed" if dry_run else "nothing was imported") from None
+    return ImportResult(
+        path=source.path,
+        header=scan.header,
+        versions=scan.versions,
+        members=scan.members,
+        added=result.added,
+        new_members=new_members,
+        duplicates=result.duplicates,
+        rejected=len(result.rejected),
+        memories=result.memories,
+        vector_merged=merged,
+        dry_run=False,
+        size=scan.size,
+        seconds=time.monotonic() - started,
+    )
+
+
+# Command bodies (the CLI parses and prints; these do the work) ----------------------------
+
+
+async def export_command(
+    device: Device,
+    file: str,
+    *,
+    for_device: str | None = None,
+    project: str | None = None,
+    full: bool = False,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], str]:
+    result = await export_bundle(
+        device.store,
+        device.home.identity().signing_key,
+        Path(file),
+        device=for_device,
+        project=project,
+        full=full,
+        progress=progress,
+    )
+    return result.to_json(), result.describe()
+
+
+async def import_command(
+    device: Device, file: str, *, dry_run: bool = False, progress: Progress | None = None
+) -> tuple[dict[str, Any], str, list[str]]:
+    """(JSON, text, warnings). After an import that added versions, the search index catches up."""
+    from .sync import catch_up_index
+
+    result = await import_bundle(device.store, Path(file), dry_run=dry_run, progress=progress)
+    warnings: list[str] = []
+    if result.added and not dry_run:
+        try:
+            await catch_up_index(device)
+        except PeerError as e:
+            warnings.append(f"the search index was not updated ({e.message}); the next search catches up")
+    return result.to_json(), result.describe(), warnings
