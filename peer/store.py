@@ -38,7 +38,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ __all__ = [
     "StoreStats",
     "Rejected",
     "KnownPeer",
+    "ImportedVersion",
     "NowMs",
     "wall_clock_ms",
 ]
@@ -317,6 +318,44 @@ class _MergeRow:
             meta=VersionMeta(Dot(origin, counter), _parse_context(context), hlc, bool(deleted)),
             state=VersionState(state),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedVersion:
+    """A memory read from an import file, to be written as a new local version (:meth:`Store.write_imports`).
+
+    ``expected`` is the local winner ("REPLICA:COUNTER") the import was
+    planned against, None for a memory the store did not hold: if the store
+    has changed since, the whole import is refused. ``supersedes`` None means
+    every live version (an ordinary edit); a tuple names exactly the versions
+    it supersedes (possibly none), so the other live ones stay as siblings.
+    ``loses`` stamps it so that the current winner stays the winner.
+    """
+
+    draft: Draft  # with its id, and created_at kept
+    updated_at: float
+    embedding: bytes | None = None
+    embedder: str = ""
+    expected: str | None = None
+    supersedes: tuple[str, ...] | None = None
+    loses: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where an imported version goes among its memory's versions: its context, and a clock time to stay under."""
+
+    context: tuple[Dot, ...] | None  # None: every live version
+    below_hlc: int | None = None
+
+    def place(self, context: tuple[Dot, ...], hlc: int) -> tuple[tuple[Dot, ...], int]:
+        if self.context is not None:
+            context = self.context
+        if self.below_hlc is not None:
+            # Only the order of clock times decides a winner; one tick under
+            # the winner's keeps it the winner without touching the clock.
+            hlc = max(0, min(hlc, self.below_hlc - 1))
+        return context, hlc
 
 
 @dataclass(slots=True)
@@ -981,6 +1020,81 @@ class Store:
             txn = await self._begin()
             await self._write_local(bodies, txn)
         return [memory_id for memory_id, _, _ in bodies]
+
+    # Imports (`peer import`) ---------------------------------------------------------
+    async def memory_versions(self, memory_ids: Iterable[str]) -> dict[str, builtins.list[tuple[str, Memory]]]:
+        """Every version held of these memories, as (state, the memory as that version has it).
+
+        The state is "winner", "sibling" or "superseded"; memories the store
+        does not hold are absent. What an import compares a file against.
+        """
+        wanted = [_canonical_memory_id(m) for m in dict.fromkeys(memory_ids)]
+        if not wanted:
+            return {}
+        rows = await self._db.fetchall(
+            f"SELECT v.state, {_MEMORY_COLUMNS} FROM versions v"
+            " WHERE v.memory_id IN (SELECT value FROM json_each(?)) ORDER BY v.memory_id, v.state DESC, v.hlc DESC",
+            (_json_list(wanted),),
+        )
+        out: dict[str, builtins.list[tuple[str, Memory]]] = {}
+        for row in rows:
+            memory = _memory_from_row(row[1:])
+            out.setdefault(memory.id, []).append((_STATE_NAMES[VersionState(row[0])], memory))
+        return out
+
+    async def write_imports(self, versions: Sequence[ImportedVersion]) -> builtins.list[str]:
+        """Write imported memories as new local versions, all in one transaction; returns their ids.
+
+        Timestamps come from the import (``created_at`` of the draft and
+        ``updated_at``). Each version is checked against the winner it was
+        planned against, inside the transaction: if another process changed
+        one of these memories meanwhile, nothing is written.
+        """
+        if not versions:
+            return []
+        now = self._now_ms() / 1000
+        planned: builtins.list[tuple[str, MemoryBody, ImportedVersion]] = []
+        for version in versions:
+            if not version.draft.id:
+                raise StoreError("an imported memory needs its id")
+            memory_id = _canonical_memory_id(version.draft.id)
+            body = self._draft_body(version.draft, version.embedding, version.embedder, now)
+            try:
+                body = replace(body, updated_at=float(version.updated_at))
+            except (DecodeError, TypeError, ValueError) as e:
+                raise StoreError(f"cannot import memory {memory_id}: {e}") from e
+            planned.append((memory_id, body, version))
+        if len({memory_id for memory_id, _, _ in planned}) != len(planned):
+            raise StoreError("the same memory id appears twice in one import")
+        async with self._db.transaction():
+            txn = await self._begin()
+            by_memory = await self._merge_rows(memory_id for memory_id, _, _ in planned)
+            items: builtins.list[tuple[str, MemoryBody, builtins.list[_MergeRow]]] = []
+            placements: builtins.list[_Placement] = []
+            for memory_id, body, version in planned:
+                prior = by_memory[memory_id]
+                state = resolve(r.meta for r in prior) if prior else None
+                winner = None if state is None else state.winner
+                if (None if winner is None else str(winner)) != version.expected:
+                    raise StoreError(
+                        f"memory {memory_id} changed while it was being imported; nothing was imported, run it again"
+                    )
+                context: tuple[Dot, ...] | None = None
+                if version.supersedes is not None:
+                    held = {r.meta.dot for r in prior}
+                    try:
+                        context = tuple(sorted({Dot.parse(v) for v in version.supersedes}))
+                    except DecodeError as e:
+                        raise StoreError(f"cannot import memory {memory_id}: {e}") from e
+                    if not set(context) <= held:
+                        raise StoreError(f"memory {memory_id} has no version {', '.join(map(str, context))}")
+                below = None
+                if version.loses and winner is not None:
+                    below = next(r.meta.hlc for r in prior if r.meta.dot == winner)
+                items.append((memory_id, body, prior))
+                placements.append(_Placement(context, below))
+            await self._write_local(items, txn, placements)
+        return [memory_id for memory_id, _, _ in planned]
 
     async def _resolve_id(self, memory_id_or_prefix: str) -> str:
         text = memory_id_or_prefix.strip().lower()
