@@ -1040,4 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise
         _fail(error.message, 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+from . import cli_interop as _cli_interop  # noqa: E402,F401  (registers export/import)
 from . import cli_bundle as _cli_bundle  # noqa: E402,F401  (registers bundle and backup)

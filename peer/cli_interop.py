@@ -1,0 +1,148 @@
+"""``peer export`` and ``peer import``: plaintext interop with files and other memory tools.
+
+The commands are registered on :data:`peer.cli.cli` when :mod:`peer.cli`
+imports this module (at its end). The work is in :mod:`peer.interop`;
+this module parses options and prints.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from .cli import (
+    _check_kind,
+    _json_mode,
+    _print_json,
+    _progress_callback,
+    _since_option,
+    _with_device,
+    cli,
+    common_options,
+)
+
+if TYPE_CHECKING:
+    from .device import Device
+    from .interop import ImportFile, ImportReport
+
+__all__ = ["export", "import_"]
+
+#: Exports and imports smaller than this draw no progress bar.
+_BAR_FROM = 1000
+
+
+@cli.command(name="export")
+@click.argument("file", metavar="FILE")
+@click.option("--project", help="Only memories of this project.")
+@click.option("--kind", callback=_check_kind, help="Only memories of this kind.")
+@click.option(
+    "--since", callback=_since_option, metavar="WHEN", help="Only memories changed since a date (2026-01-31) or for a duration (7d)."
+)
+@common_options
+def export(file: str, project: str | None, kind: str | None, since: float | None) -> None:
+    """Write the memories to FILE (`-` for stdout) as NDJSON: a header line, then one memory per line.
+
+    Every field is written and ids are kept, so `peer import` on another
+    store brings them back as they are. Forgotten memories (tombstones) and
+    the losing versions of a conflict are not exported. The file holds the
+    memories in plain text; it is created readable by its owner only.
+    """
+    from .interop import export_memories, private_output
+
+    started = time.monotonic()
+    update, close = _progress_callback("exporting")
+
+    def progress(done: int, total: int) -> None:
+        if update is not None and total >= _BAR_FROM:
+            update(done, total)
+
+    async def body(device: Device) -> int:
+        try:
+            if file == "-":
+                count = await export_memories(
+                    device.store, sys.stdout.buffer, project=project, kind=kind, since=since, progress=progress
+                )
+                sys.stdout.buffer.flush()
+                return count
+            with private_output(file) as out:
+                return await export_memories(
+                    device.store, out, project=project, kind=kind, since=since, progress=progress
+                )
+        finally:
+            close()
+
+    count = _with_device(body)
+    seconds = time.monotonic() - started
+    if file == "-":
+        return  # stdout holds the export itself
+    if _json_mode():
+        _print_json({"exported": count, "file": file, "seconds": round(seconds, 3)})
+    else:
+        click.echo(f"exported {count:,} memories to {file} in {seconds:.1f} s")
+
+
+@cli.command(name="import")
+@click.argument("file", metavar="FILE")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "ndjson", "claude-memory", "ai-mem"]),
+    default="auto",
+    show_default=True,
+    help="ndjson: `peer export`; claude-memory: Claude Memory RAG Server JSON export or .tar.gz backup;"
+    " ai-mem: an ai-mem NDJSON snapshot; auto: tell from the file.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["skip", "overwrite", "merge"]),
+    default="merge",
+    show_default=True,
+    help="For a memory this store holds with other content: skip keeps the local one, overwrite takes the"
+    " file's, merge keeps the newer and, when both changed, the other as a sibling (`peer conflicts`).",
+)
+@click.option("--dry-run", is_flag=True, help="Change nothing; report what the import would do.")
+@common_options
+def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
+    """Import memories from FILE (`-` for stdin): peer's own export or another memory tool's.
+
+    Ids are kept; importing the same file again changes nothing. The whole
+    file is checked first: a bad line is reported with its number and
+    nothing is imported. Then everything is written in one transaction.
+    """
+    from .interop import ImportReport, apply_import, plan_import, read_import_file
+
+    started = time.monotonic()
+    parsed: ImportFile = read_import_file(file, fmt, stdin=sys.stdin.buffer)
+    update, close = _progress_callback("embedding")
+
+    def progress(done: int, total: int) -> None:
+        if update is not None and total >= _BAR_FROM // 4:
+            update(done, total)
+
+    async def body(device: Device) -> ImportReport:
+        plan = await plan_import(device.store, parsed, strategy)
+        if dry_run:
+            return ImportReport(plan, dry_run=True, seconds=time.monotonic() - started)
+        try:
+            return await apply_import(device, plan, progress)
+        finally:
+            close()
+
+    report = _with_device(body)
+    if not dry_run:
+        report = _with_seconds(report, time.monotonic() - started)
+    if _json_mode():
+        _print_json(report.to_json())
+    else:
+        click.echo(report.describe())
+
+
+def _with_seconds(report: ImportReport, seconds: float) -> ImportReport:
+    """The report with the whole command's time (reading and planning too)."""
+    import dataclasses
+
+    return dataclasses.replace(report, seconds=seconds)
+
