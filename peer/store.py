@@ -1390,9 +1390,15 @@ class Store:
         """The change sequence number of the newest version held (0 when empty)."""
         return int(await self._db.fetchvalue("SELECT coalesce(max(seq), 0) FROM versions"))
 
-    async def remember_peer(self, device_id: str, vector: VersionVector, *, via: str) -> None:
-        """Record that ``device_id`` holds at least ``vector`` (merged with what was known)."""
-        known = await self.known_peer(device_id)
+    async def remember_peer(self, device_id: str, vector: VersionVector, *, via: str, replace: bool = False) -> None:
+        """Record that ``device_id`` holds at least ``vector`` (merged with what was known, unless ``replace``).
+
+        ``replace`` is for a vector that is the device's whole state when it
+        said so (the sender vector of a bundle it made): a device restored
+        from a backup holds less than it once did, and a merged vector would
+        claim the versions it lost, which would then never be sent to it.
+        """
+        known = None if replace else await self.known_peer(device_id)
         merged = vector if known is None else known.vector.merge(vector)
         await self._db.execute(
             "INSERT INTO peers (device_id, vector, seen_at, via) VALUES (?, ?, ?, ?)"
