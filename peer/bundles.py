@@ -21,7 +21,10 @@ records, applies the versions batch by batch (each verified and decrypted
 by :meth:`Store.apply`), merges the sender's vector only if the bundle
 *completes* what this device held (not partial, and this device's vector
 dominated the base when the import began), and records the sender's
-vector as what the sender holds. The transaction commits only after the
+vector as what the sender holds, replacing what was known of it (merging
+would keep claiming what a sender restored from a backup has lost, and
+the next bundle to it would leave that out; an old bundle imported again
+only makes the next one carry more than needed). The transaction commits only after the
 second reader verified the end again (the file may have changed in
 between); any failure rolls everything back, so a bad bundle changes
 nothing. Reading twice never holds a whole bundle in memory, and the
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocol import Dot, SealedVersion, VersionVector, format_device_id
+from protocol import Dot, SealedVersion, VersionVector, format_device_id, normalize_device_id
 from protocol.bundle import (
     BUNDLE_MAGIC,
     BundleEnd,
@@ -56,7 +59,7 @@ from protocol.bundle import (
 )
 from protocol.errors import BundleError, PeerError, StoreError
 from protocol.frames import END_OF_STREAM, NEED_DATA
-from protocol.membership import Membership
+from protocol.membership import MemberInfo, Membership
 
 from .store import ApplyResult, NowMs, Store, wall_clock_ms
 
@@ -259,13 +262,28 @@ async def write_bundle(
     raise StoreError("the member list kept changing while the bundle was being written; try again")
 
 
+def _find_member(members: Sequence[MemberInfo], text: str) -> MemberInfo:
+    """The member a person means, as ``peer revoke`` reads it: its name, or a unique prefix of its id.
+
+    The same rule as :func:`peer.pairing.find_device`, repeated here because
+    importing pairing loads the SSH transport, and ``peer bundle`` opens no
+    connection (start-up time matters on every command).
+    """
+    named = [m for m in members if m.name == text]
+    prefix = normalize_device_id(text)
+    matches = named or [m for m in members if prefix and m.device_id.startswith(prefix)]
+    if not matches:
+        raise PeerError(f"no device of this group is called or starts with {text!r}; see `peer devices`")
+    if len(matches) > 1:
+        raise PeerError(f"{text!r} matches {len(matches)} devices; give more of the device id (see `peer devices`)")
+    return matches[0]
+
+
 def choose_recipient(store: Store, device: str | None, full: bool) -> str | None:
     """The device a bundle is for: ``--for DEVICE``, else the only other member, else None with ``--all``."""
-    from .pairing import find_device
-
     members = store.membership.members()
     if device is not None:
-        target = find_device(members, device)
+        target = _find_member(members, device)
         if target.device_id == store.device_id:
             raise PeerError(f"{device!r} is this device; a bundle is for another device of the group")
         if target.revoked:
@@ -563,7 +581,9 @@ async def apply_bundle(
         if merged:
             await store.merge_vector(header.sender_vector)
         if header.sender != store.device_id:
-            await store.remember_peer(header.sender, header.sender_vector, via="bundle")
+            # What the sender held when it made the bundle, replacing what was known: a
+            # restored sender holds less than before, and must be sent what it lost.
+            await store.remember_peer(header.sender, header.sender_vector, via="bundle", replace=True)
     return result, len(new_records), merged
 
 
@@ -738,11 +758,14 @@ async def import_command(
     device: Device, file: str, *, dry_run: bool = False, progress: Progress | None = None
 ) -> tuple[dict[str, Any], str, list[str]]:
     """(JSON, text, warnings). After an import that added versions, the search index catches up."""
-    from .sync import catch_up_index
+    from .device import index_state
 
     result = await import_bundle(device.store, Path(file), dry_run=dry_run, progress=progress)
     warnings: list[str] = []
-    if result.added and not dry_run:
+    # Checked here first: peer.sync loads the SSH transport, worth it only when there is an index to update.
+    if result.added and not dry_run and index_state(device.home.index_dir, 0)["state"] != "missing":
+        from .sync import catch_up_index
+
         try:
             await catch_up_index(device)
         except PeerError as e:
