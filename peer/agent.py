@@ -91,6 +91,8 @@ UNREACHABLE_MAX_S: Final = 5.0
 AGENT_CONNECT_TIMEOUT_S: Final = 8.0
 #: How soon to try again when the peer was busy syncing with us.
 BUSY_RETRY_S: Final = (0.2, 1.0)
+#: How long a refused (BUSY) session stays open for the peer to read why.
+BUSY_LINGER_S: Final = 2.0
 #: The status file is rewritten at most this often (and once more when the agent stops).
 STATUS_EVERY_S: Final = 0.5
 
@@ -116,6 +118,7 @@ class _Peer:
     last_result: str = "never synced"
     last_summary: dict[str, Any] | None = None
     last_error: str | None = None
+    refused: bool = False  # the last failure was a refusal (not a member, wrong group)
     logged: set[str] = field(default_factory=set)  # error kinds already logged at WARNING
     wake: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope | None = None
@@ -168,6 +171,7 @@ class _Agent:
         self.status_dirty = trio.Event()
         self.started = time.time()
         self.listen: tuple[str, int] | None = None
+        self.membership = b""
         self.nursery: trio.Nursery | None = None
         self.syncer = Syncer(
             self.store, self.identity.signing_key, after_sync=self._after_sync, connect_timeout=AGENT_CONNECT_TIMEOUT_S
@@ -195,10 +199,13 @@ class _Agent:
                 await self.store.membership_digest(), peer_device_id=stream.peer_device_id,
             )
             data = session.send_error(PeerBusy("a sync session with this device is already running"))
-            with trio.move_on_after(2):
+            with trio.move_on_after(BUSY_LINGER_S):
                 try:
                     await stream.send_all(data)
                     await stream.send_eof()
+                    # Let the peer read the refusal before the channel closes under its HELLO.
+                    while await stream.receive_some(1 << 16):
+                        pass
                 except PeerError:
                     pass
             return
@@ -209,6 +216,7 @@ class _Agent:
             except PeerError as e:
                 log.info("sync from device %s failed: %s", format_device_id(stream.peer_device_id), e)
                 raise
+            await self._check_membership()
             if peer is not None:
                 # A complete session it opened counts as a sync with it.
                 peer.last_sync = time.time()
@@ -226,6 +234,23 @@ class _Agent:
                 continue
             known = await self.store.known_peer(peer.device_id)
             if known is None or known.vector.merge(vector) != known.vector:
+                peer.dirty = True
+                peer.poke()
+
+    async def _check_membership(self) -> None:
+        """The group changed (a device joined or was revoked, here or learned by a sync): retry refused peers.
+
+        Devices admitted by another member refuse each other until one of
+        them has synced with that member and learned of the other.
+        """
+        await self.store.refresh()
+        digest = await self.store.membership_digest()
+        if digest == self.membership:
+            return
+        self.membership = digest
+        for peer in self.peers.values():
+            if peer.refused:
+                peer.not_before = 0.0
                 peer.dirty = True
                 peer.poke()
 
@@ -297,7 +322,9 @@ class _Agent:
             return
         finally:
             self._status_changed()
+            await self._check_membership()
         peer.failures = 0
+        peer.refused = False
         peer.last_error = None
         peer.logged.clear()
         peer.not_before = 0.0
@@ -307,8 +334,10 @@ class _Agent:
         peer.failures += 1
         peer.last_error = str(error)
         peer.last_result = f"failed: {error}"
-        if isinstance(error, TrustError):
-            # A device that is not (or no longer) a member will not become one by retrying soon.
+        peer.refused = isinstance(error, TrustError)
+        if peer.refused:
+            # A device that is not (or no longer) a member will not become one by retrying soon;
+            # but when the membership changes, refused peers are tried again at once.
             delay = self.config.backoff_max
         elif isinstance(error, TransportError):
             delay = _backoff(peer.failures, min(UNREACHABLE_MAX_S, self.config.backoff_max))
@@ -385,12 +414,14 @@ class _Agent:
         """Notice versions written by other processes on this store."""
         version = await self.store.data_version()
         seq = await self.store.last_seq()
+        self.membership = await self.store.membership_digest()
         while True:
             await trio.sleep(WATCH_INTERVAL_S)
             now = await self.store.data_version()
             if now == version:
                 continue
             version = now
+            await self._check_membership()
             latest = await self.store.last_seq()
             if latest != seq:
                 seq = latest
