@@ -4,8 +4,9 @@ Every step runs the real ``peer`` command in a subprocess, exactly as a
 user (or an assistant) would type it, and prints the command and what it
 answered. The three homes (laptop, desktop, work) live in a temporary
 directory that is removed at the end, whatever happens; each device runs
-``peer agent`` in the background, listening on 127.0.0.1 only, and every
-agent is stopped before the demo exits, even when a step fails.
+``peer agent`` in the background, listening and advertising (mDNS) on
+127.0.0.1 only, and every agent is stopped before the demo exits, even
+when a step fails.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ LOOPBACK = "127.0.0.1"
 
 #: How long an agent may take to say where it listens (it imports asyncssh and opens its store).
 AGENT_START_S = 30.0
+
+#: How long the agents may take to bring every device to the same memories.
+SYNC_WAIT_S = 30.0
 
 #: How long a stopped agent may take to close its sessions and its store before it is killed.
 AGENT_STOP_S = 10.0
@@ -169,7 +173,8 @@ class Demo:
 
     def start_agent(self, device: str) -> Agent:
         """Start ``peer agent`` for ``device`` on a free loopback port; wait with :meth:`Agent.wait_listening`."""
-        args = ("agent", "--no-discovery", "--listen", f"{LOOPBACK}:0")
+        # mDNS on loopback only: the demo's agents find each other and nothing leaves this machine.
+        args = ("agent", "--listen", f"{LOOPBACK}:0", "--interface", LOOPBACK)
         _say(f"$ {self._shown(device, args)} 2>{device}-agent.log &")
         log_path = self.root / f"{device}-agent.log"
         log = open(log_path, "w")  # noqa: SIM115 - closed by Agent.stop
@@ -196,6 +201,29 @@ class Demo:
             except Exception as e:  # noqa: BLE001 - stop the others whatever happens to one
                 sys.stderr.write(f"demo: could not stop the {agent.device} agent: {e}\n")
 
+    def stop_agent(self, device: str) -> None:
+        _say(f"$ kill %{device}-agent      # SIGTERM: a clean shutdown")
+        self.agents.pop(device).stop()
+        _say()
+
+    def listing(self, device: str) -> list[tuple[str, str, int]]:
+        memories = json.loads(self.peer(device, "list", "--json", show=False))
+        return sorted((m["id"], m["version"], m["siblings"]) for m in memories)
+
+    def wait_same(self, devices: tuple[str, ...], deadline: float = SYNC_WAIT_S) -> None:
+        """Wait until every device lists the same memories at the same versions; say how long it took."""
+        started = time.monotonic()
+        while True:
+            listings = [self.listing(d) for d in devices]
+            if all(x == listings[0] for x in listings):
+                break
+            if time.monotonic() - started > deadline:
+                raise DemoFailed(f"the devices did not converge within {deadline:.0f} s")
+            time.sleep(0.1)
+        _say(f"    ... {', '.join(devices)} hold the same {len(listings[0])} memories"
+             f" ({time.monotonic() - started:.1f} s later)")
+        _say()
+
     def address(self, device: str) -> str:
         return f"{LOOPBACK}:{self.agents[device].port}"
 
@@ -206,7 +234,7 @@ def _first_line(text: str) -> str:
 
 def run(demo: Demo) -> None:
     _say(f"Demo homes live in {demo.root} (shown as $DEMO; removed at the end).")
-    _say("Three devices (laptop, desktop, work) talk over SSH on 127.0.0.1 only.")
+    _say("Three devices (laptop, desktop, work) find each other by mDNS and talk over SSH, on 127.0.0.1 only.")
     _say()
 
     _heading("1. The laptop: its own keys, store and memories")
@@ -231,27 +259,33 @@ def run(demo: Demo) -> None:
         _say(f"    {agent.device}: {agent.wait_listening()}")
     _say()
 
-    _heading("3. Memories written on each device, then synced pairwise")
+    _heading("3. Memories written on each device reach the others on their own")
+    _say("    (no `peer sync` typed: each agent found the others by mDNS on 127.0.0.1 and")
+    _say("    pushes a change as soon as it is committed)")
+    _say()
     demo.peer("desktop", "add", "--file", "-", stdin="".join(json.dumps(n) + "\n" for n in DESKTOP_NOTES))
     demo.peer("work", "add", "The VPN drops every 8 hours; reconnect with `nmcli con up corp-vpn`.",
               "--kind", "procedure", "--project", "it", "--tag", "vpn")
-    demo.peer("laptop", "sync", demo.address("desktop"))
-    demo.peer("laptop", "sync", demo.address("work"))
-    demo.peer("desktop", "sync", demo.address("work"))
+    demo.wait_same(("laptop", "desktop", "work"))
+    demo.peer("laptop", "status")
 
     _heading("4. On work, desktop's memory is found by meaning")
     demo.peer("work", "search", "training crashed, how to continue", "-k", "2")
     demo.peer("work", "devices")
 
-    _heading("5. A sync with nothing new to exchange costs a few hundred bytes")
+    _heading("5. A manual sync still works; with nothing new it costs a few hundred bytes")
     demo.peer("work", "sync", demo.address("laptop"))
 
-    _heading("6. A conflict: one memory edited on laptop and desktop before they sync")
+    _heading("6. Offline edits: desktop's agent stops, both devices edit one memory, desktop comes back")
+    demo.stop_agent("desktop")
     demo.peer("laptop", "edit", shared[:8], "--text",
               "The shop's API keys moved to 1Password vault 'shop-keys' (shop-prod is read-only now).")
     demo.peer("desktop", "edit", shared[:8], "--text",
               "The shop's API keys live in 1Password, vault 'shop-prod'; ask Dana for access.")
-    demo.peer("laptop", "sync", demo.address("desktop"))
+    desktop = demo.start_agent("desktop")
+    _say(f"    {desktop.wait_listening()}")
+    _say()
+    demo.wait_same(("laptop", "desktop", "work"))
     on_laptop = demo.peer("laptop", "conflicts")
     found = json.loads(demo.peer("desktop", "conflicts", "--json"))
     winners = [v["version"] for m in found for v in m["versions"] if v["winner"]]
@@ -260,19 +294,11 @@ def run(demo: Demo) -> None:
     # Keep the version that lost the tie-break: resolving is a person's choice, not the default.
     keep = next(v["version"] for v in found[0]["versions"] if not v["winner"])
     demo.peer("desktop", "resolve", shared[:8], "--keep", keep)
-    demo.peer("desktop", "sync", demo.address("laptop"))
-    for device in ("laptop", "desktop"):
-        if demo.peer(device, "conflicts").strip() != "no conflicts":
-            raise DemoFailed(f"the conflict is still listed on {device} after resolve and sync")
-    demo.peer("laptop", "show", shared[:8])
-
-    _say(
-        textwrap.dedent(
-            """\
-            Still to come (see README.md): the agent finding the group's devices on the
-            LAN by itself (mDNS) and syncing on its own, USB bundles, plaintext import/export."""
-        )
-    )
+    demo.wait_same(("laptop", "desktop", "work"))
+    for device in ("laptop", "desktop", "work"):
+        if demo.peer(device, "conflicts", show=device == "laptop").strip() != "no conflicts":
+            raise DemoFailed(f"the conflict is still listed on {device} after resolve")
+    demo.peer("work", "show", shared[:8])
 
 
 def _roles(conflicts_text: str) -> dict[str, list[str]]:
