@@ -63,7 +63,6 @@ import json
 import math
 import os
 import re
-import struct
 import tarfile
 import time
 import uuid
@@ -371,24 +370,34 @@ def _foreign_id(value: Any, source: str, key: str = "id") -> tuple[str, str]:
 
 def _vector(value: Any, key: str = "embedding") -> bytes | None:
     """A list of numbers as little-endian float32 of unit length (None for an empty or zero vector)."""
+    import numpy as np
+
     if value is None:
         return None
-    if not isinstance(value, list) or not all(_is_number(x) for x in value):
+    if not isinstance(value, list):
         raise _Bad(f'"{key}" must be a list of numbers')
     if not value:
         return None
     if len(value) > 4096:
         raise _Bad(f'"{key}" has more than 4,096 dimensions')
-    if not all(math.isfinite(x) for x in value):
-        raise _Bad(f'"{key}" holds a value that is not a finite number')
-    return _unit_float32(value)
+    # numpy, not a Python loop: 10,000 vectors of 384 numbers take 20 ms, not 15 s.
+    array = np.asarray(value)
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        raise _Bad(f'"{key}" must be a list of numbers')
+    return _unit_float32(array)
 
 
-def _unit_float32(values: Sequence[float]) -> bytes | None:
-    norm = math.sqrt(math.fsum(float(x) * float(x) for x in values))
-    if norm == 0.0 or not math.isfinite(norm):
+def _unit_float32(values: Any) -> bytes | None:
+    """A 1-D array of numbers as little-endian float32 bytes of unit length (None for a zero vector)."""
+    import numpy as np
+
+    array = np.asarray(values, dtype="<f8")
+    if not np.isfinite(array).all():
+        raise _Bad("a vector holds a value that is not a finite number")
+    norm = float(np.linalg.norm(array))
+    if norm == 0.0:
         return None
-    return struct.pack(f"<{len(values)}f", *(float(x) / norm for x in values))
+    return (array / norm).astype("<f4").tobytes()
 
 
 def _only(obj: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -414,7 +423,7 @@ def _lines(data: bytes, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not raw.strip():
             continue
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError:
             _fail(name, f"line {number}", "not UTF-8 text")
         try:
@@ -705,10 +714,10 @@ def _npz_vectors(data: bytes, name: str) -> dict[str, bytes | None]:
         if any(a.ndim != 1 or a.dtype.kind not in "fiu" for _, a in rows):
             _fail(name, "embeddings.npz", 'expected arrays "ids" and "embeddings", or one vector per memory id')
     for key, row in rows:
-        values = row.astype("<f8").tolist()
-        if not all(math.isfinite(v) for v in values):
-            _fail(name, "embeddings.npz", f"the vector of {key[:40]} holds a value that is not a finite number")
-        vectors[key] = _unit_float32(values)
+        try:
+            vectors[key] = _unit_float32(row)
+        except _Bad as e:
+            _fail(name, "embeddings.npz", f"the vector of {key[:40]}: {e}")
     return vectors
 
 

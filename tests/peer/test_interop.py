@@ -24,7 +24,7 @@ import pytest
 
 from peer.device import Device
 from peer.embedder import MINILM_ID, Embedder, HashEmbedder, embedder_for
-from peer.errors import ImportFormatError
+from peer.errors import ImportFormatError, StoreError
 from peer.interop import (
     FOREIGN_ID_NAMESPACE,
     ImportReport,
@@ -158,6 +158,23 @@ async def test_ai_mem_snapshot_of_ten_thousand_observations(tmp_path: Path, aio_
         assert await device.store.max_seq() == before
 
 
+async def test_claude_export_of_ten_thousand_memories(tmp_path: Path, aio_loop: object) -> None:
+    sparse = ("category", "context_level", "scope", "project_name", "importance", "created_at", "updated_at",
+              "last_accessed", "lifecycle_state", "tags", "metadata", "provenance", "embedding_model")
+    memories = [claude_memory(i, **({key: drop() for key in sparse} if i % 9 == 4 else {})) for i in range(10_000)]
+    memories += [claude_memory(i, content=f"rewritten {i} 🔁") for i in (1, 2)]
+    data = json.dumps(claude_export(memories), ensure_ascii=False).encode()
+    async with hash_device(tmp_path / "home") as device:
+        report = await run_import(device, data)
+        assert (report.to_json()["new"], report.to_json()["duplicates"]) == (10_000, 2)
+        assert (await device.store.stats()).memories == 10_000
+        assert (await device.store.get(memories[1]["id"])).content == "rewritten 1 🔁"
+        bare = await device.store.get(memories[4]["id"])
+        assert (bare.kind, bare.project, bare.tags, bare.importance, bare.metadata) == ("note", None, (), None, {})
+        before = await device.store.max_seq()
+        assert counts(await run_import(device, data))["unchanged"] == 10_000
+        assert await device.store.max_seq() == before
+
 # Strategies -------------------------------------------------------------------------------
 
 
@@ -256,6 +273,22 @@ async def test_import_keeps_created_and_updated_times_and_a_dry_run_writes_nothi
         assert (memory.created_at, memory.updated_at) == (1_600_000_000.5, 1_650_000_000.25)
 
 
+
+async def test_an_import_planned_before_another_write_writes_nothing(tmp_path: Path, aio_loop: object) -> None:
+    async with hash_device(tmp_path / "home") as device:
+        (memory_id,) = await device.add([Draft("first text")])
+        header, line = lines_of(await export_bytes(device))
+        line["content"] = "text from the file"
+        data = as_file([line, {"id": str(uuid.uuid4()), "content": "a new one"}])
+        plan = await plan_import(device.store, read_import(data, "sample"), "overwrite")
+        assert counts(ImportReport(plan, dry_run=True))["new"] == 1
+        await device.edit(memory_id, content="edited meanwhile")  # another process, between plan and apply
+        before = await device.store.max_seq()
+        with pytest.raises(StoreError, match="changed while it was being imported"):
+            await apply_import(device, plan)
+        assert await device.store.max_seq() == before
+        assert (await device.store.get(memory_id)).content == "edited meanwhile"
+
 # Vectors that come with the file ---------------------------------------------------------------
 
 
@@ -348,6 +381,8 @@ def test_bad_files_name_the_line(fmt: str, data: bytes, words: list[str]) -> Non
 
 
 def test_formats_are_told_apart() -> None:
+    assert sniff_format(b'\xef\xbb\xbf{"peer_export": 1}\n') == "ndjson"
+    assert read_import(b'\xef\xbb\xbf{"id": "%s", "content": "x"}\r\n' % _ID.encode(), "bom").records[0].id == _ID
     assert sniff_format(b'{"peer_export": 1, "count": 0}\n') == "ndjson"
     assert sniff_format(b'{"id": "x", "content": "y"}\n') == "ndjson"
     assert sniff_format(ai_mem_snapshot([ai_mem_observation(0)])) == "ai-mem"
@@ -436,7 +471,7 @@ def test_bad_line_and_dry_run_change_nothing(tmp_path: Path) -> None:
     dry = ok_json(home, "import", str(good_file), "--dry-run")
     assert (dry["dry_run"], dry["format"], dry["new"], dry["records"]) == (True, "ai-mem", 10, 10)
     assert _store_fingerprint(home) == before
-    assert "would import" in ok(home, "import", str(good_file), "--dry-run")
+    assert "would import" in ok(home, "import", "-", "--dry-run", input=good_file.read_text())
 
     done = peer(home, "import", str(tmp_path / "missing.json"))
     assert_error(done, 1, "cannot read", "missing.json")
@@ -478,21 +513,11 @@ def test_merge_keeps_both_as_siblings_in_peer_conflicts(tmp_path: Path) -> None:
     record.update(content="the build uses bazel", updated_at=record["updated_at"] + 3600)
     export.write_bytes(as_file([header, record]))
 
-    assert ok_json(home, "import", str(export), "--strategy", "skip")["skipped"] == 1
-    assert ok_json(home, "conflicts") == []
-    merged = ok_json(home, "import", str(export), "--strategy", "merge")
-    assert merged["conflicts"] == 1
+    merged = ok_json(home, "import", str(export))  # merge is the default
+    assert (merged["strategy"], merged["conflicts"]) == ("merge", 1)
     (conflict,) = ok_json(home, "conflicts")
-    assert {conflict["id"]} == {memory_id}
+    assert conflict["id"] == memory_id
     text = json.dumps(conflict)
     assert "the build uses bazel" in text and "the build uses ninja" in text
     assert ok_json(home, "show", memory_id)["content"] == "the build uses bazel"  # the newer wins
-    assert ok_json(home, "import", str(export), "--strategy", "merge")["unchanged"] == 1
-
-    overwritten = ok_json(home, "import", str(export), "--strategy", "overwrite")
-    assert overwritten["unchanged"] == 1  # the file's text already wins: nothing to do
-    record["content"] = "the build uses meson"
-    export.write_bytes(as_file([header, record]))
-    assert ok_json(home, "import", str(export), "--strategy", "overwrite")["updated"] == 1
-    assert ok_json(home, "conflicts") == [] and ok_json(home, "show", memory_id)["content"] == "the build uses meson"
-
+    assert "1 unchanged" in ok(home, "import", str(export))
