@@ -635,7 +635,7 @@ def scheduled_backups(directory: Path, device_id: str) -> list[tuple[datetime, P
     found: list[tuple[datetime, Path]] = []
     try:
         entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    except OSError:  # missing or unusable: the next backup attempt reports why
         return []
     for entry in entries:
         m = _NAME.fullmatch(entry.name)
