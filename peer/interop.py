@@ -116,6 +116,7 @@ FOREIGN_ID_NAMESPACE = uuid.UUID("0dcd1b66-c48d-4811-a637-cbced949dc28")
 MAX_IMPORT_BYTES = 1 << 30
 #: Limits on what a .tar.gz backup may hold, checked before reading a member.
 MAX_ARCHIVE_MEMBERS = 64
+MAX_ARCHIVE_BYTES = 4 << 30
 MAX_MEMBER_BYTES = {
     "memories.json": MAX_IMPORT_BYTES // 2,
     "embeddings.npz": MAX_IMPORT_BYTES,
@@ -243,10 +244,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _utf8_size(text: str, key: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # JSON can spell a lone surrogate ("\ud800"); no text store can hold one.
+        raise _Bad(f'"{key}" holds an unpaired surrogate escape, which is not text') from None
+
+
 def _content(value: Any, key: str = "content") -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Bad(f'"{key}" must be a non-empty string')
-    if len(value.encode("utf-8")) > MAX_CONTENT_BYTES:
+    if _utf8_size(value, key) > MAX_CONTENT_BYTES:
         raise _Bad(f'"{key}" is longer than {MAX_CONTENT_BYTES:,} bytes')
     return value
 
@@ -256,7 +265,7 @@ def _optional_text(value: Any, key: str, limit: int = MAX_FIELD_BYTES) -> str | 
         return None
     if not isinstance(value, str):
         raise _Bad(f'"{key}" must be a string')
-    if len(value.encode("utf-8")) > limit:
+    if _utf8_size(value, key) > limit:
         raise _Bad(f'"{key}" is longer than {limit:,} bytes')
     return value
 
@@ -271,7 +280,7 @@ def _tags(value: Any, key: str = "tags") -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise _Bad(f'"{key}" must be a list of strings')
     tags = tuple(sorted({t.strip() for t in value if t.strip()}))
-    if len(tags) > _MAX_TAGS or any(len(t.encode("utf-8")) > MAX_FIELD_BYTES for t in tags):
+    if len(tags) > _MAX_TAGS or any(_utf8_size(t, key) > MAX_FIELD_BYTES for t in tags):
         raise _Bad(f'"{key}" has too many or too long tags')
     return tags
 
@@ -289,7 +298,7 @@ def _checked_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
         text = canonical_json(metadata)
     except (TypeError, ValueError) as e:
         raise _Bad(f"the metadata cannot be stored as JSON ({e})") from None
-    if len(text.encode("utf-8")) > MAX_CONTENT_BYTES:
+    if _utf8_size(text, "metadata") > MAX_CONTENT_BYTES:
         raise _Bad(f"the metadata is larger than {MAX_CONTENT_BYTES:,} bytes")
     # As the store will hand it back: what the comparisons of the plan see.
     parsed: dict[str, Any] = json.loads(text)
@@ -360,8 +369,8 @@ def _foreign_id(value: Any, source: str, key: str = "id") -> tuple[str, str]:
         value = str(int(value))
     if not isinstance(value, str) or not value.strip():
         raise _Bad(f'"{key}" must be a non-empty string')
-    if len(value) > 1024:
-        raise _Bad(f'"{key}" is longer than 1,024 characters')
+    if _utf8_size(value, key) > 1024:
+        raise _Bad(f'"{key}" is longer than 1,024 bytes')
     try:
         return str(uuid.UUID(value)), value
     except ValueError:
@@ -381,7 +390,10 @@ def _vector(value: Any, key: str = "embedding") -> bytes | None:
     if len(value) > 4096:
         raise _Bad(f'"{key}" has more than 4,096 dimensions')
     # numpy, not a Python loop: 10,000 vectors of 384 numbers take 20 ms, not 15 s.
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise _Bad(f'"{key}" must be a list of numbers') from None
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         raise _Bad(f'"{key}" must be a list of numbers')
     return _unit_float32(array)
@@ -607,10 +619,15 @@ def _archive_members(data: bytes, name: str) -> dict[str, bytes]:
     with archive:
         try:
             members = []
+            declared = 0
             for member in archive:
                 members.append(member)
+                declared += max(0, member.size)
                 if len(members) > MAX_ARCHIVE_MEMBERS:
                     _fail(name, "", f"holds more than {MAX_ARCHIVE_MEMBERS} entries; not a Claude Memory backup")
+                if declared > MAX_ARCHIVE_BYTES:
+                    # Stop before decompressing what would be skipped anyway.
+                    _fail(name, "", f"unpacks to more than {MAX_ARCHIVE_BYTES >> 30} GiB; not a Claude Memory backup")
         except (tarfile.TarError, EOFError, OSError, _zlib_error()) as e:
             raise ImportFormatError(f"{name} is damaged ({e}); nothing was imported") from None
         for member in members:
