@@ -292,8 +292,8 @@ class Neighbourhood:
             except InvalidAdvert as e:
                 self._reject(service.name, str(e))
                 continue
-            if advert.device_id == self.device_id:
-                continue
+            if advert.device_id == self.device_id or advert.device_id in seen:
+                continue  # ourselves; or a second instance for one device id (first one wins)
             if advert.group_hash != self.group_hash:
                 self._tell_once(
                     self._told_foreign, advert.device_id,
@@ -376,7 +376,8 @@ class Discovery:
     ``await nursery.start(discovery.run)`` returns once the advert is
     registered and browsing has begun (or, with no explicit interfaces and
     no network yet, once discovery is waiting for an address); read the
-    events from :meth:`events`. The channel closes when :meth:`run` ends.
+    events from :meth:`events`. The channel closes when :meth:`run` ends,
+    so run it once per instance.
     """
 
     def __init__(

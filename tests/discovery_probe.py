@@ -4,7 +4,8 @@ A process lives in one network namespace, so each device of a multi-host
 test is one of these, started with ``ip netns exec NS python -m
 tests.discovery_probe ...``.
 
-``run``: a :class:`peer.discovery.Discovery` that prints one JSON line per
+``run``: a :class:`peer.discovery.Discovery` (on the ``--interface``
+addresses, else on every address of its namespace) that prints one JSON line per
 event on stdout (``started``, ``appeared``, ``gone``, ``stopped``, each
 with ``t``: seconds since the process started) and logs on stderr. It
 stops (with an mDNS goodbye) when stdin reaches end of file.
@@ -47,6 +48,7 @@ def _run(args: argparse.Namespace) -> None:
         ttl_s=args.ttl,
         requery_interval_s=args.requery,
         sweep_interval_s=args.sweep,
+        address_check_interval_s=args.address_check,
         protocol=args.protocol,
     )
 
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--ttl", type=int, default=120)
     parser.add_argument("--requery", type=float, default=None)
     parser.add_argument("--sweep", type=float, default=1.0)
+    parser.add_argument("--address-check", type=float, default=30.0,
+                        help="without --interface: how often to look for new addresses")
     parser.add_argument("--protocol", type=int, default=None)
     parser.add_argument("--flood", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)

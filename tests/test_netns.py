@@ -86,12 +86,14 @@ def test_everything_is_deleted_when_the_run_is_interrupted(tmp_path: Path) -> No
             print(" ".join(lan.namespaces), worker.pid, flush=True)
             time.sleep(60)
     """)
-    run = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
     assert run.stdout is not None
     *made, worker = run.stdout.readline().split()
     assert set(made) <= namespaces()
     run.send_signal(signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in the body
-    assert run.wait(20) != 0
+    _, err = run.communicate(timeout=20)
+    assert run.returncode != 0 and "KeyboardInterrupt" in err
     assert not set(made) & namespaces()
     assert not alive(int(worker))
 

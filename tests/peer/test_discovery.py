@@ -147,6 +147,15 @@ def test_the_table_reports_arrivals_changes_and_departures() -> None:
     assert table.update([]) == [Gone(other)]
 
 
+def test_one_device_id_under_two_names_does_not_flap() -> None:
+    me, other = new_device_id(), new_device_id()
+    table = Neighbourhood(me, group_hash(GROUP))
+    upper = service(other, port=7001)
+    lower = service(other, port=7002, name=f"{instance_name(other).lower()}.{SERVICE_TYPE}")
+    assert table.update([upper, lower]) == [Appeared(parse_advert(upper))]
+    assert table.update([upper, lower]) == []
+
+
 def test_foreign_and_incompatible_devices_are_not_peers_and_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     me, stranger, future = new_device_id(), new_device_id(), new_device_id()
     table = Neighbourhood(me, group_hash(GROUP))
@@ -207,9 +216,10 @@ async def test_two_devices_find_each_other_on_loopback(aio_loop: object) -> None
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            await nursery.start(first.run)
-            await nursery.start(foreign.run)
-            await nursery.start(run_second)
+            nursery.start_soon(foreign.run)
+            async with trio.open_nursery() as starting:  # the two registrations in parallel
+                starting.start_soon(nursery.start, first.run)
+                starting.start_soon(nursery.start, run_second)
             event = await first.events().receive()
             assert event == Appeared(Advert(b, group_hash(group), PROTOCOL_VERSION, ("127.0.0.1",), 41002))
             stop_second.cancel()  # a goodbye
@@ -224,14 +234,14 @@ async def test_two_devices_find_each_other_on_loopback(aio_loop: object) -> None
 class Probe:
     """One discovering device: tests/discovery_probe.py in a namespace, its events read as they come."""
 
-    def __init__(self, host: Host, log_path: Path, *args: str) -> None:
+    def __init__(self, host: Host, log_path: Path, *args: str, explicit: bool = True) -> None:
         self.host = host
         self.log_path = log_path
         self.history: list[dict[str, Any]] = []
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         with log_path.open("w") as log_file:
             self.process = host.popen(
-                sys.executable, "-m", "tests.discovery_probe", *args, "--interface", host.address,
+                sys.executable, "-m", "tests.discovery_probe", *args, *(["--interface", host.address] if explicit else []),
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
             )
         threading.Thread(target=self._read, daemon=True).start()
@@ -292,10 +302,14 @@ def lan() -> Iterator[Lan]:
         yield made
 
 
-def device(lan_host: Host, tmp_path: Path, name: str, device_id: str, group: bytes, *options: str) -> Probe:
+def device(
+    lan_host: Host, tmp_path: Path, name: str, device_id: str, group: bytes, *options: str,
+    ttl: int = 8, explicit: bool = True,
+) -> Probe:
+    """A device with short timings: records live ``ttl`` seconds, queried every ttl/6."""
     return Probe(
         lan_host, tmp_path / f"{name}.log", "run", "--device-id", device_id, "--group", group.hex(),
-        "--port", str(7000 + lan_host.index), "--ttl", "4", "--sweep", "0.2", *options,
+        "--port", str(7000 + lan_host.index), "--ttl", str(ttl), "--sweep", "0.2", *options, explicit=explicit,
     )
 
 
@@ -304,9 +318,9 @@ def test_devices_of_a_group_find_each_other_and_a_foreign_one_is_ignored(lan: La
     a_id, b_id, c_id = new_device_id(), new_device_id(), new_device_id()
     host_a, host_b, host_c = lan.hosts
     started = time.monotonic()
-    a = device(host_a, tmp_path, "a", a_id, GROUP)
-    b = device(host_b, tmp_path, "b", b_id, GROUP)
-    c = device(host_c, tmp_path, "c", c_id, bytes(16))
+    a = device(host_a, tmp_path, "a", a_id, GROUP, ttl=4)
+    b = device(host_b, tmp_path, "b", b_id, GROUP, ttl=4)
+    c = device(host_c, tmp_path, "c", c_id, bytes(16), ttl=4)
     seen_b = a.wait_for("appeared", device_id=b_id)
     seen_a = b.wait_for("appeared", device_id=a_id)
     print(f"\ndiscovery: a saw b {time.monotonic() - started:.2f} s after both were launched "
@@ -314,8 +328,9 @@ def test_devices_of_a_group_find_each_other_and_a_foreign_one_is_ignored(lan: La
     assert (seen_b["addresses"], seen_b["port"]) == ([host_b.address], 7002)
     assert (seen_a["addresses"], seen_a["port"]) == ([host_a.address], 7001)
     c.wait_for("started")
-    # Several query rounds (every 0.67 s with a 4 s TTL) and sweeps (every 0.2 s).
-    later = a.drain(4.0)
+    # Longer than a TTL (4 s): b's records were refreshed in time (no Gone,
+    # no new Appeared), and many sweeps (every 0.2 s) saw c.
+    later = a.drain(5.0)
     assert all(e.get("device_id") != c_id for e in a.history + later), a.history
     assert later == [], later  # and no flapping of b either
     refusals = [line for line in a.log().splitlines() if "it belongs to another group" in line]
@@ -358,12 +373,14 @@ def test_garbage_adverts_are_ignored_and_do_not_stop_discovery(lan: Lan, tmp_pat
 
 
 @pytest.mark.netns
-def test_a_device_whose_cable_is_pulled_is_gone_and_reappears_when_plugged_back(lan: Lan, tmp_path: Path) -> None:
+def test_a_device_follows_its_network_cable_pulled_plugged_back_new_address(lan: Lan, tmp_path: Path) -> None:
     a_id, b_id = new_device_id(), new_device_id()
     host_a, host_b, _ = lan.hosts
-    a = device(host_a, tmp_path, "a", a_id, GROUP)
-    b = device(host_b, tmp_path, "b", b_id, GROUP)
-    a.wait_for("appeared", device_id=b_id)
+    a = device(host_a, tmp_path, "a", a_id, GROUP, ttl=4)
+    # b as a user runs it: no interface given, it takes its machine's addresses and watches them.
+    b = device(host_b, tmp_path, "b", b_id, GROUP, "--address-check", "0.5", ttl=4, explicit=False)
+    seen = a.wait_for("appeared", device_id=b_id)
+    assert seen["addresses"] == [host_b.address]
     b.wait_for("appeared", device_id=a_id)
     host_b.link_down()
     down = time.monotonic()
@@ -375,4 +392,10 @@ def test_a_device_whose_cable_is_pulled_is_gone_and_reappears_when_plugged_back(
     print(f"plugged back: a saw b again after {time.monotonic() - up:.2f} s")
     assert again["addresses"] == [host_b.address]
     b.wait_for("appeared", timeout=10, device_id=a_id)
+    # b's machine gets a second address: b advertises again, with both.
+    extra = f"{lan.subnet}.{100 + host_b.index}"
+    host_b.run("ip", "addr", "add", f"{extra}/24", "dev", host_b.interface)
+    moved = a.wait_for("appeared", timeout=10, device_id=b_id)
+    assert sorted(moved["addresses"]) == sorted([host_b.address, extra])
     assert a.stop() == 0 and b.stop() == 0
+    assert "addresses changed" in b.log(), b.log()
