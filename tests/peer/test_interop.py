@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peer.device import Device
 from peer.embedder import MINILM_ID, Embedder, HashEmbedder, embedder_for
@@ -388,6 +390,29 @@ def test_bad_files_name_the_line(fmt: str, data: bytes, words: list[str]) -> Non
     if fmt != "auto":
         assert message.endswith("nothing was imported")
 
+
+_SAMPLES = (
+    ai_mem_snapshot([ai_mem_observation(i) for i in range(3)]),
+    json.dumps(claude_export([claude_memory(i, vector=[0.5, -0.25, 1.0]) for i in range(3)]), indent=1).encode(),
+    b'{"peer_export": 1, "count": 1}\n{"id": "%s", "content": "x", "tags": ["a"], "version": "AB:1"}\n' % _ID.encode(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sample=st.sampled_from(_SAMPLES),
+    edits=st.lists(st.tuples(st.integers(min_value=0), st.binary(max_size=6), st.integers(0, 8)), min_size=1, max_size=4),
+)
+def test_a_damaged_file_is_refused_with_a_message(sample: bytes, edits: list[tuple[int, bytes, int]]) -> None:
+    """Any bytes spliced into any place: the file reads, or it is refused with an ImportFormatError (never a traceback)."""
+    data = bytearray(sample)
+    for at, insert, cut in edits:
+        at %= len(data) + 1
+        data[at : at + cut] = insert
+    try:
+        read_import(bytes(data), "sample")
+    except ImportFormatError as e:
+        assert e.message.startswith("sample") or "format" in e.message
 
 def test_formats_are_told_apart() -> None:
     assert sniff_format(b'\xef\xbb\xbf{"peer_export": 1}\n') == "ndjson"
