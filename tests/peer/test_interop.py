@@ -37,10 +37,11 @@ from peer.interop import (
     sniff_format,
     vector_is_reusable,
 )
+from peer.home import Home
 from peer.memory import Draft
 
 from .cli_runner import assert_error, ndjson, ok, ok_json, peer
-from .groups import found
+from .groups import admit, found
 from .interop_samples import (
     UNICODE_TEXTS,
     ai_mem_observation,
@@ -65,13 +66,19 @@ class HashDevice(Device):
 
 
 @asynccontextmanager
-async def hash_device(path: Path) -> AsyncIterator[Device]:
-    home = await found(path, "importer")
+async def hash_device_at(home: Home) -> AsyncIterator[Device]:
     device = HashDevice(home, await home.open_store())
     try:
         yield device
     finally:
         await device.close()
+
+
+@asynccontextmanager
+async def hash_device(path: Path) -> AsyncIterator[Device]:
+    """A new device (its own group) with the HashEmbedder."""
+    async with hash_device_at(await found(path, "importer")) as device:
+        yield device
 
 
 async def run_import(
@@ -259,6 +266,25 @@ async def test_strategy(
         assert counts(again)["new"] + counts(again)["updated"] + counts(again)["conflicts"] == 0, counts(again)
         assert await device.store.max_seq() == before
 
+
+@pytest.mark.parametrize("file_newer", [True, False])
+async def test_an_imported_sibling_resolves_alike_on_another_device(
+    tmp_path: Path, aio_loop: object, file_newer: bool
+) -> None:
+    a_home = await found(tmp_path / "a", "alpha")
+    b_home = await admit(a_home, tmp_path / "b", "bravo")
+    async with hash_device_at(a_home) as a, hash_device_at(b_home) as b:
+        (memory_id,) = await a.add([Draft("local v1")])
+        exported = await export_bytes(a)
+        await a.edit(memory_id, content="local v2")
+        edited = (await a.store.get(memory_id)).updated_at
+        data = _edit_line(exported, content="file v2", updated_at=edited + (60 if file_newer else -60))
+        assert counts(await run_import(a, data))["conflicts"] == 1
+        async for batch in a.store.missing_for(await b.store.vector()):
+            await b.store.apply(batch)
+        on_a, on_b = await a.store.conflicts(), await b.store.conflicts()
+        assert [(v.version, v.state) for v in on_a[0]] == [(v.version, v.state) for v in on_b[0]]
+        assert on_b[0][0].content == ("file v2" if file_newer else "local v2")
 
 async def test_import_keeps_created_and_updated_times_and_a_dry_run_writes_nothing(
     tmp_path: Path, aio_loop: object
