@@ -16,7 +16,9 @@ Theory of operation. One trio nursery runs, side by side:
   and every ``sync_interval`` seconds (anti-entropy), with exponential
   backoff and jitter after failures;
 * the **status writer**: ``agent.json`` in the home directory, which
-  ``peer status`` reads from another process.
+  ``peer status`` reads from another process;
+* **scheduled backups** when ``[backup] enabled = true``
+  (:func:`peer.backup.run_scheduled_backups`).
 
 One session per peer at a time: a worker holds the peer's lock while its
 session runs, and a session the peer opens meanwhile is refused with
@@ -57,7 +59,7 @@ from protocol.errors import PeerBusy, PeerError, TransportError, TrustError
 from protocol.session import SyncSession
 
 from .aio import DEFAULT_PORT, JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
-from .config import AgentConfig
+from .config import AgentConfig, BackupConfig
 from .device import Device
 from .home import Home
 from .sync import Syncer, SyncSummary, catch_up_index, parse_address
@@ -510,6 +512,7 @@ async def run_agent(
     host: str = DEFAULT_LISTEN[0],
     port: int = DEFAULT_LISTEN[1],
     config: AgentConfig | None = None,
+    backup: BackupConfig | None = None,
     interfaces: Sequence[str] | None = None,
     discovery: bool | None = None,
     peers: Sequence[str] | None = None,
@@ -519,7 +522,8 @@ async def run_agent(
     """Serve and sync this device until cancelled; ``task_status.started(port)`` once listening.
 
     ``interfaces``, ``discovery`` and ``peers`` override ``config`` (the
-    ``[agent]`` section of config.toml) when given.
+    ``[agent]`` section of config.toml) when given; ``backup`` (``[backup]``)
+    runs scheduled backups when enabled.
     """
     config = config or AgentConfig()
     device = await Device.open(home)
@@ -543,6 +547,10 @@ async def run_agent(
             agent._add_static()
             nursery.start_soon(agent.watch)
             nursery.start_soon(agent.publish_status)
+            if backup is not None and backup.enabled:
+                from .backup import run_scheduled_backups
+
+                await nursery.start(partial(run_scheduled_backups, home, device, backup))
             if listening is not None:
                 listening(host, bound, agent.store.device_id)
             task_status.started(bound)

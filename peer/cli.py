@@ -945,7 +945,8 @@ def agent(
                                                         *([f"--listen={listen}"] if listen else []),
                                                         *(["--no-discovery"] if no_discovery else [])]), nl=False)
         return
-    config = load_config(home.config_path).agent
+    settings = load_config(home.config_path)
+    config = settings.agent
     host, port = parse_address(listen or config.listen)
     for address in interfaces:
         try:
@@ -972,6 +973,7 @@ def agent(
         host=host,
         port=port,
         config=config,
+        backup=settings.backup,
         interfaces=interfaces or None,
         discovery=False if no_discovery else None,
         peers=[*config.peers, *peers],

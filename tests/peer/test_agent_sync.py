@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.status import status_command
 
+from .cli_runner import Agent, assert_error, ok, ok_json, peer
 from .groups import admit, found
 
 FAST = AgentConfig(sync_interval=30, debounce=0.05, backoff_max=2)
@@ -101,3 +103,38 @@ async def test_an_unreachable_peer_is_retried_with_backoff_and_logged_once(
     # Backoff 1, 2, 2... s (halved by jitter at worst): a handful of attempts in 5 s, not a busy loop.
     assert 2 <= len(attempts) <= 8, [r.getMessage() for r in attempts]
     assert len(warnings) == 1
+
+
+def test_the_agent_reads_config_toml_and_runs_the_scheduled_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[agent]` and `[backup]` from config.toml: the first backup is written at once, then on schedule."""
+    # With a passphrase in the environment, scheduled backups carry the identity (sealed under it).
+    monkeypatch.setenv("PEER_BACKUP_PASSPHRASE", "correct horse battery staple")
+    home = tmp_path / "home"
+    ok(home, "init", "--name", "solo")
+    ok(home, "add", "the office wifi password rotates monthly", "--kind", "fact")
+    backups = tmp_path / "backups"
+    (home / "config.toml").write_text(
+        "[agent]\ndiscovery = false\nsync_interval = 30\n\n"
+        f"[backup]\nenabled = true\nfrequency = \"daily\"\ndirectory = \"{backups}\"\nmax_backups = 3\n"
+    )
+    agent = Agent(home, tmp_path / "agent.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not list(backups.glob("*.peerbackup")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        written = list(backups.glob("*.peerbackup"))
+    finally:
+        assert agent.stop() == 0
+    assert len(written) == 1, agent.log.read_text()
+    # A backup of this device: it restores onto a fresh home with the memory in it.
+    fresh = tmp_path / "fresh"
+    ok(fresh, "backup", "restore", "--file", str(written[0]))
+    assert [m["content"] for m in ok_json(fresh, "list")] == ["the office wifi password rotates monthly"]
+
+
+def test_a_mistake_in_config_toml_stops_the_agent_with_one_line_naming_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok(home, "init")
+    (home / "config.toml").write_text("[agent]\nsync_intervall = 5\n")
+    message = assert_error(peer(home, "agent", "--listen", "127.0.0.1:0"), 1, "sync_intervall", "[agent]")
+    assert "config.toml" in message
