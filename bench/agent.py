@@ -1,12 +1,12 @@
 """The agent at work and at rest: propagation latency, and what an idle agent costs.
 
 Usage:
-    .venv/bin/python bench/agent.py propagation [--changes 100]
-    .venv/bin/python bench/agent.py idle [--minutes 5] [--size 100000]
+    .venv/bin/python bench/agent.py propagation [--changes 100] [--find mdns|peer]
+    .venv/bin/python bench/agent.py idle [--minutes 5] [--size 100000] [--find mdns|peer]
 
 *propagation*: two devices of one group, each with a real ``peer agent``
-process on loopback that lists the other as a peer (``--peer``; mDNS
-is the same path once a peer is found). This process adds a memory on A
+process on loopback; they find each other by mDNS on 127.0.0.1 (or, with
+``--find peer``, from ``--peer`` addresses). This process adds a memory on A
 through the store, as ``peer add`` does from another process, and polls
 B with ``Device.search`` (the real model, hybrid search) every 20 ms until
 the new memory is among the hits: the time from A's commit to B's hit is
@@ -67,12 +67,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: How the agents find each other: mDNS on loopback (the real path), or `--peer` addresses.
+FIND = {"mdns": ["--interface", "127.0.0.1"], "peer": ["--no-discovery", "--peer"]}
+
+
 class AgentProcess:
-    def __init__(self, home: Path, port: int, other: int, log: Path) -> None:
+    def __init__(self, home: Path, port: int, other: int, log: Path, find: str) -> None:
         self.log = open(log, "wb")  # noqa: SIM115
+        how = FIND[find] + ([f"127.0.0.1:{other}"] if find == "peer" else [])
         self.process = subprocess.Popen(
-            [*PEER, "--home", str(home), "agent", "--listen", f"127.0.0.1:{port}", "--no-discovery",
-             "--peer", f"127.0.0.1:{other}"],
+            [*PEER, "--home", str(home), "agent", "--listen", f"127.0.0.1:{port}", *how],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         assert self.process.stdout is not None
@@ -95,23 +99,24 @@ class AgentProcess:
         self.log.close()
 
 
-def start_pair(a: Path, b: Path, logs: Path) -> tuple[AgentProcess, AgentProcess]:
+def start_pair(a: Path, b: Path, logs: Path, find: str) -> tuple[AgentProcess, AgentProcess]:
     port_a, port_b = free_port(), free_port()
-    return AgentProcess(a, port_a, port_b, logs / "a.log"), AgentProcess(b, port_b, port_a, logs / "b.log")
+    return (AgentProcess(a, port_a, port_b, logs / "a.log", find),
+            AgentProcess(b, port_b, port_a, logs / "b.log", find))
 
 
-async def propagation(changes: int, work: Path) -> dict[str, Any]:
+async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
     bench_sync = _bench_sync()
     a = Home(work / "a")
     await a.init("a")
     b = await bench_sync.admit(a, work / "b")
     texts = [p for p in paragraphs() if 80 <= len(p) <= 400][:changes]
-    agents = start_pair(a.path, b.path, work)
+    agents = start_pair(a.path, b.path, work, find)
     samples: list[float] = []
     try:
         async with await Device.open(a) as on_a, await Device.open(b) as on_b:
             await on_b.prepare_index()
-            await trio.sleep(2)  # the agents' first round (sync on start)
+            await trio.sleep(5)  # the agents find each other and run their first round
             for i, text in enumerate(texts):
                 (memory_id,) = await on_a.add([Draft(text, kind="fact")])
                 committed = time.perf_counter()
@@ -127,6 +132,7 @@ async def propagation(changes: int, work: Path) -> dict[str, Any]:
             agent.stop()
     samples.sort()
     return {
+        "find": find,
         "changes": len(samples),
         "p50_s": round(statistics.median(samples), 3),
         "p95_s": round(samples[int(0.95 * (len(samples) - 1))], 3),
@@ -139,13 +145,13 @@ def copy_home(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
-def idle(minutes: float, size: int, work: Path) -> dict[str, Any]:
+def idle(minutes: float, size: int, work: Path, find: str) -> dict[str, Any]:
     pair = ROOT / "bench" / "out" / f"sync-pair-{size}"
     if not pair.exists():
         raise SystemExit(f"{pair} is missing: run `.venv/bin/python bench/sync.py --sizes {size} --deltas 0` first")
     copy_home(pair / "a", work / "a")
     copy_home(pair / "b", work / "b")
-    agents = start_pair(work / "a", work / "b", work)
+    agents = start_pair(work / "a", work / "b", work, find)
     try:
         time.sleep(10)  # start-up and the first round of syncs are not idle time
         agent = agents[0]
@@ -162,6 +168,7 @@ def idle(minutes: float, size: int, work: Path) -> dict[str, Any]:
         for agent in agents:
             agent.stop()
     return {
+        "find": find,
         "memories": size,
         "minutes": minutes,
         "cpu_percent": round(100 * cpu, 3),
@@ -179,6 +186,9 @@ def main() -> None:
     i = sub.add_parser("idle")
     i.add_argument("--minutes", type=float, default=5.0)
     i.add_argument("--size", type=int, default=100_000)
+    for sub_parser in (p, i):
+        sub_parser.add_argument("--find", choices=sorted(FIND), default="mdns",
+                                help="mdns: the agents find each other by mDNS on 127.0.0.1 (default); peer: --peer")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peer-bench-agent-") as tmp:
         work = Path(tmp)
@@ -186,11 +196,11 @@ def main() -> None:
 
             async def run() -> dict[str, Any]:
                 async with trio_asyncio.open_loop():
-                    return await propagation(args.changes, work)
+                    return await propagation(args.changes, work, args.find)
 
             result = trio.run(run)
         else:
-            result = idle(args.minutes, args.size, work)
+            result = idle(args.minutes, args.size, work, args.find)
     print(json.dumps(result, indent=1))
 
 
