@@ -24,7 +24,10 @@ One session per peer at a time: a worker holds the peer's lock while its
 session runs, and a session the peer opens meanwhile is refused with
 BUSY (the peer retries in a moment; the running session already carries
 both directions). Two agents that start a session to each other at the
-same instant both get BUSY and retry after different random delays.
+same instant both get BUSY and retry after different random delays. A
+session a device opens while its own previous one still runs here
+replaces that one: the device gave up on it (it crashed or timed out),
+and waiting for the old one to time out would refuse it for a minute.
 
 Who needs a sync after a change is decided by the vectors, not guessed:
 each peer's vector as of its last sync is in the store (``peers`` table),
@@ -78,6 +81,8 @@ log = logging.getLogger(__name__)
 
 #: Where the agent listens unless told otherwise: every interface, the default port.
 DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)
+#: Listening addresses that mean "every interface".
+WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
 #: The agent's status, for ``peer status``: in the home directory.
 STATUS_FILE: Final = "agent.json"
 #: How often the watcher asks SQLite whether another process wrote.
@@ -169,6 +174,7 @@ class _Agent:
         self.identity = home.identity()
         self.peers: dict[str, _Peer] = {}
         self.locks: dict[str, trio.Lock] = {}  # one session per device id at a time
+        self.inbound: dict[str, trio.CancelScope] = {}  # the session each device opened, while it runs
         self.index_lock = trio.Lock()
         self.status_dirty = trio.Event()
         self.started = time.time()
@@ -195,7 +201,12 @@ class _Agent:
     async def handle(self, stream: ByteStream) -> None:
         """A member opened a sync session: serve it, unless a session with it is already running."""
         lock = self._lock(stream.peer_device_id)
-        if lock.locked():
+        previous = self.inbound.get(stream.peer_device_id)
+        if previous is not None:
+            # The device opened a new session while its previous one still runs here: it gave
+            # up on that one (it crashed, or timed out), so that one ends and this one runs.
+            previous.cancel()
+        elif lock.locked():
             session = SyncSession(
                 self.store.device_id, self.store.group_id, await self.store.vector(),
                 await self.store.membership_digest(), peer_device_id=stream.peer_device_id,
@@ -213,11 +224,19 @@ class _Agent:
             return
         async with lock:
             peer = self.peers.get(stream.peer_device_id)
-            try:
-                await self.syncer.handle(stream)
-            except PeerError as e:
-                log.info("sync from device %s failed: %s", format_device_id(stream.peer_device_id), e)
-                raise
+            with trio.CancelScope() as scope:
+                self.inbound[stream.peer_device_id] = scope
+                try:
+                    await self.syncer.handle(stream)
+                except PeerError as e:
+                    log.info("sync from device %s failed: %s", format_device_id(stream.peer_device_id), e)
+                    raise
+                finally:
+                    if self.inbound.get(stream.peer_device_id) is scope:
+                        del self.inbound[stream.peer_device_id]
+            if scope.cancelled_caught:
+                log.info("sync from device %s replaced by its newer session", format_device_id(stream.peer_device_id))
+                return
             await self._check_membership()
             if peer is not None:
                 # A complete session it opened counts as a sync with it.
@@ -526,12 +545,20 @@ async def run_agent(
     runs scheduled backups when enabled.
     """
     config = config or AgentConfig()
+    interfaces = list(config.interfaces if interfaces is None else interfaces)
+    if not interfaces and host not in WILDCARDS:
+        # Listening on one address: advertise that one (peers could reach no other), and
+        # never multicast on interfaces the agent was not asked to use.
+        interfaces = [host]
+    elif host not in WILDCARDS and host not in interfaces:
+        log.warning("listening on %s but advertising on %s: other devices will not reach this one;"
+                    " listen on 0.0.0.0 or on an advertised address", host, ", ".join(interfaces))
     device = await Device.open(home)
     agent = _Agent(
         home,
         device,
         config,
-        interfaces=config.interfaces if interfaces is None else interfaces,
+        interfaces=interfaces,
         discovery=config.discovery if discovery is None else discovery,
         static_peers=config.peers if peers is None else peers,
     )

@@ -30,6 +30,7 @@ what arrived).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import format_device_id
-from protocol.errors import LocalProtocolError, PeerError, TransportError
+from protocol.errors import LocalProtocolError, PeerBusy, PeerError, TransportError
 from protocol.frames import NEED_DATA, Done, Members, VersionsBatch
 from protocol.session import (
     DEFAULT_BATCH_BYTES,
@@ -89,6 +90,8 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE_S: Final = 5.0
 #: How long sending the ERROR frame may take when giving up.
 ERROR_SEND_S: Final = 2.0
+#: How many times `peer sync` tries when the other side is busy syncing with this device.
+BUSY_ATTEMPTS: Final = 5
 #: Versions read from the store per query while sending.
 READ_SLICE: Final = 1000
 
@@ -488,4 +491,12 @@ async def sync_device(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    return await syncer.sync_with(host, port, progress=progress)
+    for attempt in range(BUSY_ATTEMPTS):
+        try:
+            return await syncer.sync_with(host, port, progress=progress)
+        except PeerBusy:
+            # The other agent is syncing with this device right now; it takes a moment.
+            if attempt == BUSY_ATTEMPTS - 1:
+                raise
+            await trio.sleep(random.uniform(0.3, 1.0))
+    raise AssertionError("unreachable")

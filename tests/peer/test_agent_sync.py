@@ -136,5 +136,5 @@ def test_a_mistake_in_config_toml_stops_the_agent_with_one_line_naming_it(tmp_pa
     home = tmp_path / "home"
     ok(home, "init")
     (home / "config.toml").write_text("[agent]\nsync_intervall = 5\n")
-    message = assert_error(peer(home, "agent", "--listen", "127.0.0.1:0"), 1, "sync_intervall", "[agent]")
+    message = assert_error(peer(home, "agent", "--listen", "127.0.0.1:0", "--no-discovery"), 1, "sync_intervall", "[agent]")
     assert "config.toml" in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,7 +76,16 @@ def test_a_bad_address_is_an_error(pair: tuple[Path, Path]) -> None:
     assert_error(peer(pair[1], "sync", "host:notaport"), 1, "port")
 
 
-def test_without_no_discovery_the_agent_says_discovery_is_not_there_yet(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_agent_listening_on_one_address_advertises_there_only(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """No --interface: mDNS runs on the listening address (loopback here), never on the machine's own network."""
     running = Agent(pair[0], tmp_path / "agent.log")
+    deadline = time.monotonic() + 20
+    while "advertising" not in running.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert running.stop(signal.SIGINT) == 0
-    assert "discovery is not available yet" in running.log.read_text()
+    log = running.log.read_text()
+    advertising = [line for line in log.splitlines() if "advertising" in line]
+    assert len(advertising) == 1 and f"(127.0.0.1, port {running.port})" in advertising[0], log
+    assert "SIGINT received: shutting down" in log
+
+
