@@ -112,7 +112,7 @@ def _garbage(args: argparse.Namespace) -> None:
         advert(f"peer-{good_id}", {b"id": good_id.encode(), b"g": ours.encode(), b"v": b"999"}),
     ]
     flood = [
-        advert(f"flood-{i}", {b"id": f"flood{i}".encode(), b"g": os.urandom(8).hex().encode(), b"v": b"1"})
+        advert(f"{args.flood_prefix}-{i}", {b"id": f"flood{i}".encode(), b"g": os.urandom(8).hex().encode(), b"v": b"1"})
         for i in range(args.flood)
     ]
 
@@ -162,6 +162,7 @@ def main() -> None:
                         help="without --interface: how often to look for new addresses")
     parser.add_argument("--protocol", type=int, default=None)
     parser.add_argument("--flood", type=int, default=1000)
+    parser.add_argument("--flood-prefix", default="flood", help="garbage: instance names of the flood (so rounds differ)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
