@@ -890,10 +890,23 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
-def default_address() -> str:
-    """The address hint an invite carries when ``--address`` is not given: this host, default port."""
+def default_address(home: Home | None = None) -> str:
+    """The address hint an invite carries when ``--address`` is not given.
+
+    Where this device's running agent listens (its port; its address
+    unless it listens on every interface, then this host's name); with no
+    agent running, this host's name and the default port.
+    """
     import socket
 
+    from .agent import WILDCARDS, read_status
+
+    status = read_status(home) if home is not None else None
+    if status is not None and status.get("listen"):
+        host, _, port = str(status["listen"]).rpartition(":")
+        if host in WILDCARDS:
+            host = socket.gethostname()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"{socket.gethostname()}:{DEFAULT_PORT}"
 
 
@@ -916,7 +929,7 @@ async def invite_command(
         else:
             new_id = None
             text, code = await make_invite(
-                home, store, ttl_s=ttl_s, address=default_address() if address is None else address, now_ms=now_ms
+                home, store, ttl_s=ttl_s, address=default_address(home) if address is None else address, now_ms=now_ms
             )
     out: dict[str, Any] = {"code": text, "device_id": code.device_id, "expires_at": code.expires_at}
     if file is not None:

@@ -89,3 +89,12 @@ def test_an_agent_listening_on_one_address_advertises_there_only(pair: tuple[Pat
     assert "SIGINT received: shutting down" in log
 
 
+
+
+def test_an_invite_names_where_the_running_agent_listens(pair: tuple[Path, Path], agent: Agent, tmp_path: Path) -> None:
+    """No --address: the code carries the agent's own address and port, so `peer join CODE` needs no --host."""
+    invite = ok_json(pair[0], "invite")
+    newcomer = tmp_path / "newcomer"
+    joined = ok_json(newcomer, "join", invite["code"], "--name", "newcomer")
+    assert joined["group_id"] == ok_json(pair[0], "stats")["group_id"]
+    assert "newcomer" in {d["name"] for d in ok_json(pair[0], "devices")}
