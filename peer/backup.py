@@ -66,8 +66,9 @@ from protocol.membership import Membership
 
 from .bundles import BundleSource, Progress, Trust, apply_bundle, atomic_output, import_bundle, scan_bundle, write_bundle
 from .config import BackupConfig
-from .home import Home, Identity
+from .home import Home, Identity, fsync_dir
 from .store import NowMs, Store, wall_clock_ms
+from .units import human_size
 
 if TYPE_CHECKING:
     from .device import Device
@@ -224,15 +225,9 @@ class BackupResult:
     def describe(self) -> str:
         what = "with this device's identity sealed under the passphrase" if self.identity else "without the identity"
         return (
-            f"backed up {self.versions:,} versions and {self.members} member records ({_size(self.size)}) to"
+            f"backed up {self.versions:,} versions and {self.members} member records ({human_size(self.size)}) to"
             f" {self.path}, {what}"
         )
-
-
-def _size(n: int) -> str:
-    if n < 1_000_000:
-        return f"{n / 1000:.1f} kB"
-    return f"{n / 1_000_000:.1f} MB"
 
 
 async def create_backup(
@@ -427,10 +422,9 @@ def _write_keys(home: Home, restored: SealedIdentity) -> bool:
 
 
 def _install(home: Home, tmp: Path) -> None:
-    from .bundles import _fsync_dir
 
     os.replace(tmp, home.store_path)
-    _fsync_dir(home.path)
+    fsync_dir(home.path)
 
 
 async def _restore_new(

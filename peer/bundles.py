@@ -64,7 +64,9 @@ from protocol.errors import BundleError, PeerError, StoreError
 from protocol.frames import END_OF_STREAM, NEED_DATA
 from protocol.membership import MemberInfo, Membership
 
+from .home import fsync_dir
 from .store import ApplyResult, NowMs, Store, wall_clock_ms
+from .units import human_size
 
 if TYPE_CHECKING:
     from .device import Device
@@ -127,14 +129,6 @@ class BundleSource:
             raise PeerError(f"cannot read {self.path}: {e.strerror or e}") from e
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_replaceable(path: Path, magic: bytes, what: str) -> None:
     """Refuse to overwrite anything but an earlier file of the same kind (or an empty one)."""
     try:
@@ -175,7 +169,7 @@ async def atomic_output(
             f.flush()
             await trio.to_thread.run_sync(os.fsync, f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
@@ -339,7 +333,7 @@ class ExportResult:
 
     def describe(self) -> str:
         w = self.written
-        size = _size(w.size)
+        size = human_size(w.size)
         who = f"device {format_device_id(self.recipient)}" if self.recipient else "any device of the group"
         if w.versions == 0:
             return (
@@ -359,14 +353,6 @@ class ExportResult:
 
 def _count(n: int, word: str, plural: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else plural or word + 's'}"
-
-
-def _size(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    if n < 1_000_000:
-        return f"{n / 1000:.1f} kB"
-    return f"{n / 1_000_000:.1f} MB"
 
 
 async def export_bundle(

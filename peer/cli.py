@@ -32,6 +32,8 @@ import click
 from protocol.errors import PeerError
 from protocol.records import valid_kind
 
+from .units import human_size
+
 if TYPE_CHECKING:
     from .device import Device, DoctorReport, SearchResult
     from .memory import Draft, Memory, VersionInfo
@@ -166,15 +168,6 @@ def _memory_line(memory: Memory, prefix: str = "") -> str:
         parts.append(f"[conflict: {memory.siblings + 1} versions]")
     head = "  ".join(parts)
     return f"{head}  {_one_line(memory.content, max(20, _terminal_width() - len(head) - 2))}"
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def _fields(rows: Iterable[tuple[str, object]]) -> None:
@@ -676,7 +669,7 @@ def stats() -> None:
             ("versions", f"{info['versions']:,} ({info['tombstones']:,} tombstones)"),
             ("conflicts", f"{info['conflicts']:,}"),
             ("devices", f"{info['devices']:,}"),
-            ("store", _human_size(info["db_bytes"])),
+            ("store", human_size(info["db_bytes"])),
             ("index", index["summary"]),
         ]
     )

@@ -93,10 +93,11 @@ def _write_secret(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -255,7 +256,7 @@ class Home:
             if Path(f"{tmp}-wal").exists():
                 raise StoreError(f"the new store at {tmp} kept its write-ahead log; try again")
             os.replace(tmp, self.store_path)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except BaseException:
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
                 leftover.unlink(missing_ok=True)

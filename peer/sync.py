@@ -67,6 +67,7 @@ from .aio import (
     serve,
 )
 from .store import Store
+from .units import human_size
 
 if TYPE_CHECKING:
     from .device import Device
@@ -123,17 +124,9 @@ class SyncSummary:
         """One line for people: ``sent 3, received 5 versions (2.1 kB) in 0.4 s``."""
         total = self.bytes_sent + self.bytes_received
         return (
-            f"sent {self.sent:,}, received {self.received:,} versions ({_size(total)}) in {self.seconds:.1f} s"
+            f"sent {self.sent:,}, received {self.received:,} versions ({human_size(total)}) in {self.seconds:.1f} s"
             f" with device {format_device_id(self.peer_device_id)}"
         )
-
-
-def _size(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    if n < 1_000_000:
-        return f"{n / 1000:.1f} kB"
-    return f"{n / 1_000_000:.1f} MB"
 
 
 @dataclass(frozen=True, slots=True)

@@ -463,7 +463,7 @@ class BundleReader:
         if header.recipient is not None and self._device_id is not None and header.recipient != self._device_id:
             raise BundleError(
                 f"this bundle was made for device {format_device_id(header.recipient)}, not this one"
-                f" ({format_device_id(self._device_id)}); import it there, or export a bundle without --for"
+                f" ({format_device_id(self._device_id)}); import it there, or export one for this device (--for) or for any (--all)"
             )
         self._header = header
         self._stage = _Stage.MEMBERS
