@@ -98,6 +98,8 @@ UNREACHABLE_MAX_S: Final = 5.0
 AGENT_CONNECT_TIMEOUT_S: Final = 8.0
 #: How soon to try again when the peer was busy syncing with us.
 BUSY_RETRY_S: Final = (0.2, 1.0)
+#: How long the worker of a device that left the LAN goes on trying (while it fails) before it ends.
+GONE_GRACE_S: Final = 60.0
 #: How long a refused (BUSY) session stays open for the peer to read why.
 BUSY_LINGER_S: Final = 2.0
 #: The status file is rewritten at most this often (and once more when the agent stops).
@@ -116,6 +118,7 @@ class _Peer:
     addresses: list[tuple[str, int]] = field(default_factory=list)
     source: str = "mdns"  # "mdns" or "config"
     present: bool = True
+    absent_since: float | None = None  # trio clock: when discovery last said it left
     dirty: bool = True  # a sync is wanted as soon as the backoff allows
     failures: int = 0
     not_before: float = 0.0  # monotonic: no attempt before this (backoff)
@@ -340,6 +343,14 @@ class _Agent:
             return
         except PeerError as e:
             self._failed(peer, e)
+            if (
+                not peer.present
+                and peer.absent_since is not None
+                and trio.current_time() - peer.absent_since > GONE_GRACE_S
+                and peer.cancel is not None
+            ):
+                log.debug("device %s is gone and unreachable: no more syncs until it is back", peer.key)
+                peer.cancel.cancel()
             return
         finally:
             self._status_changed()
@@ -408,8 +419,12 @@ class _Agent:
             peer.addresses = list(addresses)
         else:
             peer.addresses = list(dict.fromkeys([*peer.addresses, *addresses]))
+        if not peer.present:
+            log.info("device %s is back on the LAN at %s", format_device_id(device_id),
+                     ", ".join(f"{h}:{p}" for h, p in addresses))
         if not peer.present or changed:
             peer.present = True
+            peer.absent_since = None
             peer.dirty = True
             peer.not_before = 0.0  # back on the network: try now, whatever the backoff said
             peer.poke()
@@ -422,8 +437,12 @@ class _Agent:
             return
         log.info("device %s left the LAN", format_device_id(device_id))
         peer.present = False
-        if peer.cancel is not None:
-            peer.cancel.cancel()  # its worker ends; a new one starts if it comes back
+        peer.absent_since = trio.current_time()
+        # Its worker goes on for a while: an advert can vanish while the device is still
+        # reachable (a flood of adverts evicting its records from the mDNS cache, a lost
+        # packet), and syncs must not stop for that. The worker ends once the device has
+        # been gone for GONE_GRACE_S without a sync succeeding (see _attempt).
+        peer.poke()
 
     def _add_static(self) -> None:
         for text in self.static_peers:
