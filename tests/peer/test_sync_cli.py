@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -98,3 +99,18 @@ def test_an_invite_names_where_the_running_agent_listens(pair: tuple[Path, Path]
     joined = ok_json(newcomer, "join", invite["code"], "--name", "newcomer")
     assert joined["group_id"] == ok_json(pair[0], "stats")["group_id"]
     assert "newcomer" in {d["name"] for d in ok_json(pair[0], "devices")}
+
+
+def test_the_systemd_unit_runs_this_peer_with_this_home_and_options(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok(home, "init")
+    unit = ok(home, "agent", "--systemd-unit", "--interface", "192.168.1.20", "--peer", "nas.local:7847")
+    sections = [line for line in unit.splitlines() if line.startswith("[")]
+    assert sections == ["[Unit]", "[Service]", "[Install]"]
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = exec_start.removeprefix("ExecStart=").split()
+    assert Path(argv[0]).is_file() and os.access(argv[0], os.X_OK), argv[0]
+    assert argv[1:] == ["agent", f"--home={home.resolve()}", "--interface=192.168.1.20", "--peer=nas.local:7847"]
+    assert "WantedBy=default.target" in unit and "Restart=on-failure" in unit
+    # Printing the unit starts nothing and writes nothing into the home.
+    assert not (home / "agent.json").exists()
