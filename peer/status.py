@@ -65,7 +65,10 @@ class StatusReport:
             flags = " [revoked]" if p["revoked"] else ""
             lines.append(f"{name}{flags}")
             if p["addresses"]:
-                state = "on the LAN" if p["present"] else "gone from the LAN"
+                if p["source"] == "config":
+                    state = "configured"
+                else:
+                    state = "on the LAN" if p["present"] else "gone from the LAN"
                 lines.append(f"  at {', '.join(p['addresses'])} ({state})")
             lines.append(f"  last sync: {_ago(p['last_sync'], now)}" + (f" (by {p['via']})" if p["via"] else ""))
             if p["last_result"]:
@@ -108,6 +111,7 @@ async def status_command(home: Home) -> StatusReport:
                 "member": member is not None and not member.revoked,
                 "revoked": bool(member and member.revoked),
                 "addresses": live.get("addresses", []),
+                "source": live.get("source"),
                 "present": bool(live.get("present")),
                 "last_sync": seen.seen_at if seen else None,
                 "via": seen.via if seen else None,
@@ -120,7 +124,8 @@ async def status_command(home: Home) -> StatusReport:
         for p in unnamed:
             peers.append({
                 "device_id": None, "name": ", ".join(p["addresses"]) or "?", "member": False, "revoked": False,
-                "addresses": p["addresses"], "present": bool(p.get("present")), "last_sync": None, "via": None,
+                "addresses": p["addresses"], "source": p.get("source"), "present": bool(p.get("present")),
+                "last_sync": None, "via": None,
                 "last_attempt": p.get("last_attempt"), "last_result": p.get("last_result"),
                 "failures": p.get("failures", 0), "lacks": None, "ahead": False,
             })
