@@ -24,8 +24,10 @@ One session per peer at a time: a worker holds the peer's lock while its
 session runs, and a session the peer opens meanwhile is refused with
 BUSY (the peer retries in a moment; the running session already carries
 both directions). Two agents that start a session to each other at the
-same instant both get BUSY and retry after different random delays. A
-session a device opens while its own previous one still runs here
+same instant would both get BUSY and could collide again and again (a
+handshake over a slow link outlasts the retry delay), so then the session
+opened by the smaller device id goes on and the other side drops its own.
+A session a device opens while its own previous one still runs here
 replaces that one: the device gave up on it (it crashed or timed out),
 and waiting for the old one to time out would refuse it for a minute.
 
@@ -178,6 +180,7 @@ class _Agent:
         self.peers: dict[str, _Peer] = {}
         self.locks: dict[str, trio.Lock] = {}  # one session per device id at a time
         self.inbound: dict[str, trio.CancelScope] = {}  # the session each device opened, while it runs
+        self.outbound: dict[str, trio.CancelScope] = {}  # the session this device opened to each, while it runs
         self.index_lock = trio.Lock()
         self.status_dirty = trio.Event()
         self.started = time.time()
@@ -205,15 +208,25 @@ class _Agent:
         """A member opened a sync session: serve it, unless a session with it is already running."""
         lock = self._lock(stream.peer_device_id)
         previous = self.inbound.get(stream.peer_device_id)
+        outbound = self.outbound.get(stream.peer_device_id)
         if previous is not None:
             # The device opened a new session while its previous one still runs here: it gave
             # up on that one (it crashed, or timed out), so that one ends and this one runs.
             previous.cancel()
+        elif outbound is not None and stream.peer_device_id < self.store.device_id:
+            # Both devices opened a session to each other at once. Refusing both (BUSY) and
+            # retrying would collide again whenever a handshake outlasts the retry delay, so
+            # the session opened by the smaller device id goes on, on both sides.
+            log.debug("device %s opened a session while this one opened one to it: serving its own",
+                      format_device_id(stream.peer_device_id))
+            outbound.cancel()
         elif lock.locked():
             session = SyncSession(
                 self.store.device_id, self.store.group_id, await self.store.vector(),
                 await self.store.membership_digest(), peer_device_id=stream.peer_device_id,
             )
+            log.debug("refused a session from device %s: one with it is already running",
+                      format_device_id(stream.peer_device_id))
             data = session.send_error(PeerBusy("a sync session with this device is already running"))
             with trio.move_on_after(BUSY_LINGER_S):
                 try:
@@ -335,11 +348,22 @@ class _Agent:
             if lock.locked():
                 raise PeerBusy("a session with it is already running")
             async with lock:
-                await self._sync_once(peer)
+                log.debug("syncing with %s at %s", peer.key, ", ".join(f"{h}:{p}" for h, p in peer.addresses))
+                with trio.CancelScope() as scope:
+                    if peer.device_id is not None:
+                        self.outbound[peer.device_id] = scope
+                    try:
+                        await self._sync_once(peer)
+                    finally:
+                        if peer.device_id is not None and self.outbound.get(peer.device_id) is scope:
+                            del self.outbound[peer.device_id]
+                if scope.cancelled_caught:
+                    raise PeerBusy("it opened a session to this device at the same moment, and that one goes on")
         except PeerBusy:
             # Not a failure: the running session carries both directions. Check again soon.
             peer.dirty = True
             peer.not_before = trio.current_time() + random.uniform(*BUSY_RETRY_S)
+            log.debug("device %s is busy syncing with this one; trying again shortly", peer.key)
             return
         except PeerError as e:
             self._failed(peer, e)

@@ -915,9 +915,15 @@ def sync(address: str, timeout: float | None) -> None:
 @click.option("--no-discovery", is_flag=True, help="Do not look for the group's devices on the LAN (mDNS).")
 @click.option("--systemd-unit", is_flag=True,
               help="Print a systemd user unit that runs this agent at login, and exit (see the README).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every attempt and every session, not only those that move data.")
 @common_options
 def agent(
-    listen: str | None, interfaces: tuple[str, ...], peers: tuple[str, ...], no_discovery: bool, systemd_unit: bool
+    listen: str | None,
+    interfaces: tuple[str, ...],
+    peers: tuple[str, ...],
+    no_discovery: bool,
+    systemd_unit: bool,
+    verbose: bool,
 ) -> None:
     """Run this device's agent until Ctrl-C: find the group's devices on the LAN and keep them in sync.
 
@@ -951,6 +957,8 @@ def agent(
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("asyncssh", "zeroconf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose:
+        logging.getLogger("peer").setLevel(logging.DEBUG)
 
     def listening(bound_host: str, bound_port: int, device_id: str) -> None:
         # The first line on stdout, so that scripts (and tests) learn the port.

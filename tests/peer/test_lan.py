@@ -266,7 +266,7 @@ def test_with_10_percent_loss_and_100_ms_delay_on_every_link_they_still_converge
     with impaired_lan(3) as lan:
         try:
             for home, host in zip(homes, lan.hosts, strict=True):
-                agents.append(Agent(home, tmp_path / f"{host.index}.log", "--interface", host.address,
+                agents.append(Agent(home, tmp_path / f"{host.index}.log", "--interface", host.address, "--verbose",
                                     listen=f"{host.address}:{PORT}", prefix=host.command()))
             started = time.monotonic()
             for i, home in enumerate(homes):
