@@ -993,7 +993,7 @@ def status() -> None:
     if _json_mode():
         _print_json(result.to_json())
     else:
-        result.print()
+        click.echo(result.text())
 
 
 # Entry point ---------------------------------------------------------------------------

@@ -80,9 +80,6 @@ class StatusReport:
                     "; it has versions this device lacks" if p["ahead"] else ""))
         return "\n".join(lines)
 
-    def print(self) -> None:
-        print(self.text())
-
 
 async def status_command(home: Home) -> StatusReport:
     agent = read_status(home)
