@@ -66,7 +66,7 @@ from protocol.membership import Membership
 
 from .bundles import BundleSource, Progress, Trust, apply_bundle, atomic_output, import_bundle, scan_bundle, write_bundle
 from .config import BackupConfig
-from .home import Home, Identity, fsync_dir
+from .home import Home, Identity, fsync_dir, write_secret
 from .store import NowMs, Store, wall_clock_ms
 from .units import human_size
 
@@ -398,7 +398,6 @@ async def _build_store(
 
 def _write_keys(home: Home, restored: SealedIdentity) -> bool:
     """Write the restored keys into the home; False when it already held exactly these."""
-    from .home import _write_secret  # the home's own 0600 atomic writer
 
     try:
         home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -412,10 +411,10 @@ def _write_keys(home: Home, restored: SealedIdentity) -> bool:
                 f" backup's {format_device_id(restored.device_id)}; restore onto a new home (--home DIR)"
             )
         return False
-    _write_secret(
+    write_secret(
         home.device_key_path, restored.signing_key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
     )
-    _write_secret(
+    write_secret(
         home.kex_key_path, restored.kex_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     )
     return True

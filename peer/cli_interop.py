@@ -50,7 +50,8 @@ def export(file: str, project: str | None, kind: str | None, since: float | None
     the losing versions of a conflict are not exported. The file holds the
     memories in plain text; it is created readable by its owner only.
     """
-    from .interop import export_memories, private_output
+    from .home import private_output
+    from .interop import export_memories
 
     started = time.monotonic()
     update, close = _progress_callback("exporting")

@@ -21,10 +21,13 @@ and can simply be run again (it reuses keys it already wrote).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,7 +47,7 @@ from protocol.membership import found_group
 from .errors import StoreError
 from .store import NowMs, Store, wall_clock_ms
 
-__all__ = ["Home", "Identity", "InitResult", "HOME_ENV"]
+__all__ = ["Home", "Identity", "InitResult", "HOME_ENV", "private_output", "write_secret", "fsync_dir"]
 
 HOME_ENV = "PEER_HOME"
 DEVICE_KEY = "device.key"
@@ -80,20 +83,37 @@ class InitResult:
         return {"device_id": self.device_id, "group_id": self.group_id}
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    """Write a file that only its owner can ever read, atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+@contextmanager
+def private_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file only its owner can ever read (0600 from creation), that replaces ``path`` only once complete.
+
+    Written under a temporary name, flushed to disk and renamed; whatever
+    fails, the temporary file is removed and ``path`` is left as it was. An
+    OSError (a full disk, a missing directory) becomes a PeerError naming the file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file that only its owner can ever read, atomically."""
+    with private_output(path) as f:
+        f.write(data)
 
 
 def fsync_dir(path: Path) -> None:
@@ -182,12 +202,12 @@ class Home:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self.device_key_path.exists():
                 key = Ed25519PrivateKey.generate()
-                _write_secret(
+                write_secret(
                     self.device_key_path, key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
                 )
             if not self.kex_key_path.exists():
                 kex = X25519PrivateKey.generate()
-                _write_secret(self.kex_key_path, kex.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+                write_secret(self.kex_key_path, kex.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
         except OSError as e:
             raise StoreError(f"cannot create the peer home at {self.path}: {e.strerror or e}") from e
         return self._load_identity()

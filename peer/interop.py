@@ -54,14 +54,12 @@ model has no place for (``metadata["claude_memory"]``, ``metadata["ai_mem"]``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import enum
 import hashlib
 import io
 import json
 import math
-import os
 import re
 import tarfile
 import time
@@ -99,7 +97,6 @@ __all__ = [
     "plan_import",
     "apply_import",
     "export_memories",
-    "private_output",
     "vector_is_reusable",
 ]
 
@@ -1116,29 +1113,3 @@ def _json_line(value: Any) -> bytes:
     # ensure_ascii=False keeps the text readable; json escapes every
     # newline, so one object is always one line.
     return (json.dumps(value, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-
-
-@contextlib.contextmanager
-def private_output(path: str) -> Iterator[IO[bytes]]:
-    """A new file, readable by its owner only, that replaces ``path`` only once written completely.
-
-    It holds every memory in plain text, hence the mode; and a failed or
-    interrupted export leaves any earlier file at ``path`` as it was.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise PeerError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as e:
-        raise PeerError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)

@@ -479,7 +479,7 @@ async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowM
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    from .home import _write_secret  # the home's own 0600 atomic writer, reused for the keys it gets here
+    from .home import write_secret
 
     code = decode_code(code_text)
     if code.expires_at * 1000 < now_ms() - _CLOCK_SLACK_MS:
@@ -511,8 +511,8 @@ async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowM
             f"{home.path} already holds a device; an invite file makes a new device: use a new --home"
         )
     home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_secret(home.device_key_path, signing.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
-    _write_secret(home.kex_key_path, kex.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    write_secret(home.device_key_path, signing.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+    write_secret(home.kex_key_path, kex.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     identity = home.ensure_identity()
     membership = Membership(group_id)
     membership.add_all(records)
