@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv, install peer, show devices pairing and syncing
 #   make test   install the test dependencies and run the whole suite
+# CI runs `make check`: lint (ruff, import-linter contracts), mypy --strict, then the tests.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ PEER_STAMP := $(VENV)/.peer-installed
 TEST_STAMP := $(VENV)/.test-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install test-deps lint typecheck bench clean
+.PHONY: demo test check install test-deps lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +28,7 @@ install: $(PEER_STAMP)
 test-deps: $(TEST_STAMP)
 
 demo: install
-	$(BIN)/python -m peer.demo
+	$(BIN)/python -m peer.dev.demo
 
 # Two workers, one test file each at a time (a file's tests share fixtures such as
 # the network namespaces of tests/peer/test_lan.py): about 7 minutes instead of 11.
@@ -36,8 +37,15 @@ PYTEST_WORKERS ?= 2
 test: test-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+lint: test-deps
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+
 typecheck: test-deps
-	$(BIN)/python -m mypy protocol peer
+	$(BIN)/python -m mypy protocol peer tests
+
+# What CI runs: every gate, cheapest first, then the suite.
+check: lint typecheck test
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -42,7 +42,7 @@ import trio_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from peer.corpus import paragraphs  # noqa: E402
+from peer.dev.corpus import paragraphs  # noqa: E402
 from peer.device import Device  # noqa: E402
 from peer.home import Home  # noqa: E402
 from peer.memory import Draft  # noqa: E402

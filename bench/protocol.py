@@ -37,7 +37,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import cryptography  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import (
@@ -299,8 +302,8 @@ def main() -> None:
     for label, fraction in (("peer up to date", 0.0), ("peer lacks 1%", 0.01), ("peer lacks 10%", 0.10),
                             ("peer has nothing", 1.0)):
         peer = peer_lacking(index, fraction)
-        ranges_s = best_of(loops, lambda: index.vector.missing_from(peer))
-        select_s = best_of(max(loops // 10, 3), lambda: index.missing(peer))
+        ranges_s = best_of(loops, lambda peer=peer: index.vector.missing_from(peer))
+        select_s = best_of(max(loops // 10, 3), lambda peer=peer: index.missing(peer))
         count = len(index.missing(peer))
         print(f"  {label:<18} missing_from {ranges_s * 1e6:8.1f} µs   select {count:6d} versions"
               f" {select_s * 1e3:8.3f} ms")

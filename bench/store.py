@@ -19,7 +19,7 @@ What it measures, and how:
 * wall time of the ``peer stats`` command (a fresh process) on each store.
 
 Embedding 100,000 texts on two cores takes long, so the store's texts are
-corpus paragraphs (peer.corpus, about 15,000) embedded once and cached in
+corpus paragraphs (peer.dev.corpus, about 15,000) embedded once and cached in
 bench/out/; beyond the corpus size, memories are variants: the paragraph
 with a numbered suffix, and its vector plus small Gaussian noise,
 renormalised. That keeps the vectors' distribution (clusters of near
@@ -42,17 +42,17 @@ from typing import Any
 
 import numpy as np
 import trio
-from numpy.typing import NDArray
 import trio_asyncio
+from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from peer.corpus import paragraphs  # noqa: E402
+from peer.dev.corpus import paragraphs  # noqa: E402
 from peer.device import Device  # noqa: E402
-from peer.embedder import default_embedder  # noqa: E402
 from peer.home import Home  # noqa: E402
 from peer.memory import Draft  # noqa: E402
+from peer.search.embedder import default_embedder  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 BATCH = 256

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,16 +46,16 @@ import trio_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocol.membership import Membership  # noqa: E402
-
-from peer.aio import SYNC_SUBSYSTEM, connect, serve  # noqa: E402
-from peer.corpus import paragraphs  # noqa: E402
+from peer.aio import SYNC_SUBSYSTEM
+from peer.aio.ssh import connect, serve  # noqa: E402
+from peer.dev.corpus import paragraphs  # noqa: E402
 from peer.device import Device  # noqa: E402
-from peer.embedder import MINILM_ID  # noqa: E402
 from peer.home import Home  # noqa: E402
 from peer.memory import Draft, Memory  # noqa: E402
+from peer.search.embedder import MINILM_ID  # noqa: E402
 from peer.store import Store  # noqa: E402
 from peer.sync import Syncer, SyncSummary, sync_over  # noqa: E402
+from protocol.membership import Membership  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 DIM = 384

@@ -1,3 +1,15 @@
-"""peer: a local-first memory store for AI assistants, synced peer-to-peer."""
+"""peer: a local-first memory store for AI assistants, synced peer-to-peer.
 
-__version__ = "0.1.0"
+The package face is kept import-free beyond the version, so that ``peer``
+commands start fast; import what you use from its packages
+(:mod:`peer.device`, :mod:`peer.home`, :mod:`peer.store`, ...).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("peer-memory")
+except PackageNotFoundError:  # a checkout that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]

@@ -45,7 +45,6 @@ committed in transactions, so nothing committed is lost, even to SIGKILL.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -59,34 +58,37 @@ from typing import Any, Final
 
 import trio
 
-from protocol import format_device_id
-from protocol.errors import PeerBusy, PeerError, TransportError, TrustError
-from protocol.session import SyncSession
+from peer.sync import (
+    DEFAULT_LISTEN,
+    WILDCARDS,
+    Syncer,
+    SyncSummary,
+    parse_address,
+    write_status,
+)
+from protocol import (
+    PeerBusy,
+    PeerError,
+    SyncSession,
+    TransportError,
+    TrustError,
+    format_device_id,
+)
 
-from .aio import DEFAULT_PORT, JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
+from .aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
 from .config import AgentConfig, BackupConfig
 from .device import Device
 from .home import Home
-from .sync import Syncer, SyncSummary, catch_up_index, parse_address
 
 __all__ = [
     "run_agent",
     "run_until_signalled",
-    "DEFAULT_LISTEN",
     "Listening",
-    "STATUS_FILE",
-    "read_status",
     "systemd_unit_text",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Where the agent listens unless told otherwise: every interface, the default port.
-DEFAULT_LISTEN: Final = ("0.0.0.0", DEFAULT_PORT)
-#: Listening addresses that mean "every interface".
-WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
-#: The agent's status, for ``peer status``: in the home directory.
-STATUS_FILE: Final = "agent.json"
 #: How often the watcher asks SQLite whether another process wrote.
 WATCH_INTERVAL_S: Final = 0.25
 #: The first wait after a failure; it doubles with each further failure, up to ``backoff_max``.
@@ -198,10 +200,9 @@ class _Agent:
     async def _after_sync(self, summary: SyncSummary) -> None:
         """Versions arrived: index them, and relay them to the peers that lack them."""
         async with self.index_lock:
-            try:
-                await catch_up_index(self.device)
-            except PeerError as e:
-                log.warning("the search index was not updated (%s); the next search catches up", e)
+            warning = await self.device.catch_up_index()
+            if warning:
+                log.warning("%s", warning)
         await self._changed(exclude=summary.peer_device_id)
 
     async def handle(self, stream: ByteStream) -> None:
@@ -493,7 +494,7 @@ class _Agent:
                 await self._changed()
 
     async def discover(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .discovery import Appeared, Discovery, Gone
+        from peer.sync.discovery import Appeared, Discovery, Gone
 
         assert self.listen is not None
         finder = Discovery(
@@ -526,13 +527,7 @@ class _Agent:
         }
 
     def write_status(self, running: bool = True) -> None:
-        path = self.home.path / STATUS_FILE
-        tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.status(running), indent=1), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as e:
-            log.debug("could not write %s: %s", path, e)
+        write_status(self.home, self.status(running))
 
     async def publish_status(self) -> None:
         while True:
@@ -542,27 +537,8 @@ class _Agent:
             await trio.sleep(STATUS_EVERY_S)
 
 
-def read_status(home: Home) -> dict[str, Any] | None:
-    """The running agent's last status, or None when no agent is running on this home."""
-    path = home.path / STATUS_FILE
-    try:
-        status: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        pid = int(status["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not status.get("running"):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # it died without saying so (SIGKILL)
-    except PermissionError:
-        pass
-    return status
-
-
 def _join_handler(home: Home, device: Device) -> dict[str, StreamHandler]:
-    from .pairing import join_handler
+    from peer.pairing import join_handler
 
     handler: StreamHandler = join_handler(home, device.store)
     return {JOIN_SUBSYSTEM: handler}

@@ -47,7 +47,7 @@ import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,17 +57,41 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
-from protocol import VersionVector, device_id_for, format_device_id
-from protocol.codec import Reader, Writer
-from protocol.errors import BundleError, DecodeError, PeerError, StoreError, WrongGroup
-from protocol.membership import Membership
+from peer.store import NowMs, Store, wall_clock_ms
+from protocol import (
+    BundleError,
+    DecodeError,
+    Membership,
+    PeerError,
+    Reader,
+    StoreError,
+    VersionVector,
+    Writer,
+    WrongGroup,
+    device_id_for,
+    format_device_id,
+)
 
-from .bundles import BundleSource, Progress, Trust, apply_bundle, atomic_output, import_bundle, scan_bundle, write_bundle
+from .bundles import (
+    BundleSource,
+    Progress,
+    Trust,
+    apply_bundle,
+    atomic_output,
+    import_bundle,
+    scan_bundle,
+    write_bundle,
+)
 from .config import BackupConfig
-from .home import Home, Identity, fsync_dir, write_secret
-from .store import NowMs, Store, wall_clock_ms
+from .files import fsync_path, write_secret
+from .home import Home, Identity
 from .units import human_size
 
 if TYPE_CHECKING:
@@ -423,7 +447,7 @@ def _write_keys(home: Home, restored: SealedIdentity) -> bool:
 def _install(home: Home, tmp: Path) -> None:
 
     os.replace(tmp, home.store_path)
-    fsync_dir(home.path)
+    fsync_path(home.path)
 
 
 async def _restore_new(
@@ -554,7 +578,6 @@ async def restore_backup(
 
 async def _restore_merge(home: Home, info: BackupInfo, progress: Progress | None) -> dict[str, Any]:
     from .device import Device
-    from .sync import catch_up_index
 
     async with await Device.open(home) as device:
         group_id = await _bundle_group(info)
@@ -566,10 +589,9 @@ async def _restore_merge(home: Home, info: BackupInfo, progress: Progress | None
         imported = await import_bundle(device.store, info.bundle, allow_own=True, progress=progress)
         warnings: list[str] = []
         if imported.added:
-            try:
-                await catch_up_index(device)
-            except PeerError as e:
-                warnings.append(f"the search index was not updated ({e.message}); the next search catches up")
+            warning = await device.catch_up_index()
+            if warning:
+                warnings.append(warning)
         stats = await device.store.stats()
     return {
         "mode": "merge",
@@ -620,7 +642,7 @@ RETRY_S: Final = 600.0
 
 
 def backup_file_name(device_id: str, when: datetime) -> str:
-    return f"peer-backup-{device_id}-{when.astimezone(timezone.utc).strftime(_STAMP)}{BACKUP_SUFFIX}"
+    return f"peer-backup-{device_id}-{when.astimezone(UTC).strftime(_STAMP)}{BACKUP_SUFFIX}"
 
 
 def scheduled_backups(directory: Path, device_id: str) -> list[tuple[datetime, Path]]:
@@ -635,7 +657,7 @@ def scheduled_backups(directory: Path, device_id: str) -> list[tuple[datetime, P
         if m is None or m["device"] != device_id or not entry.is_file(follow_symlinks=False):
             continue
         try:
-            when = datetime.strptime(m["stamp"], _STAMP).replace(tzinfo=timezone.utc)
+            when = datetime.strptime(m["stamp"], _STAMP).replace(tzinfo=UTC)
         except ValueError:
             continue
         found.append((when, Path(entry.path)))

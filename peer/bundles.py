@@ -43,33 +43,41 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from protocol import Dot, SealedVersion, VersionVector, format_device_id, normalize_device_id
-from protocol.bundle import (
+from peer.store import ApplyResult, NowMs, Store, wall_clock_ms
+from protocol import (
     BUNDLE_MAGIC,
+    END_OF_STREAM,
+    NEED_DATA,
     BundleEnd,
+    BundleError,
     BundleEvent,
     BundleHeader,
     BundleMemberRecord,
     BundleReader,
     BundleVersion,
     BundleWriter,
+    Dot,
+    MemberInfo,
+    Membership,
+    PeerError,
+    SealedVersion,
     SenderKeyLookup,
+    StoreError,
+    VersionVector,
+    format_device_id,
+    normalize_device_id,
 )
-from protocol.errors import BundleError, PeerError, StoreError
-from protocol.frames import END_OF_STREAM, NEED_DATA
-from protocol.membership import MemberInfo, Membership
 
-from .home import fsync_dir
-from .store import ApplyResult, NowMs, Store, wall_clock_ms
+from .files import fsync_path
 from .units import human_size
-
-if TYPE_CHECKING:
-    from .device import Device
 
 __all__ = [
     "BundleSource",
@@ -86,8 +94,6 @@ __all__ = [
     "apply_bundle",
     "export_bundle",
     "import_bundle",
-    "export_command",
-    "import_command",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,7 +175,7 @@ async def atomic_output(
             f.flush()
             await trio.to_thread.run_sync(os.fsync, f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
@@ -740,43 +746,3 @@ async def import_bundle(
 
 
 # Command bodies (the CLI parses and prints; these do the work) ----------------------------
-
-
-async def export_command(
-    device: Device,
-    file: str,
-    *,
-    for_device: str | None = None,
-    project: str | None = None,
-    full: bool = False,
-    progress: Progress | None = None,
-) -> tuple[dict[str, Any], str]:
-    result = await export_bundle(
-        device.store,
-        device.home.identity().signing_key,
-        Path(file),
-        device=for_device,
-        project=project,
-        full=full,
-        progress=progress,
-    )
-    return result.to_json(), result.describe()
-
-
-async def import_command(
-    device: Device, file: str, *, dry_run: bool = False, progress: Progress | None = None
-) -> tuple[dict[str, Any], str, list[str]]:
-    """(JSON, text, warnings). After an import that added versions, the search index catches up."""
-    from .device import index_state
-
-    result = await import_bundle(device.store, Path(file), dry_run=dry_run, progress=progress)
-    warnings: list[str] = []
-    # Checked here first: peer.sync loads the SSH transport, worth it only when there is an index to update.
-    if result.added and not dry_run and index_state(device.home.index_dir, 0)["state"] != "missing":
-        from .sync import catch_up_index
-
-        try:
-            await catch_up_index(device)
-        except PeerError as e:
-            warnings.append(f"the search index was not updated ({e.message}); the next search catches up")
-    return result.to_json(), result.describe(), warnings

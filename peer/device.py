@@ -12,8 +12,9 @@ loading a model or an hnswlib graph (nor even for importing numpy).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+import random
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,18 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from protocol.errors import PeerError, StoreError
+from peer.aio import CONNECT_TIMEOUT_S, DEFAULT_PORT, READ_TIMEOUT_S
+from peer.search.fusion import SearchHit, candidate_count, fuse, keyword_query
+from peer.search.sidecar import Coverage, index_state
+from peer.store import KEEP, SCHEMA_VERSION, Store
+from peer.sync import BUSY_ATTEMPTS, ProgressCallback, Syncer, SyncSummary
+from protocol import PeerBusy, PeerError, StoreError
 
 from .home import Home
 from .memory import Draft, Memory
-from .search import SearchHit, candidate_count, fuse, keyword_query
-from .store import KEEP, SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:
-    from .embedder import Embedder
-    from .index import SearchIndex
+    from peer.search.embedder import Embedder
+    from peer.search.index import SearchIndex
 
-__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress", "index_state"]
+__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress"]
 
 #: ``progress(done, total)``, called from the trio thread as work advances.
 Progress = Callable[[int, int], None]
@@ -88,53 +92,19 @@ def _vector_bytes(rows: Any) -> list[bytes]:
     return [row.tobytes() for row in matrix]
 
 
-#: The index's sidecar file (peer.index.SIDECAR_FILE). Read here as plain
-#: JSON so that `peer stats` reports the index without importing hnswlib.
-_INDEX_SIDECAR = "index.json"
-
-
-def index_state(index_dir: os.PathLike[str] | str, store_seq: int) -> dict[str, Any]:
-    """What the saved index covers, from its sidecar alone (no hnswlib, no numpy)."""
-    path = os.path.join(index_dir, _INDEX_SIDECAR)
-    try:
-        with open(path, "rb") as f:
-            sidecar = json.load(f)
-        watermark = int(sidecar["watermark"])
-        vectors = int(sidecar["elements"]) - int(sidecar.get("deleted", 0))
-        embedder = str(sidecar["embedder"])
-    except FileNotFoundError:
-        return {
-            "state": "missing", "vectors": 0, "watermark": 0, "behind": store_seq, "embedder": None,
-            "summary": "not built yet (the next search builds it)",
-        }
-    except (OSError, ValueError, KeyError, TypeError):
-        return {
-            "state": "damaged", "vectors": 0, "watermark": 0, "behind": store_seq, "embedder": None,
-            "summary": "unreadable (the next search rebuilds it; or run `peer reindex`)",
-        }
-    behind = max(0, store_seq - watermark)
-    state = "current" if behind == 0 else "behind"
-    summary = f"{vectors:,} vectors, " + (
-        "up to date" if behind == 0 else f"{behind:,} changes behind the store (caught up on the next search)"
-    )
-    return {
-        "state": state, "vectors": vectors, "watermark": watermark, "behind": behind, "embedder": embedder,
-        "summary": summary,
-    }
-
-
 class Device:
     """A home opened for use. Create with :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, home: Home, store: Store) -> None:
+    def __init__(self, home: Home, store: Store, *, embedder: Embedder | None = None) -> None:
         self.home = home
         self.store = store
-        self._embedder: Embedder | None = None
+        # None: the default model, loaded on first use (a command that never embeds does not pay for it).
+        self._embedder = embedder
         self._index: SearchIndex | None = None
 
     @classmethod
-    async def open(cls, home: Home) -> Device:
-        return cls(home, await home.open_store())
+    async def open(cls, home: Home, *, embedder: Embedder | None = None) -> Device:
+        return cls(home, await home.open_store(), embedder=embedder)
 
     async def close(self) -> None:
         # The index saves itself after every catch-up; nothing to flush here.
@@ -151,7 +121,7 @@ class Device:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from .embedder import default_embedder
+            from peer.search.embedder import default_embedder
 
             self._embedder = default_embedder()
         return self._embedder
@@ -227,7 +197,7 @@ class Device:
         Cheap when nothing changed (one query for the store's seq). A
         missing, damaged or foreign index is rebuilt, with a warning.
         """
-        from .index import SearchIndex
+        from peer.search.index import SearchIndex
 
         warnings: list[str] = []
         if self._index is None:
@@ -237,6 +207,64 @@ class Device:
         await self._index.catch_up(self.store, self.embedder, progress)
         return warnings
 
+    async def catch_up_index(self) -> str | None:
+        """After versions arrived from elsewhere, bring an existing index up to date.
+
+        Called after a sync, a bundle import, a restore or a plaintext import.
+        Vectors that travelled with the versions are reused when they come
+        from this device's embedder; the others are embedded here, in
+        batches. An index that was never built is left alone: the first
+        search builds it, and an import should not pay for that. Returns a
+        warning for the person when the index could not be updated (the next
+        search catches up), else None.
+        """
+        if not index_state(self.home.index_dir, 0).exists:
+            return None
+        try:
+            await self.prepare_index()
+        except PeerError as e:
+            return f"the search index was not updated ({e.message}); the next search catches up"
+        return None
+
+    async def sync_with(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        progress: ProgressCallback | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> SyncSummary:
+        """``peer sync HOST[:PORT]``: one sync with the member there, then the index catch-up.
+
+        An agent there that is syncing with this device right now answers
+        BUSY; that takes a moment, so the sync is retried a few times.
+        """
+        warnings: list[str] = []
+
+        async def reindex(summary: SyncSummary) -> None:
+            warning = await self.catch_up_index()
+            if warning:
+                warnings.append(warning)
+
+        syncer = Syncer(
+            self.store,
+            self.home.identity().signing_key,
+            after_sync=reindex,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        for attempt in range(BUSY_ATTEMPTS):
+            try:
+                summary = await syncer.sync_with(host, port, progress=progress)
+            except PeerBusy:
+                if attempt == BUSY_ATTEMPTS - 1:
+                    raise
+                await trio.sleep(random.uniform(0.3, 1.0))
+            else:
+                return dataclasses.replace(summary, warnings=tuple(warnings)) if warnings else summary
+        raise AssertionError("unreachable")
+
     async def _ready_index(self) -> SearchIndex:
         if self._index is None:
             await self.prepare_index()
@@ -245,7 +273,7 @@ class Device:
 
     async def reindex(self, progress: Progress | None = None) -> dict[str, Any]:
         """Rebuild the index from the store's vectors (embedding only what has none)."""
-        from .index import SearchIndex
+        from peer.search.index import SearchIndex
 
         started = time.monotonic()
         if self._index is None:
@@ -329,7 +357,7 @@ class Device:
         out = store_stats.to_json()
         out["home"] = str(self.home.path)
         out["schema_version"] = SCHEMA_VERSION
-        out["index"] = index_state(self.home.index_dir, store_stats.max_seq)
+        out["index"] = index_state(self.home.index_dir, store_stats.max_seq).to_json()
         return out
 
     def _key_file_checks(self) -> list[Check]:
@@ -362,7 +390,6 @@ class Device:
 
     async def doctor(self, *, repair: bool = False, progress: Progress | None = None) -> DoctorReport:
         """Check everything a user would want checked; with ``repair``, rebuild a bad index."""
-        from .index import SearchIndex
 
         checks: list[Check] = []
         problems = await self.store.integrity_check()
@@ -391,7 +418,7 @@ class Device:
 
     async def _index_check(self, repair: bool, progress: Progress | None) -> Check:
         """The saved index against the store: readable, built by this embedder, not ahead, same size."""
-        from .index import SearchIndex
+        from peer.search.index import SearchIndex
 
         feed = self.store
         index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder)
@@ -403,16 +430,16 @@ class Device:
             # The store went back in time (restored from a backup): the index
             # names versions the store does not hold.
             problem = f"the index reflects store change {index.watermark} but the store is at {max_seq}"
-        if not problem and state["state"] == "current":
+        if not problem and state.coverage is Coverage.CURRENT:
             live = await feed.count_live()
             if len(index) != live:
                 problem = f"the index holds {len(index):,} vectors for {live:,} live memories"
         if not problem:
-            if repair and state["state"] != "current":
+            if repair and state.coverage is not Coverage.CURRENT:
                 await index.catch_up(feed, self.embedder, progress)
                 state = index_state(self.home.index_dir, max_seq)
-            return Check("search index", True, state["summary"])
+            return Check("search index", True, state.describe())
         if not repair:
             return Check("search index", False, problem, "run `peer doctor --repair` (or `peer reindex`)")
         await index.rebuild(feed, self.embedder, progress)
-        return Check("search index", True, f"{problem}; rebuilt: {index_state(self.home.index_dir, max_seq)['summary']}")
+        return Check("search index", True, f"{problem}; rebuilt: {index_state(self.home.index_dir, max_seq).describe()}")

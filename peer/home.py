@@ -21,13 +21,10 @@ and can simply be run again (it reuses keys it already wrote).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,13 +38,13 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_private_key,
 )
 
-from protocol import device_id_for
-from protocol.membership import found_group
+from peer.store import NowMs, Store, wall_clock_ms
+from protocol import device_id_for, found_group
 
 from .errors import StoreError
-from .store import NowMs, Store, wall_clock_ms
+from .files import fsync_path, write_secret
 
-__all__ = ["Home", "Identity", "InitResult", "HOME_ENV", "private_output", "write_secret", "fsync_dir"]
+__all__ = ["Home", "Identity", "InitResult", "HOME_ENV"]
 
 HOME_ENV = "PEER_HOME"
 DEVICE_KEY = "device.key"
@@ -81,48 +78,6 @@ class InitResult:
 
     def to_json(self) -> dict[str, str]:
         return {"device_id": self.device_id, "group_id": self.group_id}
-
-
-@contextmanager
-def private_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A file only its owner can ever read (0600 from creation), that replaces ``path`` only once complete.
-
-    Written under a temporary name, flushed to disk and renamed; whatever
-    fails, the temporary file is removed and ``path`` is left as it was. An
-    OSError (a full disk, a missing directory) becomes a PeerError naming the file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as e:
-        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_secret(path: Path, data: bytes) -> None:
-    """Write a file that only its owner can ever read, atomically."""
-    with private_output(path) as f:
-        f.write(data)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Home:
@@ -276,7 +231,7 @@ class Home:
             if Path(f"{tmp}-wal").exists():
                 raise StoreError(f"the new store at {tmp} kept its write-ahead log; try again")
             os.replace(tmp, self.store_path)
-            fsync_dir(self.path)
+            fsync_path(self.path)
         except BaseException:
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
                 leftover.unlink(missing_ok=True)

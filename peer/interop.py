@@ -68,17 +68,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from protocol import Dot, canonical_json, valid_kind
-from protocol.errors import DecodeError
-from protocol.records import MAX_CONTENT_BYTES, MAX_FIELD_BYTES
+from peer.store import ImportedVersion, Store
+from protocol import (
+    MAX_CONTENT_BYTES,
+    MAX_FIELD_BYTES,
+    DecodeError,
+    Dot,
+    canonical_json,
+    valid_kind,
+)
 
 from .errors import ImportFormatError, PeerError
 from .memory import Draft, Memory
-from .store import ImportedVersion, Store
 
 if TYPE_CHECKING:
+    from peer.search.embedder import Embedder
+
     from .device import Device
-    from .embedder import Embedder
 
 __all__ = [
     "FORMATS",
@@ -976,6 +982,8 @@ class ImportReport:
     vectors_reused: int = 0
     embedded: int = 0
     seconds: float = 0.0
+    #: For the person: what went wrong after the import itself (the index catch-up).
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1010,7 +1018,7 @@ def vector_is_reusable(model: str | None, embedder: Embedder) -> bool:
         return False
     if model == embedder.id:
         return True
-    from .embedder import MINILM_ID
+    from peer.search.embedder import MINILM_ID
 
     return (
         model.strip().lower() in _MINILM_NAMES and embedder.id == MINILM_ID and embedder.dim == _MINILM_DIM
@@ -1021,8 +1029,6 @@ async def apply_import(
     device: Device, plan: ImportPlan, progress: Callable[[int, int], None] | None = None
 ) -> ImportReport:
     """Embed what needs it, then write the plan in one transaction; then bring an existing index up to date."""
-    from .device import index_state
-
     started = time.monotonic()
     steps = [s for s in plan.steps if s.writes]
     if not steps:
@@ -1062,10 +1068,14 @@ async def apply_import(
     )
     # As after a sync: an index that exists is caught up now (reusing the
     # vectors just written); one never built is left to the first search.
-    if index_state(device.home.index_dir, 0)["state"] != "missing":
-        await device.prepare_index()
+    warning = await device.catch_up_index()
     return ImportReport(
-        plan, dry_run=False, vectors_reused=reused, embedded=len(missing), seconds=time.monotonic() - started
+        plan,
+        dry_run=False,
+        vectors_reused=reused,
+        embedded=len(missing),
+        seconds=time.monotonic() - started,
+        warnings=(warning,) if warning else (),
     )
 
 

@@ -34,8 +34,7 @@ from .ids import (
 )
 from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, resolve, winner_key
 from .records import DEFAULT_KIND, FORMAT_VERSION, KINDS, MemoryBody, VersionHeader, canonical_json, valid_kind
-from .sealing import SealedVersion, open_version, seal, verify_version
-from .sealing import AuthorKeyLookup, MemberKeyLookup
+from .sealing import AuthorKeyLookup, MemberKeyLookup, SealedVersion, open_version, seal, verify_version
 
 __all__ = [
     "MAX_COUNTER", "Dot", "HybridLogicalClock", "Ordering", "VersionVector", "hlc_pack", "hlc_unpack",
@@ -52,10 +51,10 @@ __all__ = [
 ]
 
 from .membership import (  # noqa: E402
+    KeyEpochRecord,
     MemberInfo,
     MemberRecord,
     Membership,
-    KeyEpochRecord,
     MembershipRecord,
     RevocationRecord,
     UnknownSigner,
@@ -122,4 +121,27 @@ __all__ += [
     "decode_frame", "encode_frame", "join_proof",
     "PAUSED", "ConnectionClosed", "HelloReceived", "MembersReceived", "PeerDone", "SessionComplete", "SessionState",
     "SyncSession", "VersionSource", "VersionsReceived", "batches", "error_frame_for", "outgoing",
+]
+
+from .bundle import BUNDLE_MAGIC, BundleEvent, SenderKeyLookup  # noqa: E402
+from .errors import PeerBusy  # noqa: E402
+from .frames import EndOfStream, NeedData, frame_name  # noqa: E402
+from .ids import MAX_INCARNATION  # noqa: E402
+from .invite import (  # noqa: E402
+    INVITE_ID_BYTES,
+    SECRET_BYTES,
+    InviteCode,
+    MistypedCode,
+    decode_code,
+    encode_code,
+    verifier_for,
+)
+from .records import MAX_CONTENT_BYTES, MAX_EMBEDDING_BYTES, MAX_FIELD_BYTES  # noqa: E402
+from .session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SIZE  # noqa: E402
+
+__all__ += [
+    "INVITE_ID_BYTES", "SECRET_BYTES", "InviteCode", "MistypedCode", "decode_code", "encode_code", "verifier_for",
+    "BUNDLE_MAGIC", "BundleEvent", "SenderKeyLookup", "PeerBusy", "EndOfStream", "NeedData", "frame_name",
+    "MAX_INCARNATION", "MAX_CONTENT_BYTES", "MAX_EMBEDDING_BYTES", "MAX_FIELD_BYTES",
+    "DEFAULT_BATCH_BYTES", "DEFAULT_BATCH_SIZE",
 ]

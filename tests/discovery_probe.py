@@ -38,7 +38,7 @@ def _say(event: str, **fields: Any) -> None:
 def _run(args: argparse.Namespace) -> None:
     import trio
 
-    from peer.discovery import Appeared, Discovery
+    from peer.sync.discovery import Appeared, Discovery
 
     discovery = Discovery(
         args.device_id,

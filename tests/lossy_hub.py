@@ -31,8 +31,8 @@ import struct
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .netns import HOST_INTERFACE, PREFIX, Host, Lan, _ip, reap_leftovers

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from .netns import PREFIX, NetemUnavailable, netem_unavailable_reason, private_lan, reap_leftovers, requires_netem, requires_netns
+from .netns import (
+    PREFIX,
+    NetemUnavailable,
+    netem_unavailable_reason,
+    private_lan,
+    reap_leftovers,
+    requires_netem,
+    requires_netns,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,12 +74,11 @@ def test_hosts_reach_each_other_over_the_bridge_and_nothing_else() -> None:
 
 def test_everything_is_deleted_when_the_body_fails() -> None:
     requires_netns()
-    with pytest.raises(RuntimeError, match="the test failed"):
-        with private_lan(2) as lan:
-            sleeper = lan.hosts[0].popen("sleep", "60")
-            made = set(lan.namespaces)
-            assert made <= namespaces()
-            raise RuntimeError("the test failed")
+    with pytest.raises(RuntimeError, match="the test failed"), private_lan(2) as lan:
+        sleeper = lan.hosts[0].popen("sleep", "60")
+        made = set(lan.namespaces)
+        assert made <= namespaces()
+        raise RuntimeError("the test failed")
     assert not made & namespaces()
     assert sleeper.poll() is not None
 

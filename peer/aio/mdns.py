@@ -30,16 +30,21 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import ifaddr
-from zeroconf import (
-    Error as ZeroconfError,
+
+# Exported by zeroconf's package for compatibility, but not in its __all__.
+from zeroconf import (  # type: ignore[attr-defined]
+    DNSOutgoing,
+    DNSPointer,
+    DNSQuestion,
     NonUniqueNameException,
     ServiceBrowser,
     ServiceInfo,
     Zeroconf,
     current_time_millis,
 )
-# Exported by zeroconf's package for compatibility, but not in its __all__.
-from zeroconf import DNSOutgoing, DNSPointer, DNSQuestion  # type: ignore[attr-defined]
+from zeroconf import (
+    Error as ZeroconfError,
+)
 
 from ..errors import DiscoveryError
 

@@ -19,23 +19,43 @@ from __future__ import annotations
 # A session is one channel running a named subsystem with raw bytes
 # (encoding=None). The trio side sees it as a :class:`ByteStream`; the
 # server calls back into trio through ``trio_as_aio`` for each channel.
-
 import asyncio
-from collections.abc import Awaitable, Callable
-
-import trio
-import trio_asyncio
 import logging
 import socket
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import asyncssh
+import trio
+import trio_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 
-from protocol.errors import PeerError, TransportError, TrustError
-from protocol.ids import device_id_for, format_device_id
+from protocol import (
+    PeerError,
+    TransportError,
+    TrustError,
+    device_id_for,
+    format_device_id,
+)
+
+from .transport import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_PORT,
+    JOIN_SUBSYSTEM,
+    JOIN_USER,
+    LOGIN_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    SYNC_SUBSYSTEM,
+    SYNC_USER,
+    Authorize,
+    ByteStream,
+    StreamHandler,
+)
 
 __all__ = [
     "ByteStream",
@@ -55,54 +75,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 7847
-SYNC_SUBSYSTEM = "peer-sync@peer"
-JOIN_SUBSYSTEM = "peer-join@peer"
-#: Members log in as this user; the name carries no meaning beyond that.
-SYNC_USER = "peer"
-#: Devices that are not members yet log in as this user, for the join subsystem only.
-JOIN_USER = "peer-join"
-
-#: TCP connect, key exchange and authentication together.
-CONNECT_TIMEOUT_S = 15.0
-#: How long the server gives a client to authenticate.
-LOGIN_TIMEOUT_S = 15.0
-#: The longest silence tolerated while waiting for the other side's bytes.
-READ_TIMEOUT_S = 60.0
 #: SSH keepalives notice a vanished peer even while this side only writes.
 KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
 #: What a close may take before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 3.0
-
 _ED25519 = b"ssh-ed25519"
-
-
-class ByteStream(Protocol):
-    """One authenticated, ordered, bidirectional byte stream to another device."""
-
-    @property
-    def peer_device_id(self) -> str:
-        """The device id of the key the other side authenticated with."""
-        ...
-
-    async def send_all(self, data: bytes) -> None: ...
-
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        """Some bytes (at most ``max_bytes``), or ``b""`` once the other side closed its end."""
-        ...
-
-    async def send_eof(self) -> None:
-        """Tell the other side this one will send nothing more (it reads ``b""``); receiving goes on."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-#: The trio function that serves one channel; the stream is closed after it returns.
-StreamHandler = Callable[[ByteStream], Awaitable[None]]
-#: Whether a device (by id) may connect now; a trio function.
-Authorize = Callable[[str], Awaitable[bool]]
 
 
 def _device_of_key(key: asyncssh.SSHKey) -> str | None:
@@ -497,7 +475,7 @@ async def connect(
     try:
         with trio.fail_after(connect_timeout + 1):
             conn, reader, writer = await trio_asyncio.aio_as_trio(open_channel)()
-    except (trio.TooSlowError, asyncio.TimeoutError) as e:
+    except (TimeoutError, trio.TooSlowError) as e:
         raise TransportError(
             f"{where} did not complete an SSH handshake within {connect_timeout:g} s; is `peer agent` running there?"
         ) from e

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol.membership import Membership
-
 from peer.home import Home
+from protocol.membership import Membership
 
 
 async def found(path: Path, name: str = "first") -> Home:

@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 import trio_asyncio
 
-from peer.corpus import paragraphs
+from peer.dev.corpus import paragraphs
 from peer.home import Home
 from peer.memory import Draft
 

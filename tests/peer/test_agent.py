@@ -10,8 +10,10 @@ from typing import Any
 import trio
 
 from peer.agent import run_agent
-from peer.device import Device, index_state
+from peer.device import Device
 from peer.memory import Draft
+from peer.search.embedder import default_embedder
+from peer.search.sidecar import index_state
 from peer.sync import Syncer
 
 from .groups import admit, found
@@ -33,13 +35,13 @@ async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, 
             async with await second.open_store() as store:
                 summary = await Syncer(store, second.identity().signing_key).sync_with("127.0.0.1", port)
             # The agent reindexes after answering; wait until its index holds both.
-            while index_state(first.index_dir, 0)["vectors"] < len(texts) + 1:
+            while index_state(first.index_dir, 0).vectors < len(texts) + 1:
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         async with await Device.open(first) as device:
             hits = await device.search("which linter do we use", k=1)
     assert summary.sent == len(texts)
-    assert index_state(first.index_dir, 0)["embedder"] == device.embedder.id
+    assert index_state(first.index_dir, 0).embedder == device.embedder.id
     assert [h.memory.id for h in hits] == [ids[1]]
 
 
@@ -71,17 +73,16 @@ async def test_received_embeddings_are_reused_and_missing_ones_computed(tmp_path
             await device.add([Draft("backups run at 02:00 UTC"), Draft("the VPN needs a hardware key")])
             # A version that travels without a vector (e.g. imported by an older tool).
             await device.store.add(Draft("lunch is at noon"))
-        async with trio.open_nursery() as nursery:
-            async with await first.open_store() as store:
-                port = await nursery.start(partial(Syncer(store, first.identity().signing_key).serve, "127.0.0.1", 0))
-                async with await second.open_store() as other:
-                    await Syncer(other, second.identity().signing_key).sync_with("127.0.0.1", port)
-                nursery.cancel_scope.cancel()
-        async with await Device.open(first) as device:
-            counting = CountingEmbedder(device.embedder)
-            device._embedder = counting  # the index must not run the model for vectors that travelled
+        async with trio.open_nursery() as nursery, await first.open_store() as store:
+            port = await nursery.start(partial(Syncer(store, first.identity().signing_key).serve, "127.0.0.1", 0))
+            async with await second.open_store() as other:
+                await Syncer(other, second.identity().signing_key).sync_with("127.0.0.1", port)
+            nursery.cancel_scope.cancel()
+        # The index must not run the model for vectors that travelled.
+        counting = CountingEmbedder(default_embedder())
+        async with await Device.open(first, embedder=counting) as device:
             await device.prepare_index()
             hits = await device.search("when are backups taken", k=1)
     assert counting.texts == 1 + 1  # the memory without a vector, then the query
-    assert index_state(first.index_dir, 0)["vectors"] == 3
+    assert index_state(first.index_dir, 0).vectors == 3
     assert hits[0].memory.content == "backups run at 02:00 UTC"

@@ -10,9 +10,7 @@ bad connections (a second round of 500 adds next to nothing).
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import struct
 from pathlib import Path
 
@@ -21,10 +19,10 @@ import trio
 import trio_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.errors import PeerError
-
-from peer.aio import SYNC_SUBSYSTEM, connect
+from peer.aio import SYNC_SUBSYSTEM
+from peer.aio.ssh import connect
 from peer.home import Home
+from protocol.errors import PeerError
 
 from .cli_runner import Agent, ok, ok_json
 from .groups import admit, found

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from peer.agent import read_status, run_agent
+from peer.agent import run_agent
 from peer.config import AgentConfig
 from peer.home import Home
 from peer.memory import Draft
-from peer.status import status_command
+from peer.sync import read_status
+from peer.sync.report import status_command
 
 from .cli_runner import Agent, assert_error, ok, ok_json, peer
 from .groups import admit, found

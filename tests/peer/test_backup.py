@@ -6,15 +6,18 @@ import errno
 import logging
 import os
 import shutil
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-from protocol.errors import PeerError, WrongGroup
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 
 import peer.backup as backup_module
 from peer.backup import (
@@ -34,6 +37,7 @@ from peer.config import BackupConfig
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
+from protocol.errors import PeerError, WrongGroup
 
 from .cli_runner import assert_error, ok, ok_json, peer
 from .groups import admit, found
@@ -53,6 +57,11 @@ class Clock:
 
 # A new machine, through the real command ------------------------------------------------------------
 
+
+
+def _answer(text: str) -> Callable[[], str]:
+    """A passphrase prompt that answers ``text``."""
+    return lambda: text
 
 def test_a_backup_shows_no_text_and_restores_a_new_machine_where_search_works(tmp_path: Path) -> None:
     a, restored = tmp_path / "desk", tmp_path / "new-machine"
@@ -215,7 +224,7 @@ async def test_damaged_backups_are_refused_and_leave_the_new_home_empty(tmp_path
         home = Home(tmp_path / name.replace(" ", "-"))
         typed = "not the passphrase" if "wrong passphrase" in name else PASSPHRASE
         with pytest.raises(PeerError, match=message):
-            await restore_backup(home, bad, passphrase=lambda: typed)
+            await restore_backup(home, bad, passphrase=_answer(typed))
         assert not home.path.exists() or not any(home.path.iterdir()), name
     restored = await restore_backup(Home(tmp_path / "ok"), good.path, passphrase=lambda: PASSPHRASE)
     assert restored["memories"] == 1
@@ -279,7 +288,7 @@ async def test_scheduled_backups_run_on_time_keep_only_what_retention_allows_and
     # Files that are not this device's scheduled backups: never touched.
     other = "B" * 26
     foreign = [
-        directory / backup_file_name(other, datetime(2020, 1, 1, tzinfo=timezone.utc)),
+        directory / backup_file_name(other, datetime(2020, 1, 1, tzinfo=UTC)),
         directory / "peer-backup-notes.txt",
         directory / f"peer-backup-{device_id}-20200101T000000Z.peerbackup.old",
     ]
@@ -296,7 +305,7 @@ async def test_scheduled_backups_run_on_time_keep_only_what_retention_allows_and
         return await real_create(*args, **kwargs)
 
     monkeypatch.setattr(backup_module, "create_backup", flaky_create)
-    start = datetime(2026, 3, 4, 10, 20, tzinfo=timezone.utc)
+    start = datetime(2026, 3, 4, 10, 20, tzinfo=UTC)
     clock = FakeTime(start, start + timedelta(hours=40))
     caplog.set_level(logging.INFO, logger="peer.backup")
     async with await home.open_store() as store:
@@ -308,7 +317,7 @@ async def test_scheduled_backups_run_on_time_keep_only_what_retention_allows_and
     times = [when for when, _ in made]
     # The first attempt failed (disk full) and was retried 10 minutes later; then every hour on the hour.
     assert "retrying in 600 s" in caplog.text and "No space left" in caplog.text
-    assert times[-1] == datetime(2026, 3, 6, 2, 0, tzinfo=timezone.utc)
+    assert times[-1] == datetime(2026, 3, 6, 2, 0, tzinfo=UTC)
     assert all(t.minute == 0 for t in times[1:])
     # Retention: nothing older than a day (except that the newest is always kept).
     assert times[0] >= times[-1] - timedelta(days=1) and len(times) == 25
@@ -337,7 +346,7 @@ async def test_a_scheduled_backup_into_an_unusable_directory_is_logged_and_retri
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the backup directory should be")
     config = BackupConfig(enabled=True, frequency="daily", directory=str(blocker / "backups"))
-    start = datetime(2026, 3, 4, 10, 20, tzinfo=timezone.utc)
+    start = datetime(2026, 3, 4, 10, 20, tzinfo=UTC)
     clock = FakeTime(start, start + timedelta(minutes=25))
     caplog.set_level(logging.WARNING, logger="peer.backup")
     async with await home.open_store() as store:

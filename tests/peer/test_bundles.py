@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from protocol import Dot, MemoryBody, VersionHeader, VersionVector, seal
-from protocol.bundle import BundleWriter
-from protocol.errors import BundleError, NotAMember, PeerError, WrongGroup
-
 import peer.bundles as bundles
 from peer.bundles import BundleSource, export_bundle, import_bundle
 from peer.home import Home
 from peer.memory import Draft
+from protocol import Dot, MemoryBody, VersionHeader, VersionVector, seal
+from protocol.bundle import BundleWriter
+from protocol.errors import BundleError, NotAMember, PeerError, WrongGroup
 
 from .cli_runner import assert_error, ok, ok_json, peer
 from .groups import admit, found
@@ -122,9 +121,9 @@ async def test_devices_without_a_network_pair_by_file_and_converge_over_five_rou
     listed = ok_json(a, "list")
     assert listed == ok_json(b, "list")
     assert len(listed) == 11  # 13 added, 2 forgotten
-    on_desk, on_laptop = await snapshot(desk), await snapshot(laptop)
-    assert on_desk["conflicts"] == on_laptop["conflicts"] and len(on_desk["conflicts"]) == 1
-    assert on_desk["stats"]["vector"] == on_laptop["stats"]["vector"]
+    desk_state, laptop_state = await snapshot(desk), await snapshot(laptop)
+    assert desk_state["conflicts"] == laptop_state["conflicts"] and len(desk_state["conflicts"]) == 1
+    assert desk_state["stats"]["vector"] == laptop_state["stats"]["vector"]
     async with await desk.open_store() as store:
         (conflict,) = await store.conflicts()
     assert conflict[0].memory_id == ids["a2"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from peer.corpus import paragraphs
+from peer.dev.corpus import paragraphs
 
 from .cli_runner import assert_error, ndjson, ok, ok_json, peer
 

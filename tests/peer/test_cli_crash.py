@@ -9,7 +9,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from peer.cli import BULK_BATCH
+from peer.cli.memories import BULK_BATCH
 
 from .cli_runner import PEER, env, ok, ok_json, peer
 

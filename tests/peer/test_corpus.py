@@ -1,11 +1,11 @@
-"""The sample corpus (peer.corpus): real prose, bounded, unique, in a fixed order."""
+"""The sample corpus (peer.dev.corpus): real prose, bounded, unique, in a fixed order."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from peer.corpus import MAX_CHARS, MIN_CHARS, paragraphs
+from peer.dev.corpus import MAX_CHARS, MIN_CHARS, paragraphs
 
 
 def test_paragraphs_are_unique_prose_in_bounds() -> None:
@@ -23,7 +23,7 @@ def test_a_prefix_is_the_start_of_the_whole() -> None:
 
 
 def test_order_is_the_same_in_another_process() -> None:
-    code = "from peer.corpus import paragraphs; import hashlib; print(hashlib.sha256('\\n'.join(paragraphs(3000)).encode()).hexdigest())"
+    code = "from peer.dev.corpus import paragraphs; import hashlib; print(hashlib.sha256('\\n'.join(paragraphs(3000)).encode()).hexdigest())"
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
     import hashlib
 

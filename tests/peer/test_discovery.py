@@ -24,7 +24,7 @@ import pytest
 import trio
 
 from peer.aio.mdns import CachedService
-from peer.discovery import (
+from peer.sync.discovery import (
     SERVICE_TYPE,
     Advert,
     Appeared,
@@ -160,7 +160,7 @@ def test_foreign_and_incompatible_devices_are_not_peers_and_are_logged_once(capl
     me, stranger, future = new_device_id(), new_device_id(), new_device_id()
     table = Neighbourhood(me, group_hash(GROUP))
     seen = [service(stranger, group=bytes(16)), service(future, protocol=PROTOCOL_VERSION + 1)]
-    with caplog.at_level(logging.INFO, logger="peer.discovery"):
+    with caplog.at_level(logging.INFO, logger="peer.sync.discovery"):
         for _ in range(5):  # a sweep sees them every second
             assert table.update(seen) == []
     assert table.peers == {}
@@ -175,7 +175,7 @@ def test_the_table_is_capped_and_garbage_logging_is_rate_limited(caplog: pytest.
     table = Neighbourhood(me, group_hash(GROUP), max_peers=3)
     crowd = [service(new_device_id()) for _ in range(10)]
     garbage = [service(new_device_id(), port=0, name=f"junk-{i}.{SERVICE_TYPE}") for i in range(2000)]
-    with caplog.at_level(logging.DEBUG, logger="peer.discovery"):
+    with caplog.at_level(logging.DEBUG, logger="peer.sync.discovery"):
         events = table.update(crowd + garbage)
         table.update(crowd + garbage)
     assert len(table.peers) == 3 and all(isinstance(e, Appeared) for e in events) and len(events) == 3

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-import peer.embedder as embedder_module
-from peer.embedder import (
+import peer.search.embedder as embedder_module
+from peer.search.embedder import (
     MINILM_ID,
     HashEmbedder,
     MiniLMEmbedder,
@@ -23,7 +23,7 @@ from peer.embedder import (
 )
 from protocol.errors import PeerError
 
-TOKENIZER = Path(embedder_module.__file__).parent / "data" / "tokenizer.json"
+TOKENIZER = embedder_module.TOKENIZER_PATH
 
 # A long note of about 2,000 words: two thirds on looking after a vegetable
 # garden, then a last third on restoring a database backup. Only the windows
@@ -180,7 +180,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_import_does_not_load_the_runtime() -> None:
     code = (
-        "import sys, peer.embedder as e\n"
+        "import sys, peer.search.embedder as e\n"
         "heavy = [m for m in ('onnxruntime', 'tokenizers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "e.default_embedder()\n"
@@ -205,6 +205,6 @@ def test_hash_embedder_is_deterministic_and_lexical() -> None:
     assert np.isclose(np.linalg.norm(a), 1.0) and np.isclose(np.linalg.norm(empty), 1.0)
     assert float(a @ c) < 0.9
     # Stable across processes (no salted hash()).
-    code = "import peer.embedder as e; print(e.HashEmbedder(64).embed(['red apple pie'])[0].tobytes().hex())"
+    code = "import peer.search.embedder as e; print(e.HashEmbedder(64).embed(['red apple pie'])[0].tobytes().hex())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == a.tobytes().hex()

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import peer.index as index_module
-from peer.embedder import HashEmbedder
-from peer.index import IndexFeed, SearchIndex
+import peer.search.index as index_module
 from peer.memory import IndexChange
+from peer.search.embedder import HashEmbedder
+from peer.search.index import IndexFeed, SearchIndex
 
 DIM = 64
 
@@ -93,9 +93,9 @@ class FakeStore:
             self.during_winners = []
 
 
-def test_fake_store_is_an_index_feed() -> None:
-    feed: IndexFeed = FakeStore(HashEmbedder(DIM))  # checked by mypy
-    assert feed is not None
+def _fake_store_is_an_index_feed(store: FakeStore) -> IndexFeed:
+    # No test: `make check` runs mypy on tests, which fails here if FakeStore stops being an IndexFeed.
+    return store
 
 
 @pytest.fixture

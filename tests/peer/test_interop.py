@@ -25,8 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peer.device import Device
-from peer.embedder import MINILM_ID, Embedder, HashEmbedder, embedder_for
 from peer.errors import ImportFormatError, StoreError
+from peer.home import Home
 from peer.interop import (
     FOREIGN_ID_NAMESPACE,
     ImportReport,
@@ -37,8 +37,8 @@ from peer.interop import (
     sniff_format,
     vector_is_reusable,
 )
-from peer.home import Home
 from peer.memory import Draft
+from peer.search.embedder import MINILM_ID, Embedder, HashEmbedder, embedder_for
 
 from .cli_runner import assert_error, ndjson, ok, ok_json, peer
 from .groups import admit, found

@@ -28,10 +28,9 @@ import pytest
 import trio
 import trio_asyncio
 
-from protocol import format_device_id
-
-from peer.discovery import group_hash
 from peer.home import Home
+from peer.sync.discovery import group_hash
+from protocol import format_device_id
 
 from ..lossy_hub import lossy_lan
 from ..netns import Lan, netem_unavailable_reason, netns_unavailable_reason, private_lan
@@ -204,8 +203,8 @@ def test_another_group_and_garbage_adverts_are_ignored_while_members_keep_syncin
         assert len(lines) == 1 and "another group" in lines[0], lines
         assert "Traceback" not in text
     # Bounded: zeroconf's cache holds at most 10,000 records; once it is full, 3,000 more adverts cost nothing more.
-    for agent in range(3):
-        before, _, second, third = (r[agent] for r in rss)
+    for host in range(3):
+        before, _, second, third = (r[host] for r in rss)
         assert third - before < 50_000 and third - second < 10_000, rss
 
 

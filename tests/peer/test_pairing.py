@@ -18,30 +18,24 @@ import pytest
 import trio
 import trio.testing
 
+from peer.errors import InviteRefused
 from peer.home import Home, Identity
+from peer.members import devices, find_device, revoke
 from peer.pairing import (
     REFUSAL_MESSAGE,
-    InviteCode,
-    InviteRefused,
     Invites,
-    MistypedCode,
     admitted_membership,
-    decode_code,
-    devices,
-    encode_code,
-    find_device,
     make_invite,
     parse_ttl,
     prepare_join,
     request_join,
-    revoke,
     serve_join,
 )
 from peer.store import Store
+from protocol import InviteCode, MistypedCode, decode_code, encode_code
 from protocol.errors import PeerError, StoreError, UnsupportedFormat
-from protocol.frames import ErrorCode, JoinReject, encode_frame, FrameDecoder
+from protocol.frames import ErrorCode, FrameDecoder, JoinReject
 from protocol.ids import device_id_for
-
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Reciprocal-rank fusion (peer.search.fuse): what a searcher would notice."""
+"""Reciprocal-rank fusion (peer.search.fusion.fuse): what a searcher would notice."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.search import RRF_K, SearchHit, candidate_count, fuse, keyword_query
+from peer.search.fusion import RRF_K, SearchHit, candidate_count, fuse, keyword_query
 
 
 def ids(hits: list[SearchHit]) -> list[str]:

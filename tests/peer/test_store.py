@@ -11,12 +11,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-import peer.store as store_module
+import peer.store.store as store_module
 from peer.errors import NotAMember, StoreError, TrustError, WrongGroup
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
-from protocol import Dot, MemoryBody, SealedVersion, VersionHeader, VersionVector, device_id_for, seal
+from protocol import (
+    Dot,
+    MemoryBody,
+    SealedVersion,
+    VersionHeader,
+    VersionVector,
+    device_id_for,
+    seal,
+)
 
 
 class FakeClock:

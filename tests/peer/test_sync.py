@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import trio
 
-from protocol import Dot, VersionVector
-from protocol.errors import PeerError, TransportError, TrustError
-
-from peer.aio import SYNC_SUBSYSTEM, Authorize, ByteStream, StreamHandler, connect, serve
+from peer.aio import SYNC_SUBSYSTEM, Authorize, ByteStream, StreamHandler
+from peer.aio.ssh import connect, serve
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
-from peer.sync import SyncProgress, Syncer, parse_address, sync_over
+from peer.sync import Syncer, SyncProgress, parse_address, sync_over
+from protocol import Dot, VersionVector
+from protocol.errors import PeerError, TransportError, TrustError
 
 from .groups import admit, found
 

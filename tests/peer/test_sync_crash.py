@@ -68,9 +68,8 @@ def state_of(db: Path) -> tuple[list[tuple[str, int, int, str]], list[tuple[str,
 
 
 async def opens_cleanly(home: Home) -> None:
-    async with trio_asyncio.open_loop():
-        async with await home.open_store() as store:
-            assert await store.integrity_check() == []
+    async with trio_asyncio.open_loop(), await home.open_store() as store:
+        assert await store.integrity_check() == []
 
 
 async def build(root: Path) -> tuple[Home, Home]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_runner import ok, ok_json
-from .test_sync_cli import Agent
+from .cli_runner import Agent, ok, ok_json
 
 
 def test_three_devices_pair_sync_and_find_each_others_memories(tmp_path: Path) -> None:

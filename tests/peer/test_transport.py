@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocol.errors import TransportError, TrustError
-
-from peer.aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler, connect, serve
+from peer.aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
+from peer.aio.ssh import connect, serve
 from peer.home import Home
 from peer.store import Store
+from protocol.errors import TransportError, TrustError
 
 from .groups import admit, found
 
@@ -91,14 +91,13 @@ async def test_a_non_member_is_refused_with_a_clear_message_on_both_sides(
     caplog.set_level(logging.WARNING, logger="peer.aio")
     stranger_id = homes.stranger.identity().device_id
     with trio.fail_after(DEADLINE):
-        async with await homes.first.open_store() as server_store:
-            async with trio.open_nursery() as nursery:
-                port = await start_server(nursery, homes.first, server_store)
-                with pytest.raises(TrustError) as refused:
-                    await connect(
-                        "127.0.0.1", port, homes.stranger.identity().signing_key, trust_host=lambda _: True
-                    )
-                nursery.cancel_scope.cancel()
+        async with await homes.first.open_store() as server_store, trio.open_nursery() as nursery:
+            port = await start_server(nursery, homes.first, server_store)
+            with pytest.raises(TrustError) as refused:
+                await connect(
+                    "127.0.0.1", port, homes.stranger.identity().signing_key, trust_host=lambda _: True
+                )
+            nursery.cancel_scope.cancel()
     assert "refused this device" in str(refused.value)
     assert "not a member" in str(refused.value)
     server_lines = [r.getMessage() for r in caplog.records if "not a member of this group: refused" in r.getMessage()]
@@ -148,26 +147,25 @@ async def test_joining_needs_no_membership_but_reaches_only_the_join_subsystem(h
         await stream.send_all(b"welcome")
 
     with trio.fail_after(DEADLINE):
-        async with await homes.first.open_store() as server_store:
-            async with trio.open_nursery() as nursery:
-                port = await start_server(nursery, homes.first, server_store, {SYNC_SUBSYSTEM: echo, JOIN_SUBSYSTEM: join})
-                stream = await connect(
-                    "127.0.0.1",
-                    port,
-                    homes.stranger.identity().signing_key,
-                    trust_host=lambda d: d == inviter_id,
-                    subsystem=JOIN_SUBSYSTEM,
+        async with await homes.first.open_store() as server_store, trio.open_nursery() as nursery:
+            port = await start_server(nursery, homes.first, server_store, {SYNC_SUBSYSTEM: echo, JOIN_SUBSYSTEM: join})
+            stream = await connect(
+                "127.0.0.1",
+                port,
+                homes.stranger.identity().signing_key,
+                trust_host=lambda d: d == inviter_id,
+                subsystem=JOIN_SUBSYSTEM,
+            )
+            got = b""
+            while chunk := await stream.receive_some():
+                got += chunk
+            await stream.aclose()
+            # The same stranger still cannot reach the sync subsystem.
+            with pytest.raises(TrustError):
+                await connect(
+                    "127.0.0.1", port, homes.stranger.identity().signing_key, trust_host=lambda d: d == inviter_id
                 )
-                got = b""
-                while chunk := await stream.receive_some():
-                    got += chunk
-                await stream.aclose()
-                # The same stranger still cannot reach the sync subsystem.
-                with pytest.raises(TrustError):
-                    await connect(
-                        "127.0.0.1", port, homes.stranger.identity().signing_key, trust_host=lambda d: d == inviter_id
-                    )
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
     assert got == b"welcome"
     assert joined == [homes.stranger.identity().device_id]
 

@@ -5,7 +5,16 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from protocol import BadSignature, BundleError, LocalProtocolError, NotAMember, PeerError, TrustError, VersionVector, WrongGroup
+from protocol import (
+    BadSignature,
+    BundleError,
+    LocalProtocolError,
+    NotAMember,
+    PeerError,
+    TrustError,
+    VersionVector,
+    WrongGroup,
+)
 from protocol.bundle import (
     BUNDLE_MAGIC,
     BundleEnd,

@@ -8,15 +8,23 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import DecodeError, Dot, MemoryBody, RemoteProtocolError, VersionHeader, VersionVector, seal
+from protocol import (
+    DecodeError,
+    Dot,
+    MemoryBody,
+    RemoteProtocolError,
+    VersionHeader,
+    VersionVector,
+    seal,
+)
 from protocol.frames import (
     END_OF_STREAM,
     NEED_DATA,
     PROTOCOL_VERSION,
     TAG_DONE,
     Done,
-    ErrorFrame,
     ErrorCode,
+    ErrorFrame,
     Frame,
     FrameDecoder,
     Hello,

@@ -22,7 +22,7 @@ from protocol.frames import END_OF_STREAM, NEED_DATA, FrameDecoder, encode_frame
 from protocol.session import PAUSED, HelloReceived, SyncSession, outgoing
 from tests.protocol.test_bundle import KEYS, make_bundle
 from tests.protocol.test_frames import GROUP, sample_frames
-from tests.protocol.test_session import A, DIGEST, MemorySource
+from tests.protocol.test_session import DIGEST, A, MemorySource
 
 FRAME_STREAMS = [
     b"".join(encode_frame(f) for f in sample_frames()),

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import Dot, MemoryState, VersionMeta, VersionState, context_for_new_version, resolve, winner_key
+from protocol import (
+    Dot,
+    MemoryState,
+    VersionMeta,
+    VersionState,
+    context_for_new_version,
+    resolve,
+    winner_key,
+)
 
 A = "A" * 26
 B = "B" * 26

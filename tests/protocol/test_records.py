@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -231,9 +232,9 @@ SAMPLES = _samples()
 
 
 @pytest.mark.parametrize(("name", "decode", "data"), SAMPLES, ids=[s[0] for s in SAMPLES])
-def test_decoder_whole_prefixes_and_trailing(name: str, decode: Callable[[bytes], object], data: bytes) -> None:
+def test_decoder_whole_prefixes_and_trailing(name: str, decode: Callable[[bytes], Any], data: bytes) -> None:
     value = decode(data)
-    encode = getattr(value, "encode")
+    encode = value.encode
     assert encode() == data, f"{name} does not re-encode to the same bytes"
     for n in range(len(data)):
         with pytest.raises(DecodeError):

@@ -30,47 +30,46 @@ what arrived).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import format_device_id
-from protocol.errors import LocalProtocolError, PeerBusy, PeerError, TransportError
-from protocol.frames import NEED_DATA, Done, Members, VersionsBatch
-from protocol.session import (
-    DEFAULT_BATCH_BYTES,
-    DEFAULT_BATCH_SIZE,
-    PAUSED,
-    ConnectionClosed,
-    HelloReceived,
-    MembersReceived,
-    PeerDone,
-    SessionComplete,
-    SyncSession,
-    VersionsReceived,
-    batches,
-)
-
-from .aio import (
+from peer.aio import (
     CONNECT_TIMEOUT_S,
     DEFAULT_PORT,
     READ_TIMEOUT_S,
     SYNC_SUBSYSTEM,
     ByteStream,
     StreamHandler,
-    connect,
-    serve,
+    Transport,
+    ssh_transport,
 )
-from .store import Store
-from .units import human_size
-
-if TYPE_CHECKING:
-    from .device import Device
+from peer.store import Store
+from peer.units import human_size
+from protocol import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    NEED_DATA,
+    PAUSED,
+    ConnectionClosed,
+    Done,
+    HelloReceived,
+    LocalProtocolError,
+    Members,
+    MembersReceived,
+    PeerDone,
+    PeerError,
+    SessionComplete,
+    SyncSession,
+    VersionsBatch,
+    VersionsReceived,
+    batches,
+    format_device_id,
+)
 
 __all__ = [
     "SyncSummary",
@@ -79,9 +78,6 @@ __all__ = [
     "AfterSync",
     "sync_over",
     "Syncer",
-    "parse_address",
-    "catch_up_index",
-    "sync_device",
     "DEFAULT_PORT",
 ]
 
@@ -108,6 +104,8 @@ class SyncSummary:
     bytes_sent: int
     bytes_received: int
     seconds: float
+    #: What went wrong after the sync itself completed (the index catch-up), for the person.
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -332,32 +330,6 @@ async def _finish(wire: _Counted, session: SyncSession) -> bool:
     return False
 
 
-def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address -> (host, port)."""
-    text = text.strip()
-    if not text:
-        raise TransportError("no address given; use HOST or HOST:PORT")
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise TransportError(f"{text!r} is not an address: a [ has no matching ]")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise TransportError(f"{text!r} is not an address; use [IPv6]:PORT")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not host:
-        raise TransportError(f"{text!r} has no host name; use HOST or HOST:PORT")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise TransportError(f"{port_text!r} is not a port number (0 to 65535)")
-    return host, int(port_text)
-
-
 class Syncer:
     """One device's side of every sync: what ``peer sync`` and ``peer agent`` share.
 
@@ -375,8 +347,10 @@ class Syncer:
         after_sync: AfterSync | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         read_timeout: float = READ_TIMEOUT_S,
+        transport: Transport | None = None,
     ) -> None:
         self.store = store
+        self._transport = transport
         self._signing_key = signing_key
         self._after_sync = after_sync
         self.connect_timeout = connect_timeout
@@ -389,6 +363,13 @@ class Syncer:
     def _member(self, device_id: str) -> bool:
         return device_id != self.store.device_id and self.store.membership.is_member(device_id)
 
+    @property
+    def transport(self) -> Transport:
+        """The transport given, else SSH (loaded on first use: a command that never connects does not pay for it)."""
+        if self._transport is None:
+            self._transport = ssh_transport()
+        return self._transport
+
     async def authorize(self, device_id: str) -> bool:
         """Whether ``device_id`` may connect now (the server's check)."""
         await self.store.refresh()
@@ -397,7 +378,7 @@ class Syncer:
     async def sync_with(self, host: str, port: int = DEFAULT_PORT, *, progress: ProgressCallback | None = None) -> SyncSummary:
         """Connect to the member at ``host:port`` and run one sync; ``after_sync`` follows a complete one."""
         await self.store.refresh()
-        stream = await connect(
+        stream = await self.transport.connect(
             host,
             port,
             self._signing_key,
@@ -437,7 +418,7 @@ class Syncer:
 
         ``handlers`` may replace the sync handler too (the agent wraps it to allow one session per peer).
         """
-        await serve(
+        await self.transport.serve(
             self._signing_key,
             host=host,
             port=port,
@@ -446,50 +427,3 @@ class Syncer:
             read_timeout=self.read_timeout,
             task_status=task_status,
         )
-
-
-async def catch_up_index(device: Device) -> None:
-    """Bring the device's search index up to date after a sync brought versions.
-
-    Vectors that travelled with the versions are reused when they come from
-    this device's embedder; the others are embedded here, in batches. An
-    index that was never built is left alone: the first search builds it,
-    and a sync should not pay for that.
-    """
-    from .device import index_state
-
-    if index_state(device.home.index_dir, 0)["state"] == "missing":
-        return
-    await device.prepare_index()
-
-
-async def sync_device(
-    device: Device,
-    host: str,
-    port: int = DEFAULT_PORT,
-    *,
-    progress: ProgressCallback | None = None,
-    connect_timeout: float = CONNECT_TIMEOUT_S,
-    read_timeout: float = READ_TIMEOUT_S,
-) -> SyncSummary:
-    """``peer sync HOST[:PORT]``: one sync with the member there, then the index catch-up."""
-
-    async def reindex(summary: SyncSummary) -> None:
-        await catch_up_index(device)
-
-    syncer = Syncer(
-        device.store,
-        device.home.identity().signing_key,
-        after_sync=reindex,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
-    for attempt in range(BUSY_ATTEMPTS):
-        try:
-            return await syncer.sync_with(host, port, progress=progress)
-        except PeerBusy:
-            # The other agent is syncing with this device right now; it takes a moment.
-            if attempt == BUSY_ATTEMPTS - 1:
-                raise
-            await trio.sleep(random.uniform(0.3, 1.0))
-    raise AssertionError("unreachable")

@@ -59,9 +59,11 @@ import numpy as np
 import trio
 from numpy.typing import NDArray
 
-from peer.embedder import Embedder
+from peer.errors import SearchIndexError
+from peer.files import fsync_path, write_atomic
 from peer.memory import IndexChange
-from protocol.errors import PeerError
+from peer.search.embedder import Embedder
+from peer.search.sidecar import SIDECAR_FILE
 
 __all__ = [
     "IndexFeed",
@@ -77,7 +79,6 @@ FORMAT_VERSION = 1
 
 GRAPH_FILE = "hnsw.bin"
 DELETED_FILE = "deleted.i64"
-SIDECAR_FILE = "index.json"
 
 # Graph parameters. M=16 links per node (32 on the bottom layer) is the
 # usual sweet spot for a few hundred dimensions: recall@10 above 0.95 at
@@ -108,10 +109,6 @@ OVERFETCH = 4
 
 #: ``progress(done, total)``: called from the task running the index.
 Progress = Callable[[int, int], None]
-
-
-class SearchIndexError(PeerError):
-    """The search index cannot be used; `peer doctor` rebuilds it from the store."""
 
 
 class IndexFeed(Protocol):
@@ -164,23 +161,6 @@ def _sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Graph:
@@ -266,14 +246,14 @@ class _Graph:
         graph = directory / GRAPH_FILE
         tmp = graph.with_name(GRAPH_FILE + ".tmp")
         self.hnsw.save_index(str(tmp))
-        _fsync_file(tmp)
+        fsync_path(tmp)
         # Hashed from the file as written (read back from the page cache), so
         # the checksum covers exactly what the next load will read.
         graph_sha, graph_size = _sha256_file(tmp)
         os.replace(tmp, graph)
 
         deleted_bytes = np.array(sorted(self.deleted), dtype="<i8").tobytes()
-        _write_atomic(directory / DELETED_FILE, deleted_bytes)
+        write_atomic(directory / DELETED_FILE, deleted_bytes)
 
         sidecar = dict(sidecar)
         sidecar.update(
@@ -287,7 +267,7 @@ class _Graph:
                 },
             },
         )
-        _write_atomic(directory / SIDECAR_FILE, json.dumps(sidecar, indent=2).encode())
+        write_atomic(directory / SIDECAR_FILE, json.dumps(sidecar, indent=2).encode())
         try:
             fd = os.open(directory, os.O_RDONLY)
         except OSError:  # directories cannot be opened on some systems

@@ -13,10 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from peer.home import Home
+from peer.sync.status_file import read_status
 from protocol import format_device_id
-
-from .agent import read_status
-from .home import Home
 
 __all__ = ["StatusReport", "status_command"]
 

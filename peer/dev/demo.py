@@ -1,4 +1,4 @@
-"""``python -m peer.demo`` (``make demo``): three devices pair and sync on loopback.
+"""``python -m peer.dev.demo`` (``make demo``): three devices pair and sync on loopback.
 
 Every step runs the real ``peer`` command in a subprocess, exactly as a
 user (or an assistant) would type it, and prints the command and what it

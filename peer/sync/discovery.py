@@ -65,11 +65,9 @@ from typing import Final, Protocol
 
 import trio
 
-from protocol import PROTOCOL_VERSION, format_device_id
-from protocol.ids import is_device_id
-
-from .aio.mdns import CachedService, MdnsEndpoint, machine_addresses
-from .errors import DiscoveryError
+from peer.aio.mdns import CachedService, MdnsEndpoint, machine_addresses
+from peer.errors import DiscoveryError
+from protocol import PROTOCOL_VERSION, format_device_id, is_device_id
 
 __all__ = [
     "SERVICE_TYPE",

@@ -13,20 +13,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import (
-    _check_kind,
-    _json_mode,
-    _print_json,
-    _progress_callback,
-    _since_option,
-    _with_device,
-    cli,
-    common_options,
-)
+from ._app import check_kind, cli, common_options, json_mode, since_option, with_device
+from ._output import print_json, progress_callback
 
 if TYPE_CHECKING:
-    from .device import Device
-    from .interop import ImportFile, ImportReport
+    from peer.device import Device
+    from peer.interop import ImportFile, ImportReport
 
 __all__ = ["export", "import_"]
 
@@ -37,9 +29,9 @@ _BAR_FROM = 1000
 @cli.command(name="export")
 @click.argument("file", metavar="FILE")
 @click.option("--project", help="Only memories of this project.")
-@click.option("--kind", callback=_check_kind, help="Only memories of this kind.")
+@click.option("--kind", callback=check_kind, help="Only memories of this kind.")
 @click.option(
-    "--since", callback=_since_option, metavar="WHEN", help="Only memories changed since a date (2026-01-31) or for a duration (7d)."
+    "--since", callback=since_option, metavar="WHEN", help="Only memories changed since a date (2026-01-31) or for a duration (7d)."
 )
 @common_options
 def export(file: str, project: str | None, kind: str | None, since: float | None) -> None:
@@ -50,11 +42,11 @@ def export(file: str, project: str | None, kind: str | None, since: float | None
     the losing versions of a conflict are not exported. The file holds the
     memories in plain text; it is created readable by its owner only.
     """
-    from .home import private_output
-    from .interop import export_memories
+    from peer.files import atomic_output
+    from peer.interop import export_memories
 
     started = time.monotonic()
-    update, close = _progress_callback("exporting")
+    update, close = progress_callback("exporting")
 
     def progress(done: int, total: int) -> None:
         if update is not None and total >= _BAR_FROM:
@@ -68,19 +60,19 @@ def export(file: str, project: str | None, kind: str | None, since: float | None
                 )
                 sys.stdout.buffer.flush()
                 return count
-            with private_output(file) as out:
+            with atomic_output(file) as out:
                 return await export_memories(
                     device.store, out, project=project, kind=kind, since=since, progress=progress
                 )
         finally:
             close()
 
-    count = _with_device(body)
+    count = with_device(body)
     seconds = time.monotonic() - started
     if file == "-":
         return  # stdout holds the export itself
-    if _json_mode():
-        _print_json({"exported": count, "file": file, "seconds": round(seconds, 3)})
+    if json_mode():
+        print_json({"exported": count, "file": file, "seconds": round(seconds, 3)})
     else:
         click.echo(f"exported {count:,} memories to {file} in {seconds:.1f} s")
 
@@ -113,11 +105,11 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
     file is checked first: a bad line is reported with its number and
     nothing is imported. Then everything is written in one transaction.
     """
-    from .interop import ImportReport, apply_import, plan_import, read_import_file
+    from peer.interop import ImportReport, apply_import, plan_import, read_import_file
 
     started = time.monotonic()
     parsed: ImportFile = read_import_file(file, fmt, stdin=sys.stdin.buffer)
-    update, close = _progress_callback("embedding")
+    update, close = progress_callback("embedding")
 
     def progress(done: int, total: int) -> None:
         if update is not None and total >= _BAR_FROM // 4:
@@ -132,11 +124,11 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
         finally:
             close()
 
-    report = _with_device(body)
+    report = with_device(body)
     if not dry_run:
         report = _with_seconds(report, time.monotonic() - started)
-    if _json_mode():
-        _print_json(report.to_json())
+    if json_mode():
+        print_json(report.to_json())
     else:
         click.echo(report.describe())
 

@@ -1,0 +1,207 @@
+"""The CLI's shared API: the command group, options every command takes, running a command.
+
+Command modules import these public names; nothing here prints except
+through :mod:`._output`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from protocol import PeerError, valid_kind
+
+if TYPE_CHECKING:
+    from peer.device import Device
+
+
+T = TypeVar("T")
+
+
+_HOME_KEY = "peer.home"
+
+
+_JSON_KEY = "peer.json"
+
+
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    # Values are kept in ctx.meta, which the group's context and the
+    # command's share; the command's callback runs last, so it wins, but
+    # only when the option was actually given there.
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value not in (None, False):
+            ctx.meta[key] = value
+        return value
+
+    return callback
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def common_options(f: F) -> F:
+    f = click.option(
+        "--json",
+        "json_output",
+        is_flag=True,
+        default=False,
+        expose_value=False,
+        callback=_remember(_JSON_KEY),
+        help="Print machine-readable JSON on stdout.",
+    )(f)
+    f = click.option(
+        "--home",
+        metavar="DIR",
+        default=None,
+        expose_value=False,
+        callback=_remember(_HOME_KEY),
+        help="The device's home directory (default: $PEER_HOME, else the platform's user data dir).",
+    )(f)
+    return f
+
+
+def json_mode() -> bool:
+    return bool(click.get_current_context().meta.get(_JSON_KEY, False))
+
+
+def home_arg() -> str | None:
+    value = click.get_current_context().meta.get(_HOME_KEY)
+    return None if value is None else str(value)
+
+
+def run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one command's async body under trio with the asyncio bridge the store needs."""
+    import trio
+    import trio_asyncio
+
+    async def body() -> T:
+        async with trio_asyncio.open_loop():
+            return await fn()
+
+    return trio.run(body)
+
+
+def with_device(fn: Callable[[Device], Awaitable[T]]) -> T:
+    from peer.device import Device
+    from peer.home import Home
+
+    home = Home.locate(home_arg())
+
+    async def body() -> T:
+        device = await Device.open(home)
+        try:
+            return await fn(device)
+        finally:
+            await device.close()
+
+    return run(body)
+
+
+def parse_meta(items: Sequence[str]) -> dict[str, Any]:
+    """``K=V`` pairs as metadata; V is typed when it reads as a JSON number, boolean or null."""
+    metadata: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="'--meta'")
+        value: Any = raw
+        if raw in ("true", "false", "null") or re.fullmatch(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?", raw):
+            value = json.loads(raw)
+        metadata[key] = value
+    return metadata
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+
+
+_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """``--since``: a duration back from now (``90m``, ``12h``, ``7d``, ``2w``, ``1d12h``) or an ISO date/time."""
+    now = time.time() if now is None else now
+    compact = text.strip().lower().replace(" ", "")
+    if compact and _DURATION_PART.sub("", compact) == "" and _DURATION_PART.match(compact):
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
+        return now - seconds
+    try:
+        when = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (30m, 12h, 7d, 2w) nor a date (2026-01-31, 2026-01-31T09:00)",
+            param_hint="'--since'",
+        ) from None
+    return when.timestamp()  # naive dates are local time, as people mean them
+
+
+def check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not valid_kind(value):
+        raise click.BadParameter(f"{value!r} is not a kind: use a short lowercase word such as fact, procedure, note")
+    return value
+
+
+def meta_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any]:
+    return parse_meta(value)
+
+
+def since_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    return None if value is None else parse_since(value)
+
+
+kind_option = click.option("--kind", callback=check_kind, help="fact, decision, procedure, error, preference, ...")
+
+
+project_option = click.option("--project", help="Project the memory belongs to.")
+
+
+class _Group(click.Group):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        formatter.write_text("Run `peer COMMAND --help` for a command's options. Docs: docs/cli.md")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@common_options
+@click.version_option(package_name="peer-memory", prog_name="peer")
+def cli() -> None:
+    """peer: a local-first memory store for AI assistants, synced between your devices."""
+
+
+def ttl_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from peer.pairing import parse_ttl
+
+    if value is not None:
+        try:
+            parse_ttl(value)
+        except PeerError as e:
+            raise click.BadParameter(e.message) from None
+    return value
+
+
+def address_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from peer.sync import parse_address
+
+    if value is not None:
+        try:
+            parse_address(value)
+        except PeerError as e:
+            raise click.BadParameter(e.message) from None
+    return value
+
+
+def peer_error_in(exc: BaseException) -> PeerError | None:
+    """The PeerError behind ``exc``, looking through exception groups with only PeerErrors in them."""
+    if isinstance(exc, PeerError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [peer_error_in(e) for e in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return found[0]
+    return None

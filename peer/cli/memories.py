@@ -1,0 +1,383 @@
+"""``peer init``, ``add`` (one or many), ``show``, ``list``, ``edit``, ``forget``, ``search``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from protocol import PeerError, valid_kind
+
+from ._app import peer_error_in
+
+if TYPE_CHECKING:
+    from peer.device import Device, SearchResult
+    from peer.memory import Draft, Memory, VersionInfo
+from ._app import (
+    cli,
+    common_options,
+    home_arg,
+    json_mode,
+    kind_option,
+    meta_option,
+    project_option,
+    run,
+    since_option,
+    with_device,
+)
+from ._output import (
+    ProgressBar,
+    memory_line,
+    one_line,
+    print_fields,
+    print_json,
+    progress_callback,
+    warn,
+    when,
+)
+
+#: Memories embedded and committed per transaction by a bulk add: big enough
+#: that the model runs efficiently, small enough that a killed add loses
+#: little work and the progress bar moves.
+BULK_BATCH = 256
+
+
+@cli.command()
+@click.option("--name", default=None, help="A name for this device (default: the host name).")
+@common_options
+def init(name: str | None) -> None:
+    """Create this device: its keys, an empty store and a new group."""
+    import socket
+
+    from peer.home import Home
+
+    home = Home.locate(home_arg())
+    result = run(lambda: home.init(name or socket.gethostname()))
+    if json_mode():
+        print_json({**result.to_json(), "home": str(home.path)})
+        return
+    from protocol import format_device_id
+
+    print_fields([("device", format_device_id(result.device_id)), ("group", result.group_id), ("home", home.path)])
+
+
+def _read_text(text: str) -> str:
+    if text == "-":
+        text = sys.stdin.read()
+        if text.endswith("\n"):
+            text = text[:-1]
+    if not text.strip():
+        raise PeerError("the memory is empty; give its text as an argument, or `-` to read it from stdin")
+    return text
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Bulk add: NDJSON or one memory per line (`-` is stdin).")
+@kind_option
+@project_option
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
+@click.option("--meta", "metadata", multiple=True, metavar="K=V", callback=meta_option, help="Metadata (repeat for more).")
+@click.option("--importance", type=click.FloatRange(0.0, 1.0), help="Between 0 and 1.")
+@common_options
+def add(
+    text: str | None,
+    file: IO[str] | None,
+    kind: str | None,
+    project: str | None,
+    tags: tuple[str, ...],
+    metadata: dict[str, Any],
+    importance: float | None,
+) -> None:
+    """Add a memory (TEXT, or `-` to read it from stdin), or many with --file."""
+    from peer.memory import Draft
+
+    if file is not None:
+        if text is not None:
+            raise click.UsageError("give either TEXT or --file, not both")
+        defaults = Draft(content="", kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance)
+        _bulk_add(file, defaults)
+        return
+    if text is None:
+        raise click.UsageError("missing TEXT (or `-` to read it from stdin, or --file for many)")
+    draft = Draft(
+        content=_read_text(text), kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance
+    )
+
+    async def body(device: Device) -> str:
+        (memory_id,) = await device.add([draft])
+        return memory_id
+
+    memory_id = with_device(body)
+    if json_mode():
+        print_json({"id": memory_id})
+    else:
+        click.echo(memory_id)
+
+
+def _draft_from_line(line: str, number: int, defaults: Draft) -> Draft:
+    """One line of a bulk file: a JSON object, or plain text (the whole line is the memory)."""
+    import dataclasses
+
+    stripped = line.strip()
+    if not stripped.startswith("{"):
+        return dataclasses.replace(defaults, content=stripped)
+    try:
+        obj = json.loads(stripped)
+    except json.JSONDecodeError as e:
+        raise PeerError(f"line {number}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise PeerError(f"line {number}: expected a JSON object")
+    unknown = set(obj) - {"content", "text", "kind", "project", "tags", "metadata", "importance", "id", "created_at"}
+    if unknown:
+        raise PeerError(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
+    content = obj.get("content", obj.get("text"))
+    if not isinstance(content, str) or not content.strip():
+        raise PeerError(f"line {number}: \"content\" must be a non-empty string")
+    tags = obj.get("tags", defaults.tags)
+    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+        raise PeerError(f"line {number}: \"tags\" must be a list of strings")
+    metadata = obj.get("metadata", defaults.metadata)
+    if not isinstance(metadata, dict):
+        raise PeerError(f"line {number}: \"metadata\" must be an object")
+    for name, types in (("kind", str), ("project", str), ("id", str), ("importance", (int, float)), ("created_at", (int, float))):
+        if obj.get(name) is not None and not isinstance(obj[name], types):
+            raise PeerError(f"line {number}: \"{name}\" has the wrong type")
+    kind = obj.get("kind") or defaults.kind
+    if not valid_kind(kind):
+        raise PeerError(f"line {number}: {kind!r} is not a kind")
+    return dataclasses.replace(
+        defaults,
+        content=content,
+        kind=kind,
+        project=obj.get("project", defaults.project),
+        tags=tuple(tags),
+        metadata=metadata,
+        importance=obj.get("importance", defaults.importance),
+        id=obj.get("id"),
+        created_at=obj.get("created_at"),
+    )
+
+
+def _read_drafts(file: IO[str], defaults: Draft) -> list[Draft]:
+    """Every memory of a bulk file, all checked before anything is added (bad input changes nothing)."""
+    drafts: list[Draft] = []
+    for number, line in enumerate(file, start=1):
+        if line.strip():
+            try:
+                drafts.append(_draft_from_line(line, number, defaults))
+            except PeerError as e:
+                raise PeerError(f"{e.message}; nothing was added") from None
+    return drafts
+
+
+def _bulk_add(file: IO[str], defaults: Draft) -> None:
+    drafts = _read_drafts(file, defaults)
+    if not drafts:
+        raise PeerError("the file holds no memories (no non-empty lines)")
+    ids: list[str] = []
+    started = time.monotonic()
+    show_bar = not json_mode() and sys.stderr.isatty()
+
+    async def body(device: Device) -> None:
+        progress = ProgressBar("adding", len(drafts)) if show_bar else None
+        try:
+            for at in range(0, len(drafts), BULK_BATCH):
+                # One transaction per batch: a bulk add that is killed keeps
+                # every batch committed before, in input order.
+                ids.extend(await device.add(drafts[at : at + BULK_BATCH]))
+                if progress is not None:
+                    progress.update(len(ids), len(drafts))
+        finally:
+            if progress is not None:
+                progress.close()
+
+    try:
+        with_device(body)
+    except BaseException as e:
+        error = peer_error_in(e)
+        if error is not None and ids:
+            # Say what is already in, so the user can resume after it.
+            raise PeerError(f"{error.message} (the first {len(ids)} memories were added)") from e
+        raise
+    seconds = time.monotonic() - started
+    if json_mode():
+        print_json({"added": len(ids), "ids": ids, "seconds": round(seconds, 3)})
+    else:
+        click.echo(f"added {len(ids)} memories in {seconds:.1f} s")
+
+
+def _version_json(info: VersionInfo) -> dict[str, Any]:
+    return {
+        "version": info.version,
+        "state": info.state,
+        "deleted": info.deleted,
+        "hlc": info.hlc,
+        "content": info.content,
+        "kind": info.kind,
+        "project": info.project,
+        "tags": list(info.tags),
+        "updated_at": info.updated_at,
+    }
+
+
+@cli.command()
+@click.argument("memory_id", metavar="ID")
+@click.option("--versions", is_flag=True, help="Also list every version held (superseded ones and tombstones too).")
+@common_options
+def show(memory_id: str, versions: bool) -> None:
+    """Show one memory (ID or a unique prefix of it)."""
+
+    async def body(device: Device) -> tuple[Memory, list[VersionInfo]]:
+        memory = await device.store.get(memory_id)
+        return memory, (await device.store.versions(memory.id) if versions else [])
+
+    memory, infos = with_device(body)
+    if json_mode():
+        out = memory.to_json()
+        out["deleted"] = memory.deleted
+        if versions:
+            out["versions"] = [_version_json(v) for v in infos]
+        print_json(out)
+        return
+    rows: list[tuple[str, object]] = [("id", memory.id), ("kind", memory.kind)]
+    if memory.project:
+        rows.append(("project", memory.project))
+    if memory.tags:
+        rows.append(("tags", ", ".join(memory.tags)))
+    if memory.metadata:
+        rows.append(("metadata", json.dumps(memory.metadata, ensure_ascii=False)))
+    if memory.importance is not None:
+        rows.append(("importance", memory.importance))
+    rows += [("created", when(memory.created_at)), ("updated", when(memory.updated_at)), ("version", memory.version)]
+    if memory.deleted:
+        rows.append(("state", "forgotten"))
+    if memory.siblings:
+        rows.append(("conflict", f"{memory.siblings} other live version(s); see `peer conflicts`"))
+    print_fields(rows)
+    if not memory.deleted:
+        click.echo()
+        click.echo(memory.content)
+    if versions:
+        click.echo()
+        for info in infos:
+            what = "(forgotten)" if info.deleted else one_line(info.content, 60)
+            click.echo(f"{info.state:<10}  {info.version}  {when(info.updated_at)}  {what}")
+
+
+@cli.command(name="list")
+@project_option
+@kind_option
+@click.option("--tag", help="Only memories with this tag.")
+@click.option("--since", callback=since_option, metavar="WHEN", help="Changed since a date (2026-01-31) or for a duration (12h, 7d).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many (newest first).")
+@common_options
+def list_(project: str | None, kind: str | None, tag: str | None, since: float | None, limit: int | None) -> None:
+    """List memories, most recently changed first."""
+
+    async def body(device: Device) -> list[Memory]:
+        return await device.store.list(project=project, kind=kind, tag=tag, since=since, limit=limit)
+
+    memories = with_device(body)
+    if json_mode():
+        print_json([m.to_json() for m in memories])
+        return
+    for memory in memories:
+        click.echo(memory_line(memory))
+    if not memories:
+        click.echo("no memories", err=True)
+
+
+@cli.command()
+@click.argument("memory_id", metavar="ID")
+@click.option("--text", help="New text (`-` reads stdin); the memory is re-embedded.")
+@kind_option
+@click.option("--project", help="New project (\"\" clears it).")
+@click.option("--tag", "tags", multiple=True, help="Replace the tags (repeat for more).")
+@click.option("--clear-tags", is_flag=True, help="Remove every tag.")
+@click.option("--meta", "metadata", multiple=True, metavar="K=V", callback=meta_option, help="Set metadata keys (others are kept).")
+@click.option("--importance", type=click.FloatRange(0.0, 1.0))
+@common_options
+def edit(
+    memory_id: str,
+    text: str | None,
+    kind: str | None,
+    project: str | None,
+    tags: tuple[str, ...],
+    clear_tags: bool,
+    metadata: dict[str, Any],
+    importance: float | None,
+) -> None:
+    """Change a memory: a new version that supersedes the current one."""
+    if tags and clear_tags:
+        raise click.UsageError("give --tag or --clear-tags, not both")
+    content = _read_text(text) if text is not None else None
+    if content is None and kind is None and project is None and not tags and not clear_tags and not metadata and importance is None:
+        raise click.UsageError("nothing to change: give --text, --kind, --project, --tag, --meta or --importance")
+
+    async def body(device: Device) -> str:
+        return await device.edit(
+            memory_id,
+            content=content,
+            kind=kind,
+            project=project,
+            tags=() if clear_tags else (tags or None),
+            metadata=metadata or None,
+            importance=importance,
+        )
+
+    changed = with_device(body)
+    if json_mode():
+        print_json({"id": changed})
+    else:
+        click.echo(changed)
+
+
+@cli.command()
+@click.argument("memory_id", metavar="ID")
+@common_options
+def forget(memory_id: str) -> None:
+    """Delete a memory (a tombstone version that syncs like any change)."""
+
+    async def body(device: Device) -> str:
+        return await device.store.forget(memory_id)
+
+    gone = with_device(body)
+    if json_mode():
+        print_json({"id": gone})
+    else:
+        click.echo(f"forgot {gone}")
+
+
+@cli.command()
+@click.argument("query")
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many results.")
+@project_option
+@kind_option
+@common_options
+def search(query: str, k: int, project: str | None, kind: str | None) -> None:
+    """Find memories by meaning and by keywords (hybrid search)."""
+    if not query.strip():
+        raise click.UsageError("the query is empty")
+    update, close = progress_callback("indexing")
+
+    async def body(device: Device) -> list[SearchResult]:
+        try:
+            for warning in await device.prepare_index(progress=update):
+                warn(warning)
+        finally:
+            close()
+        return await device.search(query, k=k, project=project, kind=kind)
+
+    results = with_device(body)
+    if json_mode():
+        print_json([r.to_json() for r in results])
+        return
+    for r in results:
+        click.echo(memory_line(r.memory, prefix=f"{r.hit.score:.2f}  "))
+    if not results:
+        click.echo("no matches", err=True)
