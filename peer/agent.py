@@ -53,8 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -80,11 +79,13 @@ from .config import AgentConfig, BackupConfig
 from .device import Device
 from .home import Home
 
+if TYPE_CHECKING:
+    from peer.sync.discovery import Finder
+
 __all__ = [
     "run_agent",
     "run_until_signalled",
     "Listening",
-    "systemd_unit_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ GONE_GRACE_S: Final = 60.0
 BUSY_LINGER_S: Final = 2.0
 #: The status file is rewritten at most this often (and once more when the agent stops).
 STATUS_EVERY_S: Final = 0.5
+#: What closing the store may take when the agent stops, before it exits anyway.
+CLOSE_TIMEOUT_S: Final = 10.0
 
 #: ``listening(host, port, device_id)``, called once the listener really accepts connections.
 Listening = Callable[[str, int, str], None]
@@ -463,13 +466,14 @@ class _Agent:
         log.info("device %s left the LAN", format_device_id(device_id))
         peer.present = False
         peer.absent_since = trio.current_time()
+        self._status_changed()  # `peer status` shows it gone now, not at the next sync
         # Its worker goes on for a while: an advert can vanish while the device is still
         # reachable (a flood of adverts evicting its records from the mDNS cache, a lost
         # packet), and syncs must not stop for that. The worker ends once the device has
         # been gone for GONE_GRACE_S without a sync succeeding (see _attempt).
         peer.poke()
 
-    def _add_static(self) -> None:
+    def add_static_peers(self) -> None:
         for text in self.static_peers:
             host, port = parse_address(text)
             self._start_worker(_Peer(f"address:{host}:{port}", None, [(host, port)], source="config"))
@@ -493,13 +497,13 @@ class _Agent:
                 await self.store.refresh()
                 await self._changed()
 
-    async def discover(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from peer.sync.discovery import Appeared, Discovery, Gone
+    async def discover(
+        self, make_finder: FinderFactory, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from peer.sync.discovery import Appeared, Gone
 
         assert self.listen is not None
-        finder = Discovery(
-            self.store.device_id, self.store.group_id, self.listen[1], self.interfaces
-        )
+        finder = make_finder(self.store.device_id, self.store.group_id, self.listen[1], self.interfaces)
         async with trio.open_nursery() as nursery:
             await nursery.start(finder.run)
             task_status.started()
@@ -537,6 +541,16 @@ class _Agent:
             await trio.sleep(STATUS_EVERY_S)
 
 
+#: Makes the agent's discovery: (device id, group id, listening port, interfaces) -> a Finder.
+FinderFactory = Callable[[str, bytes, int, Sequence[str]], "Finder"]
+
+
+def _mdns_finder(device_id: str, group_id: bytes, port: int, interfaces: Sequence[str]) -> Finder:
+    from peer.sync.discovery import Discovery
+
+    return Discovery(device_id, group_id, port, interfaces)
+
+
 def _join_handler(home: Home, device: Device) -> dict[str, StreamHandler]:
     from peer.pairing import join_handler
 
@@ -555,13 +569,15 @@ async def run_agent(
     discovery: bool | None = None,
     peers: Sequence[str] | None = None,
     listening: Listening | None = None,
+    finder: FinderFactory | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve and sync this device until cancelled; ``task_status.started(port)`` once listening.
 
     ``interfaces``, ``discovery`` and ``peers`` override ``config`` (the
     ``[agent]`` section of config.toml) when given; ``backup`` (``[backup]``)
-    runs scheduled backups when enabled.
+    runs scheduled backups when enabled. ``finder`` makes the discovery
+    (default: mDNS, :class:`peer.sync.discovery.Discovery`); tests pass a fake.
     """
     config = config or AgentConfig()
     interfaces = list(config.interfaces if interfaces is None else interfaces)
@@ -589,8 +605,8 @@ async def run_agent(
             agent.listen = (host, bound)
             log.info("listening on %s:%d as device %s", host, bound, format_device_id(agent.store.device_id))
             if agent.discovery:
-                await nursery.start(agent.discover)
-            agent._add_static()
+                await nursery.start(agent.discover, finder or _mdns_finder)
+            agent.add_static_peers()
             nursery.start_soon(agent.watch)
             nursery.start_soon(agent.publish_status)
             if backup is not None and backup.enabled:
@@ -601,7 +617,8 @@ async def run_agent(
                 listening(host, bound, agent.store.device_id)
             task_status.started(bound)
     finally:
-        with trio.CancelScope(shield=True):
+        # Shielded so a cancelled agent still says it stopped, bounded so a stuck close cannot hang the exit.
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
             agent.write_status(running=False)
             await device.close()
 
@@ -615,28 +632,3 @@ async def run_until_signalled(home: Home, **kwargs: Any) -> None:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
-
-
-def systemd_unit_text(home: Home, executable: str, options: Sequence[str] = ()) -> str:
-    """A systemd *user* unit running this agent at login, restarted if it fails."""
-    import shlex
-
-    program = Path(executable).resolve()
-    command = shlex.join([str(program), "agent", f"--home={home.path.resolve()}", *options])
-    return f"""[Unit]
-Description=peer agent: keeps this device's memories in sync with the group's other devices
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-ExecStart={command}
-Restart=on-failure
-RestartSec=5
-# SIGTERM stops it cleanly: running sessions end, nothing committed is lost.
-KillSignal=SIGTERM
-TimeoutStopSec=15
-
-[Install]
-WantedBy=default.target
-"""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from peer.units import DURATION_HELP, parse_duration
 from protocol import PeerError, valid_kind
 
 if TYPE_CHECKING:
@@ -118,24 +119,18 @@ def parse_meta(items: Sequence[str]) -> dict[str, Any]:
     return metadata
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
-
-
-_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-
-
 def parse_since(text: str, *, now: float | None = None) -> float:
     """``--since``: a duration back from now (``90m``, ``12h``, ``7d``, ``2w``, ``1d12h``) or an ISO date/time."""
     now = time.time() if now is None else now
-    compact = text.strip().lower().replace(" ", "")
-    if compact and _DURATION_PART.sub("", compact) == "" and _DURATION_PART.match(compact):
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
-        return now - seconds
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
     try:
         when = _dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise click.BadParameter(
-            f"{text!r} is neither a duration (30m, 12h, 7d, 2w) nor a date (2026-01-31, 2026-01-31T09:00)",
+            f"{text!r} is neither a duration ({DURATION_HELP}) nor a date (2026-01-31, 2026-01-31T09:00)",
             param_hint="'--since'",
         ) from None
     return when.timestamp()  # naive dates are local time, as people mean them

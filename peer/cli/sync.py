@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 if TYPE_CHECKING:
-    pass
+    from peer.home import Home
+
 from ._app import cli, common_options, home_arg, json_mode, run, with_device
 from ._output import print_json, sync_progress, warn
 
@@ -66,7 +69,7 @@ def agent(
     import ipaddress
     import logging
 
-    from peer.agent import run_until_signalled, systemd_unit_text
+    from peer.agent import run_until_signalled
     from peer.config import load_config
     from peer.home import Home
     from peer.sync import parse_address
@@ -128,3 +131,28 @@ def status() -> None:
         print_json(result.to_json())
     else:
         click.echo(result.text())
+
+
+def systemd_unit_text(home: Home, executable: str, options: Sequence[str] = ()) -> str:
+    """A systemd *user* unit running this agent at login, restarted if it fails."""
+    import shlex
+
+    program = Path(executable).resolve()
+    command = shlex.join([str(program), "agent", f"--home={home.path.resolve()}", *options])
+    return f"""[Unit]
+Description=peer agent: keeps this device's memories in sync with the group's other devices
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={command}
+Restart=on-failure
+RestartSec=5
+# SIGTERM stops it cleanly: running sessions end, nothing committed is lost.
+KillSignal=SIGTERM
+TimeoutStopSec=15
+
+[Install]
+WantedBy=default.target
+"""

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ from peer.aio import Database
 from peer.home import Home
 from peer.store import NowMs, Store, wall_clock_ms
 from peer.sync import parse_address
+from peer.units import parse_duration
 from protocol import (
     INVITE_ID_BYTES,
     SECRET_BYTES,
@@ -70,11 +70,11 @@ REFUSAL_MESSAGE = "the invite was refused: the code is wrong, already used or ex
 
 
 def parse_ttl(text: str) -> int:
-    """``90s``, ``15m``, ``2h``, ``1d`` (or plain seconds) as seconds."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
-    if not match:
-        raise PeerError(f"{text!r} is not a duration; write it like 90s, 15m, 2h or 1d")
-    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    """An invite's lifetime, in the duration grammar of every option (``90s``, ``15m``, ``2h``, ``1d``, ``120``)."""
+    try:
+        seconds = round(parse_duration(text))
+    except ValueError as e:
+        raise PeerError(str(e)) from None
     if not 0 < seconds <= MAX_TTL_S:
         raise PeerError("an invite lasts between 1 second and 7 days")
     return seconds
