@@ -76,7 +76,7 @@ from protocol import (
     normalize_device_id,
 )
 
-from .files import fsync_path
+from .files import atomic_output_async
 from .units import human_size
 
 __all__ = [
@@ -163,25 +163,8 @@ async def atomic_output(
     """
     path = Path(path)
     _check_replaceable(path, magic, what)
-    tmp = path.with_name(tmp_name or f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            await trio.to_thread.run_sync(os.fsync, f.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PeerError(f"cannot write {path}: {e.strerror or e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    async with atomic_output_async(path, tmp_name=tmp_name) as f:
+        yield f
 
 
 # Writing -------------------------------------------------------------------------------

@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import trio
+
 from protocol import StoreError
 
-__all__ = ["atomic_output", "fsync_path", "temporary_name", "write_atomic", "write_secret"]
+__all__ = [
+    "atomic_output",
+    "atomic_output_async",
+    "fsync_path",
+    "temporary_name",
+    "write_atomic",
+    "write_secret",
+]
 
 
 def fsync_path(path: Path) -> None:
@@ -57,6 +66,38 @@ def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o600) -> Iterato
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_path(path.parent)
+    except OSError as e:
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@asynccontextmanager
+async def atomic_output_async(
+    path: str | os.PathLike[str], *, mode: int = 0o600, tmp_name: str | None = None
+) -> AsyncIterator[BinaryIO]:
+    """:func:`atomic_output` for trio code: the slow flushes to disk run in a worker thread.
+
+    A big file (a bundle, a backup) written by the agent must not block its
+    event loop while the disk catches up. ``tmp_name`` names the temporary
+    file (a leftover of an earlier crash under that name is replaced), for a
+    writer that cleans up after itself by name.
+    """
+    path = Path(path)
+    tmp = temporary_name(path) if tmp_name is None else path.with_name(tmp_name)
+    try:
+        if tmp_name is not None:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as e:
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            await trio.to_thread.run_sync(os.fsync, f.fileno())
+        os.replace(tmp, path)
+        await trio.to_thread.run_sync(fsync_path, path.parent)
     except OSError as e:
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
     finally:

@@ -9,7 +9,7 @@ import datetime as _dt
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -18,6 +18,7 @@ from ._app import json_mode
 
 if TYPE_CHECKING:
     from peer.memory import Memory
+    from peer.sync import SyncProgress
 
 
 def print_json(value: Any) -> None:
@@ -95,24 +96,6 @@ class ProgressBar:
         self._progress.stop()
 
 
-def progress_callback(description: str) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
-    """A (done, total) callback drawing a bar when stderr is a terminal, and its closer."""
-    if json_mode() or not sys.stderr.isatty():
-        return None, lambda: None
-    bar: list[ProgressBar] = []
-
-    def update(done: int, total: int) -> None:
-        if not bar:
-            bar.append(ProgressBar(description, total))
-        bar[0].update(done, total)
-
-    def close() -> None:
-        if bar:
-            bar[0].close()
-
-    return update, close
-
-
 def print_result(result: Any, text: str) -> None:
     if json_mode():
         print_json(result)
@@ -120,51 +103,77 @@ def print_result(result: Any, text: str) -> None:
         click.echo(text)
 
 
-def sync_progress() -> tuple[Callable[[Any], None] | None, Callable[[], None]]:
-    """A bar for big transfers (versions sent and received so far), when stderr is a terminal."""
-    if json_mode() or not sys.stderr.isatty():
-        return None, lambda: None
-    bar: list[ProgressBar] = []
+class Bars:
+    """The one progress adapter: a bar per stage of a long job, on stderr, only where a person watches.
 
-    def update(p: Any) -> None:
-        # How many versions will arrive is known only at the end: the bar counts, it cannot fill.
-        if not bar and p.to_send + p.received < 1000:
+    Nothing is drawn with ``--json`` or when stderr is not a terminal; a
+    stage gets its bar on its first report whose total reaches the stage's
+    threshold (short work is over before a bar could be read); a new stage
+    closes the previous stage's bar. ``total=None`` draws a bar that counts
+    without filling (a sync does not know what will arrive).
+    """
+
+    def __init__(self, labels: Mapping[str, str] | None = None, thresholds: Mapping[str, int] | None = None) -> None:
+        self.active = not json_mode() and sys.stderr.isatty()
+        self._labels = dict(labels or {})
+        self._thresholds = dict(thresholds or {})
+        self._bar: ProgressBar | None = None
+        self._stage: str | None = None
+
+    def update(self, stage: str, done: int, total: int | None, *, label: str | None = None) -> None:
+        if not self.active:
             return
-        if not bar:
-            bar.append(ProgressBar(f"syncing ({p.to_send:,} versions to send)", None))
-        bar[0].update(p.sent + p.received, None)
+        if stage != self._stage:
+            if (total if total is not None else done) < self._thresholds.get(stage, 0):
+                return
+            self.close()
+            self._stage = stage
+            self._bar = ProgressBar(label or self._labels.get(stage, stage), total)
+        assert self._bar is not None
+        self._bar.update(done, total)
 
-    def close() -> None:
-        if bar:
-            bar[0].close()
+    @property
+    def showing(self) -> bool:
+        return self._bar is not None
 
-    return update, close
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = self._stage = None
 
 
-#: Below these, no bar is drawn: the work is over before one would be read.
-_BAR_FROM = {"verifying": 8_000_000, "exporting": 2000, "applying": 2000}
-_BAR_TEXT = {"verifying": "verifying bundle", "exporting": "exporting", "applying": "importing"}
+def progress_callback(description: str) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A ``(done, total)`` callback for one long step, and its closer (None when no bar is drawn)."""
+    bars = Bars()
+    if not bars.active:
+        return None, bars.close
+    return (lambda done, total: bars.update(description, done, total)), bars.close
+
+
+#: Below these totals no bar is drawn: the work is over before one would be read.
+_SYNC_BAR_FROM = 1000
+_STAGE_FROM = {"verifying": 8_000_000, "exporting": 2000, "applying": 2000}
+_STAGE_TEXT = {"verifying": "verifying bundle", "exporting": "exporting", "applying": "importing"}
+
+
+def sync_progress() -> tuple[Callable[[SyncProgress], None] | None, Callable[[], None]]:
+    """A bar for big transfers (versions sent and received so far)."""
+    bars = Bars()
+    if not bars.active:
+        return None, bars.close
+
+    def update(p: SyncProgress) -> None:
+        # How many versions will arrive is known only at the end: the bar counts, it cannot fill.
+        if not bars.showing and p.to_send + p.received < _SYNC_BAR_FROM:
+            return
+        bars.update("syncing", p.sent + p.received, None, label=f"syncing ({p.to_send:,} versions to send)")
+
+    return update, bars.close
 
 
 def stage_progress() -> tuple[Callable[[str, int, int], None] | None, Callable[[], None]]:
-    """A bar per stage (verifying, exporting, applying) for big jobs, when stderr is a terminal."""
-    if json_mode() or not sys.stderr.isatty():
-        return None, lambda: None
-    bars: dict[str, ProgressBar] = {}
-    shown: list[ProgressBar] = []
-
-    def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            if total < _BAR_FROM.get(stage, 0):
-                return
-            close()
-            bar = bars[stage] = ProgressBar(_BAR_TEXT.get(stage, stage), total)
-            shown.append(bar)
-        bar.update(done, total)
-
-    def close() -> None:
-        while shown:
-            shown.pop().close()
-
-    return update, close
+    """A bar per stage (verifying, exporting, applying) of a bundle or backup."""
+    bars = Bars(_STAGE_TEXT, _STAGE_FROM)
+    if not bars.active:
+        return None, bars.close
+    return bars.update, bars.close
