@@ -181,6 +181,23 @@ class Home:
         await self.create_store(group_id=group_id, records=records, group_keys={0: group_key}, now_ms=now_ms)
         return InitResult(device_id=identity.device_id, group_id=group_id.hex())
 
+    async def check_joinable(self, *, now_ms: NowMs = wall_clock_ms) -> None:
+        """Refuse (before anything is sent or written) if joining a group would leave memories behind.
+
+        A home with no store, or with a store that holds no versions (made by
+        ``peer init`` and never used), may join; one that holds versions may not.
+        """
+        if not self.exists():
+            return
+        async with await self.open_store(now_ms=now_ms) as store:
+            held = (await store.stats()).versions
+            group = store.group_id.hex()
+        if held:
+            raise StoreError(
+                f"this device already holds {held} versions of memories in group {group}; joining another group"
+                " would leave them behind: use another --home for the new device"
+            )
+
     async def create_store(
         self,
         *,
@@ -201,14 +218,7 @@ class Home:
         if self.exists():
             if not replace_empty:
                 raise StoreError(f"{self.path} already holds a peer store")
-            async with await self.open_store(now_ms=now_ms) as old:
-                held = (await old.stats()).versions
-                group = old.group_id.hex()
-            if held:
-                raise StoreError(
-                    f"this device already holds {held} versions of memories in group {group}; joining another"
-                    " group would leave them behind: use another --home for the new group"
-                )
+            await self.check_joinable(now_ms=now_ms)
             if Path(f"{self.store_path}-wal").exists():
                 raise StoreError(f"the store at {self.store_path} is in use (is `peer agent` running?); stop it first")
             shutil.rmtree(self.index_dir, ignore_errors=True)

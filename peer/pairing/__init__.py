@@ -19,7 +19,6 @@ from .invites import (
 from .join import (
     accept_join,
     admitted_membership,
-    check_joinable,
     join,
     join_handler,
     prepare_join,
@@ -36,7 +35,6 @@ __all__ = [
     "Invites",
     "accept_join",
     "admitted_membership",
-    "check_joinable",
     "expires_text",
     "join",
     "join_from_file",

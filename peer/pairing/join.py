@@ -31,7 +31,6 @@ from protocol import (
     NotAMember,
     PeerError,
     RemoteProtocolError,
-    StoreError,
     TrustError,
     decode_code,
     device_id_for,
@@ -218,20 +217,6 @@ def admitted_membership(
     return membership.records(), keys
 
 
-async def check_joinable(home: Home) -> None:
-    """Refuse before connecting if joining would leave this device's memories behind."""
-    if not home.exists():
-        return
-    async with await home.open_store() as store:
-        held = (await store.stats()).versions
-        group = store.group_id.hex()
-    if held:
-        raise StoreError(
-            f"this device already holds {held} versions of memories in group {group}; joining another group"
-            " would leave them behind: use another --home for the new device"
-        )
-
-
 async def join(
     home: Home,
     code_text: str,
@@ -256,7 +241,7 @@ async def join(
         raise InviteRefused(
             f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)}; ask for a new one"
         )
-    await check_joinable(home)
+    await home.check_joinable()
     identity = home.ensure_identity()
     if identity.device_id == code.device_id:
         raise PeerError("this invite was made on this device; run `peer join` on the device that should join")
