@@ -612,7 +612,7 @@ async def run_agent(
             if backup is not None and backup.enabled:
                 from .backup import run_scheduled_backups
 
-                await nursery.start(partial(run_scheduled_backups, home, device, backup))
+                await nursery.start(partial(run_scheduled_backups, home, device.store, backup))
             if listening is not None:
                 listening(host, bound, agent.store.device_id)
             task_status.started(bound)

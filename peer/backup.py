@@ -95,7 +95,7 @@ from .home import Home, Identity
 from .units import human_size
 
 if TYPE_CHECKING:
-    from .device import Device
+    pass
 
 __all__ = [
     "BACKUP_MAGIC",
@@ -766,7 +766,7 @@ def _local_now() -> datetime:
 
 async def run_scheduled_backups(
     home: Home,
-    device_or_store: Device | Store,
+    store: Store,
     config: BackupConfig,
     *,
     now: Callable[[], datetime] = _local_now,
@@ -784,7 +784,6 @@ async def run_scheduled_backups(
     included only with a passphrase: ``passphrase``, else
     ``$PEER_BACKUP_PASSPHRASE``. ``now`` and ``sleep`` are for tests.
     """
-    store = device_or_store if isinstance(device_or_store, Store) else device_or_store.store
     directory = config.directory_in(home.path)
     secret = passphrase if passphrase is not None else os.environ.get(PASSPHRASE_ENV) or None
     task_status.started()

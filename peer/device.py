@@ -1,7 +1,9 @@
 """The device hub: one home opened for use (store, keys, embedder, search index).
 
-The CLI calls this, and the sync agent will too: whatever touches more
-than the store alone (embedding what is added, keeping the index in step,
+"Device" here means *this* machine's home, opened; everywhere else in peer
+(device ids, ``peer devices``) a device is any member of the group. The CLI,
+the agent and the features call this hub: whatever touches more than the
+store alone (embedding what is added, keeping the index in step,
 hybrid search, health checks) lives here, so that every caller does it the
 same way.
 
