@@ -423,7 +423,7 @@ class Device:
         from peer.search.index import SearchIndex
 
         feed = self.store
-        index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder)
+        index, warnings = await SearchIndex.open(self.home.index_dir, self.embedder, full_check=True)
         self._index = index
         max_seq = await self.store.max_seq()
         state = index_state(self.home.index_dir, max_seq)

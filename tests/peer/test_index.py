@@ -7,6 +7,7 @@ content is a few random words, so its own vector is its nearest neighbour.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -359,7 +360,7 @@ class NoLoadSpy:
         return getattr(self._real, name)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "sidecar", "no-sidecar", "deleted-file"])
+@pytest.mark.parametrize("damage", ["flip", "flip-keeping-mtime", "truncate", "sidecar", "no-sidecar", "deleted-file"])
 async def test_damaged_index_is_rebuilt_not_loaded(
     tmp_path: Path, embedder: HashEmbedder, store: FakeStore, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
@@ -376,6 +377,13 @@ async def test_damaged_index_is_rebuilt_not_loaded(
         for at in range(0, len(data), 997):  # scattered, header included
             data[at] ^= 0xFF
         graph.write_bytes(bytes(data))
+    elif damage == "flip-keeping-mtime":
+        # Written behind the sidecar's back, then the modification time set back: the change time still moves.
+        before = graph.stat()
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        graph.write_bytes(bytes(data))
+        os.utime(graph, ns=(before.st_atime_ns, before.st_mtime_ns))
     elif damage == "truncate":
         graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
     elif damage == "sidecar":
@@ -393,6 +401,7 @@ async def test_damaged_index_is_rebuilt_not_loaded(
     assert len(warnings) == 1 and "rebuilding" in warnings[0] and str(directory) in warnings[0]
     expected_reason = {
         "flip": "checksum",
+        "flip-keeping-mtime": "checksum",
         "truncate": "size",
         "sidecar": "unreadable",
         "no-sidecar": "missing",
@@ -474,3 +483,30 @@ async def test_index_ahead_of_its_store_is_rebuilt(tmp_path: Path, embedder: Has
     result = await index.catch_up(store, embedder)
     assert result.rebuilt and result.watermark == 10
     await assert_matches_store(index, store)
+
+
+async def test_an_untouched_graph_is_not_hashed_again_unless_asked(
+    tmp_path: Path, embedder: HashEmbedder, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "index"
+    index, _ = await open_index(directory, embedder)
+    for label in range(1, 101):
+        store.record(label, True)
+    await index.catch_up(store, embedder)
+    hashed: list[str] = []
+    real = index_module._sha256_file
+
+    def counting(path: Path) -> tuple[str, int]:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(index_module, "_sha256_file", counting)
+
+    index, warnings = await open_index(directory, embedder)
+    assert warnings == [] and len(index) == 100
+    assert "hnsw.bin" not in hashed  # the sidecar vouches for the very file it hashed when saving
+
+    hashed.clear()
+    index, warnings = await index_module.SearchIndex.open(directory, embedder, full_check=True)
+    assert warnings == [] and len(index) == 100
+    assert "hnsw.bin" in hashed  # `peer doctor` checks every byte
