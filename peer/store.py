@@ -68,7 +68,7 @@ from protocol import (
     valid_kind,
 )
 from protocol.ids import MAX_INCARNATION
-from protocol.errors import DecodeError, NotAMember, StoreError, TrustError
+from protocol.errors import DecodeError, LocalProtocolError, NotAMember, StoreError, TrustError
 from protocol.membership import Membership
 from protocol.records import MAX_CONTENT_BYTES, MAX_EMBEDDING_BYTES
 
@@ -983,7 +983,7 @@ class Store:
                 embedder=embedder,
                 embedding=vector,
             )
-        except DecodeError as e:
+        except LocalProtocolError as e:
             raise StoreError(f"cannot store this memory: {e}") from e
 
     async def add(self, draft: Draft, embedding: bytes | None = None, embedder: str = "") -> str:
@@ -1061,7 +1061,7 @@ class Store:
             body = self._draft_body(version.draft, version.embedding, version.embedder, now)
             try:
                 body = replace(body, updated_at=float(version.updated_at))
-            except (DecodeError, TypeError, ValueError) as e:
+            except (LocalProtocolError, TypeError, ValueError) as e:
                 raise StoreError(f"cannot import memory {memory_id}: {e}") from e
             planned.append((memory_id, body, version))
         if len({memory_id for memory_id, _, _ in planned}) != len(planned):
@@ -1181,7 +1181,7 @@ class Store:
                     embedder=vector_embedder,
                     embedding=bytes(vector),
                 )
-            except DecodeError as e:
+            except LocalProtocolError as e:
                 raise StoreError(f"cannot store this edit: {e}") from e
             await self._write_local([(memory_id, body, prior)], txn)
         return memory_id

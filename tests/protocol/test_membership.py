@@ -224,7 +224,7 @@ def test_a_revocation_cutoff_lists_only_the_revoked_device_in_order() -> None:
     ok = RevocationRecord(m.group_id, B.id, A.id, 5, bytes(64), ((B.id, 3), (B.id + ".1", 2)))
     assert RevocationRecord.decode(ok.encode()) == ok
     for cutoff in (((B.id + ".1", 2), (B.id, 3)), ((B.id, 3), (B.id, 4)), ((C.id, 1),), ((B.id, 0),)):
-        with pytest.raises(DecodeError):
+        with pytest.raises(LocalProtocolError):
             RevocationRecord(m.group_id, B.id, A.id, 5, bytes(64), cutoff)
 
 

@@ -17,6 +17,7 @@ from protocol import (
     KINDS,
     MAX_COUNTER,
     DecodeError,
+    LocalProtocolError,
     Dot,
     Membership,
     MemoryBody,
@@ -161,13 +162,17 @@ def test_absent_importance_must_be_positive_zero() -> None:
         MemoryBody.decode(data[:-12] + b"\x00" + struct.pack("<d", -0.0) + tail[9:])
 
 
-def test_hostile_metadata_is_a_decode_error() -> None:
-    with pytest.raises(DecodeError):
+def test_hostile_metadata_is_refused_built_or_received() -> None:
+    with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="[" * 100_000 + "]" * 100_000)
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="[1]")
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="{")
+    # The same metadata in bytes from elsewhere is the sender's fault: a DecodeError.
+    data = MemoryBody("x", metadata='{"a":1}').encode().replace(b'{"a":1}', b"[1,2,3]")
+    with pytest.raises(DecodeError, match="malformed memory body: metadata must be a JSON object"):
+        MemoryBody.decode(data)
 
 
 def test_header_of_a_newer_format_asks_for_an_upgrade() -> None:
@@ -177,8 +182,10 @@ def test_header_of_a_newer_format_asks_for_an_upgrade() -> None:
 
 
 def test_replica_ids_are_matched_whole() -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         Dot("A" * 26 + "\n", 1)
+    with pytest.raises(DecodeError):
+        Dot.parse("A" * 26 + "\n:1")
 
 
 # Decoders tested whole, one byte at a time, and with trailing data ------------

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from protocol import (
     BadSignature,
     DecodeError,
+    LocalProtocolError,
     DecryptionFailed,
     Dot,
     MemoryBody,
@@ -204,6 +205,6 @@ def test_truncations_and_trailing_bytes_are_refused() -> None:
 
 
 def test_memory_ids_are_canonical() -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         header(memory_id=MEMORY.upper())
     assert str(uuid.UUID(MEMORY)) == MEMORY
