@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from .clock import VersionVector
-from .codec import Reader, Writer
+from .codec import MAX_VARINT_BYTES, Reader, Writer
 from .errors import DecodeError, LocalProtocolError, PeerError
 from .ids import is_device_id
 from .sealing import MAX_SEALED_BYTES, SealedVersion
@@ -539,6 +539,27 @@ class ReceiveBuffer:
     def byte_at(self, index: int) -> int:
         """The unconsumed byte at ``index`` (the caller checked the length)."""
         return self._data[self._start + index]
+
+    def maybe_uvarint(self, offset: int = 0) -> tuple[int, int] | None:
+        """The varint at ``offset`` and the offset just after it, or None while it is incomplete.
+
+        Consumes nothing (as h11's ``maybe_extract_*``, but the caller
+        consumes, so that several fields can be checked before any byte goes).
+        The same rules as :meth:`Reader.uvarint`: raises :class:`DecodeError`
+        for a non-minimal number or one longer than ``MAX_VARINT_BYTES``.
+        """
+        result = 0
+        available = len(self) - offset
+        for i in range(MAX_VARINT_BYTES):
+            if i >= available:
+                return None
+            byte = self._data[self._start + offset + i]
+            result |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise DecodeError("non-minimal number")
+                return result, offset + i + 1
+        raise DecodeError("number too long")
 
     def peek(self, n: int) -> bytes:
         """Up to ``n`` unconsumed bytes, without consuming them."""

@@ -34,11 +34,13 @@ from protocol.frames import (
     JoinReject,
     JoinRequest,
     Members,
+    ReceiveBuffer,
     VersionsBatch,
     decode_frame,
     encode_frame,
     frame_name,
 )
+from protocol.codec import encode_uvarint
 from protocol.ids import device_id_for
 from protocol.sealing import SealedVersion
 
@@ -278,3 +280,24 @@ def test_many_frames_in_one_large_chunk_then_a_split_one() -> None:
     d.receive_data(tail[500:])
     assert drain(d) == [Members((b"x" * 1000,))]
     assert d.buffered == 0
+
+
+@given(st.integers(min_value=0, max_value=(1 << 84) - 1), st.binary(max_size=3))
+def test_receive_buffer_reads_a_varint_incrementally(n: int, prefix: bytes) -> None:
+    encoded = encode_uvarint(n)
+    buf = ReceiveBuffer()
+    buf.append(prefix)
+    for byte in encoded[:-1]:
+        buf.append(bytes((byte,)))
+        assert buf.maybe_uvarint(len(prefix)) is None  # incomplete: not an error, no result
+    buf.append(encoded[-1:] + b"after")
+    assert buf.maybe_uvarint(len(prefix)) == (n, len(prefix) + len(encoded))
+    assert len(buf) == len(prefix) + len(encoded) + 5  # nothing consumed
+
+
+def test_receive_buffer_refuses_malformed_varints() -> None:
+    for data, why in ((b"\x80\x00", "non-minimal"), (b"\xff" * 12, "too long")):
+        buf = ReceiveBuffer()
+        buf.append(data)
+        with pytest.raises(DecodeError, match=why):
+            buf.maybe_uvarint()
