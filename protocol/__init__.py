@@ -1,11 +1,25 @@
-"""peer's sync core, with no I/O: clocks, records, sealing, merge, frames, session, bundles.
+"""peer's sync core, with no I/O: clocks, records, sealing, merge, frames, session, join, bundles.
 
 Everything that travels between devices is defined here; ``peer/`` only
-moves these bytes and stores them.
+moves these bytes and stores them. This module is the package's one face:
+``peer/`` imports ``from protocol import X``, never from the submodules,
+and ``__all__`` below is the one list of what it may use.
 """
 
+from .bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_MAGIC,
+    BundleEnd,
+    BundleEvent,
+    BundleHeader,
+    BundleMemberRecord,
+    BundleReader,
+    BundleVersion,
+    BundleWriter,
+    SenderKeyLookup,
+)
 from .clock import MAX_COUNTER, Dot, HybridLogicalClock, Ordering, VersionVector, hlc_pack, hlc_unpack, next_counter
-from .codec import Reader, Writer
+from .codec import Reader, Writer, decode_whole
 from .errors import (
     BadSignature,
     BundleError,
@@ -13,6 +27,7 @@ from .errors import (
     DecryptionFailed,
     LocalProtocolError,
     NotAMember,
+    PeerBusy,
     PeerError,
     ProtocolError,
     RemoteProtocolError,
@@ -23,67 +38,13 @@ from .errors import (
     UnsupportedFormat,
     WrongGroup,
 )
-from .ids import (
-    device_id_for,
-    device_of,
-    format_device_id,
-    is_device_id,
-    is_replica_id,
-    normalize_device_id,
-    replica_id,
-)
-from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, resolve, winner_key
-from .records import DEFAULT_KIND, FORMAT_VERSION, KINDS, MemoryBody, VersionHeader, canonical_json, valid_kind
-from .sealing import SealedVersion, open_version, seal, verify_version
-from .sealing import AuthorKeyLookup, MemberKeyLookup
-
-__all__ = [
-    "MAX_COUNTER", "Dot", "HybridLogicalClock", "Ordering", "VersionVector", "hlc_pack", "hlc_unpack",
-    "next_counter", "Reader", "Writer",
-    "BadSignature", "BundleError", "DecodeError", "DecryptionFailed", "LocalProtocolError", "NotAMember",
-    "PeerError", "ProtocolError", "RemoteProtocolError", "StoreError", "TransportError", "TrustError",
-    "UnknownEpochKey", "UnsupportedFormat", "WrongGroup",
-    "device_id_for", "device_of", "format_device_id", "is_device_id", "is_replica_id", "normalize_device_id",
-    "replica_id",
-    "MemoryState", "VersionMeta", "VersionState", "context_for_new_version", "resolve", "winner_key",
-    "DEFAULT_KIND", "FORMAT_VERSION", "KINDS", "MemoryBody", "VersionHeader", "canonical_json", "valid_kind",
-    "SealedVersion", "open_version", "seal", "verify_version",
-    "AuthorKeyLookup", "MemberKeyLookup",
-]
-
-from .membership import (  # noqa: E402
-    MemberInfo,
-    MemberRecord,
-    Membership,
-    KeyEpochRecord,
-    MembershipRecord,
-    RevocationRecord,
-    UnknownSigner,
-    decode_membership_record,
-    found_group,
-    group_id_for,
-)
-
-__all__ += [
-    "MemberInfo", "MemberRecord", "Membership", "KeyEpochRecord", "MembershipRecord", "RevocationRecord",
-    "UnknownSigner", "decode_membership_record", "found_group", "group_id_for",
-]
-
-from .bundle import (  # noqa: E402
-    BUNDLE_FORMAT,
-    BundleEnd,
-    BundleHeader,
-    BundleMemberRecord,
-    BundleReader,
-    BundleVersion,
-    BundleWriter,
-)
-from .frames import (  # noqa: E402
+from .frames import (
     DEFAULT_MAX_FRAME_SIZE,
     END_OF_STREAM,
     NEED_DATA,
     PROTOCOL_VERSION,
     Done,
+    EndOfStream,
     ErrorCode,
     ErrorFrame,
     Frame,
@@ -93,12 +54,54 @@ from .frames import (  # noqa: E402
     JoinReject,
     JoinRequest,
     Members,
+    NeedData,
     VersionsBatch,
     decode_frame,
     encode_frame,
+    frame_name,
     join_proof,
 )
-from .session import (  # noqa: E402
+from .ids import (
+    MAX_INCARNATION,
+    device_id_for,
+    device_id_of,
+    device_of,
+    format_device_id,
+    is_device_id,
+    is_replica_id,
+    normalize_device_id,
+    raw_public_key,
+    replica_id,
+)
+from .membership import (
+    KeyEpochRecord,
+    MemberInfo,
+    MemberRecord,
+    Membership,
+    MembershipRecord,
+    RevocationRecord,
+    UnknownSigner,
+    decode_membership_record,
+    found_group,
+    group_id_for,
+)
+from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, state_of, winner_key
+from .records import (
+    DEFAULT_KIND,
+    FORMAT_VERSION,
+    KINDS,
+    MAX_CONTENT_BYTES,
+    MAX_EMBEDDING_BYTES,
+    MAX_FIELD_BYTES,
+    MemoryBody,
+    VersionHeader,
+    canonical_json,
+    valid_kind,
+)
+from .sealing import AuthorKeyLookup, MemberKeyLookup, SealedVersion, open_version, seal, verify_version
+from .session import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
     PAUSED,
     ConnectionClosed,
     HelloReceived,
@@ -114,12 +117,131 @@ from .session import (  # noqa: E402
     outgoing,
 )
 
-__all__ += [
-    "BUNDLE_FORMAT", "BundleEnd", "BundleHeader", "BundleMemberRecord", "BundleReader", "BundleVersion",
+__all__ = [
+    # bundle
+    "BUNDLE_FORMAT",
+    "BUNDLE_MAGIC",
+    "BundleEnd",
+    "BundleEvent",
+    "BundleHeader",
+    "BundleMemberRecord",
+    "BundleReader",
+    "BundleVersion",
     "BundleWriter",
-    "DEFAULT_MAX_FRAME_SIZE", "END_OF_STREAM", "NEED_DATA", "PROTOCOL_VERSION", "Done", "ErrorCode", "ErrorFrame",
-    "Frame", "FrameDecoder", "Hello", "JoinAccept", "JoinReject", "JoinRequest", "Members", "VersionsBatch",
-    "decode_frame", "encode_frame", "join_proof",
-    "PAUSED", "ConnectionClosed", "HelloReceived", "MembersReceived", "PeerDone", "SessionComplete", "SessionState",
-    "SyncSession", "VersionSource", "VersionsReceived", "batches", "error_frame_for", "outgoing",
+    "SenderKeyLookup",
+    # clock
+    "MAX_COUNTER",
+    "Dot",
+    "HybridLogicalClock",
+    "Ordering",
+    "VersionVector",
+    "hlc_pack",
+    "hlc_unpack",
+    "next_counter",
+    # codec
+    "Reader",
+    "Writer",
+    "decode_whole",
+    # errors
+    "BadSignature",
+    "BundleError",
+    "DecodeError",
+    "DecryptionFailed",
+    "LocalProtocolError",
+    "NotAMember",
+    "PeerBusy",
+    "PeerError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "StoreError",
+    "TransportError",
+    "TrustError",
+    "UnknownEpochKey",
+    "UnsupportedFormat",
+    "WrongGroup",
+    # frames
+    "DEFAULT_MAX_FRAME_SIZE",
+    "END_OF_STREAM",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Done",
+    "EndOfStream",
+    "ErrorCode",
+    "ErrorFrame",
+    "Frame",
+    "FrameDecoder",
+    "Hello",
+    "JoinAccept",
+    "JoinReject",
+    "JoinRequest",
+    "Members",
+    "NeedData",
+    "VersionsBatch",
+    "decode_frame",
+    "encode_frame",
+    "frame_name",
+    "join_proof",
+    # ids
+    "MAX_INCARNATION",
+    "device_id_for",
+    "device_id_of",
+    "device_of",
+    "format_device_id",
+    "is_device_id",
+    "is_replica_id",
+    "normalize_device_id",
+    "raw_public_key",
+    "replica_id",
+    # membership
+    "KeyEpochRecord",
+    "MemberInfo",
+    "MemberRecord",
+    "Membership",
+    "MembershipRecord",
+    "RevocationRecord",
+    "UnknownSigner",
+    "decode_membership_record",
+    "found_group",
+    "group_id_for",
+    # merge
+    "MemoryState",
+    "VersionMeta",
+    "VersionState",
+    "context_for_new_version",
+    "state_of",
+    "winner_key",
+    # records
+    "DEFAULT_KIND",
+    "FORMAT_VERSION",
+    "KINDS",
+    "MAX_CONTENT_BYTES",
+    "MAX_EMBEDDING_BYTES",
+    "MAX_FIELD_BYTES",
+    "MemoryBody",
+    "VersionHeader",
+    "canonical_json",
+    "valid_kind",
+    # sealing
+    "AuthorKeyLookup",
+    "MemberKeyLookup",
+    "SealedVersion",
+    "open_version",
+    "seal",
+    "verify_version",
+    # session
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_SIZE",
+    "PAUSED",
+    "ConnectionClosed",
+    "HelloReceived",
+    "MembersReceived",
+    "PeerDone",
+    "SessionComplete",
+    "SessionState",
+    "SyncSession",
+    "VersionSource",
+    "VersionsReceived",
+    "batches",
+    "error_frame_for",
+    "outgoing",
 ]

@@ -48,13 +48,12 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .clock import VersionVector
 from .codec import Reader, Writer, decode_whole, encode_uvarint
 from .errors import BadSignature, BundleError, DecodeError, LocalProtocolError, NotAMember, PeerError, WrongGroup
 from .frames import END_OF_STREAM, MAX_MEMBER_RECORD_BYTES, NEED_DATA, EndOfStream, NeedData, ReceiveBuffer
-from .ids import device_id_for, format_device_id, is_device_id
+from .ids import device_id_of, format_device_id, is_device_id
 from .sealing import MAX_SEALED_BYTES, SealedVersion
 
 __all__ = [
@@ -231,7 +230,7 @@ class BundleWriter:
         recipient: str | None = None,
         partial: bool = False,
     ) -> None:
-        sender = device_id_for(signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        sender = device_id_of(signing_key)
         self._key = signing_key
         self.header_info = BundleHeader(
             group_id=group_id,

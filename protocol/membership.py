@@ -81,7 +81,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .clock import MAX_COUNTER, Dot
 from .codec import Reader, Writer, decode_whole
@@ -94,7 +93,7 @@ from .errors import (
     UnsupportedFormat,
     WrongGroup,
 )
-from .ids import device_id_for, device_of, is_device_id, is_replica_id
+from .ids import device_id_for, device_id_of, device_of, is_device_id, is_replica_id, raw_public_key
 
 __all__ = [
     "MEMBERSHIP_FORMAT",
@@ -142,10 +141,6 @@ _ZERO_NONCE = bytes(12)
 
 class UnknownSigner(NotAMember):
     """A membership record is signed by a device this device does not know yet; sync the member list first."""
-
-
-def _raw_public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def group_id_for(founder_public_key: bytes, nonce: bytes) -> bytes:
@@ -420,7 +415,7 @@ class KeyEpochRecord:
             shared = kex_key.exchange(X25519PublicKey.from_public_bytes(self.ephemeral_public_key))
         except ValueError:
             return None
-        key = _wrap_key(shared, self.group_id, _raw_public(kex_key), self.ephemeral_public_key)
+        key = _wrap_key(shared, self.group_id, raw_public_key(kex_key), self.ephemeral_public_key)
         try:
             group_key = ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, self.sealed_key, self.associated_data())
         except InvalidTag:
@@ -478,7 +473,7 @@ def _sign_revocation(
 ) -> RevocationRecord:
     entries = tuple(sorted((replica, counter) for replica, counter in cutoff.items() if counter > 0))
     draft = RevocationRecord(
-        group_id, device_id, device_id_for(_raw_public(signer)), now_ms, bytes(_SIGNATURE_BYTES), entries
+        group_id, device_id, device_id_of(signer), now_ms, bytes(_SIGNATURE_BYTES), entries
     )
     return dataclasses.replace(draft, signature=signer.sign(_signed_message(draft.unsigned())))
 
@@ -498,7 +493,7 @@ def _seal_key_epoch(
     Member record from blocking a revocation for everyone else.
     """
     ephemeral = X25519PrivateKey.generate()
-    ephemeral_public = _raw_public(ephemeral)
+    ephemeral_public = raw_public_key(ephemeral)
     try:
         shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_kex))
     except ValueError:
@@ -507,7 +502,7 @@ def _seal_key_epoch(
         group_id=group_id,
         epoch=epoch,
         recipient=recipient,
-        created_by=device_id_for(_raw_public(signer)),
+        created_by=device_id_of(signer),
         key_id=group_key_id(group_id, epoch, group_key),
         ephemeral_public_key=ephemeral_public,
         sealed_key=bytes(_SEALED_KEY_BYTES),
@@ -537,14 +532,14 @@ def found_group(
         raise ValueError("a group nonce is 16 bytes")
     if len(group_key) != GROUP_KEY_BYTES:
         raise ValueError("a group key is 32 bytes")
-    public_key = _raw_public(signing_key)
+    public_key = raw_public_key(signing_key)
     device_id = device_id_for(public_key)
     group_id = group_id_for(public_key, nonce)
     member = _sign_member(
         signing_key,
         group_id=group_id,
         public_key=public_key,
-        kex_public_key=_raw_public(kex_key),
+        kex_public_key=raw_public_key(kex_key),
         name=name,
         added_by=device_id,
         added_at_ms=now_ms,
@@ -919,7 +914,7 @@ class Membership:
 
     # Writing --------------------------------------------------------------
     def _require_current(self, signer: Ed25519PrivateKey) -> str:
-        device_id = device_id_for(_raw_public(signer))
+        device_id = device_id_of(signer)
         if not self.is_member(device_id):
             raise NotAMember(f"this device ({device_id}) is not a current member of the group")
         return device_id

@@ -25,12 +25,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .clock import Dot
 from .codec import Reader, Writer, decode_whole
 from .errors import BadSignature, DecodeError, DecryptionFailed, LocalProtocolError, NotAMember, UnknownEpochKey, WrongGroup
-from .ids import device_id_for
+from .ids import device_id_of
 from .records import MemoryBody, VersionHeader
 
 __all__ = [
@@ -127,7 +126,7 @@ def seal(
     """Seal ``body`` under ``header``; the signing key must be the author's (the dot's device)."""
     if len(group_key) != 32:
         raise ValueError("a group key is 32 bytes")
-    author = device_id_for(signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    author = device_id_of(signing_key)
     if author != header.author:
         raise ValueError(f"device {author} cannot author a dot of replica {header.dot.origin}")
     if nonce is None:

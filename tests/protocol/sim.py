@@ -11,7 +11,7 @@ signatures, real AEAD), deduplicated by dot, and never dropped, except
 what a revocation refuses: like the store, a device accepts a revoked
 device's versions only up to the revocation's cutoff (``author_key``),
 and when it learns of a revocation it drops the versions above it. A
-memory's state is :func:`protocol.merge.resolve` over all of its versions.
+memory's state is :func:`protocol.merge.state_of` over all of its versions.
 
 A device restored from a snapshot keeps the snapshot's versions and vector
 but writes as a new incarnation (``DEVICEID.N``), so the dots it wrote
@@ -70,8 +70,8 @@ from protocol import (
     open_version,
     outgoing,
     replica_id,
-    resolve,
     seal,
+    state_of,
 )
 from protocol.ids import MAX_INCARNATION
 
@@ -375,7 +375,7 @@ class SimDevice:
 
     def state(self, memory_id: str) -> MemoryState | None:
         metas = self.metas(memory_id)
-        return resolve(metas) if metas else None
+        return state_of(metas) if metas else None
 
     def winner_body(self, memory_id: str) -> MemoryBody | None:
         state = self.state(memory_id)
