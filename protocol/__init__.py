@@ -73,6 +73,16 @@ from .ids import (
     raw_public_key,
     replica_id,
 )
+from .join import (
+    JOIN_MAX_FRAME_SIZE,
+    JoinAccepted,
+    JoinEvent,
+    JoinRejected,
+    JoinRequested,
+    JoinRole,
+    JoinSession,
+    JoinState,
+)
 from .membership import (
     KeyEpochRecord,
     MemberInfo,
@@ -192,6 +202,15 @@ __all__ = [
     "normalize_device_id",
     "raw_public_key",
     "replica_id",
+    # join
+    "JOIN_MAX_FRAME_SIZE",
+    "JoinAccepted",
+    "JoinEvent",
+    "JoinRejected",
+    "JoinRequested",
+    "JoinRole",
+    "JoinSession",
+    "JoinState",
     # membership
     "KeyEpochRecord",
     "MemberInfo",
