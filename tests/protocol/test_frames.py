@@ -43,6 +43,7 @@ from protocol.frames import (
 from protocol.codec import encode_uvarint
 from protocol.ids import device_id_for
 from protocol.sealing import SealedVersion
+from protocol.session import SyncSession
 
 GROUP = bytes(range(16))
 GROUP_KEY = bytes(32)
@@ -236,6 +237,10 @@ def test_a_bad_hello_is_local_when_built_and_remote_when_received() -> None:
     assert not isinstance(received.value, LocalProtocolError)
     with pytest.raises(DecodeError, match="is not a device id"):
         decode_frame(data[4], data[5:])
+    session = SyncSession(A, GROUP, VersionVector(), bytes(32))
+    session.receive_data(data)
+    with pytest.raises(DecodeError, match="malformed HELLO"):
+        session.next_event()
 
 
 def test_frame_codecs_are_one_row_per_frame_type() -> None:
