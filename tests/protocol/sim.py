@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import (
     NEED_DATA,
@@ -48,8 +47,8 @@ from protocol import (
     Dot,
     HelloReceived,
     HybridLogicalClock,
-    MembersReceived,
     Membership,
+    MembersReceived,
     MemoryBody,
     MemoryState,
     PeerDone,
@@ -63,12 +62,13 @@ from protocol import (
     VersionState,
     VersionVector,
     context_for_new_version,
-    device_id_for,
+    device_id_of,
     device_of,
     found_group,
     next_counter,
     open_version,
     outgoing,
+    raw_public_key,
     replica_id,
     seal,
     state_of,
@@ -109,10 +109,6 @@ class SimClock:
 
 def _seed(label: str, name: str) -> bytes:
     return hashlib.sha256(f"sim/{label}/{name}".encode()).digest()
-
-
-def _raw_public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def memory_uuid(n: int) -> str:
@@ -163,7 +159,7 @@ class SimDevice:
     _keys: tuple[bytes, dict[int, bytes]] | None = None
 
     def __post_init__(self) -> None:
-        self.device_id = device_id_for(_raw_public(self.signing_key))
+        self.device_id = device_id_of(self.signing_key)
         self.hlc = HybridLogicalClock(self.now_ms)
 
     # -- identity, group and clocks ---------------------------------------------
@@ -197,8 +193,8 @@ class SimDevice:
         self.membership.add_member(
             self.signing_key,
             self.kex_key,
-            device_public_key=_raw_public(signing),
-            kex_public_key=_raw_public(kex),
+            device_public_key=raw_public_key(signing),
+            kex_public_key=raw_public_key(kex),
             name=name,
             now_ms=self.now_ms(),
             epoch_keys=self.group_keys,

@@ -5,7 +5,6 @@ import uuid
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,7 +40,7 @@ from protocol.frames import (
     frame_name,
 )
 from protocol.codec import encode_uvarint
-from protocol.ids import device_id_for
+from protocol.ids import device_id_of
 from protocol.sealing import SealedVersion
 from protocol.session import SyncSession
 
@@ -54,7 +53,7 @@ def device_key(seed: int) -> Ed25519PrivateKey:
 
 
 def device_id(key: Ed25519PrivateKey) -> str:
-    return device_id_for(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return device_id_of(key)
 
 
 def make_version(key: Ed25519PrivateKey, counter: int, content: str = "a fact", group: bytes = GROUP) -> SealedVersion:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +16,8 @@ from protocol import (
     KINDS,
     MAX_COUNTER,
     DecodeError,
-    LocalProtocolError,
     Dot,
+    LocalProtocolError,
     Membership,
     MemoryBody,
     SealedVersion,
@@ -27,7 +26,9 @@ from protocol import (
     VersionVector,
     canonical_json,
     decode_membership_record,
+    device_id_of,
     found_group,
+    raw_public_key,
     seal,
 )
 from protocol.codec import MAX_VARINT_BYTES, Reader, Writer, encode_uvarint
@@ -194,7 +195,7 @@ def test_replica_ids_are_matched_whole() -> None:
 def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
     signing = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     kex = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
-    public = signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = raw_public_key(signing)
     from protocol import device_id_for
 
     author = device_id_for(public)
@@ -211,13 +212,13 @@ def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
     m.add_member(
         signing,
         kex,
-        device_public_key=other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-        kex_public_key=other_kex.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+        device_public_key=raw_public_key(other),
+        kex_public_key=raw_public_key(other_kex),
         name="desktop",
         now_ms=6,
         epoch_keys={0: key0},
     )
-    other_id = device_id_for(other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    other_id = device_id_of(other)
     revocation, _ = m.revoke(
         signing, kex, device_id=other_id, now_ms=7, epoch_keys={0: key0}, cutoff={other_id: 40, other_id + ".3": 9},
     )
