@@ -18,7 +18,8 @@ this side has sent and ``their_state`` for what it has received. Both move
 through the same table, :data:`TRANSITIONS`, ``START -> HELLO -> MEMBERS
 (-> MEMBERS...) -> VERSIONS (-> VERSIONS...) -> DONE``, and every frame,
 sent or received, goes through one method, ``_process(direction, frame)``:
-look the move up, run the guards the table lists for it, count, move. A
+look the move up, run the guards the table lists for it, count, move
+(ERROR frames alone bypass it: they end the session in any state). A
 frame that has no entry for the state of its direction is a
 :class:`LocalProtocolError` when we send it and a
 :class:`RemoteProtocolError` when we receive it, and the message names the
