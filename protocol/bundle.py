@@ -48,13 +48,12 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .clock import VersionVector
-from .codec import MAX_VARINT_BYTES, Reader, Writer, encode_uvarint
-from .errors import BadSignature, BundleError, LocalProtocolError, NotAMember, PeerError, WrongGroup
+from .codec import Reader, Writer, decode_whole, encode_uvarint
+from .errors import BadSignature, BundleError, DecodeError, LocalProtocolError, NotAMember, PeerError, WrongGroup
 from .frames import END_OF_STREAM, MAX_MEMBER_RECORD_BYTES, NEED_DATA, EndOfStream, NeedData, ReceiveBuffer
-from .ids import device_id_for, format_device_id, is_device_id
+from .ids import device_id_of, format_device_id, is_device_id
 from .sealing import MAX_SEALED_BYTES, SealedVersion
 
 __all__ = [
@@ -143,7 +142,10 @@ class BundleHeader:
 
     @classmethod
     def decode(cls, data: bytes, format_version: int = BUNDLE_FORMAT) -> BundleHeader:
-        r = Reader(data, "bundle header")
+        return decode_whole(lambda r: cls._decode_from(r, format_version), data, "bundle header")
+
+    @classmethod
+    def _decode_from(cls, r: Reader, format_version: int) -> BundleHeader:
         group_id = r.raw(16)
         sender = r.str(limit=64)
         sender_vector = VersionVector.decode_from(r)
@@ -151,7 +153,6 @@ class BundleHeader:
         created_ms = r.uvarint(limit=(1 << 62) - 1)
         recipient = r.str(limit=64)
         partial = r.bool()
-        r.end()
         return cls(group_id, sender, sender_vector, base_vector, created_ms, recipient or None, partial, format_version)
 
 
@@ -188,6 +189,26 @@ def _signed(digest: bytes) -> bytes:
     return _SIGN_LABEL + digest
 
 
+@enum.unique
+class _Stage(enum.Enum):
+    """The part of the file a writer writes, or a reader reads, next (one enum for both).
+
+    The writer goes HEADER (magic, format and header in one go) -> MEMBERS
+    -> VERSIONS -> END; the reader also passes MAGIC, FORMAT, TRAILER and
+    AFTER_TRAILER, and may end in ERROR.
+    """
+
+    MAGIC = "the magic"
+    FORMAT = "the format number"
+    HEADER = "the header"
+    MEMBERS = "the member records"
+    VERSIONS = "the versions"
+    TRAILER = "the trailer"
+    AFTER_TRAILER = "the end of the file"
+    END = "the end"
+    ERROR = "an error"
+
+
 class BundleWriter:
     """Produces a bundle as chunks of bytes, to be written in order.
 
@@ -209,7 +230,7 @@ class BundleWriter:
         recipient: str | None = None,
         partial: bool = False,
     ) -> None:
-        sender = device_id_for(signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        sender = device_id_of(signing_key)
         self._key = signing_key
         self.header_info = BundleHeader(
             group_id=group_id,
@@ -221,7 +242,7 @@ class BundleWriter:
             partial=partial,
         )
         self._hash = hashlib.sha256()
-        self._stage = 0  # 0 before header, 1 members, 2 versions, 3 finished
+        self._stage = _Stage.HEADER
         self._entries = 0
 
     @property
@@ -232,52 +253,42 @@ class BundleWriter:
         self._hash.update(data)
         return data
 
-    def _expect(self, allowed: tuple[int, ...], what: str) -> None:
+    def _expect(self, allowed: tuple[_Stage, ...], what: str) -> None:
         if self._stage not in allowed:
-            stages = ("before the header", "after the member records", "after the versions", "after finish()")
-            raise LocalProtocolError(f"cannot write {what} {stages[self._stage]}")
+            where = {_Stage.HEADER: "before the header", _Stage.END: "after finish()"}.get(
+                self._stage, f"after {self._stage.value}"
+            )
+            raise LocalProtocolError(f"cannot write {what} {where}")
 
     def header(self) -> bytes:
-        self._expect((0,), "the header")
-        self._stage = 1
+        self._expect((_Stage.HEADER,), "the header")
+        self._stage = _Stage.MEMBERS
         return self._emit(
             Writer().raw(BUNDLE_MAGIC).uvarint(BUNDLE_FORMAT).bytes(self.header_info.encode()).getvalue()
         )
 
     def add_member_record(self, record: bytes) -> bytes:
-        self._expect((1,), "a member record")
+        self._expect((_Stage.MEMBERS,), "a member record")
         if not 0 < len(record) <= MAX_MEMBER_RECORD_BYTES:
             raise LocalProtocolError(f"a membership record is 1 to {MAX_MEMBER_RECORD_BYTES} bytes")
         self._entries += 1
         return self._emit(Writer().raw(bytes((_ENTRY_MEMBER,))).bytes(record).getvalue())
 
     def add_version(self, version: SealedVersion) -> bytes:
-        self._expect((1, 2), "a version")
+        self._expect((_Stage.MEMBERS, _Stage.VERSIONS), "a version")
         if version.header.group_id != self.header_info.group_id:
             raise LocalProtocolError(f"version {version.header.dot} belongs to another group than this bundle")
-        self._stage = 2
+        self._stage = _Stage.VERSIONS
         self._entries += 1
         return self._emit(Writer().raw(bytes((_ENTRY_VERSION,))).bytes(version.encode()).getvalue())
 
     def finish(self) -> bytes:
         """The trailer: entry count, digest, signature."""
-        self._expect((1, 2), "the trailer")
-        self._stage = 3
+        self._expect((_Stage.MEMBERS, _Stage.VERSIONS), "the trailer")
+        self._stage = _Stage.END
         counted = self._emit(bytes((_ENTRY_END,)) + encode_uvarint(self._entries))
         digest = self._hash.digest()
         return counted + digest + self._key.sign(_signed(digest))
-
-
-class _Stage(enum.Enum):
-    MAGIC = "magic"
-    FORMAT = "format"
-    HEADER = "header"
-    MEMBERS = "members"
-    VERSIONS = "versions"
-    TRAILER = "trailer"
-    AFTER_TRAILER = "after trailer"
-    END = "end"
-    ERROR = "error"
 
 
 class BundleReader:
@@ -359,21 +370,15 @@ class BundleReader:
     def _truncated(self, what: str) -> BundleError:
         return BundleError(f"the bundle is truncated: it ends inside {what}; copy the whole file again")
 
-    def _uvarint_at(self, pos: int, what: str) -> tuple[int, int] | None:
-        result = 0
-        buf = self._buf
-        for i in range(MAX_VARINT_BYTES):
-            if pos + i >= len(buf):
-                if self._eof:
-                    raise self._truncated(what)
-                return None
-            byte = buf.byte_at(pos + i)
-            result |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if byte == 0 and i > 0:
-                    raise _damaged(f"non-minimal number in {what}")
-                return result, pos + i + 1
-        raise _damaged(f"number too long in {what}")
+    def _number(self, pos: int, what: str) -> tuple[int, int] | None:
+        """The varint at ``pos`` and the offset after it, in the bundle's own errors."""
+        try:
+            parsed = self._buf.maybe_uvarint(pos)
+        except DecodeError as e:
+            raise _damaged(f"{e.message} in {what}") from None
+        if parsed is None and self._eof:
+            raise self._truncated(what)
+        return parsed
 
     def _have(self, n: int, what: str) -> bool:
         if len(self._buf) >= n:
@@ -402,7 +407,7 @@ class BundleReader:
                 self._consume(len(BUNDLE_MAGIC))
                 self._stage = _Stage.FORMAT
             elif stage is _Stage.FORMAT:
-                parsed = self._uvarint_at(0, "the format number")
+                parsed = self._number(0, "the format number")
                 if parsed is None:
                     return NEED_DATA
                 self._format, end = parsed
@@ -438,7 +443,7 @@ class BundleReader:
 
     def _length_prefixed(self, pos: int, limit: int, what: str) -> bytes | None:
         """Consume ``bytes`` at ``pos`` (after ``pos`` bytes of prefix) once it is complete."""
-        parsed = self._uvarint_at(pos, what)
+        parsed = self._number(pos, what)
         if parsed is None:
             return None
         length, start = parsed
@@ -506,7 +511,7 @@ class BundleReader:
         raise _damaged(f"unknown entry type 0x{kind:02x}")
 
     def _read_trailer(self) -> NeedData | EndOfStream | BundleEvent:
-        parsed = self._uvarint_at(0, "the trailer")
+        parsed = self._number(0, "the trailer")
         if parsed is None:
             return NEED_DATA
         count, end = parsed

@@ -20,8 +20,8 @@ import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .codec import Reader, Writer
-from .errors import DecodeError
+from .codec import Reader, Writer, decode_whole
+from .errors import DecodeError, LocalProtocolError
 from .ids import is_replica_id
 
 __all__ = [
@@ -51,9 +51,9 @@ class Dot:
 
     def __post_init__(self) -> None:
         if not is_replica_id(self.origin):
-            raise DecodeError(f"malformed replica id {self.origin!r} in a dot")
+            raise LocalProtocolError(f"invalid replica id {self.origin!r} in a dot")
         if not 0 < self.counter <= MAX_COUNTER:
-            raise DecodeError(f"dot counter {self.counter} out of range")
+            raise LocalProtocolError(f"dot counter {self.counter} out of range")
 
     def __str__(self) -> str:
         return f"{self.origin}:{self.counter}"
@@ -63,7 +63,11 @@ class Dot:
         origin, sep, counter = text.rpartition(":")
         if not sep or not counter.isdigit():
             raise DecodeError(f"malformed version id {text!r}; expected REPLICA:COUNTER")
-        return cls(origin, int(counter))
+        try:
+            return cls(origin, int(counter))
+        except LocalProtocolError as e:
+            # Text someone typed or another program wrote: a parse error, not this side's bug.
+            raise e.as_remote(f"version id {text!r}") from None
 
     def encode_into(self, w: Writer) -> None:
         w.str(self.origin).uvarint(self.counter)
@@ -96,9 +100,9 @@ class VersionVector(Mapping[str, int]):
         clean: dict[str, int] = {}
         for origin, counter in items:
             if not is_replica_id(origin):
-                raise DecodeError(f"malformed replica id {origin!r} in a version vector")
+                raise LocalProtocolError(f"invalid replica id {origin!r} in a version vector")
             if not 0 <= counter <= MAX_COUNTER:
-                raise DecodeError(f"counter {counter} out of range in a version vector")
+                raise LocalProtocolError(f"counter {counter} out of range in a version vector")
             if counter:
                 clean[origin] = max(counter, clean.get(origin, 0))
         self._entries = dict(sorted(clean.items()))
@@ -208,10 +212,7 @@ class VersionVector(Mapping[str, int]):
 
     @classmethod
     def decode(cls, data: bytes) -> VersionVector:
-        r = Reader(data, "version vector")
-        vv = cls.decode_from(r)
-        r.end()
-        return vv
+        return decode_whole(cls.decode_from, data, "version vector")
 
 
 def next_counter(last: int, now_ms: int) -> int:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import builtins
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
-from .errors import DecodeError
+from .errors import DecodeError, LocalProtocolError
 
-__all__ = ["Writer", "Reader", "encode_uvarint", "MAX_VARINT_BYTES"]
+__all__ = ["Writer", "Reader", "encode_uvarint", "decode_whole", "MAX_VARINT_BYTES"]
+
+_T = TypeVar("_T")
 
 #: 12 bytes hold 84 bits: enough for the largest value we encode, a hybrid
 #: clock time (a 62-bit counter shifted by 16); longer varints are garbage.
@@ -148,3 +152,19 @@ class Reader:
         """Require that everything was consumed (no trailing bytes)."""
         if self._pos != len(self._data):
             raise self._fail(f"{self.remaining} trailing bytes")
+
+
+def decode_whole(decode_from: Callable[[Reader], _T], data: bytes, what: str) -> _T:
+    """Decode ``data`` with ``decode_from``, which must consume every byte.
+
+    This is where received bytes become values, so a value that fails its
+    own validation here is the sender's fault: its :class:`LocalProtocolError`
+    is re-raised as a :class:`DecodeError` naming ``what``.
+    """
+    r = Reader(data, what)
+    try:
+        value = decode_from(r)
+    except LocalProtocolError as e:
+        raise e.as_remote(what) from None
+    r.end()
+    return value

@@ -49,7 +49,17 @@ class ProtocolError(PeerError):
 
 
 class LocalProtocolError(ProtocolError):
-    """This side tried to do something the protocol does not allow here."""
+    """This side tried to do something the protocol does not allow here.
+
+    Frames and records validate when they are built, and raise this: a
+    value built wrongly on this side is this side's bug. Decoders re-raise
+    it with :meth:`as_remote` (as h11 does), because there the same value
+    came from bytes someone else wrote.
+    """
+
+    def as_remote(self, what: str | None = None) -> DecodeError:
+        """The same complaint about received data: ``malformed WHAT: message``."""
+        return DecodeError(f"malformed {what}: {self.message}" if what else f"malformed {self.message}")
 
 
 class RemoteProtocolError(ProtocolError):

@@ -43,12 +43,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Generic, TypeVar
 
 from .clock import VersionVector
-from .codec import Reader, Writer
+from .codec import MAX_VARINT_BYTES, Reader, Writer
 from .errors import DecodeError, LocalProtocolError, PeerError
 from .ids import is_device_id
 from .sealing import MAX_SEALED_BYTES, SealedVersion
@@ -82,22 +82,6 @@ __all__ = [
     "join_proof",
     "encode_frame",
     "decode_frame",
-    "encode_hello",
-    "decode_hello",
-    "encode_members",
-    "decode_members",
-    "encode_versions",
-    "decode_versions",
-    "encode_done",
-    "decode_done",
-    "encode_error",
-    "decode_error",
-    "encode_join_request",
-    "decode_join_request",
-    "encode_join_accept",
-    "decode_join_accept",
-    "encode_join_reject",
-    "decode_join_reject",
     "NeedData",
     "NEED_DATA",
     "EndOfStream",
@@ -154,28 +138,29 @@ class ErrorCode(enum.IntEnum):
 # Frames ---------------------------------------------------------------
 
 
-def _fail(what: str) -> DecodeError:
-    return DecodeError(f"malformed {what}")
+def _invalid(what: str) -> LocalProtocolError:
+    # A frame built on this side; decode_frame() re-raises it as a DecodeError.
+    return LocalProtocolError(what)
 
 
 def _utf8_length(what: str, text: str) -> int:
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError as e:
-        raise _fail(f"{what}: text that is not valid Unicode") from e
+        raise _invalid(f"{what}: text that is not valid Unicode") from e
 
 
 def _check_message(what: str, code: int, message: str) -> None:
     if not 0 <= code <= _MAX_CODE:
-        raise _fail(f"{what}: code {code} out of range")
+        raise _invalid(f"{what}: code {code} out of range")
     if _utf8_length(what, message) > MAX_MESSAGE_BYTES:
-        raise _fail(f"{what}: message longer than {MAX_MESSAGE_BYTES} bytes")
+        raise _invalid(f"{what}: message longer than {MAX_MESSAGE_BYTES} bytes")
 
 
 def _check_records(what: str, records: tuple[bytes, ...]) -> None:
     for record in records:
         if not isinstance(record, bytes) or not 0 < len(record) <= MAX_MEMBER_RECORD_BYTES:
-            raise _fail(f"{what}: a membership record must be 1 to {MAX_MEMBER_RECORD_BYTES} bytes")
+            raise _invalid(f"{what}: a membership record must be 1 to {MAX_MEMBER_RECORD_BYTES} bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,17 +187,17 @@ class Hello:
 
     def __post_init__(self) -> None:
         if not 0 < self.version <= _MAX_VERSION:
-            raise _fail(f"HELLO: protocol version {self.version} out of range")
+            raise _invalid(f"HELLO: protocol version {self.version} out of range")
         if not is_device_id(self.device_id):
-            raise _fail(f"HELLO: {self.device_id!r} is not a device id")
+            raise _invalid(f"HELLO: {self.device_id!r} is not a device id")
         if len(self.group_id) != GROUP_ID_BYTES:
-            raise _fail("HELLO: a group id is 16 bytes")
+            raise _invalid("HELLO: a group id is 16 bytes")
         if not isinstance(self.vector, VersionVector):
-            raise _fail("HELLO: the vector must be a VersionVector")
+            raise _invalid("HELLO: the vector must be a VersionVector")
         if len(self.membership_digest) != DIGEST_BYTES:
-            raise _fail("HELLO: a membership digest is 32 bytes")
+            raise _invalid("HELLO: a membership digest is 32 bytes")
         if not 0 <= self.flags <= _MAX_FLAGS:
-            raise _fail("HELLO: flags out of range")
+            raise _invalid("HELLO: flags out of range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +220,9 @@ class VersionsBatch:
     def __post_init__(self) -> None:
         object.__setattr__(self, "versions", tuple(self.versions))
         if not self.versions:
-            raise _fail("VERSIONS: a batch holds at least one version")
+            raise _invalid("VERSIONS: a batch holds at least one version")
         if not all(isinstance(v, SealedVersion) for v in self.versions):
-            raise _fail("VERSIONS: a batch holds sealed versions")
+            raise _invalid("VERSIONS: a batch holds sealed versions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +233,7 @@ class Done:
 
     def __post_init__(self) -> None:
         if not 0 <= self.count < 1 << 62:
-            raise _fail("DONE: count out of range")
+            raise _invalid("DONE: count out of range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,13 +265,13 @@ class JoinRequest:
 
     def __post_init__(self) -> None:
         if not 0 < len(self.invite_id) <= MAX_INVITE_ID_BYTES:
-            raise _fail(f"JOIN_REQUEST: an invite id is 1 to {MAX_INVITE_ID_BYTES} bytes")
+            raise _invalid(f"JOIN_REQUEST: an invite id is 1 to {MAX_INVITE_ID_BYTES} bytes")
         if len(self.device_key) != KEY_BYTES or len(self.exchange_key) != KEY_BYTES:
-            raise _fail("JOIN_REQUEST: public keys are 32 bytes")
+            raise _invalid("JOIN_REQUEST: public keys are 32 bytes")
         if _utf8_length("JOIN_REQUEST", self.name) > MAX_NAME_BYTES:
-            raise _fail(f"JOIN_REQUEST: a device name is at most {MAX_NAME_BYTES} bytes")
+            raise _invalid(f"JOIN_REQUEST: a device name is at most {MAX_NAME_BYTES} bytes")
         if len(self.proof) != PROOF_BYTES:
-            raise _fail("JOIN_REQUEST: a proof is 32 bytes")
+            raise _invalid("JOIN_REQUEST: a proof is 32 bytes")
 
     @classmethod
     def create(cls, *, secret: bytes, invite_id: bytes, device_key: bytes, exchange_key: bytes, name: str) -> JoinRequest:
@@ -323,10 +308,10 @@ class JoinAccept:
     def __post_init__(self) -> None:
         object.__setattr__(self, "records", tuple(self.records))
         if len(self.group_id) != GROUP_ID_BYTES:
-            raise _fail("JOIN_ACCEPT: a group id is 16 bytes")
+            raise _invalid("JOIN_ACCEPT: a group id is 16 bytes")
         _check_records("JOIN_ACCEPT", self.records)
         if self.group_name is not None and _utf8_length("JOIN_ACCEPT", self.group_name) > MAX_NAME_BYTES:
-            raise _fail(f"JOIN_ACCEPT: a group name is at most {MAX_NAME_BYTES} bytes")
+            raise _invalid(f"JOIN_ACCEPT: a group name is at most {MAX_NAME_BYTES} bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,201 +327,175 @@ class JoinReject:
 
 Frame = Hello | Members | VersionsBatch | Done | ErrorFrame | JoinRequest | JoinAccept | JoinReject
 
-_NAMES: Final[dict[type[Frame], str]] = {
-    Hello: "HELLO",
-    Members: "MEMBERS",
-    VersionsBatch: "VERSIONS",
-    Done: "DONE",
-    ErrorFrame: "ERROR",
-    JoinRequest: "JOIN_REQUEST",
-    JoinAccept: "JOIN_ACCEPT",
-    JoinReject: "JOIN_REJECT",
-}
+
+# Payload encodings: one row per frame type ----------------------------
+#
+# Each frame type has a writer (frame -> payload) and a reader (Reader ->
+# frame); :data:`_CODECS` pairs them with the tag and the name, and is the
+# only table: the tag lookup, the names and encode_frame() all derive from it.
 
 
-def frame_name(frame: Frame | type[Frame]) -> str:
-    """The protocol name of a frame (``HELLO``, ``VERSIONS``...), for messages."""
-    cls = frame if isinstance(frame, type) else type(frame)
-    return _NAMES[cls]
-
-
-# Payload encodings: one pair per frame type ----------------------------
-
-
-def encode_hello(frame: Hello) -> bytes:
-    w = Writer().uvarint(frame.version).str(frame.device_id).raw(frame.group_id)
+def _write_hello(w: Writer, frame: Hello) -> None:
+    w.uvarint(frame.version).str(frame.device_id).raw(frame.group_id)
     frame.vector.encode_into(w)
-    return w.raw(frame.membership_digest).uvarint(frame.flags).getvalue()
+    w.raw(frame.membership_digest).uvarint(frame.flags)
 
 
-def decode_hello(payload: bytes) -> Hello:
-    r = Reader(payload, "HELLO frame")
+def _read_hello(r: Reader) -> Hello:
     version = r.uvarint(limit=_MAX_VERSION)
     device_id = r.str(limit=64)
     group_id = r.raw(GROUP_ID_BYTES)
     if version != PROTOCOL_VERSION:
         # Only the prefix is common to all versions; the rest is not ours to parse.
+        r.raw(r.remaining)
         return Hello(version, device_id, group_id, VersionVector(), bytes(DIGEST_BYTES), 0)
     vector = VersionVector.decode_from(r)
     digest = r.raw(DIGEST_BYTES)
     flags = r.uvarint(limit=_MAX_FLAGS)
-    r.end()
     return Hello(version, device_id, group_id, vector, digest, flags)
 
 
-def _encode_records(w: Writer, records: tuple[bytes, ...]) -> None:
+def _write_records(w: Writer, records: tuple[bytes, ...]) -> None:
     w.uvarint(len(records))
     for record in records:
         w.bytes(record)
 
 
-def _decode_records(r: Reader) -> tuple[bytes, ...]:
+def _read_records(r: Reader) -> tuple[bytes, ...]:
     # Each record costs at least one byte, so the count cannot exceed what is left.
     n = r.uvarint(limit=r.remaining)
     return tuple(r.bytes(limit=MAX_MEMBER_RECORD_BYTES) for _ in range(n))
 
 
-def encode_members(frame: Members) -> bytes:
-    w = Writer()
-    _encode_records(w, frame.records)
-    return w.getvalue()
+def _write_members(w: Writer, frame: Members) -> None:
+    _write_records(w, frame.records)
 
 
-def decode_members(payload: bytes) -> Members:
-    r = Reader(payload, "MEMBERS frame")
-    records = _decode_records(r)
-    r.end()
-    return Members(records)
+def _read_members(r: Reader) -> Members:
+    return Members(_read_records(r))
 
 
-def encode_versions(frame: VersionsBatch) -> bytes:
-    w = Writer().uvarint(len(frame.versions))
+def _write_versions(w: Writer, frame: VersionsBatch) -> None:
+    w.uvarint(len(frame.versions))
     for version in frame.versions:
         w.bytes(version.encode())
-    return w.getvalue()
 
 
-def decode_versions(payload: bytes) -> VersionsBatch:
-    r = Reader(payload, "VERSIONS frame")
+def _read_versions(r: Reader) -> VersionsBatch:
     n = r.uvarint(limit=r.remaining)
-    versions = tuple(SealedVersion.decode(r.bytes(limit=_MAX_SEALED_ENTRY)) for _ in range(n))
-    r.end()
-    return VersionsBatch(versions)
+    return VersionsBatch(tuple(SealedVersion.decode(r.bytes(limit=_MAX_SEALED_ENTRY)) for _ in range(n)))
 
 
-def encode_done(frame: Done) -> bytes:
-    return Writer().uvarint(frame.count).getvalue()
+def _write_done(w: Writer, frame: Done) -> None:
+    w.uvarint(frame.count)
 
 
-def decode_done(payload: bytes) -> Done:
-    r = Reader(payload, "DONE frame")
-    count = r.uvarint(limit=(1 << 62) - 1)
-    r.end()
-    return Done(count)
+def _read_done(r: Reader) -> Done:
+    return Done(r.uvarint(limit=(1 << 62) - 1))
 
 
-def encode_error(frame: ErrorFrame) -> bytes:
-    return Writer().uvarint(frame.code).str(frame.message).getvalue()
+def _write_error(w: Writer, frame: ErrorFrame | JoinReject) -> None:
+    w.uvarint(frame.code).str(frame.message)
 
 
-def decode_error(payload: bytes) -> ErrorFrame:
-    r = Reader(payload, "ERROR frame")
+def _read_error(r: Reader) -> ErrorFrame:
     code = r.uvarint(limit=_MAX_CODE)
-    message = r.str(limit=MAX_MESSAGE_BYTES)
-    r.end()
-    return ErrorFrame(code, message)
+    return ErrorFrame(code, r.str(limit=MAX_MESSAGE_BYTES))
 
 
-def encode_join_request(frame: JoinRequest) -> bytes:
-    w = Writer().bytes(frame.invite_id).raw(frame.device_key).raw(frame.exchange_key)
-    return w.str(frame.name).raw(frame.proof).getvalue()
+def _write_join_request(w: Writer, frame: JoinRequest) -> None:
+    w.bytes(frame.invite_id).raw(frame.device_key).raw(frame.exchange_key).str(frame.name).raw(frame.proof)
 
 
-def decode_join_request(payload: bytes) -> JoinRequest:
-    r = Reader(payload, "JOIN_REQUEST frame")
+def _read_join_request(r: Reader) -> JoinRequest:
     invite_id = r.bytes(limit=MAX_INVITE_ID_BYTES)
     device_key = r.raw(KEY_BYTES)
     exchange_key = r.raw(KEY_BYTES)
     name = r.str(limit=MAX_NAME_BYTES)
     proof = r.raw(PROOF_BYTES)
-    r.end()
     return JoinRequest(invite_id, device_key, exchange_key, name, proof)
 
 
-def encode_join_accept(frame: JoinAccept) -> bytes:
-    w = Writer().raw(frame.group_id)
-    _encode_records(w, frame.records)
-    return w.bool(frame.group_name is not None).str(frame.group_name or "").getvalue()
+def _write_join_accept(w: Writer, frame: JoinAccept) -> None:
+    w.raw(frame.group_id)
+    _write_records(w, frame.records)
+    w.bool(frame.group_name is not None).str(frame.group_name or "")
 
 
-def decode_join_accept(payload: bytes) -> JoinAccept:
-    r = Reader(payload, "JOIN_ACCEPT frame")
+def _read_join_accept(r: Reader) -> JoinAccept:
     group_id = r.raw(GROUP_ID_BYTES)
-    records = _decode_records(r)
+    records = _read_records(r)
     has_name = r.bool()
     name = r.str(limit=MAX_NAME_BYTES)
-    r.end()
     if not has_name and name:
-        raise _fail("JOIN_ACCEPT frame: group name present without its flag")
+        raise DecodeError("malformed JOIN_ACCEPT frame: group name present without its flag")
     return JoinAccept(group_id, records, name if has_name else None)
 
 
-def encode_join_reject(frame: JoinReject) -> bytes:
-    return Writer().uvarint(frame.code).str(frame.message).getvalue()
-
-
-def decode_join_reject(payload: bytes) -> JoinReject:
-    r = Reader(payload, "JOIN_REJECT frame")
+def _read_join_reject(r: Reader) -> JoinReject:
     code = r.uvarint(limit=_MAX_CODE)
-    message = r.str(limit=MAX_MESSAGE_BYTES)
-    r.end()
-    return JoinReject(code, message)
+    return JoinReject(code, r.str(limit=MAX_MESSAGE_BYTES))
 
 
-_DECODERS: Final[dict[int, Callable[[bytes], Frame]]] = {
-    TAG_HELLO: decode_hello,
-    TAG_MEMBERS: decode_members,
-    TAG_VERSIONS: decode_versions,
-    TAG_DONE: decode_done,
-    TAG_ERROR: decode_error,
-    TAG_JOIN_REQUEST: decode_join_request,
-    TAG_JOIN_ACCEPT: decode_join_accept,
-    TAG_JOIN_REJECT: decode_join_reject,
+_F = TypeVar("_F", bound=Frame)
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec(Generic[_F]):
+    tag: int
+    name: str
+    write: Callable[[Writer, _F], None]
+    read: Callable[[Reader], _F]
+
+
+_CODECS: Final[Mapping[type[Frame], _Codec[Any]]] = {
+    Hello: _Codec(TAG_HELLO, "HELLO", _write_hello, _read_hello),
+    Members: _Codec(TAG_MEMBERS, "MEMBERS", _write_members, _read_members),
+    VersionsBatch: _Codec(TAG_VERSIONS, "VERSIONS", _write_versions, _read_versions),
+    Done: _Codec(TAG_DONE, "DONE", _write_done, _read_done),
+    ErrorFrame: _Codec(TAG_ERROR, "ERROR", _write_error, _read_error),
+    JoinRequest: _Codec(TAG_JOIN_REQUEST, "JOIN_REQUEST", _write_join_request, _read_join_request),
+    JoinAccept: _Codec(TAG_JOIN_ACCEPT, "JOIN_ACCEPT", _write_join_accept, _read_join_accept),
+    JoinReject: _Codec(TAG_JOIN_REJECT, "JOIN_REJECT", _write_error, _read_join_reject),
 }
+_BY_TAG: Final[Mapping[int, _Codec[Any]]] = {codec.tag: codec for codec in _CODECS.values()}
+assert len(_BY_TAG) == len(_CODECS), "two frame types share a tag"
 
 
-def _tag_and_payload(frame: Frame) -> tuple[int, bytes]:
-    if isinstance(frame, Hello):
-        return TAG_HELLO, encode_hello(frame)
-    if isinstance(frame, Members):
-        return TAG_MEMBERS, encode_members(frame)
-    if isinstance(frame, VersionsBatch):
-        return TAG_VERSIONS, encode_versions(frame)
-    if isinstance(frame, Done):
-        return TAG_DONE, encode_done(frame)
-    if isinstance(frame, ErrorFrame):
-        return TAG_ERROR, encode_error(frame)
-    if isinstance(frame, JoinRequest):
-        return TAG_JOIN_REQUEST, encode_join_request(frame)
-    if isinstance(frame, JoinAccept):
-        return TAG_JOIN_ACCEPT, encode_join_accept(frame)
-    if isinstance(frame, JoinReject):
-        return TAG_JOIN_REJECT, encode_join_reject(frame)
-    raise LocalProtocolError(f"{frame!r} is not a frame")
+def frame_name(frame: Frame | type[Frame]) -> str:
+    """The protocol name of a frame (``HELLO``, ``VERSIONS``...), for messages."""
+    cls = frame if isinstance(frame, type) else type(frame)
+    return _CODECS[cls].name
 
 
 def encode_frame(frame: Frame) -> bytes:
     """The complete wire bytes of a frame: length, tag, payload."""
-    tag, payload = _tag_and_payload(frame)
-    return (len(payload) + 1).to_bytes(_LENGTH_BYTES, "big") + bytes((tag,)) + payload
+    codec = _CODECS.get(type(frame))
+    if codec is None:
+        raise LocalProtocolError(f"{frame!r} is not a frame")
+    w = Writer()
+    codec.write(w, frame)
+    payload = w.getvalue()
+    return (len(payload) + 1).to_bytes(_LENGTH_BYTES, "big") + bytes((codec.tag,)) + payload
 
 
 def decode_frame(tag: int, payload: bytes) -> Frame:
-    """The frame of a tag and payload (the length prefix already removed)."""
-    decoder = _DECODERS.get(tag)
-    if decoder is None:
+    """The frame of a tag and payload (the length prefix already removed).
+
+    Raises :class:`DecodeError` for anything malformed, including a frame
+    that fails the validation its constructor applies to frames built here.
+    """
+    codec = _BY_TAG.get(tag)
+    if codec is None:
         raise DecodeError(f"malformed data: unknown frame type 0x{tag:02x}; is the other side a peer sync agent?")
-    return decoder(payload)
+    r = Reader(payload, f"{codec.name} frame")
+    try:
+        frame: Frame = codec.read(r)
+    except LocalProtocolError as e:
+        # The validators name the frame themselves ("HELLO: ...").
+        raise e.as_remote() from None
+    r.end()
+    return frame
 
 
 # The incremental decoder ----------------------------------------------
@@ -580,6 +539,27 @@ class ReceiveBuffer:
     def byte_at(self, index: int) -> int:
         """The unconsumed byte at ``index`` (the caller checked the length)."""
         return self._data[self._start + index]
+
+    def maybe_uvarint(self, offset: int = 0) -> tuple[int, int] | None:
+        """The varint at ``offset`` and the offset just after it, or None while it is incomplete.
+
+        Consumes nothing (as h11's ``maybe_extract_*``, but the caller
+        consumes, so that several fields can be checked before any byte goes).
+        The same rules as :meth:`Reader.uvarint`: raises :class:`DecodeError`
+        for a non-minimal number or one longer than ``MAX_VARINT_BYTES``.
+        """
+        result = 0
+        available = len(self) - offset
+        for i in range(MAX_VARINT_BYTES):
+            if i >= available:
+                return None
+            byte = self._data[self._start + offset + i]
+            result |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise DecodeError("non-minimal number")
+                return result, offset + i + 1
+        raise DecodeError("number too long")
 
     def peek(self, n: int) -> bytes:
         """Up to ``n`` unconsumed bytes, without consuming them."""

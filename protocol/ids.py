@@ -20,12 +20,18 @@ import hashlib
 import re
 import uuid
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from .errors import DecodeError
 
 __all__ = [
     "DEVICE_ID_LENGTH",
     "MAX_INCARNATION",
     "device_id_for",
+    "device_id_of",
+    "raw_public_key",
     "is_device_id",
     "format_device_id",
     "normalize_device_id",
@@ -50,6 +56,21 @@ def device_id_for(public_key_raw: bytes) -> str:
         raise ValueError("an Ed25519 public key is 32 bytes")
     digest = hashlib.sha256(public_key_raw).digest()[:16]
     return base64.b32encode(digest).decode("ascii").rstrip("=")
+
+
+#: Any key whose public half travels raw (32 bytes): Ed25519 identities, X25519 exchange keys.
+AnyKey = Ed25519PrivateKey | Ed25519PublicKey | X25519PrivateKey | X25519PublicKey
+
+
+def raw_public_key(key: AnyKey) -> bytes:
+    """The raw 32 bytes of a key's public half (of the key itself, if it is public)."""
+    public = key.public_key() if isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)) else key
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def device_id_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The device id of an Ed25519 key (private or public)."""
+    return device_id_for(raw_public_key(key))
 
 
 def is_device_id(text: str) -> bool:

@@ -81,10 +81,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .clock import MAX_COUNTER, Dot
-from .codec import Reader, Writer
+from .codec import Reader, Writer, decode_whole
 from .errors import (
     BadSignature,
     DecodeError,
@@ -94,7 +93,7 @@ from .errors import (
     UnsupportedFormat,
     WrongGroup,
 )
-from .ids import device_id_for, device_of, is_device_id, is_replica_id
+from .ids import device_id_for, device_id_of, device_of, is_device_id, is_replica_id, raw_public_key
 
 __all__ = [
     "MEMBERSHIP_FORMAT",
@@ -144,10 +143,6 @@ class UnknownSigner(NotAMember):
     """A membership record is signed by a device this device does not know yet; sync the member list first."""
 
 
-def _raw_public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
 def group_id_for(founder_public_key: bytes, nonce: bytes) -> bytes:
     """The id of the group founded by this key with this nonce."""
     return hashlib.sha256(_GROUP_ID_LABEL + founder_public_key + nonce).digest()[:GROUP_ID_BYTES]
@@ -161,17 +156,17 @@ def group_key_id(group_id: bytes, epoch: int, group_key: bytes) -> bytes:
 
 def _check_group_id(group_id: bytes) -> None:
     if len(group_id) != GROUP_ID_BYTES:
-        raise DecodeError("a group id is 16 bytes")
+        raise LocalProtocolError("a group id is 16 bytes")
 
 
 def _check_device(device_id: str, what: str) -> None:
     if not is_device_id(device_id):
-        raise DecodeError(f"malformed membership record: {what} {device_id!r} is not a device id")
+        raise LocalProtocolError(f"invalid membership record: {what} {device_id!r} is not a device id")
 
 
 def _check_time(ms: int) -> None:
     if not 0 <= ms <= MAX_COUNTER:
-        raise DecodeError("malformed membership record: time out of range")
+        raise LocalProtocolError("invalid membership record: time out of range")
 
 
 def _read_header(r: Reader, tag: int) -> bytes:
@@ -212,22 +207,22 @@ class MemberRecord:
     def __post_init__(self) -> None:
         _check_group_id(self.group_id)
         if len(self.public_key) != 32 or len(self.kex_public_key) != 32:
-            raise DecodeError("malformed member record: public keys are 32 bytes")
+            raise LocalProtocolError("invalid member record: public keys are 32 bytes")
         try:
             name_bytes = len(self.name.encode("utf-8"))
         except UnicodeEncodeError as e:
-            raise DecodeError("a device name must be valid text") from e
+            raise LocalProtocolError("a device name must be valid text") from e
         if name_bytes > MAX_NAME_BYTES:
-            raise DecodeError(f"a device name is at most {MAX_NAME_BYTES} bytes")
+            raise LocalProtocolError(f"a device name is at most {MAX_NAME_BYTES} bytes")
         _check_device(self.added_by, "admitting device")
         _check_time(self.added_at_ms)
         if self.nonce is not None:
             if len(self.nonce) != NONCE_BYTES:
-                raise DecodeError("malformed member record: a group nonce is 16 bytes")
+                raise LocalProtocolError("invalid member record: a group nonce is 16 bytes")
             if self.added_by != self.device_id:
-                raise DecodeError("malformed member record: a founder record must be self-signed")
+                raise LocalProtocolError("invalid member record: a founder record must be self-signed")
         if len(self.signature) != _SIGNATURE_BYTES:
-            raise DecodeError("a signature is 64 bytes")
+            raise LocalProtocolError("a signature is 64 bytes")
 
     @property
     def device_id(self) -> str:
@@ -266,10 +261,7 @@ class MemberRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> MemberRecord:
-        r = Reader(data, "member record")
-        record = cls.decode_from(r)
-        r.end()
-        return record
+        return decode_whole(cls.decode_from, data, "member record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,17 +292,17 @@ class RevocationRecord:
         _check_device(self.revoked_by, "revoking device")
         _check_time(self.at_ms)
         if len(self.signature) != _SIGNATURE_BYTES:
-            raise DecodeError("a signature is 64 bytes")
+            raise LocalProtocolError("a signature is 64 bytes")
         if len(self.cutoff) > MAX_CUTOFF_ENTRIES:
-            raise DecodeError(f"malformed revocation record: more than {MAX_CUTOFF_ENTRIES} cutoff entries")
+            raise LocalProtocolError(f"invalid revocation record: more than {MAX_CUTOFF_ENTRIES} cutoff entries")
         previous = ""
         for replica, counter in self.cutoff:
             if not is_replica_id(replica) or device_of(replica) != self.device_id:
-                raise DecodeError(f"malformed revocation record: {replica!r} is not a replica of the revoked device")
+                raise LocalProtocolError(f"invalid revocation record: {replica!r} is not a replica of the revoked device")
             if replica <= previous:
-                raise DecodeError("malformed revocation record: cutoff entries must be sorted and distinct")
+                raise LocalProtocolError("invalid revocation record: cutoff entries must be sorted and distinct")
             if not 1 <= counter <= MAX_COUNTER:
-                raise DecodeError("malformed revocation record: cutoff counter out of range")
+                raise LocalProtocolError("invalid revocation record: cutoff counter out of range")
             previous = replica
 
     @property
@@ -347,10 +339,7 @@ class RevocationRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> RevocationRecord:
-        r = Reader(data, "revocation record")
-        record = cls.decode_from(r)
-        r.end()
-        return record
+        return decode_whole(cls.decode_from, data, "revocation record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,17 +366,17 @@ class KeyEpochRecord:
     def __post_init__(self) -> None:
         _check_group_id(self.group_id)
         if not 0 <= self.epoch <= MAX_EPOCH:
-            raise DecodeError("key epoch out of range")
+            raise LocalProtocolError("key epoch out of range")
         _check_device(self.recipient, "recipient")
         _check_device(self.created_by, "creator")
         if len(self.key_id) != KEY_ID_BYTES:
-            raise DecodeError("malformed key epoch record: a key id is 16 bytes")
+            raise LocalProtocolError("invalid key epoch record: a key id is 16 bytes")
         if len(self.ephemeral_public_key) != 32:
-            raise DecodeError("malformed key epoch record: an X25519 key is 32 bytes")
+            raise LocalProtocolError("invalid key epoch record: an X25519 key is 32 bytes")
         if len(self.sealed_key) != _SEALED_KEY_BYTES:
-            raise DecodeError("malformed key epoch record: a sealed key is 48 bytes")
+            raise LocalProtocolError("invalid key epoch record: a sealed key is 48 bytes")
         if len(self.signature) != _SIGNATURE_BYTES:
-            raise DecodeError("a signature is 64 bytes")
+            raise LocalProtocolError("a signature is 64 bytes")
 
     @property
     def signer(self) -> str:
@@ -418,10 +407,7 @@ class KeyEpochRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> KeyEpochRecord:
-        r = Reader(data, "key epoch record")
-        record = cls.decode_from(r)
-        r.end()
-        return record
+        return decode_whole(cls.decode_from, data, "key epoch record")
 
     def unwrap(self, kex_key: X25519PrivateKey) -> bytes | None:
         """The group key, or None if it was not sealed to this X25519 key (or was tampered with)."""
@@ -429,7 +415,7 @@ class KeyEpochRecord:
             shared = kex_key.exchange(X25519PublicKey.from_public_bytes(self.ephemeral_public_key))
         except ValueError:
             return None
-        key = _wrap_key(shared, self.group_id, _raw_public(kex_key), self.ephemeral_public_key)
+        key = _wrap_key(shared, self.group_id, raw_public_key(kex_key), self.ephemeral_public_key)
         try:
             group_key = ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, self.sealed_key, self.associated_data())
         except InvalidTag:
@@ -487,7 +473,7 @@ def _sign_revocation(
 ) -> RevocationRecord:
     entries = tuple(sorted((replica, counter) for replica, counter in cutoff.items() if counter > 0))
     draft = RevocationRecord(
-        group_id, device_id, device_id_for(_raw_public(signer)), now_ms, bytes(_SIGNATURE_BYTES), entries
+        group_id, device_id, device_id_of(signer), now_ms, bytes(_SIGNATURE_BYTES), entries
     )
     return dataclasses.replace(draft, signature=signer.sign(_signed_message(draft.unsigned())))
 
@@ -507,7 +493,7 @@ def _seal_key_epoch(
     Member record from blocking a revocation for everyone else.
     """
     ephemeral = X25519PrivateKey.generate()
-    ephemeral_public = _raw_public(ephemeral)
+    ephemeral_public = raw_public_key(ephemeral)
     try:
         shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_kex))
     except ValueError:
@@ -516,7 +502,7 @@ def _seal_key_epoch(
         group_id=group_id,
         epoch=epoch,
         recipient=recipient,
-        created_by=device_id_for(_raw_public(signer)),
+        created_by=device_id_of(signer),
         key_id=group_key_id(group_id, epoch, group_key),
         ephemeral_public_key=ephemeral_public,
         sealed_key=bytes(_SEALED_KEY_BYTES),
@@ -546,14 +532,14 @@ def found_group(
         raise ValueError("a group nonce is 16 bytes")
     if len(group_key) != GROUP_KEY_BYTES:
         raise ValueError("a group key is 32 bytes")
-    public_key = _raw_public(signing_key)
+    public_key = raw_public_key(signing_key)
     device_id = device_id_for(public_key)
     group_id = group_id_for(public_key, nonce)
     member = _sign_member(
         signing_key,
         group_id=group_id,
         public_key=public_key,
-        kex_public_key=_raw_public(kex_key),
+        kex_public_key=raw_public_key(kex_key),
         name=name,
         added_by=device_id,
         added_at_ms=now_ms,
@@ -928,7 +914,7 @@ class Membership:
 
     # Writing --------------------------------------------------------------
     def _require_current(self, signer: Ed25519PrivateKey) -> str:
-        device_id = device_id_for(_raw_public(signer))
+        device_id = device_id_of(signer)
         if not self.is_member(device_id):
             raise NotAMember(f"this device ({device_id}) is not a current member of the group")
         return device_id

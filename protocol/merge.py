@@ -37,7 +37,7 @@ __all__ = [
     "VersionMeta",
     "VersionState",
     "MemoryState",
-    "resolve",
+    "state_of",
     "winner_key",
     "context_for_new_version",
 ]
@@ -83,8 +83,11 @@ def winner_key(v: VersionMeta) -> tuple[bool, int, str, str, int]:
     return (not v.deleted, v.hlc, device_of(v.dot.origin), v.dot.origin, v.dot.counter)
 
 
-def resolve(versions: Iterable[VersionMeta]) -> MemoryState:
-    """The state of a memory given all the versions of it this device holds."""
+def state_of(versions: Iterable[VersionMeta]) -> MemoryState:
+    """The state of a memory given all the versions of it this device holds.
+
+    (Not "resolve": that is the user's verb for settling a conflict, ``peer resolve``.)
+    """
     by_dot: dict[Dot, VersionMeta] = {}
     for v in versions:
         by_dot.setdefault(v.dot, v)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import MAX_COUNTER, Dot
-from .codec import Reader, Writer
-from .errors import DecodeError, UnsupportedFormat
+from .codec import Reader, Writer, decode_whole
+from .errors import DecodeError, LocalProtocolError, UnsupportedFormat
 from .ids import device_of
 
 __all__ = [
@@ -85,29 +85,29 @@ class MemoryBody:
 
     def __post_init__(self) -> None:
         if not valid_kind(self.kind):
-            raise DecodeError(f"invalid kind {self.kind!r}")
+            raise LocalProtocolError(f"invalid kind {self.kind!r}")
         if self.project == "":
-            raise DecodeError("a project name cannot be empty")
+            raise LocalProtocolError("a project name cannot be empty")
         if tuple(sorted(set(self.tags))) != self.tags:
-            raise DecodeError("tags must be sorted and unique")
+            raise LocalProtocolError("tags must be sorted and unique")
         if any(not t for t in self.tags):
-            raise DecodeError("a tag cannot be empty")
+            raise LocalProtocolError("a tag cannot be empty")
         if self.importance is not None and not (0.0 <= self.importance <= 1.0):
-            raise DecodeError("importance must be between 0 and 1")
+            raise LocalProtocolError("importance must be between 0 and 1")
         for t in (self.created_at, self.updated_at):
             if not math.isfinite(t):
-                raise DecodeError("timestamps must be finite")
+                raise LocalProtocolError("timestamps must be finite")
         if len(self.embedding) % 4:
-            raise DecodeError("an embedding is a whole number of float32 values")
+            raise LocalProtocolError("an embedding is a whole number of float32 values")
         if bool(self.embedding) != bool(self.embedder):
-            raise DecodeError("an embedding needs its embedder id and vice versa")
+            raise LocalProtocolError("an embedding needs its embedder id and vice versa")
         try:
             parsed = json.loads(self.metadata)
         except (ValueError, RecursionError) as e:
             # RecursionError: deeply nested arrays, which a hostile sender can make.
-            raise DecodeError("metadata is not valid JSON") from e
+            raise LocalProtocolError("metadata is not valid JSON") from e
         if not isinstance(parsed, dict):
-            raise DecodeError("metadata must be a JSON object")
+            raise LocalProtocolError("metadata must be a JSON object")
 
     @property
     def metadata_dict(self) -> dict[str, Any]:
@@ -127,7 +127,10 @@ class MemoryBody:
 
     @classmethod
     def decode(cls, data: bytes) -> MemoryBody:
-        r = Reader(data, "memory body")
+        return decode_whole(cls.decode_from, data, "memory body")
+
+    @classmethod
+    def decode_from(cls, r: Reader) -> MemoryBody:
         content = r.str(MAX_CONTENT_BYTES)
         kind = r.str(64)
         project = r.str(MAX_FIELD_BYTES) or None
@@ -140,7 +143,6 @@ class MemoryBody:
         deleted = r.bool()
         embedder = r.str(256)
         embedding = r.bytes(MAX_EMBEDDING_BYTES)
-        r.end()
         # Compare the bits: -0.0 == 0.0, and only +0.0 is the canonical "no importance".
         if not has_importance and struct.pack("<d", importance) != bytes(8):
             raise DecodeError("malformed memory body: importance set without its flag")
@@ -182,20 +184,20 @@ class VersionHeader:
                 f"version format {self.format} is not supported (this peer reads {FORMAT_VERSION}); upgrade peer"
             )
         if len(self.group_id) != 16:
-            raise DecodeError("a group id is 16 bytes")
+            raise LocalProtocolError("a group id is 16 bytes")
         if not 0 <= self.epoch < 1 << 32:
-            raise DecodeError("key epoch out of range")
+            raise LocalProtocolError("key epoch out of range")
         try:
             if str(uuid.UUID(self.memory_id)) != self.memory_id:
                 raise ValueError
         except ValueError as e:
-            raise DecodeError(f"malformed memory id {self.memory_id!r}") from e
+            raise LocalProtocolError(f"invalid memory id {self.memory_id!r}") from e
         if tuple(sorted(set(self.context))) != self.context:
-            raise DecodeError("a version's context must be sorted and unique")
+            raise LocalProtocolError("a version's context must be sorted and unique")
         if self.dot in self.context:
-            raise DecodeError("a version cannot supersede itself")
+            raise LocalProtocolError("a version cannot supersede itself")
         if not 0 <= self.hlc <= MAX_COUNTER << 16:
-            raise DecodeError("clock time out of range")
+            raise LocalProtocolError("clock time out of range")
 
     @property
     def author(self) -> str:
@@ -232,7 +234,4 @@ class VersionHeader:
 
     @classmethod
     def decode(cls, data: bytes) -> VersionHeader:
-        r = Reader(data, "version header")
-        header = cls.decode_from(r)
-        r.end()
-        return header
+        return decode_whole(cls.decode_from, data, "version header")

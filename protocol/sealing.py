@@ -25,12 +25,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .clock import Dot
-from .codec import Reader, Writer
-from .errors import BadSignature, DecodeError, DecryptionFailed, NotAMember, UnknownEpochKey, WrongGroup
-from .ids import device_id_for
+from .codec import Reader, Writer, decode_whole
+from .errors import (
+    BadSignature,
+    DecodeError,
+    DecryptionFailed,
+    LocalProtocolError,
+    NotAMember,
+    UnknownEpochKey,
+    WrongGroup,
+)
+from .ids import device_id_of
 from .records import MemoryBody, VersionHeader
 
 __all__ = [
@@ -78,9 +85,9 @@ class SealedVersion:
 
     def __post_init__(self) -> None:
         if len(self.signature) != _SIGNATURE_BYTES:
-            raise DecodeError("a signature is 64 bytes")
+            raise LocalProtocolError("a signature is 64 bytes")
         if len(self.box) < _NONCE_BYTES + 16:
-            raise DecodeError("sealed box too short")
+            raise LocalProtocolError("sealed box too short")
 
     def encode(self) -> bytes:
         return Writer().bytes(self.header_bytes).bytes(self.box).raw(self.signature).getvalue()
@@ -102,10 +109,7 @@ class SealedVersion:
         """Parse without any cryptographic check (see :func:`open_version`)."""
         if len(data) > MAX_SEALED_BYTES + (1 << 20):
             raise DecodeError("sealed version too large")
-        r = Reader(data, "sealed version")
-        sealed = cls.decode_from(r)
-        r.end()
-        return sealed
+        return decode_whole(cls.decode_from, data, "sealed version")
 
 
 def _version_key(group_key: bytes, header: VersionHeader) -> bytes:
@@ -130,7 +134,7 @@ def seal(
     """Seal ``body`` under ``header``; the signing key must be the author's (the dot's device)."""
     if len(group_key) != 32:
         raise ValueError("a group key is 32 bytes")
-    author = device_id_for(signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    author = device_id_of(signing_key)
     if author != header.author:
         raise ValueError(f"device {author} cannot author a dot of replica {header.dot.origin}")
     if nonce is None:

@@ -16,14 +16,21 @@ a turn. Each side:
 The session tracks the two directions separately, ``our_state`` for what
 this side has sent and ``their_state`` for what it has received. Both move
 through the same table, :data:`TRANSITIONS`, ``START -> HELLO -> MEMBERS
-(-> MEMBERS...) -> VERSIONS (-> VERSIONS...) -> DONE``; a frame that has no
-entry for the state of its direction is a :class:`LocalProtocolError` when
-we send it and a :class:`RemoteProtocolError` when we receive it, and the
-message names the frame and the state. The only rules outside the table:
-MEMBERS, VERSIONS and DONE in one direction need the HELLO of the other
-(what to send depends on what the other holds); VERSIONS and DONE need a
-non-empty member list first when the digests differ; DONE's count must
-match. Any error moves both directions to ``ERROR`` for good.
+(-> MEMBERS...) -> VERSIONS (-> VERSIONS...) -> DONE``, and every frame,
+sent or received, goes through one method, ``_process(direction, frame)``:
+look the move up, run the guards the table lists for it, count, move
+(ERROR frames alone bypass it: they end the session in any state). A
+frame that has no entry for the state of its direction is a
+:class:`LocalProtocolError` when we send it and a
+:class:`RemoteProtocolError` when we receive it, and the message names the
+frame and the state. The guards are the rules the states alone do not
+capture, each written once for both directions: MEMBERS, VERSIONS and DONE
+need the HELLO of the other direction (what to send depends on what the
+other holds); VERSIONS and DONE need a non-empty member list first when the
+digests differ; versions must be of this group; DONE's count must match;
+a HELLO must be this session's own (sent) or acceptable (received: same
+protocol version and group, another device, the one expected). Any error
+moves both directions to ``ERROR`` for good.
 
 :class:`SessionComplete` is the one event after which the receiver may
 merge the sender's vector into its own. It comes only when the peer's DONE
@@ -115,16 +122,7 @@ class SessionState(enum.Enum):
     ERROR = "error"  #: the session failed; nothing else may follow
 
 
-#: Every legal move of one direction: (state, frame type) -> next state.
-TRANSITIONS: Final[Mapping[tuple[SessionState, type[Frame]], SessionState]] = {
-    (SessionState.START, Hello): SessionState.HELLO,
-    (SessionState.HELLO, Members): SessionState.MEMBERS,
-    (SessionState.MEMBERS, Members): SessionState.MEMBERS,
-    (SessionState.MEMBERS, VersionsBatch): SessionState.VERSIONS,
-    (SessionState.VERSIONS, VersionsBatch): SessionState.VERSIONS,
-    (SessionState.MEMBERS, Done): SessionState.DONE,
-    (SessionState.VERSIONS, Done): SessionState.DONE,
-}
+# The table itself is below the session (its guards need the class); see _RULES.
 
 
 # Events ---------------------------------------------------------------
@@ -269,20 +267,20 @@ class SyncSession:
 
     ``peer_device_id``, when the transport already authenticated the other
     device (SSH), is checked against the device id in its HELLO.
-    ``protocol_version`` exists for tests of version refusal.
+
+    ``protocol_version`` is a test hook, not a setting: it makes a session
+    that claims another version, so tests can watch both sides refuse each
+    other. Drivers never pass it; a real device speaks
+    :data:`~protocol.frames.PROTOCOL_VERSION` only.
     """
 
     __slots__ = (
         "_hello",
         "_decoder",
         "_peer_device_id",
-        "_our",
-        "_their",
+        "_ours",
+        "_theirs",
         "_peer_hello",
-        "_records_sent",
-        "_records_received",
-        "_versions_sent",
-        "_versions_received",
         "_complete_pending",
         "_complete",
         "_failure",
@@ -305,13 +303,9 @@ class SyncSession:
         self._hello = Hello(protocol_version, device_id, group_id, vector, membership_digest, flags)
         self._decoder = FrameDecoder(max_frame_size)
         self._peer_device_id = peer_device_id
-        self._our = SessionState.START
-        self._their = SessionState.START
+        self._ours = _Direction(ours=True)
+        self._theirs = _Direction(ours=False)
         self._peer_hello: Hello | None = None
-        self._records_sent = 0
-        self._records_received = 0
-        self._versions_sent = 0
-        self._versions_received = 0
         self._complete_pending = False
         self._complete = False
         self._failure: PeerError | None = None
@@ -325,11 +319,11 @@ class SyncSession:
 
     @property
     def our_state(self) -> SessionState:
-        return self._our
+        return self._ours.state
 
     @property
     def their_state(self) -> SessionState:
-        return self._their
+        return self._theirs.state
 
     @property
     def peer_hello(self) -> Hello | None:
@@ -353,11 +347,11 @@ class SyncSession:
 
     @property
     def versions_sent(self) -> int:
-        return self._versions_sent
+        return self._ours.versions
 
     @property
     def versions_received(self) -> int:
-        return self._versions_received
+        return self._theirs.versions
 
     @property
     def complete(self) -> bool:
@@ -375,11 +369,40 @@ class SyncSession:
             return f"device {format_device_id(self._peer_device_id)}"
         return "the other device"
 
+    def _other(self, direction: _Direction) -> _Direction:
+        return self._theirs if direction.ours else self._ours
+
     def _fail(self, exc: PeerError) -> PeerError:
-        self._our = self._their = SessionState.ERROR
+        self._ours.state = self._theirs.state = SessionState.ERROR
         if self._failure is None:
             self._failure = exc
         return exc
+
+    # The one path of every frame, sent or received ----------------------
+    def _process(self, direction: _Direction, frame: Frame) -> None:
+        """Check ``frame`` against the table and its guards, then move ``direction`` on.
+
+        Raises the error the first broken rule gives for this direction; the
+        caller fails the session with it. Nothing changes unless every rule holds.
+        """
+        rule = _RULES.get((direction.state, type(frame)))
+        if rule is None:
+            name, state = frame_name(frame), direction.state.name
+            if direction.ours:
+                raise LocalProtocolError(f"cannot send {name} in state {state}")
+            raise RemoteProtocolError(f"{self._peer_name()} sent {name}, which is not allowed in state {state}")
+        for guard in rule.guards:
+            refusal = guard(self, direction, frame)
+            if refusal is not None:
+                raise refusal
+        if isinstance(frame, Members):
+            direction.records += len(frame.records)
+        elif isinstance(frame, VersionsBatch):
+            direction.versions += len(frame.versions)
+        direction.state = rule.next
+        if self._ours.state is SessionState.DONE and self._theirs.state is SessionState.DONE:
+            # Both DONE: the table has no move out of DONE, so this happens once.
+            self._complete_pending = True
 
     # Sending ----------------------------------------------------------
     def start(self) -> bytes:
@@ -390,52 +413,22 @@ class SyncSession:
         """The bytes of ``frame``, after checking that this side may send it now."""
         if isinstance(frame, ErrorFrame):
             return self._send_error_frame(frame)
-        name = frame_name(frame)
         if self._failure is not None:
-            raise LocalProtocolError(f"cannot send {name}: this sync session already failed ({self._failure})")
-        new_state = TRANSITIONS.get((self._our, type(frame)))
-        if new_state is None:
-            raise self._fail(LocalProtocolError(f"cannot send {name} in state {self._our.name}"))
-        if isinstance(frame, Hello):
-            if frame != self._hello:
-                raise self._fail(LocalProtocolError("send this session's own HELLO (use start())"))
-        elif self._their is SessionState.START:
-            raise self._fail(
-                LocalProtocolError(f"cannot send {name} before the other device's HELLO arrived (state {self._our.name})")
+            raise LocalProtocolError(
+                f"cannot send {frame_name(frame)}: this sync session already failed ({self._failure})"
             )
-        if isinstance(frame, Members):
-            self._records_sent += len(frame.records)
-        elif isinstance(frame, (VersionsBatch, Done)):
-            if self.members_needed and not self._records_sent:
-                raise self._fail(
-                    LocalProtocolError(
-                        f"cannot send {name} in state {self._our.name}: the membership digests differ,"
-                        " so this side's member records must be sent first"
-                    )
-                )
-            if isinstance(frame, VersionsBatch):
-                for version in frame.versions:
-                    if version.header.group_id != self._hello.group_id:
-                        raise self._fail(
-                            LocalProtocolError(f"version {version.header.dot} belongs to another group than this session")
-                        )
-            if isinstance(frame, Done) and frame.count != self._versions_sent:
-                raise self._fail(
-                    LocalProtocolError(f"DONE says {frame.count} versions but this side sent {self._versions_sent}")
-                )
         data = encode_frame(frame)
         if len(data) - 4 > self._decoder.max_frame_size:
             raise self._fail(
                 LocalProtocolError(
-                    f"a {name} frame of {len(data) - 4} bytes is above the limit of"
+                    f"a {frame_name(frame)} frame of {len(data) - 4} bytes is above the limit of"
                     f" {self._decoder.max_frame_size} bytes; send smaller batches"
                 )
             )
-        if isinstance(frame, VersionsBatch):
-            self._versions_sent += len(frame.versions)
-        self._our = new_state
-        if new_state is SessionState.DONE and self._their is SessionState.DONE:
-            self._complete_pending = True
+        try:
+            self._process(self._ours, frame)
+        except PeerError as e:
+            raise self._fail(e) from None
         return data
 
     def _send_error_frame(self, frame: ErrorFrame) -> bytes:
@@ -479,8 +472,8 @@ class SyncSession:
         except PeerError as e:
             raise self._fail(e) from None
         if frame is NEED_DATA or frame is END_OF_STREAM:
-            if self._their is SessionState.DONE:
-                if self._our is not SessionState.DONE:
+            if self._theirs.state is SessionState.DONE:
+                if self._ours.state is not SessionState.DONE:
                     return PAUSED
                 return ConnectionClosed() if frame is END_OF_STREAM else NEED_DATA
             if frame is NEED_DATA:
@@ -488,7 +481,7 @@ class SyncSession:
             raise self._fail(
                 RemoteProtocolError(
                     f"{self._peer_name()} closed the connection before it finished sending (state"
-                    f" {self._their.name}); nothing is lost, the next sync resends what is missing"
+                    f" {self._theirs.state.name}); nothing is lost, the next sync resends what is missing"
                 )
             )
         try:
@@ -501,79 +494,157 @@ class SyncSession:
             self._peer_error = True
             make = _RECEIVED_ERRORS.get(frame.code, RemoteProtocolError)
             raise make(f"{self._peer_name()} ended the sync: {_printable(frame.message)}")
-        name = frame_name(frame)
-        new_state = TRANSITIONS.get((self._their, type(frame)))
-        if new_state is None:
-            raise RemoteProtocolError(f"{self._peer_name()} sent {name}, which is not allowed in state {self._their.name}")
-        if not isinstance(frame, Hello) and self._our is SessionState.START:
-            raise RemoteProtocolError(f"{self._peer_name()} sent {name} before this side's HELLO (state {self._their.name})")
-        event: Event
+        self._process(self._theirs, frame)
         if isinstance(frame, Hello):
-            event = self._receive_hello(frame)
-        elif isinstance(frame, Members):
-            self._records_received += len(frame.records)
-            event = MembersReceived(frame.records)
-        else:
-            if self.members_needed and not self._records_received:
-                raise RemoteProtocolError(
-                    f"{self._peer_name()} sent {name} in state {self._their.name} without its member records,"
-                    " though the membership digests differ"
-                )
-            if isinstance(frame, VersionsBatch):
-                group_id = self._hello.group_id
-                for version in frame.versions:
-                    if version.header.group_id != group_id:
-                        raise WrongGroup(
-                            f"{self._peer_name()} sent version {version.header.dot} of group"
-                            f" {version.header.group_id.hex()}, not of this group {group_id.hex()}"
-                        )
-                self._versions_received += len(frame.versions)
-                event = VersionsReceived(frame.versions)
-            else:
-                assert isinstance(frame, Done)
-                if frame.count != self._versions_received:
-                    raise RemoteProtocolError(
-                        f"{self._peer_name()} says it sent {frame.count} versions, but {self._versions_received}"
-                        " arrived; the connection lost data"
-                    )
-                if self._our is SessionState.DONE:
-                    self._complete_pending = True
-                event = PeerDone(frame.count)
-        self._their = new_state
-        return event
+            self._peer_hello = frame
+            return HelloReceived(
+                device_id=frame.device_id,
+                vector=frame.vector,
+                membership_digest=frame.membership_digest,
+                flags=frame.flags,
+                members_needed=frame.membership_digest != self._hello.membership_digest,
+            )
+        if isinstance(frame, Members):
+            return MembersReceived(frame.records)
+        if isinstance(frame, VersionsBatch):
+            return VersionsReceived(frame.versions)
+        assert isinstance(frame, Done), frame
+        return PeerDone(frame.count)
 
-    def _receive_hello(self, hello: Hello) -> HelloReceived:
-        ours = self._hello
-        them = format_device_id(hello.device_id)
-        if hello.version != ours.version:
-            raise UnsupportedFormat(
-                f"device {them} speaks sync protocol version {hello.version} and device"
-                f" {format_device_id(ours.device_id)} version {ours.version}; upgrade peer on the older one"
-            )
-        if hello.group_id != ours.group_id:
-            raise WrongGroup(
-                f"device {them} belongs to group {hello.group_id.hex()} and device"
-                f" {format_device_id(ours.device_id)} to group {ours.group_id.hex()}; only members of one group"
-                " sync together (pair them with `peer invite` and `peer join`)"
-            )
-        if hello.device_id == ours.device_id:
-            raise RemoteProtocolError(
-                f"the other side has this device's own id ({them}): a device cannot sync with itself;"
-                " if a peer home directory was copied, run `peer init` on the copy"
-            )
-        if self._peer_device_id is not None and hello.device_id != self._peer_device_id:
-            raise TrustError(
-                f"the device at the other end says it is {them}, but its key belongs to"
-                f" {format_device_id(self._peer_device_id)}; refusing to sync"
-            )
-        self._peer_hello = hello
-        return HelloReceived(
-            device_id=hello.device_id,
-            vector=hello.vector,
-            membership_digest=hello.membership_digest,
-            flags=hello.flags,
-            members_needed=hello.membership_digest != ours.membership_digest,
+
+# The table and its guards ---------------------------------------------
+
+
+@dataclass(slots=True)
+class _Direction:
+    """What one direction of the session has done: its state and what it counted."""
+
+    ours: bool  #: this side's sending direction (else what the other device sends)
+    state: SessionState = SessionState.START
+    records: int = 0
+    versions: int = 0
+
+
+#: A rule beyond the state: given the session, the direction a frame moves
+#: and the frame, the error that refuses it (worded for that direction), or None.
+_Guard = Callable[[SyncSession, _Direction, Frame], "PeerError | None"]
+
+
+def _hello_is_expected(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
+    """Ours: the session's own HELLO. Theirs: same version and group, another device, the one expected."""
+    assert isinstance(frame, Hello)
+    ours = s._hello
+    if d.ours:
+        return None if frame == ours else LocalProtocolError("send this session's own HELLO (use start())")
+    them, me = format_device_id(frame.device_id), format_device_id(ours.device_id)
+    if frame.version != ours.version:
+        return UnsupportedFormat(
+            f"device {them} speaks sync protocol version {frame.version} and device"
+            f" {me} version {ours.version}; upgrade peer on the older one"
         )
+    if frame.group_id != ours.group_id:
+        return WrongGroup(
+            f"device {them} belongs to group {frame.group_id.hex()} and device"
+            f" {me} to group {ours.group_id.hex()}; only members of one group"
+            " sync together (pair them with `peer invite` and `peer join`)"
+        )
+    if frame.device_id == ours.device_id:
+        return RemoteProtocolError(
+            f"the other side has this device's own id ({them}): a device cannot sync with itself;"
+            " if a peer home directory was copied, run `peer init` on the copy"
+        )
+    if s._peer_device_id is not None and frame.device_id != s._peer_device_id:
+        return TrustError(
+            f"the device at the other end says it is {them}, but its key belongs to"
+            f" {format_device_id(s._peer_device_id)}; refusing to sync"
+        )
+    return None
+
+
+def _after_other_hello(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
+    """Everything after HELLO depends on what the other side holds, so it waits for the other's HELLO."""
+    if s._other(d).state is not SessionState.START:
+        return None
+    name, state = frame_name(frame), d.state.name
+    if d.ours:
+        return LocalProtocolError(f"cannot send {name} before the other device's HELLO arrived (state {state})")
+    return RemoteProtocolError(f"{s._peer_name()} sent {name} before this side's HELLO (state {state})")
+
+
+def _members_first(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
+    """When the membership digests differ, member records come before any version and before DONE."""
+    if d.records or not s.members_needed:
+        return None
+    name, state = frame_name(frame), d.state.name
+    if d.ours:
+        return LocalProtocolError(
+            f"cannot send {name} in state {state}: the membership digests differ,"
+            " so this side's member records must be sent first"
+        )
+    return RemoteProtocolError(
+        f"{s._peer_name()} sent {name} in state {state} without its member records,"
+        " though the membership digests differ"
+    )
+
+
+def _of_this_group(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
+    """Every version in a batch belongs to this session's group."""
+    assert isinstance(frame, VersionsBatch)
+    group_id = s._hello.group_id
+    for version in frame.versions:
+        if version.header.group_id != group_id:
+            if d.ours:
+                return LocalProtocolError(f"version {version.header.dot} belongs to another group than this session")
+            return WrongGroup(
+                f"{s._peer_name()} sent version {version.header.dot} of group"
+                f" {version.header.group_id.hex()}, not of this group {group_id.hex()}"
+            )
+    return None
+
+
+def _count_matches(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
+    """DONE counts every version sent in the session in that direction."""
+    assert isinstance(frame, Done)
+    if frame.count == d.versions:
+        return None
+    if d.ours:
+        return LocalProtocolError(f"DONE says {frame.count} versions but this side sent {d.versions}")
+    return RemoteProtocolError(
+        f"{s._peer_name()} says it sent {frame.count} versions, but {d.versions} arrived; the connection lost data"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    next: SessionState
+    guards: tuple[_Guard, ...] = ()
+
+
+_START, _HELLO, _MEMBERS, _VERSIONS, _DONE = (
+    SessionState.START,
+    SessionState.HELLO,
+    SessionState.MEMBERS,
+    SessionState.VERSIONS,
+    SessionState.DONE,
+)
+_BATCH_GUARDS: Final = (_after_other_hello, _members_first, _of_this_group)
+_DONE_GUARDS: Final = (_after_other_hello, _members_first, _count_matches)
+
+#: Every legal move of one direction, with the guards it must pass: the one table.
+_RULES: Final[Mapping[tuple[SessionState, type[Frame]], _Rule]] = {
+    (_START, Hello): _Rule(_HELLO, (_hello_is_expected,)),
+    (_HELLO, Members): _Rule(_MEMBERS, (_after_other_hello,)),
+    (_MEMBERS, Members): _Rule(_MEMBERS, (_after_other_hello,)),
+    (_MEMBERS, VersionsBatch): _Rule(_VERSIONS, _BATCH_GUARDS),
+    (_VERSIONS, VersionsBatch): _Rule(_VERSIONS, _BATCH_GUARDS),
+    (_MEMBERS, Done): _Rule(_DONE, _DONE_GUARDS),
+    (_VERSIONS, Done): _Rule(_DONE, _DONE_GUARDS),
+}
+
+#: Every legal move of one direction: (state, frame type) -> next state (the table without its guards).
+TRANSITIONS: Final[Mapping[tuple[SessionState, type[Frame]], SessionState]] = {
+    key: rule.next for key, rule in _RULES.items()
+}
 
 
 # Feeding a session from a synchronous source ---------------------------

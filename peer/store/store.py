@@ -4,7 +4,7 @@ Theory of operation. The store keeps *versions*, never memories: each row
 of ``versions`` is one immutable version, with its dot, its context, the
 exact sealed bytes it travels as, and its decoded fields. What a memory
 *is* (its winner, its siblings, whether it is deleted) is a pure function
-of its versions (:func:`protocol.merge.resolve`); the store caches that
+of its versions (:func:`protocol.merge.state_of`); the store caches that
 result in each row's ``state`` column and recomputes it, in the same
 transaction, for every memory a write touches. Nothing is ever deleted.
 
@@ -56,6 +56,7 @@ from protocol import (
     DecodeError,
     Dot,
     HybridLogicalClock,
+    LocalProtocolError,
     Membership,
     MemoryBody,
     NotAMember,
@@ -73,8 +74,8 @@ from protocol import (
     next_counter,
     open_version,
     replica_id,
-    resolve,
     seal,
+    state_of,
     valid_kind,
 )
 
@@ -805,7 +806,7 @@ class Store:
         for rows in (await self._merge_rows(r[1] for r in dropped)).values():
             if not rows:
                 continue  # every version of that memory was dropped: it is gone
-            state = resolve(r.meta for r in rows)
+            state = state_of(r.meta for r in rows)
             for r in rows:
                 if state.states[r.meta.dot] != r.state:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
@@ -948,14 +949,14 @@ class Store:
                 txn.last_counter = next_counter(txn.last_counter, self._now_ms())
                 dot = Dot(self.replica_id, txn.last_counter)
                 hlc = clock.tick()
-                context = context_for_new_version(resolve(r.meta for r in prior)) if prior else ()
+                context = context_for_new_version(state_of(r.meta for r in prior)) if prior else ()
                 if placements is not None:
                     context, hlc = placements[at].place(context, hlc)
                 header = VersionHeader(
                     group_id=self.group_id, epoch=epoch, memory_id=memory_id, dot=dot, context=context, hlc=hlc
                 )
                 sealed = seal(header, body, signing_key=self._signing_key, group_key=group_key)
-                after = resolve([*(r.meta for r in prior), VersionMeta(dot, context, hlc, body.deleted)])
+                after = state_of([*(r.meta for r in prior), VersionMeta(dot, context, hlc, body.deleted)])
                 for r in prior:
                     state = after.states[r.meta.dot]
                     if state != r.state:
@@ -986,7 +987,7 @@ class Store:
                 embedder=embedder,
                 embedding=vector,
             )
-        except DecodeError as e:
+        except LocalProtocolError as e:
             raise StoreError(f"cannot store this memory: {e}") from e
 
     async def add(self, draft: Draft, embedding: bytes | None = None, embedder: str = "") -> str:
@@ -1064,7 +1065,7 @@ class Store:
             body = self._draft_body(version.draft, version.embedding, version.embedder, now)
             try:
                 body = replace(body, updated_at=float(version.updated_at))
-            except (DecodeError, TypeError, ValueError) as e:
+            except (LocalProtocolError, TypeError, ValueError) as e:
                 raise StoreError(f"cannot import memory {memory_id}: {e}") from e
             planned.append((memory_id, body, version))
         if len({memory_id for memory_id, _, _ in planned}) != len(planned):
@@ -1076,7 +1077,7 @@ class Store:
             placements: builtins.list[_Placement] = []
             for memory_id, body, version in planned:
                 prior = by_memory[memory_id]
-                state = resolve(r.meta for r in prior) if prior else None
+                state = state_of(r.meta for r in prior) if prior else None
                 winner = None if state is None else state.winner
                 if (None if winner is None else str(winner)) != version.expected:
                     raise StoreError(
@@ -1184,7 +1185,7 @@ class Store:
                     embedder=vector_embedder,
                     embedding=bytes(vector),
                 )
-            except DecodeError as e:
+            except LocalProtocolError as e:
                 raise StoreError(f"cannot store this edit: {e}") from e
             await self._write_local([(memory_id, body, prior)], txn)
         return memory_id
@@ -1325,7 +1326,7 @@ class Store:
         updates: list[tuple[int, int, int]] = []
         for memory_id, new in new_by_memory.items():
             prior = by_memory.get(memory_id, [])
-            state = resolve(
+            state = state_of(
                 [
                     *(r.meta for r in prior),
                     *(VersionMeta(s.header.dot, s.header.context, s.header.hlc, b.deleted) for s, b in new),

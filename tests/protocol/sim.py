@@ -11,7 +11,7 @@ signatures, real AEAD), deduplicated by dot, and never dropped, except
 what a revocation refuses: like the store, a device accepts a revoked
 device's versions only up to the revocation's cutoff (``author_key``),
 and when it learns of a revocation it drops the versions above it. A
-memory's state is :func:`protocol.merge.resolve` over all of its versions.
+memory's state is :func:`protocol.merge.state_of` over all of its versions.
 
 A device restored from a snapshot keeps the snapshot's versions and vector
 but writes as a new incarnation (``DEVICEID.N``), so the dots it wrote
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import (
     NEED_DATA,
@@ -63,15 +62,16 @@ from protocol import (
     VersionState,
     VersionVector,
     context_for_new_version,
-    device_id_for,
+    device_id_of,
     device_of,
     found_group,
     next_counter,
     open_version,
     outgoing,
+    raw_public_key,
     replica_id,
-    resolve,
     seal,
+    state_of,
 )
 from protocol.ids import MAX_INCARNATION
 
@@ -109,10 +109,6 @@ class SimClock:
 
 def _seed(label: str, name: str) -> bytes:
     return hashlib.sha256(f"sim/{label}/{name}".encode()).digest()
-
-
-def _raw_public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def memory_uuid(n: int) -> str:
@@ -163,7 +159,7 @@ class SimDevice:
     _keys: tuple[bytes, dict[int, bytes]] | None = None
 
     def __post_init__(self) -> None:
-        self.device_id = device_id_for(_raw_public(self.signing_key))
+        self.device_id = device_id_of(self.signing_key)
         self.hlc = HybridLogicalClock(self.now_ms)
 
     # -- identity, group and clocks ---------------------------------------------
@@ -197,8 +193,8 @@ class SimDevice:
         self.membership.add_member(
             self.signing_key,
             self.kex_key,
-            device_public_key=_raw_public(signing),
-            kex_public_key=_raw_public(kex),
+            device_public_key=raw_public_key(signing),
+            kex_public_key=raw_public_key(kex),
             name=name,
             now_ms=self.now_ms(),
             epoch_keys=self.group_keys,
@@ -375,7 +371,7 @@ class SimDevice:
 
     def state(self, memory_id: str) -> MemoryState | None:
         metas = self.metas(memory_id)
-        return resolve(metas) if metas else None
+        return state_of(metas) if metas else None
 
     def winner_body(self, memory_id: str) -> MemoryBody | None:
         state = self.state(memory_id)

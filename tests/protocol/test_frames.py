@@ -1,22 +1,24 @@
 from __future__ import annotations
 
+import typing
 import uuid
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import (
     DecodeError,
     Dot,
+    LocalProtocolError,
     MemoryBody,
     RemoteProtocolError,
     VersionHeader,
     VersionVector,
     seal,
 )
+from protocol.codec import encode_uvarint
 from protocol.frames import (
     END_OF_STREAM,
     NEED_DATA,
@@ -32,12 +34,15 @@ from protocol.frames import (
     JoinReject,
     JoinRequest,
     Members,
+    ReceiveBuffer,
     VersionsBatch,
     decode_frame,
     encode_frame,
+    frame_name,
 )
-from protocol.ids import device_id_for
+from protocol.ids import device_id_of
 from protocol.sealing import SealedVersion
+from protocol.session import SyncSession
 
 GROUP = bytes(range(16))
 GROUP_KEY = bytes(32)
@@ -48,7 +53,7 @@ def device_key(seed: int) -> Ed25519PrivateKey:
 
 
 def device_id(key: Ed25519PrivateKey) -> str:
-    return device_id_for(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return device_id_of(key)
 
 
 def make_version(key: Ed25519PrivateKey, counter: int, content: str = "a fact", group: bytes = GROUP) -> SealedVersion:
@@ -196,24 +201,57 @@ def test_hello_of_another_version_is_read_from_its_prefix() -> None:
 
 
 def test_frames_validate_on_construction() -> None:
-    with pytest.raises(DecodeError):
+    # Built on this side: this side's bug, a local error (not "malformed", which blames the sender).
+    with pytest.raises(LocalProtocolError):
         Hello(PROTOCOL_VERSION, "not a device", GROUP, VersionVector(), bytes(32))
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         Hello(PROTOCOL_VERSION, A, b"short", VersionVector(), bytes(32))
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         Hello(PROTOCOL_VERSION, A, GROUP, VersionVector(), bytes(31))
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         Members((b"",))
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         VersionsBatch(())
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         Done(-1)
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         ErrorFrame(1, "x" * 5000)
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         ErrorFrame(1, "\ud800")  # not encodable as UTF-8
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         JoinRequest(b"", b"k" * 32, b"x" * 32, "n", b"p" * 32)
+
+
+def test_a_bad_hello_is_local_when_built_and_remote_when_received() -> None:
+    lowercase = A.lower()  # the right length, but not a device id
+    with pytest.raises(LocalProtocolError, match="is not a device id") as built:
+        Hello(PROTOCOL_VERSION, lowercase, GROUP, VersionVector(), bytes(32))
+    assert not isinstance(built.value, RemoteProtocolError)
+    # The same HELLO as bytes from the other side: a DecodeError, never a LocalProtocolError.
+    data = encode_frame(Hello(PROTOCOL_VERSION, A, GROUP, VersionVector(), bytes(32))).replace(A.encode(), lowercase.encode())
+    d = FrameDecoder()
+    d.receive_data(data)
+    with pytest.raises(DecodeError, match="malformed HELLO: .* is not a device id") as received:
+        d.next_frame()
+    assert not isinstance(received.value, LocalProtocolError)
+    with pytest.raises(DecodeError, match="is not a device id"):
+        decode_frame(data[4], data[5:])
+    session = SyncSession(A, GROUP, VersionVector(), bytes(32))
+    session.receive_data(data)
+    with pytest.raises(DecodeError, match="malformed HELLO"):
+        session.next_event()
+
+
+def test_frame_codecs_are_one_row_per_frame_type() -> None:
+    # Every frame type has one tag and one name, and each tag decodes back to its type.
+    from protocol import frames
+
+    codecs = frames._CODECS
+    assert set(codecs) == set(typing.get_args(Frame))
+    assert len({c.tag for c in codecs.values()}) == len(codecs)
+    assert len({c.name for c in codecs.values()}) == len(codecs)
+    assert {frame_name(t) for t in codecs} == {c.name for c in codecs.values()}
+    assert frames._BY_TAG == {c.tag: c for c in codecs.values()}
 
 
 def test_join_proof_binds_secret_and_keys() -> None:
@@ -246,3 +284,24 @@ def test_many_frames_in_one_large_chunk_then_a_split_one() -> None:
     d.receive_data(tail[500:])
     assert drain(d) == [Members((b"x" * 1000,))]
     assert d.buffered == 0
+
+
+@given(st.integers(min_value=0, max_value=(1 << 84) - 1), st.binary(max_size=3))
+def test_receive_buffer_reads_a_varint_incrementally(n: int, prefix: bytes) -> None:
+    encoded = encode_uvarint(n)
+    buf = ReceiveBuffer()
+    buf.append(prefix)
+    for byte in encoded[:-1]:
+        buf.append(bytes((byte,)))
+        assert buf.maybe_uvarint(len(prefix)) is None  # incomplete: not an error, no result
+    buf.append(encoded[-1:] + b"after")
+    assert buf.maybe_uvarint(len(prefix)) == (n, len(prefix) + len(encoded))
+    assert len(buf) == len(prefix) + len(encoded) + 5  # nothing consumed
+
+
+def test_receive_buffer_refuses_malformed_varints() -> None:
+    for data, why in ((b"\x80\x00", "non-minimal"), (b"\xff" * 12, "too long")):
+        buf = ReceiveBuffer()
+        buf.append(data)
+        with pytest.raises(DecodeError, match=why):
+            buf.maybe_uvarint()

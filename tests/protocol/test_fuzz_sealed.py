@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +38,7 @@ from protocol import (
     device_id_for,
     found_group,
     open_version,
+    raw_public_key,
     seal,
 )
 from protocol.membership import KeyEpochRecord, MemberRecord, RevocationRecord
@@ -47,7 +47,7 @@ FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 
 
 def _public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return raw_public_key(key)
 
 
 AUTHOR = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from protocol import (
     MAX_COUNTER,
     DecodeError,
     Dot,
+    LocalProtocolError,
     Membership,
     MemoryBody,
     SealedVersion,
@@ -27,7 +27,9 @@ from protocol import (
     VersionVector,
     canonical_json,
     decode_membership_record,
+    device_id_of,
     found_group,
+    raw_public_key,
     seal,
 )
 from protocol.codec import MAX_VARINT_BYTES, Reader, Writer, encode_uvarint
@@ -162,13 +164,17 @@ def test_absent_importance_must_be_positive_zero() -> None:
         MemoryBody.decode(data[:-12] + b"\x00" + struct.pack("<d", -0.0) + tail[9:])
 
 
-def test_hostile_metadata_is_a_decode_error() -> None:
-    with pytest.raises(DecodeError):
+def test_hostile_metadata_is_refused_built_or_received() -> None:
+    with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="[" * 100_000 + "]" * 100_000)
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="[1]")
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="{")
+    # The same metadata in bytes from elsewhere is the sender's fault: a DecodeError.
+    data = MemoryBody("x", metadata='{"a":1}').encode().replace(b'{"a":1}', b"[1,2,3]")
+    with pytest.raises(DecodeError, match="malformed memory body: metadata must be a JSON object"):
+        MemoryBody.decode(data)
 
 
 def test_header_of_a_newer_format_asks_for_an_upgrade() -> None:
@@ -178,8 +184,10 @@ def test_header_of_a_newer_format_asks_for_an_upgrade() -> None:
 
 
 def test_replica_ids_are_matched_whole() -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         Dot("A" * 26 + "\n", 1)
+    with pytest.raises(DecodeError):
+        Dot.parse("A" * 26 + "\n:1")
 
 
 # Decoders tested whole, one byte at a time, and with trailing data ------------
@@ -188,7 +196,7 @@ def test_replica_ids_are_matched_whole() -> None:
 def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
     signing = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     kex = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
-    public = signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = raw_public_key(signing)
     from protocol import device_id_for
 
     author = device_id_for(public)
@@ -205,13 +213,13 @@ def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
     m.add_member(
         signing,
         kex,
-        device_public_key=other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-        kex_public_key=other_kex.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+        device_public_key=raw_public_key(other),
+        kex_public_key=raw_public_key(other_kex),
         name="desktop",
         now_ms=6,
         epoch_keys={0: key0},
     )
-    other_id = device_id_for(other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    other_id = device_id_of(other)
     revocation, _ = m.revoke(
         signing, kex, device_id=other_id, now_ms=7, epoch_keys={0: key0}, cutoff={other_id: 40, other_id + ".3": 9},
     )

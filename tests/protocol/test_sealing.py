@@ -14,13 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import (
     BadSignature,
     DecodeError,
     DecryptionFailed,
     Dot,
+    LocalProtocolError,
     MemoryBody,
     NotAMember,
     PeerError,
@@ -29,7 +29,7 @@ from protocol import (
     UnsupportedFormat,
     VersionHeader,
     WrongGroup,
-    device_id_for,
+    device_id_of,
     open_version,
     seal,
     verify_version,
@@ -38,8 +38,8 @@ from protocol.codec import Writer, encode_uvarint
 
 AUTHOR = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
-AUTHOR_ID = device_id_for(AUTHOR.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-OTHER_ID = device_id_for(OTHER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+AUTHOR_ID = device_id_of(AUTHOR)
+OTHER_ID = device_id_of(OTHER)
 GROUP = bytes.fromhex("00112233445566778899aabbccddeeff")
 GROUP_KEY = bytes(range(100, 132))
 NONCE = bytes(range(12))
@@ -50,7 +50,7 @@ def members(*keys: Ed25519PrivateKey) -> dict[str, Ed25519PublicKey]:
     out = {}
     for k in keys:
         pub = k.public_key()
-        out[device_id_for(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))] = pub
+        out[device_id_of(pub)] = pub
     return out
 
 
@@ -207,6 +207,6 @@ def test_truncations_and_trailing_bytes_are_refused() -> None:
 
 
 def test_memory_ids_are_canonical() -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(LocalProtocolError):
         header(memory_id=MEMORY.upper())
     assert str(uuid.UUID(MEMORY)) == MEMORY
