@@ -41,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import (
     Dot,
@@ -52,7 +51,7 @@ from protocol import (
     SyncSession,
     VersionHeader,
     VersionVector,
-    device_id_for,
+    device_id_of,
     encode_frame,
     open_version,
     outgoing,
@@ -77,7 +76,7 @@ def paragraphs() -> list[str]:
 
 def device(seed: int) -> tuple[Ed25519PrivateKey, str]:
     key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench device %d" % seed).digest())
-    return key, device_id_for(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return key, device_id_of(key)
 
 
 def best_of(repeats: int, fn: Callable[[], object]) -> float:

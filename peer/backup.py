@@ -61,7 +61,6 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    PublicFormat,
 )
 
 from peer.store import NowMs, Store, wall_clock_ms
@@ -75,7 +74,7 @@ from protocol import (
     VersionVector,
     Writer,
     WrongGroup,
-    device_id_for,
+    device_id_of,
     format_device_id,
 )
 
@@ -162,7 +161,7 @@ class SealedIdentity:
 
     @property
     def device_id(self) -> str:
-        return device_id_for(self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        return device_id_of(self.signing_key)
 
 
 def _identity_plaintext(identity: Identity, group_id: bytes, group_keys: Mapping[int, bytes]) -> bytes:
@@ -374,7 +373,7 @@ async def _build_store(
     progress: Progress | None,
 ) -> tuple[Path, dict[str, Any]]:
     """A complete store from the backup under a temporary name in the home: records, new incarnation, bundle."""
-    device_id = device_id_for(signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    device_id = device_id_of(signing_key)
     scan = await scan_bundle(info.bundle, Trust(group_id, (), None), allow_own=True, progress=progress)
     membership = Membership(group_id)
     membership.add_all(scan.records)

@@ -33,13 +33,12 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    PublicFormat,
     load_pem_private_key,
     load_ssh_private_key,
 )
 
 from peer.store import NowMs, Store, wall_clock_ms
-from protocol import device_id_for, found_group
+from protocol import device_id_for, found_group, raw_public_key
 
 from .errors import StoreError
 from .files import fsync_path, write_secret
@@ -64,11 +63,11 @@ class Identity:
 
     @property
     def public_key(self) -> bytes:
-        return self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return raw_public_key(self.signing_key)
 
     @property
     def kex_public_key(self) -> bytes:
-        return self.kex_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return raw_public_key(self.kex_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +143,7 @@ class Home:
             raise StoreError(f"{self.device_key_path} is not an Ed25519 key")
         if not isinstance(kex, X25519PrivateKey):
             raise StoreError(f"{self.kex_key_path} is not an X25519 key")
-        raw = signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        raw = raw_public_key(signing)
         return Identity(device_id=device_id_for(raw), signing_key=signing, kex_key=kex)
 
     def ensure_identity(self) -> Identity:

@@ -24,6 +24,7 @@ from protocol import (
     decode_code,
     device_id_for,
     encode_code,
+    raw_public_key,
 )
 
 from .invites import _CLOCK_SLACK_MS, DEFAULT_TTL_S, expires_text
@@ -76,14 +77,13 @@ async def make_invite_file(
         Encoding,
         NoEncryption,
         PrivateFormat,
-        PublicFormat,
     )
 
     if path.exists():
         raise PeerError(f"{path} already exists; give another file name")
     signing = Ed25519PrivateKey.generate()
     kex = X25519PrivateKey.generate()
-    public = signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = raw_public_key(signing)
     await store.refresh()
     membership = Membership(store.group_id)
     membership.add_all(store.membership.records())
@@ -91,7 +91,7 @@ async def make_invite_file(
         identity.signing_key,
         identity.kex_key,
         device_public_key=public,
-        kex_public_key=kex.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+        kex_public_key=raw_public_key(kex),
         name=name,
         now_ms=now_ms(),
         epoch_keys=store.group_keys,

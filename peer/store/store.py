@@ -45,7 +45,6 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
@@ -69,7 +68,7 @@ from protocol import (
     VersionVector,
     canonical_json,
     context_for_new_version,
-    device_id_for,
+    device_id_of,
     device_of,
     next_counter,
     open_version,
@@ -518,10 +517,6 @@ def _version_row(
     )
 
 
-def _public_raw(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
 # The store -----------------------------------------------------------------------
 
 
@@ -576,7 +571,7 @@ class Store:
         what the inviter sent); ``group_keys`` are the epoch keys it holds.
         """
         path = Path(path)
-        device_id = device_id_for(_public_raw(signing_key))
+        device_id = device_id_of(signing_key)
         membership = Membership(group_id)
         membership.add_all(records, strict=True)
         if not membership.is_member(device_id):
@@ -651,7 +646,7 @@ class Store:
             meta: dict[str, Any] = dict(await db.fetchall("SELECT key, value FROM meta"))
             if not {_DEVICE_ID, _GROUP_ID, _INCARNATION, _STORE_ID} <= meta.keys():
                 raise StoreError(f"{db.path} is not a complete peer store (its identity is missing)")
-            device_id = device_id_for(_public_raw(signing_key))
+            device_id = device_id_of(signing_key)
             if meta[_DEVICE_ID] != device_id:
                 raise StoreError(
                     f"the store at {db.path} belongs to device {meta[_DEVICE_ID]}, but this home's key is device"

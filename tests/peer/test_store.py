@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import peer.store.store as store_module
 from peer.errors import NotAMember, StoreError, TrustError, WrongGroup
@@ -23,6 +22,7 @@ from protocol import (
     VersionHeader,
     VersionVector,
     device_id_for,
+    raw_public_key,
     seal,
 )
 
@@ -368,7 +368,7 @@ async def test_hlc_moves_past_received_versions(pair: tuple[Store, Store]) -> No
 
 
 def _forged(a: Store, signing_key: Ed25519PrivateKey, *, group_id: bytes | None = None) -> SealedVersion:
-    raw = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    raw = raw_public_key(signing_key)
     header = VersionHeader(
         group_id=group_id or a.group_id,
         epoch=0,
