@@ -18,13 +18,16 @@ from protocol import (
     NEED_DATA,
     EndOfStream,
     ErrorCode,
-    ErrorFrame,
-    Frame,
-    FrameDecoder,
     InviteCode,
     JoinAccept,
+    JoinAccepted,
+    JoinEvent,
     JoinReject,
+    JoinRejected,
     JoinRequest,
+    JoinRequested,
+    JoinRole,
+    JoinSession,
     LocalProtocolError,
     Membership,
     NeedData,
@@ -34,9 +37,7 @@ from protocol import (
     TrustError,
     decode_code,
     device_id_for,
-    encode_frame,
     format_device_id,
-    frame_name,
 )
 
 from .invites import _CLOCK_SLACK_MS, REFUSAL_MESSAGE, Invites, expires_text
@@ -63,18 +64,17 @@ class JoinStream(ByteStream, Protocol):
     def peer_device_id(self) -> str: ...
 
 
-_JOIN_MAX_FRAME = 4 << 20
-
-
-async def _receive_frame(stream: ByteStream, decoder: FrameDecoder) -> Frame:
+async def _next_join_event(stream: ByteStream, join: JoinSession) -> JoinEvent:
+    """Feed the stream's bytes to ``join`` until it has an event (the rules are in :mod:`protocol.join`)."""
     while True:
-        frame = decoder.next_frame()
-        if frame is END_OF_STREAM:
+        event = join.next_event()
+        if event is NEED_DATA:
+            join.receive_data(bytes(await stream.receive_some(65536)))
+        elif event is END_OF_STREAM:
             raise RemoteProtocolError("the other device closed the connection during pairing")
-        if frame is not NEED_DATA:
-            assert not isinstance(frame, (NeedData, EndOfStream))
-            return frame
-        decoder.receive_data(bytes(await stream.receive_some(65536)))
+        else:
+            assert not isinstance(event, (NeedData, EndOfStream))
+            return event
 
 
 async def accept_join(
@@ -138,25 +138,25 @@ async def serve_join(
     now_ms: NowMs = wall_clock_ms,
 ) -> bool:
     """The inviter's side of one join channel; True when a device was admitted."""
-    refused = JoinReject(ErrorCode.INVITE_REFUSED, REFUSAL_MESSAGE)
+    join = JoinSession(JoinRole.INVITER, peer_device_id=stream.peer_device_id)
     try:
-        frame = await _receive_frame(stream, FrameDecoder(_JOIN_MAX_FRAME))
-    except RemoteProtocolError as e:
+        event = await _next_join_event(stream, join)
+    except (RemoteProtocolError, TrustError) as e:
+        # A bad opening, garbage, an early close, or a request for another key than the one that logged in:
+        # the same refusal as a wrong code, so that nothing is learnt from it.
         log.warning("refused a join attempt by device %s: %s", format_device_id(stream.peer_device_id), e)
-        await stream.send_all(encode_frame(refused))
+        await stream.send_all(join.refuse(REFUSAL_MESSAGE))
         return False
-    if not isinstance(frame, JoinRequest):
-        log.warning(
-            "refused a join attempt by device %s: it began with %s",
-            format_device_id(stream.peer_device_id),
-            frame_name(frame),
-        )
-        await stream.send_all(encode_frame(refused))
-        return False
+    assert isinstance(event, JoinRequested)
     answer = await accept_join(
-        frame, store=store, identity=identity, invites=invites, client_device_id=stream.peer_device_id, now_ms=now_ms
+        event.request,
+        store=store,
+        identity=identity,
+        invites=invites,
+        client_device_id=stream.peer_device_id,
+        now_ms=now_ms,
     )
-    await stream.send_all(encode_frame(answer))
+    await stream.send_all(join.send(answer))
     return isinstance(answer, JoinAccept)
 
 
@@ -188,17 +188,15 @@ def prepare_join(identity: Identity, code: InviteCode, name: str) -> JoinRequest
 
 async def request_join(stream: ByteStream, request: JoinRequest) -> JoinAccept:
     """The joiner's side: send the request, return the JOIN_ACCEPT or raise InviteRefused."""
-    await stream.send_all(encode_frame(request))
-    frame = await _receive_frame(stream, FrameDecoder(_JOIN_MAX_FRAME))
-    if isinstance(frame, JoinAccept):
-        return frame
-    if isinstance(frame, JoinReject):
-        if frame.code == ErrorCode.INVITE_REFUSED:
-            raise InviteRefused(REFUSAL_MESSAGE)
-        raise TrustError(f"the inviter refused to pair: {frame.message}")
-    if isinstance(frame, ErrorFrame):
-        raise RemoteProtocolError(f"the inviter failed: {frame.message}")
-    raise RemoteProtocolError(f"the inviter answered with {frame_name(frame)} instead of JOIN_ACCEPT")
+    join = JoinSession(JoinRole.JOINER)
+    await stream.send_all(join.send(request))
+    event = await _next_join_event(stream, join)  # an ERROR frame, a wrong frame or an early close raise
+    if isinstance(event, JoinAccepted):
+        return event.accept
+    assert isinstance(event, JoinRejected)
+    if event.code == ErrorCode.INVITE_REFUSED:
+        raise InviteRefused(REFUSAL_MESSAGE)
+    raise TrustError(f"the inviter refused to pair: {event.message}")
 
 
 def admitted_membership(
