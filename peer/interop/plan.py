@@ -78,13 +78,13 @@ from protocol import (
     valid_kind,
 )
 
-from .errors import ImportFormatError, PeerError
-from .memory import Draft, Memory
+from peer.errors import ImportFormatError, PeerError
+from peer.memory import Draft, Memory
 
 if TYPE_CHECKING:
     from peer.search.embedder import Embedder
 
-    from .device import Device
+    from peer.device import Device
 
 __all__ = [
     "FORMATS",
