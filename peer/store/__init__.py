@@ -1,8 +1,14 @@
-"""The SQLite store: versions, winners, membership, peers (see :mod:`peer.store.store`)."""
+"""The SQLite store: versions, winners, membership, peers.
 
+:mod:`.store` holds :class:`Store` and the records it hands out (its theory
+of operation opens that module); :mod:`.schema` the migrations, the SQL text
+and the meta keys; :mod:`.rows` the row converters, field checks and
+keyword-query building.
+"""
+
+from .schema import SCHEMA_VERSION
 from .store import (
     KEEP,
-    SCHEMA_VERSION,
     ApplyResult,
     ImportedVersion,
     KnownPeer,

@@ -23,18 +23,20 @@ WAL lets readers run beside one writer, ``BEGIN IMMEDIATE`` queues writers,
 and everything a write depends on (counters, clock, states) is read inside
 its transaction, never cached across transactions. The membership is
 cached, with a revision number in ``meta`` that tells when to reload it.
+
+The tables, indexes, triggers and the SQL text are in :mod:`.schema`; the
+conversions between rows and records, the field checks and the building
+of keyword queries in :mod:`.rows`.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import math
 import os
 import re
 import secrets
 import time
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -49,8 +51,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
 from protocol import (
-    MAX_CONTENT_BYTES,
-    MAX_EMBEDDING_BYTES,
     MAX_INCARNATION,
     DecodeError,
     Dot,
@@ -66,7 +66,6 @@ from protocol import (
     VersionMeta,
     VersionState,
     VersionVector,
-    canonical_json,
     context_for_new_version,
     device_id_of,
     device_of,
@@ -75,11 +74,48 @@ from protocol import (
     replica_id,
     seal,
     state_of,
-    valid_kind,
+)
+
+from .rows import (
+    STATE_NAMES,
+    MergeRow,
+    canonical_memory_id,
+    check_content,
+    check_embedding,
+    check_importance,
+    check_kind,
+    fts_query,
+    fts_words,
+    info_from_row,
+    json_list,
+    memory_from_row,
+    metadata_text,
+    normalize_tags,
+    rare_words,
+    version_row,
+)
+from .schema import (
+    INFO_COLUMNS,
+    INSERT_VERSION,
+    LIVE,
+    MEMORY_COLUMNS,
+    MERGE_ROWS,
+    MERGE_VECTOR,
+    META_DEVICE_ID,
+    META_GROUP_ID,
+    META_HLC,
+    META_INCARNATION,
+    META_LAST_COUNTER,
+    META_MEMBERSHIP_REV,
+    META_NEXT_SEQ,
+    META_STORE_ID,
+    PUT_META,
+    UPDATE_STATE,
+    configure,
+    migrate,
 )
 
 __all__ = [
-    "SCHEMA_VERSION",
     "Store",
     "ApplyResult",
     "StoreStats",
@@ -95,119 +131,6 @@ NowMs = Callable[[], int]
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-# Schema ----------------------------------------------------------------------
-#
-# MIGRATIONS[i] takes a store from schema version i to i + 1. Append new
-# steps; never edit a released one. Each is a list of single statements
-# (not a script: sqlite3's executescript would commit the migration's
-# transaction half-way).
-
-_LIVE = "state = 2 AND deleted = 0"  # literal, so the partial indexes apply
-
-MIGRATIONS: list[list[str]] = [
-    [
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT",
-        # Small columns first, blobs last: a row's big tail lives in
-        # overflow pages that queries not reading it never touch.
-        """CREATE TABLE versions (
-            id INTEGER PRIMARY KEY,
-            memory_id TEXT NOT NULL,
-            origin TEXT NOT NULL,
-            counter INTEGER NOT NULL,
-            state INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            hlc INTEGER NOT NULL,
-            deleted INTEGER NOT NULL,
-            context TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            project TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            importance REAL,
-            tags TEXT NOT NULL,
-            metadata TEXT NOT NULL,
-            embedder TEXT NOT NULL,
-            content TEXT NOT NULL,
-            embedding BLOB NOT NULL,
-            sealed BLOB NOT NULL,
-            UNIQUE (origin, counter)
-        )""",
-        "CREATE INDEX versions_memory ON versions (memory_id, state)",
-        "CREATE UNIQUE INDEX versions_seq ON versions (seq)",
-        f"CREATE INDEX versions_live_updated ON versions (updated_at) WHERE {_LIVE}",
-        f"CREATE INDEX versions_live_project ON versions (project, updated_at) WHERE {_LIVE}",
-        f"CREATE INDEX versions_live_kind ON versions (kind, updated_at) WHERE {_LIVE}",
-        # Siblings and tombstones are few: partial indexes count them cheaply.
-        "CREATE INDEX versions_siblings ON versions (memory_id) WHERE state = 1",
-        "CREATE INDEX versions_tombstones ON versions (state, memory_id) WHERE deleted = 1",
-        "CREATE TABLE vector (replica TEXT PRIMARY KEY, counter INTEGER NOT NULL) STRICT",
-        # The highest counter held per origin, so that "what does the other
-        # side lack" is one small query when the answer is "nothing".
-        "CREATE TABLE origins (origin TEXT PRIMARY KEY, max_counter INTEGER NOT NULL) STRICT",
-        "CREATE TABLE membership (id INTEGER PRIMARY KEY, record BLOB NOT NULL UNIQUE) STRICT",
-        "CREATE TABLE group_keys (epoch INTEGER PRIMARY KEY, key BLOB NOT NULL) STRICT",
-        "CREATE VIRTUAL TABLE fts USING fts5 (content, tokenize = 'unicode61 remove_diacritics 2')",
-        """CREATE TRIGGER versions_after_insert AFTER INSERT ON versions BEGIN
-            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
-            INSERT INTO origins (origin, max_counter) VALUES (new.origin, new.counter)
-                ON CONFLICT (origin) DO UPDATE SET max_counter = max(max_counter, excluded.max_counter);
-        END""",
-        """CREATE TRIGGER versions_after_state AFTER UPDATE OF state ON versions
-            WHEN (old.state = 2) != (new.state = 2) BEGIN
-            DELETE FROM fts WHERE rowid = old.id AND old.state = 2;
-            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
-        END""",
-    ],
-    [
-        # What each other device is known to hold: its vector as of the last
-        # complete sync with it, or the last bundle from it. `peer status`
-        # counts what it lacks; `peer bundle export --for` sends exactly that.
-        """CREATE TABLE peers (
-            device_id TEXT PRIMARY KEY,
-            vector BLOB NOT NULL,
-            seen_at REAL NOT NULL,
-            via TEXT NOT NULL
-        ) STRICT""",
-    ],
-]
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-# Meta keys.
-_DEVICE_ID = "device_id"
-_INCARNATION = "incarnation"
-_GROUP_ID = "group_id"
-_LAST_COUNTER = "last_counter"
-_HLC = "hlc"
-_NEXT_SEQ = "next_seq"
-_MEMBERSHIP_REV = "membership_rev"
-_STORE_ID = "store_id"
-
-_VERSION_COLUMNS = (
-    "memory_id, origin, counter, state, seq, hlc, deleted, context, kind, project, created_at, updated_at,"
-    " importance, tags, metadata, embedder, content, embedding, sealed"
-)
-_INSERT_VERSION = f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-_UPDATE_STATE = "UPDATE versions SET state = ?, seq = ? WHERE id = ?"
-_PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-_MERGE_VECTOR = (
-    "INSERT INTO vector (replica, counter) VALUES (?, ?)"
-    " ON CONFLICT (replica) DO UPDATE SET counter = max(counter, excluded.counter)"
-)
-# What merging needs of a version, for the memories named in a JSON list.
-_MERGE_ROWS = (
-    "SELECT id, memory_id, origin, counter, context, hlc, deleted, state FROM versions"
-    " WHERE memory_id IN (SELECT value FROM json_each(?))"
-)
-_MEMORY_COLUMNS = (
-    "v.memory_id, v.content, v.kind, v.project, v.tags, v.metadata, v.created_at, v.updated_at, v.importance,"
-    " v.origin, v.counter, v.deleted,"
-    " (SELECT count(*) FROM versions s WHERE s.memory_id = v.memory_id AND s.state = 1)"
-)
-_INFO_COLUMNS = "memory_id, origin, counter, state, deleted, hlc, content, kind, project, tags, updated_at"
-_STATE_NAMES = {VersionState.WINNER: "winner", VersionState.SIBLING: "sibling", VersionState.SUPERSEDED: "superseded"}
 
 
 # Records the store hands out ---------------------------------------------------
@@ -303,26 +226,6 @@ class _Keep:
 KEEP = _Keep()
 
 
-@dataclass(slots=True)
-class _MergeRow:
-    """A stored version as merging sees it (from ``_MERGE_ROWS``)."""
-
-    id: int
-    memory_id: str
-    meta: VersionMeta
-    state: VersionState
-
-    @classmethod
-    def from_row(cls, row: Row) -> _MergeRow:
-        rowid, memory_id, origin, counter, context, hlc, deleted, state = row
-        return cls(
-            id=rowid,
-            memory_id=memory_id,
-            meta=VersionMeta(Dot(origin, counter), _parse_context(context), hlc, bool(deleted)),
-            state=VersionState(state),
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class ImportedVersion:
     """A memory read from an import file, to be written as a new local version (:meth:`Store.write_imports`).
@@ -376,145 +279,6 @@ class _Txn:
 
 
 # Helpers -----------------------------------------------------------------------
-
-
-def _context_text(context: Iterable[Dot]) -> str:
-    return " ".join(str(d) for d in context)
-
-
-def _parse_context(text: str) -> tuple[Dot, ...]:
-    return tuple(Dot.parse(part) for part in text.split()) if text else ()
-
-
-def _canonical_memory_id(memory_id: str) -> str:
-    try:
-        return str(uuid.UUID(memory_id))
-    except ValueError as e:
-        raise StoreError(f"{memory_id!r} is not a memory id (a UUID)") from e
-
-
-def _normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(tags, str):
-        raise StoreError("tags must be a list of words, not one string")
-    return tuple(sorted({t.strip() for t in tags if t.strip()}))
-
-
-def _check_kind(kind: str) -> str:
-    if not valid_kind(kind):
-        raise StoreError(
-            f"invalid kind {kind!r}: use a short lowercase word (fact, decision, procedure, error, preference,"
-            " observation, session_summary, note, ...)"
-        )
-    return kind
-
-
-def _metadata_text(metadata: Mapping[str, Any]) -> str:
-    if not isinstance(metadata, Mapping):
-        raise StoreError("metadata must be a mapping of names to JSON values")
-    try:
-        return canonical_json(dict(metadata))
-    except (TypeError, ValueError) as e:
-        raise StoreError(f"metadata cannot be stored as JSON: {e}") from e
-
-
-def _check_importance(importance: float | None) -> float | None:
-    if importance is None:
-        return None
-    if not (isinstance(importance, (int, float)) and math.isfinite(importance) and 0.0 <= importance <= 1.0):
-        raise StoreError(f"importance must be between 0 and 1, not {importance!r}")
-    return float(importance)
-
-
-def _check_content(content: str) -> str:
-    if not content.strip():
-        raise StoreError("a memory needs some content")
-    if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
-        raise StoreError(f"a memory's content is limited to {MAX_CONTENT_BYTES} bytes")
-    return content
-
-
-def _check_embedding(embedding: bytes | None, embedder: str) -> tuple[bytes, str]:
-    if not embedding:
-        return b"", ""
-    if not embedder:
-        raise StoreError("an embedding needs the id of the embedder that made it")
-    if len(embedding) % 4 or len(embedding) > MAX_EMBEDDING_BYTES:
-        raise StoreError(f"an embedding is float32 values, at most {MAX_EMBEDDING_BYTES} bytes")
-    return bytes(embedding), embedder
-
-
-#: A word found in more memories than this says little about any of them,
-#: and scoring every one of them is what makes keyword search slow on a big
-#: store: such words are left out of the query while a rarer word remains.
-COMMON_WORD_DOCS = 2000
-_MAX_QUERY_WORDS = 32
-
-
-def _fts_words(text: str) -> list[str]:
-    """The distinct words of arbitrary user text, as the FTS5 tokenizer would see them (folded)."""
-    words: dict[str, None] = {}
-    for word in re.findall(r"\w+", text):
-        decomposed = unicodedata.normalize("NFKD", word)
-        folded = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
-        if folded:
-            words.setdefault(folded)
-    return list(words)[:_MAX_QUERY_WORDS]
-
-
-def _fts_query(words: Sequence[str]) -> str:
-    """Words as a safe FTS5 query: each quoted (no operator survives), any of them may match."""
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-
-
-def _json_list(values: Iterable[Any]) -> str:
-    return json.dumps(list(values))
-
-
-def _memory_from_row(row: Row) -> Memory:
-    (memory_id, content, kind, project, tags, metadata, created_at, updated_at, importance, origin, counter,
-     deleted, siblings) = row
-    return Memory(
-        id=memory_id,
-        content=content,
-        kind=kind,
-        project=project,
-        tags=tuple(json.loads(tags)),
-        metadata=json.loads(metadata),
-        created_at=created_at,
-        updated_at=updated_at,
-        importance=importance,
-        version=f"{origin}:{counter}",
-        siblings=siblings,
-        deleted=bool(deleted),
-    )
-
-
-def _info_from_row(row: Row) -> VersionInfo:
-    memory_id, origin, counter, state, deleted, hlc, content, kind, project, tags, updated_at = row
-    return VersionInfo(
-        memory_id=memory_id,
-        version=f"{origin}:{counter}",
-        state=_STATE_NAMES[VersionState(state)],
-        deleted=bool(deleted),
-        hlc=hlc,
-        content=content,
-        kind=kind,
-        project=project,
-        tags=tuple(json.loads(tags)),
-        updated_at=updated_at,
-    )
-
-
-def _version_row(
-    sealed: SealedVersion, body: MemoryBody, state: VersionState, seq: int
-) -> tuple[Any, ...]:
-    h = sealed.header
-    return (
-        h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, h.hlc, int(body.deleted),
-        _context_text(h.context), body.kind, body.project, body.created_at, body.updated_at, body.importance,
-        json.dumps(list(body.tags), ensure_ascii=False), body.metadata, body.embedder, body.content,
-        body.embedding, sealed.encode(),
-    )
 
 
 # The store -----------------------------------------------------------------------
@@ -586,20 +350,20 @@ class Store:
         os.close(fd)
         db = await Database.open(path)
         try:
-            await _configure(db)
-            await _migrate(db)
+            await configure(db)
+            await migrate(db)
             async with db.transaction():
                 await db.executemany(
-                    _PUT_META,
+                    PUT_META,
                     [
-                        (_DEVICE_ID, device_id),
-                        (_INCARNATION, 0),
-                        (_GROUP_ID, group_id.hex()),
-                        (_LAST_COUNTER, 0),
-                        (_HLC, 0),
-                        (_NEXT_SEQ, 1),
-                        (_MEMBERSHIP_REV, 1),
-                        (_STORE_ID, uuid.uuid4().hex),
+                        (META_DEVICE_ID, device_id),
+                        (META_INCARNATION, 0),
+                        (META_GROUP_ID, group_id.hex()),
+                        (META_LAST_COUNTER, 0),
+                        (META_HLC, 0),
+                        (META_NEXT_SEQ, 1),
+                        (META_MEMBERSHIP_REV, 1),
+                        (META_STORE_ID, uuid.uuid4().hex),
                     ],
                 )
                 await db.executemany(
@@ -628,11 +392,11 @@ class Store:
             raise StoreError(f"no peer store at {path}; run `peer init` (or pass --home)")
         db = await Database.open(path)
         try:
-            await _configure(db)
+            await configure(db)
             version = await db.fetchvalue("PRAGMA user_version")
             if version == 0:
                 raise StoreError(f"{path} is not a peer store")
-            await _migrate(db)
+            await migrate(db)
         except BaseException:
             await db.close()
             raise
@@ -644,12 +408,12 @@ class Store:
     ) -> Store:
         try:
             meta: dict[str, Any] = dict(await db.fetchall("SELECT key, value FROM meta"))
-            if not {_DEVICE_ID, _GROUP_ID, _INCARNATION, _STORE_ID} <= meta.keys():
+            if not {META_DEVICE_ID, META_GROUP_ID, META_INCARNATION, META_STORE_ID} <= meta.keys():
                 raise StoreError(f"{db.path} is not a complete peer store (its identity is missing)")
             device_id = device_id_of(signing_key)
-            if meta[_DEVICE_ID] != device_id:
+            if meta[META_DEVICE_ID] != device_id:
                 raise StoreError(
-                    f"the store at {db.path} belongs to device {meta[_DEVICE_ID]}, but this home's key is device"
+                    f"the store at {db.path} belongs to device {meta[META_DEVICE_ID]}, but this home's key is device"
                     f" {device_id}; use the home the store came with"
                 )
             store = cls(
@@ -657,12 +421,12 @@ class Store:
                 signing_key=signing_key,
                 kex_key=kex_key,
                 device_id=device_id,
-                incarnation=int(meta[_INCARNATION]),
-                group_id=bytes.fromhex(meta[_GROUP_ID]),
-                store_id=str(meta[_STORE_ID]),
+                incarnation=int(meta[META_INCARNATION]),
+                group_id=bytes.fromhex(meta[META_GROUP_ID]),
+                store_id=str(meta[META_STORE_ID]),
                 now_ms=now_ms,
             )
-            await store._reload_membership(int(meta.get(_MEMBERSHIP_REV, 0)))
+            await store._reload_membership(int(meta.get(META_MEMBERSHIP_REV, 0)))
             # Word frequencies for keyword search; a TEMP table, so not part of the schema.
             await db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, fts, 'row')")
         except BaseException:
@@ -692,7 +456,7 @@ class Store:
     async def _refresh_membership(self, rev: int | None = None) -> None:
         """Reload the cached membership if another process changed it."""
         if rev is None:
-            rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_MEMBERSHIP_REV,)) or 0)
+            rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (META_MEMBERSHIP_REV,)) or 0)
         if rev != self._membership_rev:
             await self._reload_membership(rev)
 
@@ -748,7 +512,7 @@ class Store:
             )
         if new or new_keys:
             rev = self._membership_rev + 1
-            await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
+            await self._db.execute(PUT_META, (META_MEMBERSHIP_REV, rev))
             self._membership_rev = rev
             self._group_keys = {**self._group_keys, **new_keys}
         # Also without new records: a store written before it knew a
@@ -787,7 +551,7 @@ class Store:
             [(rowid,) for rowid, _, state, deleted in dropped if state == int(VersionState.WINNER) and not deleted],
         )
         await self._db.execute(
-            "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (_json_list(r[0] for r in dropped),)
+            "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (json_list(r[0] for r in dropped),)
         )
         for origin in limits:
             top = await self._db.fetchvalue("SELECT max(counter) FROM versions WHERE origin = ?", (origin,))
@@ -796,7 +560,7 @@ class Store:
             else:
                 await self._db.execute("UPDATE origins SET max_counter = ? WHERE origin = ?", (top, origin))
         meta: dict[str, Any] = dict(await self._db.fetchall("SELECT key, value FROM meta"))
-        txn = _Txn(last_counter=int(meta[_LAST_COUNTER]), hlc=int(meta[_HLC]), next_seq=int(meta[_NEXT_SEQ]))
+        txn = _Txn(last_counter=int(meta[META_LAST_COUNTER]), hlc=int(meta[META_HLC]), next_seq=int(meta[META_NEXT_SEQ]))
         updates: list[tuple[int, int, int]] = []
         for rows in (await self._merge_rows(r[1] for r in dropped)).values():
             if not rows:
@@ -805,7 +569,7 @@ class Store:
             for r in rows:
                 if state.states[r.meta.dot] != r.state:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
-        await self._db.executemany(_UPDATE_STATE, updates)
+        await self._db.executemany(UPDATE_STATE, updates)
         await self._end(txn)
         return len(dropped)
 
@@ -816,8 +580,8 @@ class Store:
                 "INSERT INTO group_keys (epoch, key) VALUES (?, ?) ON CONFLICT (epoch) DO UPDATE SET key = excluded.key",
                 sorted(keys.items()),
             )
-            rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_MEMBERSHIP_REV,)) or 0) + 1
-            await self._db.execute(_PUT_META, (_MEMBERSHIP_REV, rev))
+            rev = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (META_MEMBERSHIP_REV,)) or 0) + 1
+            await self._db.execute(PUT_META, (META_MEMBERSHIP_REV, rev))
         await self._reload_membership(rev)
 
     async def revoke(self, device_id: str, *, now_ms: int | None = None) -> list[bytes]:
@@ -904,27 +668,27 @@ class Store:
     async def _begin(self) -> _Txn:
         """Read the counters (and reload a changed membership) inside a write transaction."""
         meta: dict[str, Any] = dict(await self._db.fetchall("SELECT key, value FROM meta"))
-        await self._refresh_membership(int(meta.get(_MEMBERSHIP_REV, 0)))
-        return _Txn(last_counter=int(meta[_LAST_COUNTER]), hlc=int(meta[_HLC]), next_seq=int(meta[_NEXT_SEQ]))
+        await self._refresh_membership(int(meta.get(META_MEMBERSHIP_REV, 0)))
+        return _Txn(last_counter=int(meta[META_LAST_COUNTER]), hlc=int(meta[META_HLC]), next_seq=int(meta[META_NEXT_SEQ]))
 
     async def _end(self, txn: _Txn) -> None:
         await self._db.executemany(
-            _PUT_META, [(_LAST_COUNTER, txn.last_counter), (_HLC, txn.hlc), (_NEXT_SEQ, txn.next_seq)]
+            PUT_META, [(META_LAST_COUNTER, txn.last_counter), (META_HLC, txn.hlc), (META_NEXT_SEQ, txn.next_seq)]
         )
 
-    async def _merge_rows(self, memory_ids: Iterable[str]) -> dict[str, list[_MergeRow]]:
+    async def _merge_rows(self, memory_ids: Iterable[str]) -> dict[str, list[MergeRow]]:
         ids = list(dict.fromkeys(memory_ids))
-        out: dict[str, list[_MergeRow]] = {m: [] for m in ids}
+        out: dict[str, list[MergeRow]] = {m: [] for m in ids}
         if ids:
-            for row in await self._db.fetchall(_MERGE_ROWS, (_json_list(ids),)):
-                merge_row = _MergeRow.from_row(row)
+            for row in await self._db.fetchall(MERGE_ROWS, (json_list(ids),)):
+                merge_row = MergeRow.from_row(row)
                 out[merge_row.memory_id].append(merge_row)
         return out
 
     # Local writes ----------------------------------------------------------------
     async def _write_local(
         self,
-        items: Sequence[tuple[str, MemoryBody, list[_MergeRow]]],
+        items: Sequence[tuple[str, MemoryBody, list[MergeRow]]],
         txn: _Txn,
         placements: Sequence[_Placement] | None = None,
     ) -> list[Dot]:
@@ -956,29 +720,29 @@ class Store:
                     state = after.states[r.meta.dot]
                     if state != r.state:
                         updates.append((int(state), txn.take_seq(), r.id))
-                inserts.append(_version_row(sealed, body, after.states[dot], txn.take_seq()))
+                inserts.append(version_row(sealed, body, after.states[dot], txn.take_seq()))
                 dots.append(dot)
             txn.hlc = clock.last
 
         await _cpu_bound(prepare, len(items))
-        await self._db.executemany(_UPDATE_STATE, updates)
-        await self._db.executemany(_INSERT_VERSION, inserts)
-        await self._db.execute(_MERGE_VECTOR, (self.replica_id, txn.last_counter))
+        await self._db.executemany(UPDATE_STATE, updates)
+        await self._db.executemany(INSERT_VERSION, inserts)
+        await self._db.execute(MERGE_VECTOR, (self.replica_id, txn.last_counter))
         await self._end(txn)
         return dots
 
     def _draft_body(self, draft: Draft, embedding: bytes | None, embedder: str, now: float) -> MemoryBody:
-        vector, embedder = _check_embedding(embedding, embedder)
+        vector, embedder = check_embedding(embedding, embedder)
         try:
             return MemoryBody(
-                content=_check_content(draft.content),
-                kind=_check_kind(draft.kind),
+                content=check_content(draft.content),
+                kind=check_kind(draft.kind),
                 project=draft.project or None,
-                tags=_normalize_tags(draft.tags),
-                metadata=_metadata_text(draft.metadata),
+                tags=normalize_tags(draft.tags),
+                metadata=metadata_text(draft.metadata),
                 created_at=float(draft.created_at) if draft.created_at is not None else now,
                 updated_at=now,
-                importance=_check_importance(draft.importance),
+                importance=check_importance(draft.importance),
                 embedder=embedder,
                 embedding=vector,
             )
@@ -999,10 +763,10 @@ class Store:
         if not drafts:
             return []
         now = self._now_ms() / 1000
-        bodies: list[tuple[str, MemoryBody, list[_MergeRow]]] = []
+        bodies: list[tuple[str, MemoryBody, list[MergeRow]]] = []
         given: list[str] = []
         for draft, embedding in drafts:
-            memory_id = _canonical_memory_id(draft.id) if draft.id else str(uuid.uuid4())
+            memory_id = canonical_memory_id(draft.id) if draft.id else str(uuid.uuid4())
             if draft.id:
                 given.append(memory_id)
             bodies.append((memory_id, self._draft_body(draft, embedding, embedder, now), []))
@@ -1012,7 +776,7 @@ class Store:
             if given:
                 taken = await self._db.fetchall(
                     "SELECT DISTINCT memory_id FROM versions WHERE memory_id IN (SELECT value FROM json_each(?))",
-                    (_json_list(given),),
+                    (json_list(given),),
                 )
                 if taken:
                     raise StoreError(f"memory {taken[0][0]} already exists; edit it instead")
@@ -1027,18 +791,18 @@ class Store:
         The state is "winner", "sibling" or "superseded"; memories the store
         does not hold are absent. What an import compares a file against.
         """
-        wanted = [_canonical_memory_id(m) for m in dict.fromkeys(memory_ids)]
+        wanted = [canonical_memory_id(m) for m in dict.fromkeys(memory_ids)]
         if not wanted:
             return {}
         rows = await self._db.fetchall(
-            f"SELECT v.state, {_MEMORY_COLUMNS} FROM versions v"
+            f"SELECT v.state, {MEMORY_COLUMNS} FROM versions v"
             " WHERE v.memory_id IN (SELECT value FROM json_each(?)) ORDER BY v.memory_id, v.state DESC, v.hlc DESC",
-            (_json_list(wanted),),
+            (json_list(wanted),),
         )
         out: dict[str, builtins.list[tuple[str, Memory]]] = {}
         for row in rows:
-            memory = _memory_from_row(row[1:])
-            out.setdefault(memory.id, []).append((_STATE_NAMES[VersionState(row[0])], memory))
+            memory = memory_from_row(row[1:])
+            out.setdefault(memory.id, []).append((STATE_NAMES[VersionState(row[0])], memory))
         return out
 
     async def write_imports(self, versions: Sequence[ImportedVersion]) -> builtins.list[str]:
@@ -1056,7 +820,7 @@ class Store:
         for version in versions:
             if not version.draft.id:
                 raise StoreError("an imported memory needs its id")
-            memory_id = _canonical_memory_id(version.draft.id)
+            memory_id = canonical_memory_id(version.draft.id)
             body = self._draft_body(version.draft, version.embedding, version.embedder, now)
             try:
                 body = replace(body, updated_at=float(version.updated_at))
@@ -1068,7 +832,7 @@ class Store:
         async with self._db.transaction():
             txn = await self._begin()
             by_memory = await self._merge_rows(memory_id for memory_id, _, _ in planned)
-            items: builtins.list[tuple[str, MemoryBody, builtins.list[_MergeRow]]] = []
+            items: builtins.list[tuple[str, MemoryBody, builtins.list[MergeRow]]] = []
             placements: builtins.list[_Placement] = []
             for memory_id, body, version in planned:
                 prior = by_memory[memory_id]
@@ -1157,25 +921,25 @@ class Store:
                     f"memory {memory_id} was forgotten; `peer show {memory_id[:8]} --versions` lists its versions"
                     " and `peer resolve` can bring one back"
                 )
-            new_content = _check_content(content) if content is not None else old_content
+            new_content = check_content(content) if content is not None else old_content
             if embedding is KEEP:
                 vector, vector_embedder = (
                     (old_embedding, old_embedder) if new_content == old_content else (b"", "")
                 )
             else:
                 assert not isinstance(embedding, _Keep)
-                vector, vector_embedder = _check_embedding(embedding, embedder)
+                vector, vector_embedder = check_embedding(embedding, embedder)
             try:
                 body = MemoryBody(
                     content=new_content,
-                    kind=_check_kind(kind) if kind is not None else old_kind,
+                    kind=check_kind(kind) if kind is not None else old_kind,
                     project=(project or None) if project is not None else old_project,
-                    tags=_normalize_tags(tags) if tags is not None else tuple(json.loads(old_tags)),
-                    metadata=_metadata_text(metadata) if metadata is not None else old_metadata,
+                    tags=normalize_tags(tags) if tags is not None else tuple(json.loads(old_tags)),
+                    metadata=metadata_text(metadata) if metadata is not None else old_metadata,
                     created_at=created_at,
                     updated_at=now,
                     importance=(
-                        old_importance if isinstance(importance, _Keep) else _check_importance(importance)
+                        old_importance if isinstance(importance, _Keep) else check_importance(importance)
                     ),
                     embedder=vector_embedder,
                     embedding=bytes(vector),
@@ -1297,7 +1061,7 @@ class Store:
                         rejected.append(
                             Rejected(str(dot), sealed.header.memory_id, f"{sealed.header.author} was revoked")
                         )
-            by_memory: dict[str, list[_MergeRow]] = await self._merge_rows(
+            by_memory: dict[str, list[MergeRow]] = await self._merge_rows(
                 s.header.memory_id for s, _ in opened.values()
             )
             held = {r.meta.dot for rows in by_memory.values() for r in rows}
@@ -1311,7 +1075,7 @@ class Store:
     async def _store_received(
         self,
         fresh: Mapping[Dot, tuple[SealedVersion, MemoryBody]],
-        by_memory: Mapping[str, list[_MergeRow]],
+        by_memory: Mapping[str, list[MergeRow]],
         txn: _Txn,
     ) -> None:
         new_by_memory: dict[str, list[tuple[SealedVersion, MemoryBody]]] = {}
@@ -1331,7 +1095,7 @@ class Store:
                 if state.states[r.meta.dot] != r.state:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
             for sealed, body in new:
-                inserts.append(_version_row(sealed, body, state.states[sealed.header.dot], txn.take_seq()))
+                inserts.append(version_row(sealed, body, state.states[sealed.header.dot], txn.take_seq()))
         for sealed, _ in fresh.values():
             header = sealed.header
             txn.hlc = max(txn.hlc, header.hlc)
@@ -1339,8 +1103,8 @@ class Store:
                 # Our own version coming back (e.g. written before a crash
                 # that lost the tail of the log): never reuse its counter.
                 txn.last_counter = max(txn.last_counter, header.dot.counter)
-        await self._db.executemany(_UPDATE_STATE, updates)
-        await self._db.executemany(_INSERT_VERSION, inserts)
+        await self._db.executemany(UPDATE_STATE, updates)
+        await self._db.executemany(INSERT_VERSION, inserts)
         await self._end(txn)
 
     async def start_new_incarnation(self) -> str:
@@ -1351,13 +1115,13 @@ class Store:
         never collide with their dots, whatever the clocks say.
         """
         async with self._db.transaction():
-            current = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (_INCARNATION,)) or 0)
+            current = int(await self._db.fetchvalue("SELECT value FROM meta WHERE key = ?", (META_INCARNATION,)) or 0)
             # Random, not current + 1: the same backup may be restored twice,
             # and both restored stores would then count dots in one replica.
             incarnation = current
             while incarnation == current:
                 incarnation = secrets.randbelow(MAX_INCARNATION) + 1
-            await self._db.execute(_PUT_META, (_INCARNATION, incarnation))
+            await self._db.execute(PUT_META, (META_INCARNATION, incarnation))
         self.replica_id = replica_id(self.device_id, incarnation)
         return self.replica_id
 
@@ -1372,11 +1136,11 @@ class Store:
         wrote and lost; it adopts the counter so it never writes those dots again.
         """
         async with self._write():
-            await self._db.executemany(_MERGE_VECTOR, list(other.items()))
+            await self._db.executemany(MERGE_VECTOR, list(other.items()))
             own = other.get(self.replica_id)
             if own:
                 await self._db.execute(
-                    "UPDATE meta SET value = max(value, ?) WHERE key = ?", (own, _LAST_COUNTER)
+                    "UPDATE meta SET value = max(value, ?) WHERE key = ?", (own, META_LAST_COUNTER)
                 )
             rows = await self._db.fetchall("SELECT replica, counter FROM vector")
         return VersionVector(rows)
@@ -1481,11 +1245,11 @@ class Store:
         """The memory with this id or unique id prefix (a forgotten one has ``deleted=True``)."""
         memory_id = await self._resolve_id(memory_id_or_prefix)
         row = await self._db.fetchone(
-            f"SELECT {_MEMORY_COLUMNS} FROM versions v WHERE v.memory_id = ? AND v.state = 2", (memory_id,)
+            f"SELECT {MEMORY_COLUMNS} FROM versions v WHERE v.memory_id = ? AND v.state = 2", (memory_id,)
         )
         if row is None:
             raise StoreError(f"no memory {memory_id}")
-        return _memory_from_row(row)
+        return memory_from_row(row)
 
     async def get_many(self, ids: Iterable[str], *, include_deleted: bool = False) -> dict[str, Memory]:
         """The memories with these exact ids that exist (forgotten ones only if asked)."""
@@ -1493,12 +1257,12 @@ class Store:
         if not wanted:
             return {}
         rows = await self._db.fetchall(
-            f"SELECT {_MEMORY_COLUMNS} FROM versions v"
+            f"SELECT {MEMORY_COLUMNS} FROM versions v"
             " WHERE v.memory_id IN (SELECT value FROM json_each(?)) AND v.state = 2"
             + ("" if include_deleted else " AND v.deleted = 0"),
-            (_json_list(wanted),),
+            (json_list(wanted),),
         )
-        return {m.id: m for m in map(_memory_from_row, rows)}
+        return {m.id: m for m in map(memory_from_row, rows)}
 
     async def list(
         self,
@@ -1524,33 +1288,33 @@ class Store:
         if since is not None:
             where.append("v.updated_at >= ?")
             params.append(since)
-        sql = f"SELECT {_MEMORY_COLUMNS} FROM versions v WHERE {' AND '.join(where)} ORDER BY v.updated_at DESC, v.memory_id DESC"
+        sql = f"SELECT {MEMORY_COLUMNS} FROM versions v WHERE {' AND '.join(where)} ORDER BY v.updated_at DESC, v.memory_id DESC"
         if limit is not None:
             if limit < 0:
                 raise StoreError("the limit cannot be negative")
             sql += " LIMIT ?"
             params.append(limit)
-        return [_memory_from_row(r) for r in await self._db.fetchall(sql, params)]
+        return [memory_from_row(r) for r in await self._db.fetchall(sql, params)]
 
     async def versions(self, memory_id: str) -> builtins.list[VersionInfo]:
         """Every version of a memory, newest clock time first."""
         memory_id = await self._resolve_id(memory_id)
         rows = await self._db.fetchall(
-            f"SELECT {_INFO_COLUMNS} FROM versions WHERE memory_id = ? ORDER BY hlc DESC, origin, counter",
+            f"SELECT {INFO_COLUMNS} FROM versions WHERE memory_id = ? ORDER BY hlc DESC, origin, counter",
             (memory_id,),
         )
-        return [_info_from_row(r) for r in rows]
+        return [info_from_row(r) for r in rows]
 
     async def conflicts(self) -> builtins.list[builtins.list[VersionInfo]]:
         """Memories with siblings: for each, its live versions, winner first."""
         rows = await self._db.fetchall(
-            f"SELECT {_INFO_COLUMNS} FROM versions WHERE state IN (1, 2) AND memory_id IN"
+            f"SELECT {INFO_COLUMNS} FROM versions WHERE state IN (1, 2) AND memory_id IN"
             " (SELECT DISTINCT memory_id FROM versions INDEXED BY versions_siblings WHERE state = 1)"
             " ORDER BY memory_id, state DESC, hlc DESC, origin, counter"
         )
         grouped: dict[str, builtins.list[VersionInfo]] = {}
         for row in rows:
-            info = _info_from_row(row)
+            info = info_from_row(row)
             grouped.setdefault(info.memory_id, []).append(info)
         return list(grouped.values())
 
@@ -1561,9 +1325,9 @@ class Store:
 
         Any text is safe: words are quoted, operators are not interpreted.
         Words that occur in very many memories are dropped while rarer ones
-        remain (see :data:`COMMON_WORD_DOCS`).
+        remain (see :data:`peer.store.rows.COMMON_WORD_DOCS`).
         """
-        words = _fts_words(query)
+        words = fts_words(query)
         if not words or limit <= 0:
             return []
         frequency: dict[str, int] = dict(
@@ -1571,11 +1335,9 @@ class Store:
                 f"SELECT term, doc FROM temp.fts_vocab WHERE term IN ({', '.join('?' * len(words))})", words
             )
         )
-        rare = [w for w in words if frequency.get(w, 0) <= COMMON_WORD_DOCS]
-        if not rare:
-            rare = [min(words, key=lambda w: frequency.get(w, 0))]
+        rare = rare_words(words, frequency)
         where = ["fts MATCH ?"]
-        params: builtins.list[Any] = [_fts_query(rare)]
+        params: builtins.list[Any] = [fts_query(rare)]
         if project is not None:
             where.append("v.project = ?")
             params.append(project)
@@ -1632,7 +1394,7 @@ class Store:
         while True:
             rows = await self._db.fetchall(
                 "SELECT seq, id, memory_id, content, embedder, embedding FROM versions"
-                f" WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?",
+                f" WHERE id > ? AND {LIVE} ORDER BY id LIMIT ?",
                 (after, batch_size),
             )
             if not rows:
@@ -1649,7 +1411,7 @@ class Store:
 
     async def count_live(self) -> int:
         """How many memories are live (not forgotten): what a complete index holds."""
-        return int(await self._db.fetchvalue(f"SELECT count(*) FROM versions WHERE {_LIVE}"))
+        return int(await self._db.fetchvalue(f"SELECT count(*) FROM versions WHERE {LIVE}"))
 
     async def memories_for_labels(self, labels: Iterable[int]) -> dict[int, Memory]:
         """The live memories whose winning version has one of these labels (row ids), by label.
@@ -1661,11 +1423,11 @@ class Store:
         if not wanted:
             return {}
         rows = await self._db.fetchall(
-            f"SELECT v.id, {_MEMORY_COLUMNS} FROM versions v"
+            f"SELECT v.id, {MEMORY_COLUMNS} FROM versions v"
             " WHERE v.id IN (SELECT value FROM json_each(?)) AND v.state = 2 AND v.deleted = 0",
-            (_json_list(wanted),),
+            (json_list(wanted),),
         )
-        return {int(row[0]): _memory_from_row(row[1:]) for row in rows}
+        return {int(row[0]): memory_from_row(row[1:]) for row in rows}
 
     # Health ------------------------------------------------------------------------------
     async def stats(self) -> StoreStats:
@@ -1716,7 +1478,7 @@ class Store:
         except StoreError as e:
             problems.append(f"the keyword index is damaged: {e}")
         live, indexed = await self._db.fetchone(
-            f"SELECT (SELECT count(*) FROM versions WHERE {_LIVE}), (SELECT count(*) FROM fts)"
+            f"SELECT (SELECT count(*) FROM versions WHERE {LIVE}), (SELECT count(*) FROM fts)"
         ) or (0, 0)
         if live != indexed:
             problems.append(f"the keyword index holds {indexed} entries for {live} live memories")
@@ -1750,31 +1512,3 @@ async def _cpu_bound(work: Callable[[], None], size: int) -> None:
         await trio.to_thread.run_sync(work)
     else:
         work()
-
-
-async def _configure(db: Database) -> None:
-    mode = await db.fetchvalue("PRAGMA journal_mode = WAL")
-    if str(mode).lower() != "wal":
-        raise StoreError(f"the store at {db.path} cannot use write-ahead logging (journal mode {mode})")
-    # NORMAL in WAL mode: a committed transaction survives the process being
-    # killed; only a power cut may lose the last few commits, never corrupt.
-    await db.execute("PRAGMA synchronous = NORMAL")
-    await db.execute("PRAGMA foreign_keys = ON")
-
-
-async def _migrate(db: Database) -> None:
-    version = int(await db.fetchvalue("PRAGMA user_version"))
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"this store was written by a newer peer (schema {version} > {SCHEMA_VERSION}); upgrade peer"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    async with db.transaction():
-        # Re-read under the write lock: another process may have migrated meanwhile.
-        version = int(await db.fetchvalue("PRAGMA user_version"))
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                await db.execute(statement)
-        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import peer.store.store as store_module
+import peer.store.rows as rows_module
+import peer.store.schema as schema_module
 from peer.errors import NotAMember, StoreError, TrustError, WrongGroup
 from peer.home import Home
 from peer.memory import Draft
@@ -224,7 +225,7 @@ async def test_fts_takes_any_user_text(store: Store) -> None:
 
 
 async def test_fts_leaves_out_words_that_are_everywhere(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "COMMON_WORD_DOCS", 2)
+    monkeypatch.setattr(rows_module, "COMMON_WORD_DOCS", 2)
     await store.add_many([(Draft(f"the note number {i}"), None) for i in range(5)])
     special = await store.add(Draft("the Zürich note"))
     # "the" and "note" are in every memory: only "zurich" (folded) decides.
@@ -512,8 +513,8 @@ async def test_a_store_from_a_newer_peer_is_refused(aio_loop: object, tmp_path: 
     home = Home(tmp_path / "h")
     await home.init("x")
     with sqlite3.connect(home.store_path) as conn:
-        conn.execute(f"PRAGMA user_version = {store_module.SCHEMA_VERSION + 5}")
-    newer, ours = store_module.SCHEMA_VERSION + 5, store_module.SCHEMA_VERSION
+        conn.execute(f"PRAGMA user_version = {schema_module.SCHEMA_VERSION + 5}")
+    newer, ours = schema_module.SCHEMA_VERSION + 5, schema_module.SCHEMA_VERSION
     with pytest.raises(StoreError, match=rf"newer peer \(schema {newer} > {ours}\); upgrade peer"):
         await home.open_store()
 
@@ -525,9 +526,9 @@ async def test_migrations_run_in_order_on_open(
     await home.init("x")
     async with await home.open_store() as s:
         mid = await s.add(Draft("made by the current schema"))
-    steps = [*store_module.MIGRATIONS, ["CREATE TABLE later (x)", "INSERT INTO later VALUES (42)"]]
-    monkeypatch.setattr(store_module, "MIGRATIONS", steps)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(steps))
+    steps = [*schema_module.MIGRATIONS, ["CREATE TABLE later (x)", "INSERT INTO later VALUES (42)"]]
+    monkeypatch.setattr(schema_module, "MIGRATIONS", steps)
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", len(steps))
     async with await home.open_store() as s:
         assert (await s.get(mid)).content == "made by the current schema"
     with sqlite3.connect(home.store_path) as conn:

@@ -1,0 +1,179 @@
+"""The store's SQLite schema: migrations, the SQL text the store runs, the meta keys, opening a connection.
+
+``MIGRATIONS[i]`` takes a store from schema version i to i + 1; a store
+file records its version in ``PRAGMA user_version`` and :func:`migrate`
+runs the steps it lacks, in one transaction. Append new steps; never edit
+a released one. Each is a list of single statements (not a script:
+sqlite3's executescript would commit the migration's transaction
+half-way).
+
+:func:`migrate` reads :data:`MIGRATIONS` and :data:`SCHEMA_VERSION` from
+this module when it runs (tests replace them here to add a step).
+"""
+
+from __future__ import annotations
+
+from peer.aio import Database
+from protocol import StoreError
+
+__all__ = [
+    "LIVE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "META_DEVICE_ID",
+    "META_INCARNATION",
+    "META_GROUP_ID",
+    "META_LAST_COUNTER",
+    "META_HLC",
+    "META_NEXT_SEQ",
+    "META_MEMBERSHIP_REV",
+    "META_STORE_ID",
+    "VERSION_COLUMNS",
+    "INSERT_VERSION",
+    "UPDATE_STATE",
+    "PUT_META",
+    "MERGE_VECTOR",
+    "MERGE_ROWS",
+    "MEMORY_COLUMNS",
+    "INFO_COLUMNS",
+    "configure",
+    "migrate",
+]
+
+LIVE = "state = 2 AND deleted = 0"  # literal, so the partial indexes apply
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT",
+        # Small columns first, blobs last: a row's big tail lives in
+        # overflow pages that queries not reading it never touch.
+        """CREATE TABLE versions (
+            id INTEGER PRIMARY KEY,
+            memory_id TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            counter INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            hlc INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            context TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            project TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            importance REAL,
+            tags TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            embedder TEXT NOT NULL,
+            content TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            sealed BLOB NOT NULL,
+            UNIQUE (origin, counter)
+        )""",
+        "CREATE INDEX versions_memory ON versions (memory_id, state)",
+        "CREATE UNIQUE INDEX versions_seq ON versions (seq)",
+        f"CREATE INDEX versions_live_updated ON versions (updated_at) WHERE {LIVE}",
+        f"CREATE INDEX versions_live_project ON versions (project, updated_at) WHERE {LIVE}",
+        f"CREATE INDEX versions_live_kind ON versions (kind, updated_at) WHERE {LIVE}",
+        # Siblings and tombstones are few: partial indexes count them cheaply.
+        "CREATE INDEX versions_siblings ON versions (memory_id) WHERE state = 1",
+        "CREATE INDEX versions_tombstones ON versions (state, memory_id) WHERE deleted = 1",
+        "CREATE TABLE vector (replica TEXT PRIMARY KEY, counter INTEGER NOT NULL) STRICT",
+        # The highest counter held per origin, so that "what does the other
+        # side lack" is one small query when the answer is "nothing".
+        "CREATE TABLE origins (origin TEXT PRIMARY KEY, max_counter INTEGER NOT NULL) STRICT",
+        "CREATE TABLE membership (id INTEGER PRIMARY KEY, record BLOB NOT NULL UNIQUE) STRICT",
+        "CREATE TABLE group_keys (epoch INTEGER PRIMARY KEY, key BLOB NOT NULL) STRICT",
+        "CREATE VIRTUAL TABLE fts USING fts5 (content, tokenize = 'unicode61 remove_diacritics 2')",
+        """CREATE TRIGGER versions_after_insert AFTER INSERT ON versions BEGIN
+            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
+            INSERT INTO origins (origin, max_counter) VALUES (new.origin, new.counter)
+                ON CONFLICT (origin) DO UPDATE SET max_counter = max(max_counter, excluded.max_counter);
+        END""",
+        """CREATE TRIGGER versions_after_state AFTER UPDATE OF state ON versions
+            WHEN (old.state = 2) != (new.state = 2) BEGIN
+            DELETE FROM fts WHERE rowid = old.id AND old.state = 2;
+            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
+        END""",
+    ],
+    [
+        # What each other device is known to hold: its vector as of the last
+        # complete sync with it, or the last bundle from it. `peer status`
+        # counts what it lacks; `peer bundle export --for` sends exactly that.
+        """CREATE TABLE peers (
+            device_id TEXT PRIMARY KEY,
+            vector BLOB NOT NULL,
+            seen_at REAL NOT NULL,
+            via TEXT NOT NULL
+        ) STRICT""",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Meta keys (rows of the meta table).
+META_DEVICE_ID = "device_id"
+META_INCARNATION = "incarnation"
+META_GROUP_ID = "group_id"
+META_LAST_COUNTER = "last_counter"
+META_HLC = "hlc"
+META_NEXT_SEQ = "next_seq"
+META_MEMBERSHIP_REV = "membership_rev"
+META_STORE_ID = "store_id"
+
+# SQL the store runs -----------------------------------------------------------------------------
+
+VERSION_COLUMNS = (
+    "memory_id, origin, counter, state, seq, hlc, deleted, context, kind, project, created_at, updated_at,"
+    " importance, tags, metadata, embedder, content, embedding, sealed"
+)
+INSERT_VERSION = f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+UPDATE_STATE = "UPDATE versions SET state = ?, seq = ? WHERE id = ?"
+PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+MERGE_VECTOR = (
+    "INSERT INTO vector (replica, counter) VALUES (?, ?)"
+    " ON CONFLICT (replica) DO UPDATE SET counter = max(counter, excluded.counter)"
+)
+# What merging needs of a version, for the memories named in a JSON list.
+MERGE_ROWS = (
+    "SELECT id, memory_id, origin, counter, context, hlc, deleted, state FROM versions"
+    " WHERE memory_id IN (SELECT value FROM json_each(?))"
+)
+MEMORY_COLUMNS = (
+    "v.memory_id, v.content, v.kind, v.project, v.tags, v.metadata, v.created_at, v.updated_at, v.importance,"
+    " v.origin, v.counter, v.deleted,"
+    " (SELECT count(*) FROM versions s WHERE s.memory_id = v.memory_id AND s.state = 1)"
+)
+INFO_COLUMNS = "memory_id, origin, counter, state, deleted, hlc, content, kind, project, tags, updated_at"
+
+
+# Opening -----------------------------------------------------------------------------------------
+
+
+async def configure(db: Database) -> None:
+    """Set up a freshly opened connection: write-ahead logging, NORMAL sync, foreign keys."""
+    mode = await db.fetchvalue("PRAGMA journal_mode = WAL")
+    if str(mode).lower() != "wal":
+        raise StoreError(f"the store at {db.path} cannot use write-ahead logging (journal mode {mode})")
+    # NORMAL in WAL mode: a committed transaction survives the process being
+    # killed; only a power cut may lose the last few commits, never corrupt.
+    await db.execute("PRAGMA synchronous = NORMAL")
+    await db.execute("PRAGMA foreign_keys = ON")
+
+
+async def migrate(db: Database) -> None:
+    """Bring the file's schema up to :data:`SCHEMA_VERSION`; a file written by a newer peer is refused."""
+    version = int(await db.fetchvalue("PRAGMA user_version"))
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"this store was written by a newer peer (schema {version} > {SCHEMA_VERSION}); upgrade peer"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    async with db.transaction():
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = int(await db.fetchvalue("PRAGMA user_version"))
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                await db.execute(statement)
+        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
