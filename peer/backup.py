@@ -46,7 +46,7 @@ import shutil
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -106,6 +106,7 @@ __all__ = [
     "create_backup",
     "read_backup",
     "restore_backup",
+    "RestoreResult",
     "backup_file_name",
     "scheduled_backups",
     "next_due",
@@ -361,6 +362,71 @@ def _leftovers(path: Path) -> list[Path]:
     return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
 
 
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """``peer backup restore``: what the device holds now, and how it got there.
+
+    ``mode`` is ``new`` (a device recreated on a fresh home), ``merge`` (what
+    it lacked, added) or ``replace`` (its store rebuilt from the backup, the
+    old one set aside at ``moved_aside``). ``warnings`` (an index that could
+    not catch up) are for stderr, not part of the JSON.
+    """
+
+    mode: str
+    backup_of: str  # the device the backup was made on
+    device_id: str
+    replica_id: str
+    group_id: str  # hex
+    versions: int
+    added: int
+    memories: int
+    moved_aside: str | None = None
+    file: str = ""
+    identity: bool = False  # whether the backup holds a sealed identity
+    created_at: float = 0.0  # when the backup was made, Unix seconds
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {
+            "backup_of": self.backup_of,
+            "device_id": self.device_id,
+            "replica_id": self.replica_id,
+            "group_id": self.group_id,
+            "versions": self.versions,
+            "added": self.added,
+            "memories": self.memories,
+        }
+        # The key order is what `peer backup restore --json` has always printed: mode first for a merge.
+        head: dict[str, Any] = {"mode": self.mode, **counts} if self.mode == "merge" else {**counts, "mode": self.mode}
+        return {
+            **head,
+            "moved_aside": self.moved_aside,
+            "file": self.file,
+            "identity": self.identity,
+            "created_at": self.created_at,
+            "seconds": self.seconds,
+        }
+
+    def describe(self) -> str:
+        if self.mode == "merge":
+            if not self.added:
+                return f"nothing new in {self.file}: this device already holds all of its versions"
+            return (
+                f"imported {self.added:,} versions this device lacked from {self.file};"
+                f" it now holds {self.memories:,} memories"
+            )
+        text = (
+            f"restored device {format_device_id(self.device_id)} (group {self.group_id}) from {self.file}:"
+            f" {self.memories:,} memories, {self.versions:,} versions.\nIt now writes as replica {self.replica_id}"
+            " (a new incarnation: it can never reuse a version id of the old store). Sync with the other devices,"
+            " or import their bundles, to get back what was written after the backup."
+        )
+        if self.moved_aside:
+            text += f"\nThe previous store was kept as {self.moved_aside}."
+        return text
+
+
 async def _build_store(
     home: Home,
     info: BackupInfo,
@@ -371,7 +437,7 @@ async def _build_store(
     group_keys: Mapping[int, bytes],
     now_ms: NowMs,
     progress: Progress | None,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, RestoreResult]:
     """A complete store from the backup under a temporary name in the home: records, new incarnation, bundle."""
     device_id = device_id_of(signing_key)
     scan = await scan_bundle(info.bundle, Trust(group_id, (), None), allow_own=True, progress=progress)
@@ -408,15 +474,16 @@ async def _build_store(
         for leftover in _leftovers(tmp):
             leftover.unlink(missing_ok=True)
         raise
-    return tmp, {
-        "backup_of": scan.header.sender,
-        "device_id": device_id,
-        "replica_id": replica,
-        "group_id": group_id.hex(),
-        "versions": stats.versions,
-        "added": result.added,
-        "memories": stats.memories,
-    }
+    return tmp, RestoreResult(
+        mode="new",
+        backup_of=scan.header.sender,
+        device_id=device_id,
+        replica_id=replica,
+        group_id=group_id.hex(),
+        versions=stats.versions,
+        added=result.added,
+        memories=stats.memories,
+    )
 
 
 def _write_keys(home: Home, restored: SealedIdentity) -> bool:
@@ -451,7 +518,7 @@ def _install(home: Home, tmp: Path) -> None:
 
 async def _restore_new(
     home: Home, info: BackupInfo, passphrase: PassphraseSource | None, now_ms: NowMs, progress: Progress | None
-) -> dict[str, Any]:
+) -> RestoreResult:
     if not info.has_identity:
         raise PeerError(
             "this backup holds no device identity (it was made without --with-identity), so it cannot recreate"
@@ -473,7 +540,7 @@ async def _restore_new(
             now_ms=now_ms,
             progress=progress,
         )
-        if result["backup_of"] != restored.device_id:
+        if result.backup_of != restored.device_id:
             for leftover in _leftovers(tmp):
                 leftover.unlink(missing_ok=True)
             raise BundleError("the backup's identity and its bundle are of different devices: it was altered")
@@ -484,12 +551,12 @@ async def _restore_new(
             home.device_key_path.unlink(missing_ok=True)
             home.kex_key_path.unlink(missing_ok=True)
         raise
-    return {**result, "mode": "new", "moved_aside": None}
+    return result
 
 
 async def _restore_replace(
     home: Home, info: BackupInfo, now_ms: NowMs, progress: Progress | None
-) -> dict[str, Any]:
+) -> RestoreResult:
     identity = home.identity()
     try:
         async with await home.open_store() as current:
@@ -529,7 +596,7 @@ async def _restore_replace(
         for leftover in _leftovers(tmp):
             leftover.unlink(missing_ok=True)
         raise
-    return {**result, "mode": "replace", "moved_aside": str(aside)}
+    return replace(result, mode="replace", moved_aside=str(aside))
 
 
 async def _bundle_group(info: BackupInfo) -> bytes:
@@ -555,7 +622,7 @@ async def restore_backup(
     passphrase: PassphraseSource | None = None,
     now_ms: NowMs = wall_clock_ms,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> RestoreResult:
     """``peer backup restore``: onto a fresh home (recreate the device), or merge into / replace an existing one.
 
     ``passphrase`` is called only when the identity is needed (a fresh home).
@@ -570,12 +637,16 @@ async def restore_backup(
         result = await _restore_replace(home, info, now_ms, progress)
     else:
         result = await _restore_merge(home, info, progress)
-    result.update(file=str(path), identity=info.has_identity, created_at=info.created_ms / 1000)
-    result["seconds"] = round(time.monotonic() - started, 3)
-    return result
+    return replace(
+        result,
+        file=str(path),
+        identity=info.has_identity,
+        created_at=info.created_ms / 1000,
+        seconds=round(time.monotonic() - started, 3),
+    )
 
 
-async def _restore_merge(home: Home, info: BackupInfo, progress: Progress | None) -> dict[str, Any]:
+async def _restore_merge(home: Home, info: BackupInfo, progress: Progress | None) -> RestoreResult:
     from .device import Device
 
     async with await Device.open(home) as device:
@@ -592,38 +663,17 @@ async def _restore_merge(home: Home, info: BackupInfo, progress: Progress | None
             if warning:
                 warnings.append(warning)
         stats = await device.store.stats()
-    return {
-        "mode": "merge",
-        "backup_of": imported.header.sender,
-        "device_id": stats.device_id,
-        "replica_id": stats.replica_id,
-        "group_id": stats.group_id,
-        "versions": stats.versions,
-        "added": imported.added,
-        "memories": stats.memories,
-        "moved_aside": None,
-        "warnings": warnings,
-    }
-
-
-def describe_restore(result: Mapping[str, Any]) -> str:
-    device = format_device_id(result["device_id"])
-    if result["mode"] == "merge":
-        if not result["added"]:
-            return f"nothing new in {result['file']}: this device already holds all of its versions"
-        return (
-            f"imported {result['added']:,} versions this device lacked from {result['file']};"
-            f" it now holds {result['memories']:,} memories"
-        )
-    text = (
-        f"restored device {device} (group {result['group_id']}) from {result['file']}: {result['memories']:,}"
-        f" memories, {result['versions']:,} versions.\nIt now writes as replica {result['replica_id']} (a new"
-        " incarnation: it can never reuse a version id of the old store). Sync with the other devices, or import"
-        " their bundles, to get back what was written after the backup."
+    return RestoreResult(
+        mode="merge",
+        backup_of=imported.header.sender,
+        device_id=stats.device_id,
+        replica_id=stats.replica_id,
+        group_id=stats.group_id,
+        versions=stats.versions,
+        added=imported.added,
+        memories=stats.memories,
+        warnings=tuple(warnings),
     )
-    if result.get("moved_aside"):
-        text += f"\nThe previous store was kept as {result['moved_aside']}."
-    return text
 
 
 # Scheduled backups ------------------------------------------------------------------------------

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from peer.store import Store
+from peer.units import local_minute
 
 log = logging.getLogger(__name__)
 
@@ -15,32 +18,111 @@ log = logging.getLogger(__name__)
 # Conflicts ----------------------------------------------------------------------------
 
 
-async def conflicts(store: Store, preview: int = 200) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class ConflictVersion:
+    """One live version of a memory in conflict."""
+
+    version: str
+    winner: bool
+    deleted: bool
+    updated_at: float  # Unix seconds
+    kind: str
+    project: str | None
+    content: str  # the first ``preview`` characters
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "winner": self.winner,
+            "deleted": self.deleted,
+            "updated_at": self.updated_at,
+            "kind": self.kind,
+            "project": self.project,
+            "content": self.content,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A memory with siblings: every live version, the winner first."""
+
+    id: str
+    versions: tuple[ConflictVersion, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "versions": [v.to_json() for v in self.versions]}
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictList:
+    """``peer conflicts``: every memory in conflict."""
+
+    conflicts: tuple[Conflict, ...]
+
+    def __iter__(self) -> Iterator[Conflict]:
+        return iter(self.conflicts)
+
+    def __len__(self) -> int:
+        return len(self.conflicts)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [c.to_json() for c in self.conflicts]
+
+    def describe(self) -> str:
+        if not self.conflicts:
+            return "no conflicts"
+        lines: list[str] = []
+        for memory in self.conflicts:
+            lines.append(f"{memory.id}  ({len(memory.versions)} live versions)")
+            for v in memory.versions:
+                what = "(forgotten)" if v.deleted else " ".join(v.content.split())[:70]
+                role = "winner " if v.winner else "sibling"
+                lines.append(f"  {role}  {v.version}  {local_minute(v.updated_at)}  {what}")
+            lines.append(f"  keep one with: peer resolve {memory.id} --keep VERSION")
+        return "\n".join(lines)
+
+
+async def conflicts(store: Store, preview: int = 200) -> ConflictList:
     """``peer conflicts``: each memory with siblings and all its live versions, the winner first."""
-    out: list[dict[str, Any]] = []
-    for versions in await store.conflicts():
-        out.append(
-            {
-                "id": versions[0].memory_id,
-                "versions": [
-                    {
-                        "version": v.version,
-                        "winner": v.state == "winner",
-                        "deleted": v.deleted,
-                        "updated_at": v.updated_at,
-                        "kind": v.kind,
-                        "project": v.project,
-                        "content": v.content[:preview],
-                    }
+    return ConflictList(
+        tuple(
+            Conflict(
+                versions[0].memory_id,
+                tuple(
+                    ConflictVersion(
+                        version=v.version,
+                        winner=v.state == "winner",
+                        deleted=v.deleted,
+                        updated_at=v.updated_at,
+                        kind=v.kind,
+                        project=v.project,
+                        content=v.content[:preview],
+                    )
                     for v in versions
-                ],
-            }
+                ),
+            )
+            for versions in await store.conflicts()
         )
-    return out
+    )
 
 
-async def resolve(store: Store, memory_id: str, keep: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ResolveResult:
+    """``peer resolve``: the memory, its new version, and the version kept."""
+
+    id: str
+    version: str
+    kept: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "kept": self.kept}
+
+    def describe(self) -> str:
+        return f"resolved {self.id}: kept {self.kept}, now version {self.version}"
+
+
+async def resolve(store: Store, memory_id: str, keep: str) -> ResolveResult:
     """``peer resolve``: keep one version; the new version supersedes every sibling."""
     resolved = await store.resolve(memory_id, keep)
     memory = await store.get(resolved)
-    return {"id": resolved, "version": memory.version, "kept": keep}
+    return ResolveResult(resolved, memory.version, keep)

@@ -27,10 +27,11 @@ import trio
 
 from peer.aio import CONNECT_TIMEOUT_S, DEFAULT_PORT, READ_TIMEOUT_S
 from peer.search.fusion import SearchHit, candidate_count, fuse, keyword_query
-from peer.search.sidecar import Coverage, index_state
-from peer.store import KEEP, SCHEMA_VERSION, Store
+from peer.search.sidecar import Coverage, IndexState, index_state
+from peer.store import KEEP, SCHEMA_VERSION, Store, StoreStats
 from peer.sync import BUSY_ATTEMPTS, ProgressCallback, Syncer, SyncSummary
-from protocol import PeerBusy, PeerError, StoreError
+from peer.units import fields_text, human_size
+from protocol import PeerBusy, PeerError, StoreError, format_device_id
 
 from .home import Home
 from .memory import Draft, Memory
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from peer.search.embedder import Embedder
     from peer.search.index import SearchIndex
 
-__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress"]
+__all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress", "ReindexResult", "StatsReport"]
 
 #: ``progress(done, total)``, called from the trio thread as work advances.
 Progress = Callable[[int, int], None]
@@ -84,6 +85,64 @@ class DoctorReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"healthy": self.healthy, "checks": [c.to_json() for c in self.checks]}
+
+    def describe(self) -> str:
+        lines: list[str] = []
+        for check in self.checks:
+            mark = "ok  " if check.ok else "FAIL"
+            lines.append(f"{mark}  {check.name}: {check.detail}")
+            if not check.ok and check.fix:
+                lines.append(f"      fix: {check.fix}")
+        lines.append("healthy" if self.healthy else "NOT healthy")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """``peer stats``: the store's counts, where the device lives and what its search index covers."""
+
+    store: StoreStats
+    home: str
+    schema_version: int
+    index: IndexState
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.store.to_json(),
+            "home": self.home,
+            "schema_version": self.schema_version,
+            "index": self.index.to_json(),
+        }
+
+    def describe(self) -> str:
+        s = self.store
+        return fields_text(
+            [
+                ("home", self.home),
+                ("device", format_device_id(s.device_id)),
+                ("group", s.group_id),
+                ("memories", f"{s.memories:,} live, {s.forgotten:,} forgotten"),
+                ("versions", f"{s.versions:,} ({s.tombstones:,} tombstones)"),
+                ("conflicts", f"{s.conflicts:,}"),
+                ("devices", f"{s.devices:,}"),
+                ("store", human_size(s.db_bytes)),
+                ("index", self.index.describe()),
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexResult:
+    """``peer reindex``: how many memories the rebuilt index holds, and how long it took."""
+
+    vectors: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vectors": self.vectors, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        return f"indexed {self.vectors:,} memories in {self.seconds:.1f} s"
 
 
 def _vector_bytes(rows: Any) -> list[bytes]:
@@ -273,7 +332,7 @@ class Device:
         assert self._index is not None
         return self._index
 
-    async def reindex(self, progress: Progress | None = None) -> dict[str, Any]:
+    async def reindex(self, progress: Progress | None = None) -> ReindexResult:
         """Rebuild the index from the store's vectors (embedding only what has none)."""
         from peer.search.index import SearchIndex
 
@@ -281,7 +340,7 @@ class Device:
         if self._index is None:
             self._index, _ = await SearchIndex.open(self.home.index_dir, self.embedder)
         await self._index.rebuild(self.store, self.embedder, progress)
-        return {"vectors": len(self._index), "seconds": time.monotonic() - started}
+        return ReindexResult(len(self._index), time.monotonic() - started)
 
     # Search -----------------------------------------------------------------------------
     async def search(
@@ -353,14 +412,12 @@ class Device:
         return results
 
     # Health -----------------------------------------------------------------------------
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> StatsReport:
         """``peer stats``: the store's counts plus where things live and the index's state."""
         store_stats = await self.store.stats()
-        out = store_stats.to_json()
-        out["home"] = str(self.home.path)
-        out["schema_version"] = SCHEMA_VERSION
-        out["index"] = index_state(self.home.index_dir, store_stats.max_seq).to_json()
-        return out
+        return StatsReport(
+            store_stats, str(self.home.path), SCHEMA_VERSION, index_state(self.home.index_dir, store_stats.max_seq)
+        )
 
     def _key_file_checks(self) -> list[Check]:
         checks: list[Check] = []

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from peer.store import NowMs, Store, wall_clock_ms
+from peer.units import local_minute
 from protocol import (
     MemberInfo,
     PeerError,
@@ -22,23 +24,100 @@ log = logging.getLogger(__name__)
 # Members ----------------------------------------------------------------------------
 
 
-def _member_json(info: MemberInfo, this_device: str) -> dict[str, Any]:
-    return {
-        "device_id": info.device_id,
-        "display_id": format_device_id(info.device_id),
-        "name": info.name,
-        "added_by": info.added_by,
-        "added_at": info.added_at_ms / 1000,
-        "founder": info.founder,
-        "revoked": info.revoked,
-        "this_device": info.device_id == this_device,
-    }
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One device of the group as ``peer devices`` shows it."""
+
+    device_id: str
+    name: str
+    added_by: str
+    added_at: float  # Unix seconds
+    founder: bool
+    revoked: bool
+    this_device: bool
+
+    @property
+    def display_id(self) -> str:
+        return format_device_id(self.device_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "display_id": self.display_id,
+            "name": self.name,
+            "added_by": self.added_by,
+            "added_at": self.added_at,
+            "founder": self.founder,
+            "revoked": self.revoked,
+            "this_device": self.this_device,
+        }
 
 
-async def devices(store: Store) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class MemberList:
+    """``peer devices``: current members and revoked devices, in the membership's order."""
+
+    members: tuple[Member, ...]
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [m.to_json() for m in self.members]
+
+    def describe(self) -> str:
+        names = {m.device_id: m.name for m in self.members}
+        lines = []
+        for m in self.members:
+            mark = "*" if m.this_device else " "
+            if m.revoked:
+                state = "revoked"
+            elif m.founder:
+                state = "founder"
+            else:
+                state = f"added by {names.get(m.added_by, m.added_by[:8])}"
+            lines.append(f"{mark} {m.display_id}  {m.name:<16}  {state:<22}  {local_minute(m.added_at)}")
+        return "\n".join(lines)
+
+
+def _member(info: MemberInfo, this_device: str) -> Member:
+    return Member(
+        device_id=info.device_id,
+        name=info.name,
+        added_by=info.added_by,
+        added_at=info.added_at_ms / 1000,
+        founder=info.founder,
+        revoked=info.revoked,
+        this_device=info.device_id == this_device,
+    )
+
+
+async def devices(store: Store) -> MemberList:
     """``peer devices``: current members and revoked devices."""
     await store.refresh()
-    return [_member_json(m, store.device_id) for m in store.membership.members()]
+    return MemberList(tuple(_member(m, store.device_id) for m in store.membership.members()))
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeResult:
+    """``peer revoke``: the device revoked and the key epoch the group moved to."""
+
+    device_id: str
+    name: str
+    epoch: int
+    records: int  # membership records written
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "name": self.name, "epoch": self.epoch, "records": self.records}
+
+    def describe(self) -> str:
+        return (
+            f"revoked {format_device_id(self.device_id)} ({self.name}); the group key moved to epoch"
+            f" {self.epoch}. Other devices learn of it at their next sync."
+        )
 
 
 def find_device(members: Sequence[MemberInfo], text: str) -> MemberInfo:
@@ -55,7 +134,7 @@ def find_device(members: Sequence[MemberInfo], text: str) -> MemberInfo:
     return matches[0]
 
 
-async def revoke(store: Store, device: str, *, now_ms: NowMs = wall_clock_ms) -> dict[str, Any]:
+async def revoke(store: Store, device: str, *, now_ms: NowMs = wall_clock_ms) -> RevokeResult:
     """``peer revoke``: revoke a member and move the group to a new key epoch it does not get.
 
     :meth:`Store.revoke` writes the records (with the cutoff of what the
@@ -69,4 +148,4 @@ async def revoke(store: Store, device: str, *, now_ms: NowMs = wall_clock_ms) ->
     records = await store.revoke(target.device_id, now_ms=now_ms())
     epoch = store.membership.current_epoch
     log.info("revoked device %s; the group key moved to epoch %d", target.device_id, epoch)
-    return {"device_id": target.device_id, "name": target.name, "epoch": epoch, "records": len(records)}
+    return RevokeResult(target.device_id, target.name, epoch, len(records))

@@ -1,15 +1,20 @@
-"""Quantities as people write and read them: byte sizes in messages, durations in options.
+"""Quantities, times and field lists as people write and read them.
 
-One duration grammar serves every option that takes one (``peer invite
---ttl``, ``--since``): a number with a unit, several in a row, or a bare
-number of seconds.
+Byte sizes and times in messages sit below every layer that describes a
+result (``describe()`` methods), so the text a command prints is built next
+to the data and the CLI only chooses between it and the JSON. One duration
+grammar serves every option that takes one (``peer invite --ttl``,
+``--since``): a number with a unit, several in a row, or a bare number of
+seconds.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
+from collections.abc import Iterable
 
-__all__ = ["DURATION_HELP", "human_size", "parse_duration"]
+__all__ = ["DURATION_HELP", "fields_text", "human_size", "local_minute", "parse_duration"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -38,3 +43,15 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+def local_minute(timestamp: float) -> str:
+    """``2026-11-22 05:30``: a Unix time in this machine's time zone, to the minute."""
+    return _dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def fields_text(rows: Iterable[tuple[str, object]]) -> str:
+    """``key  value`` lines with the values aligned in one column."""
+    rows = list(rows)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)

@@ -5,14 +5,15 @@ rich is imported only when a bar is shown (a terminal and a long job).
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
+
+from peer.units import fields_text, local_minute
 
 from ._app import json_mode
 
@@ -31,7 +32,7 @@ def warn(message: str) -> None:
 
 
 def when(timestamp: float) -> str:
-    return _dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    return local_minute(timestamp)
 
 
 def one_line(text: str, width: int) -> str:
@@ -59,10 +60,7 @@ def memory_line(memory: Memory, prefix: str = "") -> str:
 
 
 def print_fields(rows: Iterable[tuple[str, object]]) -> None:
-    rows = list(rows)
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        click.echo(f"{key.ljust(width)}  {value}")
+    click.echo(fields_text(rows))
 
 
 class ProgressBar:
@@ -96,11 +94,20 @@ class ProgressBar:
         self._progress.stop()
 
 
-def print_result(result: Any, text: str) -> None:
+class Result(Protocol):
+    """What a domain operation returns: its JSON and the text a person reads."""
+
+    def to_json(self) -> Any: ...
+
+    def describe(self) -> str: ...
+
+
+def print_result(result: Result) -> None:
+    """``result.to_json()`` with --json, else ``result.describe()``."""
     if json_mode():
-        print_json(result)
+        print_json(result.to_json())
     else:
-        click.echo(text)
+        click.echo(result.describe())
 
 
 class Bars:

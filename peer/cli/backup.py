@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from protocol import PeerError
 
 if TYPE_CHECKING:
+    from peer.backup import BackupResult, RestoreResult
     from peer.device import Device
 from ._app import cli, common_options, home_arg, run, with_device
 from ._output import print_result, stage_progress, warn
@@ -79,16 +80,15 @@ def backup_create(output: str, with_identity: bool, passphrase_file: str | None)
     secret = _passphrase(passphrase_file, confirm=True)() if with_identity else None
     update, close = stage_progress()
 
-    async def body(device: Device) -> tuple[dict[str, Any], str]:
+    async def body(device: Device) -> BackupResult:
         try:
-            result = await create_backup(
+            return await create_backup(
                 device.store, device.home.identity(), Path(output), passphrase=secret, progress=update
             )
         finally:
             close()
-        return result.to_json(), result.describe()
 
-    print_result(*with_device(body))
+    print_result(with_device(body))
 
 
 @backup.command(name="restore")
@@ -101,13 +101,13 @@ def backup_restore(file: str, strategy: str, passphrase_file: str | None) -> Non
     """Recreate this device from FILE, or add what it lacks."""
     from pathlib import Path
 
-    from peer.backup import describe_restore, restore_backup
+    from peer.backup import restore_backup
     from peer.home import Home
 
     home = Home.locate(home_arg())
     update, close = stage_progress()
 
-    async def body() -> dict[str, Any]:
+    async def body() -> RestoreResult:
         try:
             return await restore_backup(
                 home,
@@ -120,6 +120,6 @@ def backup_restore(file: str, strategy: str, passphrase_file: str | None) -> Non
             close()
 
     result = run(body)
-    for warning in result.pop("warnings", []):
+    for warning in result.warnings:
         warn(warning)
-    print_result(result, describe_restore(result))
+    print_result(result)

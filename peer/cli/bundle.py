@@ -48,7 +48,7 @@ def bundle_export(file: str, for_device: str | None, project: str | None, full: 
             close()
 
     result = with_device(body)
-    print_result(result.to_json(), result.describe())
+    print_result(result)
 
 
 @bundle.command(name="import")
@@ -77,4 +77,4 @@ def bundle_import(file: str, dry_run: bool) -> None:
     result = with_device(body)
     for warning in warnings:
         warn(warning)
-    print_result(result.to_json(), result.describe())
+    print_result(result)

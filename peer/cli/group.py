@@ -6,20 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._output import when
+import click
+
+from ._app import address_option, cli, common_options, home_arg, run, ttl_option
+from ._output import print_result
 
 if TYPE_CHECKING:
     from peer.home import Home
-
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-import click
-
-if TYPE_CHECKING:
-    pass
-from ._app import address_option, cli, common_options, home_arg, run, ttl_option
-from ._output import print_result
+    from peer.members import MemberList, RevokeResult
+    from peer.pairing import InviteResult, JoinResult
 
 
 @cli.command()
@@ -49,7 +44,7 @@ def invite(ttl: str | None, address: str | None, file: str | None, name: str | N
     if name is not None and file is None:
         raise click.UsageError("--name names the device an invite file makes; use it with --file")
     home = Home.locate(home_arg())
-    print_result(*run(lambda: invite_command(home, ttl=ttl, address=address, file=file, name=name)))
+    print_result(run(lambda: invite_command(home, ttl=ttl, address=address, file=file, name=name)))
 
 
 @cli.command()
@@ -72,7 +67,7 @@ def join(code: tuple[str, ...], host: str | None, name: str | None, file: str | 
         raise click.UsageError("an invite file already names the device and needs no host; drop --host/--name")
     home = Home.locate(home_arg())
     # A code pasted with spaces arrives as several arguments.
-    print_result(*run(lambda: join_command(home, "".join(code), host=host, name=name, file=file)))
+    print_result(run(lambda: join_command(home, "".join(code), host=host, name=name, file=file)))
 
 
 @cli.command()
@@ -82,7 +77,7 @@ def devices() -> None:
     from peer.home import Home
 
     home = Home.locate(home_arg())
-    print_result(*run(lambda: devices_command(home)))
+    print_result(run(lambda: devices_command(home)))
 
 
 @cli.command()
@@ -93,7 +88,7 @@ def revoke(device: str) -> None:
     from peer.home import Home
 
     home = Home.locate(home_arg())
-    print_result(*run(lambda: revoke_command(home, device)))
+    print_result(run(lambda: revoke_command(home, device)))
 
 
 # Command bodies (the click commands above parse arguments and print; these do the work) ---------
@@ -127,46 +122,17 @@ async def invite_command(
     address: str | None = None,
     file: str | None = None,
     name: str | None = None,
-) -> tuple[dict[str, Any], str]:
-    """``peer invite``: (JSON, text for a person)."""
-    from peer.pairing import (
-        DEFAULT_TTL_S,
-        expires_text,
-        make_invite,
-        make_invite_file,
-        parse_ttl,
-    )
-    from protocol import format_device_id
+) -> InviteResult:
+    """``peer invite``: a code for the network join, or with ``file`` an air-gapped invite file."""
+    from peer.pairing import DEFAULT_TTL_S, make_invite, make_invite_file, parse_ttl
 
     ttl_s = DEFAULT_TTL_S if ttl is None else parse_ttl(ttl)
     async with await home.open_store() as store:
         if file is not None:
-            text, code, new_id = await make_invite_file(
-                store, home.identity(), Path(file), name=name or "new device", ttl_s=ttl_s
-            )
-        else:
-            new_id = None
-            text, code = await make_invite(
-                home, store, ttl_s=ttl_s, address=default_address(home) if address is None else address
-            )
-    out: dict[str, Any] = {"code": text, "device_id": code.device_id, "expires_at": code.expires_at}
-    if file is not None:
-        out.update(file=file, new_device_id=new_id)
-        human = (
-            f"{text}\n\n"
-            f"Carry {file} to the new device and run there:  peer join {text} --file {file}\n"
-            f"Keep the code apart from the file. Device {format_device_id(new_id or '')} is a member already;"
-            f" if the file is never used, revoke it."
+            return await make_invite_file(store, home.identity(), file, name=name or "new device", ttl_s=ttl_s)
+        return await make_invite(
+            home, store, ttl_s=ttl_s, address=default_address(home) if address is None else address
         )
-        return out, human
-    out["address"] = code.address
-    human = (
-        f"{text}\n\n"
-        f"On the new device run:  peer join {text}\n"
-        f"The code works once and expires {expires_text(code.expires_at)}."
-        f" `peer agent` must be running here{' at ' + code.address if code.address else ''}."
-    )
-    return out, human
 
 
 async def join_command(
@@ -176,63 +142,25 @@ async def join_command(
     host: str | None = None,
     name: str | None = None,
     file: str | None = None,
-) -> tuple[dict[str, Any], str]:
+) -> JoinResult:
     import socket
 
     from peer.pairing import join, join_from_file
-    from protocol import format_device_id
 
     if file is not None:
-        result = await join_from_file(home, code, Path(file))
-    else:
-        result = await join(home, code, host=host, name=name or socket.gethostname())
-    human = (
-        f"joined group {result['group_id']} through device {format_device_id(result['inviter'])}"
-        f" ({result['members']} members)\nthis device: {format_device_id(result['device_id'])}"
-    )
-    if "sync" in result:
-        human += f"\nfirst sync: {result['sync'].get('received', 0)} versions received"
-    elif "sync_error" in result:
-        human += f"\nthe first sync failed ({result['sync_error']}); run `peer sync {result['address']}`"
-    elif file is not None:
-        human += (
-            "\nnow bring the memories over: `peer bundle export FILE` on the inviter, `peer bundle import FILE`"
-            " here (and bundles back the other way), or `peer sync HOST` once both devices share a network"
-        )
-    return result, human
+        return await join_from_file(home, code, Path(file))
+    return await join(home, code, host=host, name=name or socket.gethostname())
 
 
-def devices_text(listed: Sequence[dict[str, Any]]) -> str:
-    names = {d["device_id"]: d["name"] for d in listed}
-    lines = []
-    for d in listed:
-        mark = "*" if d["this_device"] else " "
-        if d["revoked"]:
-            state = "revoked"
-        elif d["founder"]:
-            state = "founder"
-        else:
-            state = f"added by {names.get(d['added_by'], d['added_by'][:8])}"
-        lines.append(f"{mark} {d['display_id']}  {d['name']:<16}  {state:<22}  {when(d['added_at'])}")
-    return "\n".join(lines)
-
-
-async def devices_command(home: Home) -> tuple[list[dict[str, Any]], str]:
+async def devices_command(home: Home) -> MemberList:
     from peer.members import devices
 
     async with await home.open_store() as store:
-        listed = await devices(store)
-    return listed, devices_text(listed)
+        return await devices(store)
 
 
-async def revoke_command(home: Home, device: str) -> tuple[dict[str, Any], str]:
+async def revoke_command(home: Home, device: str) -> RevokeResult:
     from peer.members import revoke
-    from protocol import format_device_id
 
     async with await home.open_store() as store:
-        result = await revoke(store, device)
-    human = (
-        f"revoked {format_device_id(result['device_id'])} ({result['name']}); the group key moved to epoch"
-        f" {result['epoch']}. Other devices learn of it at their next sync."
-    )
-    return result, human
+        return await revoke(store, device)

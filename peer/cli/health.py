@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from peer.units import human_size
+from ._app import cli, common_options, with_device
+from ._output import print_result, progress_callback
 
 if TYPE_CHECKING:
-    from peer.device import Device, DoctorReport
-from ._app import cli, common_options, json_mode, with_device
-from ._output import print_fields, print_json, progress_callback
+    from peer.device import Device, DoctorReport, ReindexResult, StatsReport
 
 
 @cli.command()
@@ -20,41 +19,10 @@ from ._output import print_fields, print_json, progress_callback
 def stats() -> None:
     """Counts, sizes and the state of the search index."""
 
-    async def body(device: Device) -> dict[str, Any]:
+    async def body(device: Device) -> StatsReport:
         return await device.stats()
 
-    info = with_device(body)
-    if json_mode():
-        print_json(info)
-        return
-    from protocol import format_device_id
-
-    index = info["index"]
-    print_fields(
-        [
-            ("home", info["home"]),
-            ("device", format_device_id(info["device_id"])),
-            ("group", info["group_id"]),
-            ("memories", f"{info['memories']:,} live, {info['forgotten']:,} forgotten"),
-            ("versions", f"{info['versions']:,} ({info['tombstones']:,} tombstones)"),
-            ("conflicts", f"{info['conflicts']:,}"),
-            ("devices", f"{info['devices']:,}"),
-            ("store", human_size(info["db_bytes"])),
-            ("index", index["summary"]),
-        ]
-    )
-
-
-def _print_report(report: DoctorReport) -> None:
-    if json_mode():
-        print_json(report.to_json())
-        return
-    for check in report.checks:
-        mark = "ok  " if check.ok else "FAIL"
-        click.echo(f"{mark}  {check.name}: {check.detail}")
-        if not check.ok and check.fix:
-            click.echo(f"      fix: {check.fix}")
-    click.echo("healthy" if report.healthy else "NOT healthy")
+    print_result(with_device(body))
 
 
 @cli.command()
@@ -71,7 +39,7 @@ def doctor(repair: bool) -> None:
             close()
 
     report = with_device(body)
-    _print_report(report)
+    print_result(report)
     if not report.healthy:
         raise click.exceptions.Exit(1)
 
@@ -82,14 +50,10 @@ def reindex() -> None:
     """Rebuild the search index from the store."""
     update, close = progress_callback("rebuilding index")
 
-    async def body(device: Device) -> dict[str, Any]:
+    async def body(device: Device) -> ReindexResult:
         try:
             return await device.reindex(progress=update)
         finally:
             close()
 
-    result = with_device(body)
-    if json_mode():
-        print_json(result)
-    else:
-        click.echo(f"indexed {result['vectors']:,} memories in {result['seconds']:.1f} s")
+    print_result(with_device(body))

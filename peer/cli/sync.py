@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from peer.home import Home
 
 from ._app import cli, common_options, home_arg, json_mode, run, with_device
-from ._output import print_json, sync_progress, warn
+from ._output import print_result, sync_progress, warn
 
 
 @cli.command()
@@ -36,10 +36,7 @@ def sync(address: str, timeout: float | None) -> None:
         close()
     for warning in summary.warnings:
         warn(warning)
-    if json_mode():
-        print_json(summary.to_json())
-    else:
-        click.echo(summary.describe())
+    print_result(summary)
 
 
 @cli.command()
@@ -124,13 +121,9 @@ def agent(
 def status() -> None:
     """The agent and the group's devices: addresses, last sync and its result, what each lacks."""
     from peer.home import Home
-    from peer.sync.report import status_command
+    from peer.sync.report import status_report
 
-    result = run(lambda: status_command(Home.locate(home_arg())))
-    if json_mode():
-        print_json(result.to_json())
-    else:
-        click.echo(result.text())
+    print_result(run(lambda: status_report(Home.locate(home_arg()))))
 
 
 def systemd_unit_text(home: Home, executable: str, options: Sequence[str] = ()) -> str:

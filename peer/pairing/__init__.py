@@ -12,7 +12,6 @@ from .invites import (
     REFUSAL_MESSAGE,
     Invite,
     Invites,
-    expires_text,
     make_invite,
     parse_ttl,
 )
@@ -25,6 +24,7 @@ from .join import (
     request_join,
     serve_join,
 )
+from .results import InviteResult, JoinResult, expires_text
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -32,7 +32,9 @@ __all__ = [
     "MAX_TTL_S",
     "REFUSAL_MESSAGE",
     "Invite",
+    "InviteResult",
     "Invites",
+    "JoinResult",
     "accept_join",
     "admitted_membership",
     "expires_text",

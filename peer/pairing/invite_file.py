@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from peer.errors import InviteRefused
 from peer.home import Home, Identity
@@ -27,7 +26,8 @@ from protocol import (
     raw_public_key,
 )
 
-from .invites import _CLOCK_SLACK_MS, DEFAULT_TTL_S, expires_text
+from .invites import _CLOCK_SLACK_MS, DEFAULT_TTL_S
+from .results import InviteResult, JoinResult, expires_text
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,15 @@ def _file_key(secret: bytes, invite_id: bytes) -> bytes:
 async def make_invite_file(
     store: Store,
     identity: Identity,
-    path: Path,
+    path: Path | str,
     *,
     name: str,
     ttl_s: int = DEFAULT_TTL_S,
     now_ms: NowMs = wall_clock_ms,
-) -> tuple[str, InviteCode, str]:
+) -> InviteResult:
     """``peer invite --file F``: admit a new device and write its sealed identity to ``path``.
 
-    Returns (code text, code, the new device's id).
+    The result names the file as it was given (a person reads it back).
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -79,6 +79,8 @@ async def make_invite_file(
         PrivateFormat,
     )
 
+    given = os.fspath(path)
+    path = Path(path)
     if path.exists():
         raise PeerError(f"{path} already exists; give another file name")
     signing = Ed25519PrivateKey.generate()
@@ -126,10 +128,10 @@ async def make_invite_file(
     await store.apply_membership(records, strict=True)
     new_id = device_id_for(public)
     log.info("admitted device %s (%r) through invite file %s", new_id, name, path)
-    return encode_code(code), code, new_id
+    return InviteResult(encode_code(code), code, file=given, new_device_id=new_id)
 
 
-async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowMs = wall_clock_ms) -> dict[str, Any]:
+async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowMs = wall_clock_ms) -> JoinResult:
     """``peer join CODE --file F``: become the device the inviter made for this file."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -182,9 +184,9 @@ async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowM
         raise TrustError(f"{path} does not admit this device; ask for a new invite")
     keys = membership.epoch_keys(identity.device_id, identity.kex_key)
     await home.create_store(group_id=group_id, records=membership.records(), group_keys=keys, now_ms=now_ms)
-    return {
-        "group_id": group_id.hex(),
-        "device_id": identity.device_id,
-        "inviter": code.device_id,
-        "members": sum(1 for m in membership.members() if not m.revoked),
-    }
+    return JoinResult(
+        group_id=group_id.hex(),
+        device_id=identity.device_id,
+        inviter=code.device_id,
+        members=sum(1 for m in membership.members() if not m.revoked),
+    )

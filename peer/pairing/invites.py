@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 from peer.aio import Database
@@ -56,6 +55,8 @@ from protocol import (
     device_id_for,
     encode_code,
 )
+
+from .results import InviteResult
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,8 @@ async def make_invite(
     ttl_s: int = DEFAULT_TTL_S,
     address: str = "",
     now_ms: NowMs = wall_clock_ms,
-) -> tuple[str, InviteCode]:
-    """``peer invite``: a new one-time invite, remembered in ``invites.db``; returns (code text, code)."""
+) -> InviteResult:
+    """``peer invite``: a new one-time invite, remembered in ``invites.db``."""
     if not store.membership.is_member(store.device_id):
         raise NotAMember("this device is no longer a member of its group; it cannot invite anyone")
     if address:
@@ -204,12 +205,4 @@ async def make_invite(
         await invites.add(
             invite.invite_id, invite.verifier, created_at_ms=now, expires_at_ms=invite.expires_at * 1000
         )
-    return encode_code(invite), invite
-
-
-def expires_text(expires_at: int, now: float | None = None) -> str:
-    """``in 15 min`` / ``at 2026-11-22 05:30 UTC``, for the person reading an invite."""
-    left = expires_at - (time.time() if now is None else now)
-    if left < 3600:
-        return f"in {max(0, round(left / 60))} min"
-    return time.strftime("at %Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+    return InviteResult(encode_code(invite), invite)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,8 @@ from protocol import (
     format_device_id,
 )
 
-from .invites import _CLOCK_SLACK_MS, REFUSAL_MESSAGE, Invites, expires_text
+from .invites import _CLOCK_SLACK_MS, REFUSAL_MESSAGE, Invites
+from .results import JoinResult, expires_text
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +226,8 @@ async def join(
     now_ms: NowMs = wall_clock_ms,
     connect_timeout: float | None = None,
     first_sync: bool = True,
-) -> dict[str, Any]:
-    """``peer join``: pair this device with the inviter's group and create its store.
-
-    Returns what ``--json`` prints: the group id, this device, the inviter
-    and how many members the group has.
-    """
+) -> JoinResult:
+    """``peer join``: pair this device with the inviter's group and create its store, then sync with the inviter."""
     code = decode_code(code_text)
     address = host or code.address
     if not address:
@@ -261,25 +259,25 @@ async def join(
         group_id=accept.group_id, records=records, group_keys=keys, now_ms=now_ms, replace_empty=True
     )
     log.info("joined group %s through device %s", accept.group_id.hex(), code.device_id)
-    result: dict[str, Any] = {
-        "group_id": accept.group_id.hex(),
-        "device_id": identity.device_id,
-        "inviter": code.device_id,
-        "address": f"{target_host}:{target_port}",
-        "members": sum(1 for m in _membership_of(accept).members() if not m.revoked),
-    }
-    if first_sync:
-        # The store exists whatever happens now: a failed first sync is
-        # reported, not raised, and `peer sync` (or the agent) catches up.
-        async with await home.open_store(now_ms=now_ms) as store:
-            try:
-                summary = await Syncer(store, identity.signing_key, **kwargs).sync_with(target_host, target_port)
-            except PeerError as e:
-                log.warning("joined, but the first sync with %s failed: %s", result["address"], e)
-                result["sync_error"] = e.message
-            else:
-                result["sync"] = summary.to_json()
-    return result
+    address = f"{target_host}:{target_port}"
+    result = JoinResult(
+        group_id=accept.group_id.hex(),
+        device_id=identity.device_id,
+        inviter=code.device_id,
+        members=sum(1 for m in _membership_of(accept).members() if not m.revoked),
+        address=address,
+    )
+    if not first_sync:
+        return result
+    # The store exists whatever happens now: a failed first sync is
+    # reported, not raised, and `peer sync` (or the agent) catches up.
+    async with await home.open_store(now_ms=now_ms) as store:
+        try:
+            summary = await Syncer(store, identity.signing_key, **kwargs).sync_with(target_host, target_port)
+        except PeerError as e:
+            log.warning("joined, but the first sync with %s failed: %s", address, e)
+            return dataclasses.replace(result, sync_error=e.message)
+    return dataclasses.replace(result, sync=summary)
 
 
 def _membership_of(accept: JoinAccept) -> Membership:

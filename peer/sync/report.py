@@ -17,7 +17,7 @@ from peer.home import Home
 from peer.sync.status_file import read_status
 from protocol import format_device_id
 
-__all__ = ["StatusReport", "status_command"]
+__all__ = ["PeerStatus", "StatusReport", "status_report"]
 
 
 def _ago(timestamp: float | None, now: float) -> str:
@@ -34,19 +34,61 @@ def _ago(timestamp: float | None, now: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """Another device as ``peer status`` shows it: what the store knows of it and what the agent saw.
+
+    A device the agent found but that never said who it is has no
+    ``device_id`` and is named by its addresses.
+    """
+
+    device_id: str | None
+    name: str
+    member: bool  # a current member (not revoked)
+    revoked: bool
+    addresses: tuple[str, ...]
+    source: str | None  # "config" or "mdns": where the agent learned the addresses
+    present: bool  # still announced on the LAN
+    last_sync: float | None  # Unix seconds
+    via: str | None  # "sync" or "bundle": how this store last heard of it
+    last_attempt: float | None
+    last_result: str | None
+    failures: int
+    lacks: int | None  # versions of this store it lacks; None when it never synced
+    ahead: bool  # it holds versions this store lacks
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "name": self.name,
+            "member": self.member,
+            "revoked": self.revoked,
+            "addresses": list(self.addresses),
+            "source": self.source,
+            "present": self.present,
+            "last_sync": self.last_sync,
+            "via": self.via,
+            "last_attempt": self.last_attempt,
+            "last_result": self.last_result,
+            "failures": self.failures,
+            "lacks": self.lacks,
+            "ahead": self.ahead,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     device_id: str
-    agent: dict[str, Any] | None
-    peers: list[dict[str, Any]]
+    agent: dict[str, Any] | None  # the running agent's status file as it wrote it, or None
+    peers: tuple[PeerStatus, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
             "agent": self.agent,
-            "peers": self.peers,
+            "peers": [p.to_json() for p in self.peers],
         }
 
-    def text(self, now: float | None = None) -> str:
+    def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         lines = [f"device {format_device_id(self.device_id)}"]
         if self.agent is None:
@@ -60,27 +102,28 @@ class StatusReport:
         if not self.peers:
             lines.append("no other devices in this group yet (`peer invite` on this one, `peer join` on the other)")
         for p in self.peers:
-            name = f"{p['name']} ({format_device_id(p['device_id'])})" if p["device_id"] else p["name"]
-            flags = " [revoked]" if p["revoked"] else ""
+            name = f"{p.name} ({format_device_id(p.device_id)})" if p.device_id else p.name
+            flags = " [revoked]" if p.revoked else ""
             lines.append(f"{name}{flags}")
-            if p["addresses"]:
-                if p["source"] == "config":
+            if p.addresses:
+                if p.source == "config":
                     state = "configured"
                 else:
-                    state = "on the LAN" if p["present"] else "gone from the LAN"
-                lines.append(f"  at {', '.join(p['addresses'])} ({state})")
-            lines.append(f"  last sync: {_ago(p['last_sync'], now)}" + (f" (by {p['via']})" if p["via"] else ""))
-            if p["last_result"]:
-                lines.append(f"  last attempt: {_ago(p['last_attempt'], now)}: {p['last_result']}")
-            if p["lacks"] is None:
+                    state = "on the LAN" if p.present else "gone from the LAN"
+                lines.append(f"  at {', '.join(p.addresses)} ({state})")
+            lines.append(f"  last sync: {_ago(p.last_sync, now)}" + (f" (by {p.via})" if p.via else ""))
+            if p.last_result:
+                lines.append(f"  last attempt: {_ago(p.last_attempt, now)}: {p.last_result}")
+            if p.lacks is None:
                 lines.append("  lacks: unknown (never synced)")
             else:
-                lines.append(f"  lacks: {p['lacks']:,} versions of this device's store" + (
-                    "; it has versions this device lacks" if p["ahead"] else ""))
+                lines.append(f"  lacks: {p.lacks:,} versions of this device's store" + (
+                    "; it has versions this device lacks" if p.ahead else ""))
         return "\n".join(lines)
 
 
-async def status_command(home: Home) -> StatusReport:
+async def status_report(home: Home) -> StatusReport:
+    """``peer status``: this device's store joined with the running agent's status file, by device id."""
     agent = read_status(home)
     async with await home.open_store() as store:
         vector = await store.vector()
@@ -93,7 +136,7 @@ async def status_command(home: Home) -> StatusReport:
                 by_agent[p["device_id"]] = p
             else:
                 unnamed.append(p)
-        peers: list[dict[str, Any]] = []
+        peers: list[PeerStatus] = []
         for device_id in sorted(set(members) | set(known) | set(by_agent), key=lambda d: (
             members[d].name if d in members else "~", d)):
             if device_id == store.device_id:
@@ -101,28 +144,28 @@ async def status_command(home: Home) -> StatusReport:
             member = members.get(device_id)
             seen = known.get(device_id)
             live = by_agent.get(device_id, {})
-            peers.append({
-                "device_id": device_id,
-                "name": member.name if member else "(not a member)",
-                "member": member is not None and not member.revoked,
-                "revoked": bool(member and member.revoked),
-                "addresses": live.get("addresses", []),
-                "source": live.get("source"),
-                "present": bool(live.get("present")),
-                "last_sync": seen.seen_at if seen else None,
-                "via": seen.via if seen else None,
-                "last_attempt": live.get("last_attempt"),
-                "last_result": live.get("last_result"),
-                "failures": live.get("failures", 0),
-                "lacks": await store.count_missing_for(seen.vector) if seen else None,
-                "ahead": bool(seen and vector.merge(seen.vector) != vector),
-            })
+            peers.append(PeerStatus(
+                device_id=device_id,
+                name=member.name if member else "(not a member)",
+                member=member is not None and not member.revoked,
+                revoked=bool(member and member.revoked),
+                addresses=tuple(live.get("addresses", [])),
+                source=live.get("source"),
+                present=bool(live.get("present")),
+                last_sync=seen.seen_at if seen else None,
+                via=seen.via if seen else None,
+                last_attempt=live.get("last_attempt"),
+                last_result=live.get("last_result"),
+                failures=live.get("failures", 0),
+                lacks=await store.count_missing_for(seen.vector) if seen else None,
+                ahead=bool(seen and vector.merge(seen.vector) != vector),
+            ))
         for p in unnamed:
-            peers.append({
-                "device_id": None, "name": ", ".join(p["addresses"]) or "?", "member": False, "revoked": False,
-                "addresses": p["addresses"], "source": p.get("source"), "present": bool(p.get("present")),
-                "last_sync": None, "via": None,
-                "last_attempt": p.get("last_attempt"), "last_result": p.get("last_result"),
-                "failures": p.get("failures", 0), "lacks": None, "ahead": False,
-            })
-        return StatusReport(store.device_id, agent, peers)
+            peers.append(PeerStatus(
+                device_id=None, name=", ".join(p["addresses"]) or "?", member=False, revoked=False,
+                addresses=tuple(p["addresses"]), source=p.get("source"), present=bool(p.get("present")),
+                last_sync=None, via=None,
+                last_attempt=p.get("last_attempt"), last_result=p.get("last_result"),
+                failures=p.get("failures", 0), lacks=None, ahead=False,
+            ))
+        return StatusReport(store.device_id, agent, tuple(peers))

@@ -20,7 +20,7 @@ from peer.config import AgentConfig
 from peer.home import Home
 from peer.memory import Draft
 from peer.sync import read_status
-from peer.sync.report import status_command
+from peer.sync.report import status_report
 
 from .cli_runner import Agent, assert_error, ok, ok_json, peer
 from .groups import admit, found
@@ -67,7 +67,7 @@ async def test_a_memory_added_by_another_process_reaches_the_other_agent(tmp_pat
                 second = await store.add(Draft("the on-call phone is in the drawer"))
             took_back = await wait_for(a, second, 10)
             status_a = read_status(a)
-            report = await status_command(b)
+            report = await status_report(b)
             nursery.cancel_scope.cancel()
     print(f"propagation A->B {took:.2f} s, B->A {took_back:.2f} s")
     assert took < 3 and took_back < 3
@@ -75,9 +75,9 @@ async def test_a_memory_added_by_another_process_reaches_the_other_agent(tmp_pat
     assert status_a is not None and status_a["running"]
     assert report.agent is not None
     (peer,) = report.peers
-    assert peer["device_id"] == a.identity().device_id
-    assert peer["lacks"] == 0 and peer["last_sync"] is not None
-    assert "lacks: 0 versions" in report.text()
+    assert peer.device_id == a.identity().device_id
+    assert peer.lacks == 0 and peer.last_sync is not None
+    assert "lacks: 0 versions" in report.describe()
     # Stopped: the status says so.
     assert read_status(a) is None
 

@@ -126,8 +126,8 @@ async def test_a_restored_device_never_reuses_a_dot_and_gets_back_what_it_wrote_
     clock.now = lost_at
     new_home = Home(tmp_path / "a-again")
     result = await restore_backup(new_home, tmp_path / "a.backup", passphrase=lambda: PASSPHRASE, now_ms=clock)
-    replica = result["replica_id"]
-    assert result["mode"] == "new" and result["memories"] == 1 and replica.startswith(device_id + ".")
+    replica = result.replica_id
+    assert result.mode == "new" and result.memories == 1 and replica.startswith(device_id + ".")
     async with await new_home.open_store(now_ms=clock) as a2, await b_home.open_store(now_ms=clock) as b:
         fresh = await a2.add(Draft("written on the restored device"))
         (fresh_version,) = await a2.versions(fresh)
@@ -146,7 +146,7 @@ async def test_a_restored_device_never_reuses_a_dot_and_gets_back_what_it_wrote_
         assert await a2.vector() == await b.vector()
     # Restoring the same backup again makes yet another replica.
     again = await restore_backup(Home(tmp_path / "a-third"), tmp_path / "a.backup", passphrase=lambda: PASSPHRASE)
-    assert again["replica_id"] not in (replica, device_id)
+    assert again.replica_id not in (replica, device_id)
 
 
 # Onto an existing device ----------------------------------------------------------------------------
@@ -162,16 +162,17 @@ async def test_restore_merges_into_a_device_of_the_group_or_replaces_its_store(t
         mine = await b.add(Draft("only on the laptop"))
 
     merged = await restore_backup(b_home, tmp_path / "desk.backup")
-    assert merged["mode"] == "merge" and merged["added"] == 3 and merged["backup_of"] == a_home.identity().device_id
+    assert merged.mode == "merge" and merged.added == 3 and merged.backup_of == a_home.identity().device_id
     again = await restore_backup(b_home, tmp_path / "desk.backup")
-    assert again["added"] == 0 and "nothing new" in backup_module.describe_restore(again)
+    assert again.added == 0 and "nothing new" in again.describe()
 
     # Replace: the laptop's store is set aside and rebuilt from the desk's backup, as a new incarnation.
     (b_home.index_dir / "stale").mkdir(parents=True)
     replaced = await restore_backup(b_home, tmp_path / "desk.backup", strategy="replace")
-    assert replaced["mode"] == "replace" and replaced["memories"] == 3
-    assert replaced["replica_id"].startswith(b_home.identity().device_id + ".")
-    aside = Path(replaced["moved_aside"])
+    assert replaced.mode == "replace" and replaced.memories == 3
+    assert replaced.replica_id.startswith(b_home.identity().device_id + ".")
+    assert replaced.moved_aside is not None
+    aside = Path(replaced.moved_aside)
     assert not b_home.index_dir.exists()
     async with await b_home.open_store() as b:
         assert sorted(m.id for m in await b.list()) == sorted(ids)
@@ -227,7 +228,7 @@ async def test_damaged_backups_are_refused_and_leave_the_new_home_empty(tmp_path
             await restore_backup(home, bad, passphrase=_answer(typed))
         assert not home.path.exists() or not any(home.path.iterdir()), name
     restored = await restore_backup(Home(tmp_path / "ok"), good.path, passphrase=lambda: PASSPHRASE)
-    assert restored["memories"] == 1
+    assert restored.memories == 1
 
 
 # Scheduled backups ---------------------------------------------------------------------------------------
@@ -335,7 +336,7 @@ async def test_scheduled_backups_run_on_time_keep_only_what_retention_allows_and
     assert len(made) == 3 and read_backup(made[-1][1]).has_identity
     assert prune_backups(directory, device_id, fewer, start + timedelta(days=3)) == []
     restored = await restore_backup(Home(tmp_path / "from-scheduled"), made[-1][1], passphrase=lambda: PASSPHRASE)
-    assert restored["memories"] == 1
+    assert restored.memories == 1
 
 
 async def test_a_scheduled_backup_into_an_unusable_directory_is_logged_and_retried(

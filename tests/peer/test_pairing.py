@@ -208,7 +208,7 @@ async def test_join_accepts_once_then_refuses_reuse(
     inviter: tuple[Device, Clock], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, clock = inviter
-    _, code = await make_invite(a.home, a.store, ttl_s=600, address="127.0.0.1:1", now_ms=clock)
+    code = (await make_invite(a.home, a.store, ttl_s=600, address="127.0.0.1:1", now_ms=clock)).code
     b = Home(tmp_path / "b").ensure_identity()
     accept, admitted = await _exchange(a, b, code, clock)
     assert admitted
@@ -229,7 +229,7 @@ async def test_join_accepts_once_then_refuses_reuse(
 
 async def test_wrong_code_and_expired_code_are_refused_alike(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
     a, clock = inviter
-    _, code = await make_invite(a.home, a.store, ttl_s=60, now_ms=clock)
+    code = (await make_invite(a.home, a.store, ttl_s=60, now_ms=clock)).code
     b = Home(tmp_path / "b").ensure_identity()
     wrong_secret = InviteCode(code.device_id, code.invite_id, bytes(16), code.expires_at, code.address)
     wrong_id = InviteCode(code.device_id, bytes(8), code.secret, code.expires_at, code.address)
@@ -249,7 +249,7 @@ async def test_wrong_code_and_expired_code_are_refused_alike(inviter: tuple[Devi
 
 async def test_wrong_code_does_not_burn_the_invite(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
     a, clock = inviter
-    _, code = await make_invite(a.home, a.store, now_ms=clock)
+    code = (await make_invite(a.home, a.store, now_ms=clock)).code
     b = Home(tmp_path / "b").ensure_identity()
     wrong = InviteCode(code.device_id, code.invite_id, bytes(16), code.expires_at, code.address)
     assert not (await _exchange(a, b, wrong, clock))[1]
@@ -258,7 +258,7 @@ async def test_wrong_code_does_not_burn_the_invite(inviter: tuple[Device, Clock]
 
 async def test_two_devices_racing_on_one_code_admit_one(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
     a, clock = inviter
-    _, code = await make_invite(a.home, a.store, now_ms=clock)
+    code = (await make_invite(a.home, a.store, now_ms=clock)).code
     racers = [Home(tmp_path / f"r{i}").ensure_identity() for i in range(4)]
     results: list[bool] = []
 
@@ -285,7 +285,7 @@ async def test_request_for_another_key_than_the_connection_is_refused(
     inviter: tuple[Device, Clock], tmp_path: Path
 ) -> None:
     a, clock = inviter
-    _, code = await make_invite(a.home, a.store, now_ms=clock)
+    code = (await make_invite(a.home, a.store, now_ms=clock)).code
     b = Home(tmp_path / "b").ensure_identity()
     mallory = Home(tmp_path / "m").ensure_identity()
     refused, admitted = await _exchange(a, b, code, clock, authenticated_as=mallory.device_id)
@@ -317,7 +317,7 @@ async def test_garbage_instead_of_a_request_is_refused(inviter: tuple[Device, Cl
 
 async def test_invites_file_is_private_and_holds_no_secret(inviter: tuple[Device, Clock]) -> None:
     a, clock = inviter
-    text, code = await make_invite(a.home, a.store, now_ms=clock)
+    code = (await make_invite(a.home, a.store, now_ms=clock)).code
     path = a.home.path / "invites.db"
     assert path.stat().st_mode & 0o077 == 0
     data = b"".join(p.read_bytes() for p in a.home.path.glob("invites.db*"))
@@ -349,15 +349,15 @@ async def test_devices_and_revoke_locally(inviter: tuple[Device, Clock], tmp_pat
     a, clock = inviter
     joiners = []
     for name in ("bravo", "charlie"):
-        _, code = await make_invite(a.home, a.store, now_ms=clock)
+        code = (await make_invite(a.home, a.store, now_ms=clock)).code
         ident = Home(tmp_path / name).ensure_identity()
         _, admitted = await _exchange(a, ident, code, clock, name=name)
         assert admitted
         joiners.append(ident)
     listed = await devices(a.store)
-    assert [d["name"] for d in listed] == ["alpha", "bravo", "charlie"]
-    assert [d["this_device"] for d in listed] == [True, False, False]
-    assert all(d["added_by"] == a.identity.device_id for d in listed)
+    assert [d.name for d in listed] == ["alpha", "bravo", "charlie"]
+    assert [d.this_device for d in listed] == [True, False, False]
+    assert all(d.added_by == a.identity.device_id for d in listed)
 
     members = a.store.membership.members()
     assert find_device(members, "bravo").device_id == joiners[0].device_id
@@ -366,11 +366,11 @@ async def test_devices_and_revoke_locally(inviter: tuple[Device, Clock], tmp_pat
         find_device(members, "delta")
     epoch = a.store.membership.current_epoch
     result = await revoke(a.store, "bravo", now_ms=clock)
-    assert result["device_id"] == joiners[0].device_id
-    assert a.store.membership.current_epoch == result["epoch"] > epoch
+    assert result.device_id == joiners[0].device_id
+    assert a.store.membership.current_epoch == result.epoch > epoch
     assert a.store.membership.current_epoch in a.store.group_keys
     listed = await devices(a.store)
-    assert [(d["name"], d["revoked"]) for d in listed] == [("alpha", False), ("bravo", True), ("charlie", False)]
+    assert [(d.name, d.revoked) for d in listed] == [("alpha", False), ("bravo", True), ("charlie", False)]
     with pytest.raises(PeerError, match="already revoked"):
         await revoke(a.store, "bravo", now_ms=clock)
     with pytest.raises(PeerError, match="cannot revoke itself"):
@@ -410,17 +410,17 @@ async def test_join_over_ssh(tmp_path: Path, aio_loop: object) -> None:
     with trio.fail_after(DEADLINE):
         async with await a_home.open_store() as a_store, trio.open_nursery() as nursery:
             port = await _serve(nursery, a_home, a_store)
-            text, _ = await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")
+            text = (await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")).text
             b_home = Home(tmp_path / "b")
             result = await join(b_home, text, name="bravo")
-            assert result["group_id"] == a_store.group_id.hex()
-            assert result["members"] == 2
+            assert result.group_id == a_store.group_id.hex()
+            assert result.members == 2
             # The same code a second time, from another device: refused.
             with pytest.raises(InviteRefused):
                 await join(Home(tmp_path / "c"), text, name="charlie")
             assert not (tmp_path / "c" / "peer.db").exists()
             # A code whose device id is not the server's: the host key check refuses it.
-            other, _ = await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")
+            other = (await make_invite(a_home, a_store, address=f"127.0.0.1:{port}")).text
             forged = decode_code(other)
             forged = dataclasses.replace(forged, device_id=device_id_for(bytes(32)))
             from protocol.errors import TrustError
@@ -430,12 +430,12 @@ async def test_join_over_ssh(tmp_path: Path, aio_loop: object) -> None:
             nursery.cancel_scope.cancel()
     async with await b_home.open_store() as b_store:
         assert b_store.group_id == a_store.group_id
-        assert [d["name"] for d in await devices(b_store)] == ["alpha", "bravo"]
+        assert [d.name for d in await devices(b_store)] == ["alpha", "bravo"]
         assert b_store.membership.current_epoch in b_store.group_keys
 
 
 async def _names(store: Store) -> list[tuple[str, bool]]:
-    return [(d["name"], d["revoked"]) for d in await devices(store)]
+    return [(d.name, d.revoked) for d in await devices(store)]
 
 
 async def test_three_devices_pair_sync_and_revoke(tmp_path: Path, aio_loop: object) -> None:
@@ -451,9 +451,9 @@ async def test_three_devices_pair_sync_and_revoke(tmp_path: Path, aio_loop: obje
             before = await a.add(Draft("written before anyone joined"))
             a_port = await _serve(nursery, homes["alpha"], a)
             for name in ("bravo", "charlie"):
-                text, _ = await make_invite(homes["alpha"], a, address=f"127.0.0.1:{a_port}")
+                text = (await make_invite(homes["alpha"], a, address=f"127.0.0.1:{a_port}")).text
                 joined = await join(homes[name], text, name=name)
-                assert joined["sync"]["received"] >= 1, joined  # the first sync ran right away
+                assert joined.sync is not None and joined.sync.received >= 1, joined  # the first sync ran right away
             async with await homes["bravo"].open_store() as b, await homes["charlie"].open_store() as c:
                 assert (await b.get(before)).content == "written before anyone joined"
                 # Bravo joined before charlie existed; one sync with alpha tells it.
@@ -467,7 +467,7 @@ async def test_three_devices_pair_sync_and_revoke(tmp_path: Path, aio_loop: obje
                 everyone = [("alpha", False), ("bravo", False), ("charlie", False)]
                 for store in (a, b, c):
                     assert await _names(store) == everyone
-                    assert [d["this_device"] for d in await devices(store)] == [
+                    assert [d.this_device for d in await devices(store)] == [
                         d == store.device_id for d in (a.device_id, b.device_id, c.device_id)
                     ]
 
@@ -507,8 +507,10 @@ async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
     file.parent.mkdir()
     async with await a_home.open_store() as a:
         memory_id = await a.add(Draft("carried on a stick"))
-        text, code, new_id = await make_invite_file(a, a_home.identity(), file, name="laptop")
-        other, _ = await make_invite(a_home, a)
+        invited = await make_invite_file(a, a_home.identity(), file, name="laptop")
+        text, code, new_id = invited.text, invited.code, invited.new_device_id
+        assert new_id is not None
+        other = (await make_invite(a_home, a)).text
         assert a.membership.is_member(new_id)
     assert file.stat().st_mode & 0o077 == 0
     assert code.secret not in file.read_bytes()
@@ -522,13 +524,13 @@ async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
     assert not b_home.device_key_path.exists()
 
     joined = await join_from_file(b_home, text, file)
-    assert joined["device_id"] == new_id and joined["members"] == 2
+    assert joined.device_id == new_id and joined.members == 2
     with trio.fail_after(DEADLINE):
         async with await a_home.open_store() as a, await b_home.open_store() as b, trio.open_nursery() as nursery:
             port = await _serve(nursery, a_home, a)
             await _sync(b_home, b, port)
             assert (await b.get(memory_id)).content == "carried on a stick"
-            assert [d["name"] for d in await devices(b)] == ["alpha", "laptop"]
+            assert [d.name for d in await devices(b)] == ["alpha", "laptop"]
             nursery.cancel_scope.cancel()
     with pytest.raises(StoreError, match="new --home"):
         await join_from_file(b_home, text, file)
