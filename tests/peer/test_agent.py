@@ -15,8 +15,7 @@ from peer.memory import Draft
 from peer.search.embedder import default_embedder
 from peer.search.sidecar import index_state
 from peer.sync import Syncer
-
-from .groups import admit, found
+from tests.support.groups import admit, found
 
 
 async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, aio_loop: object) -> None:

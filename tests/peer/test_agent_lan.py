@@ -1,6 +1,6 @@
 """Automatic LAN sync across real network namespaces: agents find each other by mDNS and converge.
 
-A private LAN (tests/netns.py): hosts 1-3 run agents of one group, host 4
+A private LAN (tests/support/netns.py): hosts 1-3 run agents of one group, host 4
 an agent of another group advertising the same service. Each agent binds
 its listener and mDNS to its host's address only. Homes are directories
 of this machine, so the test runs `peer add` / `peer search` / `peer list`
@@ -31,11 +31,10 @@ import trio_asyncio
 from peer.home import Home
 from peer.sync.discovery import group_hash
 from protocol import format_device_id
-
-from ..lossy_hub import lossy_lan
-from ..netns import Lan, netem_unavailable_reason, netns_unavailable_reason, private_lan
-from .cli_runner import PEER, Agent, env, ok, ok_json
-from .groups import admit, found
+from tests.support.cli_runner import PEER, Agent, env, ok, ok_json
+from tests.support.groups import admit, found
+from tests.support.lossy_hub import lossy_lan
+from tests.support.netns import Lan, netem_unavailable_reason, netns_unavailable_reason, private_lan
 
 PORT = 7847
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +162,7 @@ def test_a_memory_added_on_one_host_is_found_on_the_others_within_3_s(site: Site
 
 
 def test_another_group_and_garbage_adverts_are_ignored_while_members_keep_syncing(site: Site) -> None:
-    """Host 4 runs another group's agent, plus a flood of adverts that break every rule (tests/discovery_probe.py)."""
+    """Host 4 runs another group's agent, plus a flood of adverts that break every rule (tests/support/discovery_probe.py)."""
     foreign_host = site.lan.hosts[3]
     ok(site.foreign, "add", "the foreign group's secret plan", "--kind", "fact")
     # A first change warms every member agent up (its index is loaded once versions arrive).
@@ -174,7 +173,7 @@ def test_another_group_and_garbage_adverts_are_ignored_while_members_keep_syncin
     # Three rounds: 1,000 garbage adverts (each sent three times), then twice 3,000 more under other names.
     for round_, (prefix, count) in enumerate((("junk", 1000), ("more", 3000), ("again", 3000))):
         garbage = foreign_host.popen(
-            sys.executable, "-m", "tests.discovery_probe", "garbage", "--interface", foreign_host.address,
+            sys.executable, "-m", "tests.support.discovery_probe", "garbage", "--interface", foreign_host.address,
             "--group-hash", group_hash(group), "--flood", str(count), "--flood-prefix", prefix, "--repeat", "3",
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         )
@@ -250,7 +249,7 @@ def impaired_lan(hosts: int) -> Iterator[Lan]:
             lan.netem(loss_percent=10, delay_ms=100)
             yield lan
     else:
-        print(f"tc netem is unavailable ({netem_unavailable_reason()}): the lossy hub of tests/lossy_hub.py"
+        print(f"tc netem is unavailable ({netem_unavailable_reason()}): the lossy hub of tests/support/lossy_hub.py"
               " applies the same loss and delay in user space")
         with lossy_lan(hosts, loss=0.10, delay_ms=100) as lan:
             yield lan

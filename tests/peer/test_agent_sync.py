@@ -1,7 +1,7 @@
 """Agents on loopback keep stores in sync on their own: configured peers, changes from other processes, backoff.
 
 Discovery is off here (mDNS between network namespaces is in
-test_lan.py); the peers are given as addresses, as `[agent] peers` does.
+test_agent_lan.py); the peers are given as addresses, as `[agent] peers` does.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.sync import read_status
 from peer.sync.report import status_command
-
-from .cli_runner import Agent, assert_error, ok, ok_json, peer
-from .groups import admit, found
+from tests.support.cli_runner import Agent, assert_error, ok, ok_json, peer
+from tests.support.groups import admit, found
 
 FAST = AgentConfig(sync_interval=30, debounce=0.05, backoff_max=2)
 

@@ -16,8 +16,7 @@ from peer.aio.ssh import connect, serve
 from peer.home import Home
 from peer.store import Store
 from protocol.errors import TransportError, TrustError
-
-from .groups import admit, found
+from tests.support.groups import admit, found
 
 DEADLINE = 30
 

@@ -10,8 +10,7 @@ from contextlib import closing
 from pathlib import Path
 
 from peer.cli.memories import BULK_BATCH
-
-from .cli_runner import PEER, env, ok, ok_json, peer
+from tests.support.cli_runner import PEER, env, ok, ok_json, peer
 
 TOTAL = 10_000
 KILL_AFTER = TOTAL // 2

@@ -13,9 +13,8 @@ import trio
 import trio_asyncio
 
 from peer.home import Home
-
-from .cli_runner import Agent, assert_error, ok, ok_json, peer
-from .groups import admit, found
+from tests.support.cli_runner import Agent, assert_error, ok, ok_json, peer
+from tests.support.groups import admit, found
 
 
 async def _pair(root: Path) -> None:

@@ -2,7 +2,7 @@
 
 The first tests need nothing special. The loopback test multicasts on
 127.0.0.1 only. The namespace tests run each device as a process in its own
-namespace of a private LAN (tests/netns.py, tests/discovery_probe.py) and
+namespace of a private LAN (tests/support/netns.py, tests/support/discovery_probe.py) and
 skip, saying why, without root.
 """
 
@@ -40,10 +40,9 @@ from peer.sync.discovery import (
 )
 from protocol import PROTOCOL_VERSION
 from protocol.ids import device_id_for
+from tests.support.netns import Host, Lan, private_lan, requires_netns
 
-from ..netns import Host, Lan, private_lan, requires_netns
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GROUP = bytes(range(16))
 
 
@@ -232,7 +231,7 @@ async def test_two_devices_find_each_other_on_loopback(aio_loop: object) -> None
 
 
 class Probe:
-    """One discovering device: tests/discovery_probe.py in a namespace, its events read as they come."""
+    """One discovering device: tests/support/discovery_probe.py in a namespace, its events read as they come."""
 
     def __init__(self, host: Host, log_path: Path, *args: str, explicit: bool = True) -> None:
         self.host = host
@@ -241,7 +240,7 @@ class Probe:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         with log_path.open("w") as log_file:
             self.process = host.popen(
-                sys.executable, "-m", "tests.discovery_probe", *args, *(["--interface", host.address] if explicit else []),
+                sys.executable, "-m", "tests.support.discovery_probe", *args, *(["--interface", host.address] if explicit else []),
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
             )
         threading.Thread(target=self._read, daemon=True).start()

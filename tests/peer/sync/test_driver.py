@@ -20,8 +20,7 @@ from peer.store import Store
 from peer.sync import Syncer, SyncProgress, parse_address, sync_over
 from protocol import Dot, VersionVector
 from protocol.errors import PeerError, TransportError, TrustError
-
-from .groups import admit, found
+from tests.support.groups import admit, found
 
 DEADLINE = 60
 
