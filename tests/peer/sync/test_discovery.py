@@ -41,6 +41,7 @@ from peer.sync.discovery import (
 from protocol import PROTOCOL_VERSION
 from protocol.ids import device_id_for
 from tests.support.netns import Host, Lan, private_lan, requires_netns
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 GROUP = bytes(range(16))
@@ -253,20 +254,22 @@ class Probe:
 
     def wait_for(self, event: str, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
         """The next event of this kind whose fields match; fails with what was seen instead."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
+        def next_match() -> dict[str, Any] | None:
             try:
-                got = self._queue.get(timeout=max(left, 0.0))
+                got = self._queue.get(timeout=0.1)
             except queue.Empty:
-                break
-            if got is None:
-                break
+                return None
+            if got is None:  # the probe exited: nothing more will come
+                raise AssertionError(f"no {event} {fields} in {self.host}: the probe exited; saw {self.history};"
+                                     f" log:\n{self.log()}")
             self.history.append(got)
             if got["event"] == event and all(got.get(k) == v for k, v in fields.items()):
                 return got
-        raise AssertionError(
-            f"no {event} {fields} within {timeout} s in {self.host}; saw {self.history}; log:\n{self.log()}"
+            return None
+
+        return wait_until(
+            next_match, timeout, f"{event} {fields} in {self.host}", interval=0,
+            detail=lambda: f"saw {self.history}; log:\n{self.log()}",
         )
 
     def drain(self, seconds: float) -> list[dict[str, Any]]:
