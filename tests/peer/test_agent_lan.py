@@ -262,6 +262,15 @@ def test_an_agent_killed_during_traffic_restarts_and_nothing_is_lost(site: Site)
     assert sum(c.startswith("bulk memory") for c in contents(site.homes[2])) == 600
     assert "written on host 2 just before the crash" in contents(site.homes[2])
     print(f"converged {took:.1f} s after the restart")
+    # The agents index what arrived after it arrived; `peer doctor` checks the index once they are done
+    # (a doctor reading the index while an agent saves it can see the new graph with the old sidecar).
+    states: list[str] = []
+
+    def indexed() -> bool:
+        states[:] = [ok_json(h, "stats")["index"]["state"] for h in site.homes]
+        return all(state == "current" for state in states)
+
+    wait_until(indexed, 60, "every host's index to cover its store", interval=0.5, detail=lambda: str(states))
     for home in site.homes:
         report = ok_json(home, "doctor")
         assert report["healthy"], report
