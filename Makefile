@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/python -m peer.dev.demo
 
 # Two workers, one test file each at a time (a file's tests share fixtures such as
-# the network namespaces of tests/peer/test_lan.py): about 7 minutes instead of 11.
+# the network namespaces of tests/peer/test_agent_lan.py): about 7 minutes instead of 11.
 PYTEST_WORKERS ?= 2
 
 test: test-deps

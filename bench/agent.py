@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from peer.dev.corpus import paragraphs  # noqa: E402
 from peer.device import Device  # noqa: E402
 from peer.home import Home  # noqa: E402
 from peer.memory import Draft  # noqa: E402
+from tests.support.relay import Relay  # noqa: E402
 
 PEER = [str(Path(sys.executable).with_name("peer"))]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -61,27 +61,25 @@ def _bench_sync() -> Any:
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 #: How the agents find each other: mDNS on loopback (the real path), or `--peer` addresses.
 FIND = {"mdns": ["--interface", "127.0.0.1"], "peer": ["--no-discovery", "--peer"]}
 
 
 class AgentProcess:
-    def __init__(self, home: Path, port: int, other: int, log: Path, find: str) -> None:
+    """``peer agent`` listening on 127.0.0.1, port 0: the port is the one it reports on its first line."""
+
+    def __init__(self, home: Path, other: int | None, log: Path, find: str) -> None:
         self.log = open(log, "wb")  # noqa: SIM115
         how = FIND[find] + ([f"127.0.0.1:{other}"] if find == "peer" else [])
         self.process = subprocess.Popen(
-            [*PEER, "--home", str(home), "agent", "--listen", f"127.0.0.1:{port}", *how],
+            [*PEER, "--home", str(home), "agent", "--listen", "127.0.0.1:0", "--json", *how],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         assert self.process.stdout is not None
-        if not self.process.stdout.readline():
+        first = self.process.stdout.readline()
+        if not first:
             raise SystemExit(f"the agent on {home} did not start: see {log}")
+        self.port = int(json.loads(first)["port"])
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -99,10 +97,13 @@ class AgentProcess:
         self.log.close()
 
 
-def start_pair(a: Path, b: Path, logs: Path, find: str) -> tuple[AgentProcess, AgentProcess]:
-    port_a, port_b = free_port(), free_port()
-    return (AgentProcess(a, port_a, port_b, logs / "a.log", find),
-            AgentProcess(b, port_b, port_a, logs / "b.log", find))
+def start_pair(a: Path, b: Path, logs: Path, find: str, relay: Relay) -> tuple[AgentProcess, AgentProcess]:
+    """A and B on ports the kernel picks. With ``--peer``, B is started first and names A through
+    ``relay`` (A's port is not known yet); A names B directly, so A->B, the measured way, is direct."""
+    agent_b = AgentProcess(b, relay.port, logs / "b.log", find)
+    agent_a = AgentProcess(a, agent_b.port, logs / "a.log", find)
+    relay.point_at(agent_a.port)
+    return agent_a, agent_b
 
 
 async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
@@ -111,7 +112,8 @@ async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
     await a.init("a")
     b = await bench_sync.admit(a, work / "b")
     texts = [p for p in paragraphs() if 80 <= len(p) <= 400][:changes]
-    agents = start_pair(a.path, b.path, work, find)
+    relay = Relay()
+    agents = start_pair(a.path, b.path, work, find, relay)
     samples: list[float] = []
     try:
         async with await Device.open(a) as on_a, await Device.open(b) as on_b:
@@ -130,6 +132,7 @@ async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
     finally:
         for agent in agents:
             agent.stop()
+        relay.close()
     samples.sort()
     return {
         "find": find,
@@ -151,7 +154,8 @@ def idle(minutes: float, size: int, work: Path, find: str) -> dict[str, Any]:
         raise SystemExit(f"{pair} is missing: run `.venv/bin/python bench/sync.py --sizes {size} --deltas 0` first")
     copy_home(pair / "a", work / "a")
     copy_home(pair / "b", work / "b")
-    agents = start_pair(work / "a", work / "b", work, find)
+    relay = Relay()
+    agents = start_pair(work / "a", work / "b", work, find, relay)
     try:
         time.sleep(10)  # start-up and the first round of syncs are not idle time
         agent = agents[0]
@@ -167,6 +171,7 @@ def idle(minutes: float, size: int, work: Path, find: str) -> dict[str, Any]:
     finally:
         for agent in agents:
             agent.stop()
+        relay.close()
     return {
         "find": find,
         "memories": size,

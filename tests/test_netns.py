@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .netns import (
+from tests.support.netns import (
     PREFIX,
     NetemUnavailable,
     netem_unavailable_reason,
@@ -87,7 +87,7 @@ def test_everything_is_deleted_when_the_run_is_interrupted(tmp_path: Path) -> No
     requires_netns()
     script = textwrap.dedent("""
         import sys, time
-        from tests.netns import private_lan
+        from tests.support.netns import private_lan
         with private_lan(2) as lan:
             worker = lan.hosts[1].popen("sleep", "60")
             print(" ".join(lan.namespaces), worker.pid, flush=True)
@@ -109,7 +109,7 @@ def test_leftovers_of_a_killed_run_are_reaped_by_the_next_one() -> None:
     requires_netns()
     script = textwrap.dedent("""
         import time
-        from tests.netns import private_lan
+        from tests.support.netns import private_lan
         with private_lan(1) as lan:
             print(" ".join(lan.namespaces), flush=True)
             time.sleep(60)

@@ -15,8 +15,8 @@ from peer.memory import Draft
 from peer.search.embedder import default_embedder
 from peer.search.sidecar import index_state
 from peer.sync import Syncer
-
-from .groups import admit, found
+from tests.support.groups import admit, found
+from tests.support.waiting import wait_until_async
 
 
 async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, aio_loop: object) -> None:
@@ -35,8 +35,10 @@ async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, 
             async with await second.open_store() as store:
                 summary = await Syncer(store, second.identity().signing_key).sync_with("127.0.0.1", port)
             # The agent reindexes after answering; wait until its index holds both.
-            while index_state(first.index_dir, 0).vectors < len(texts) + 1:
-                await trio.sleep(0.05)
+            async def indexed() -> bool:
+                return index_state(first.index_dir, 0).vectors >= len(texts) + 1
+
+            await wait_until_async(indexed, 60, "the agent's index to hold the synced memories")
             nursery.cancel_scope.cancel()
         async with await Device.open(first) as device:
             hits = await device.search("which linter do we use", k=1)

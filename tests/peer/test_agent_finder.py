@@ -22,7 +22,7 @@ from peer.sync import read_status
 from peer.sync.discovery import Advert, Appeared, Event, Gone, group_hash
 from protocol import PROTOCOL_VERSION
 
-from .groups import admit, found
+from tests.support.groups import admit, found
 
 FAST = AgentConfig(sync_interval=30, debounce=0.05, backoff_max=2)
 

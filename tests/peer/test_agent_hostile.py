@@ -23,9 +23,8 @@ from peer.aio import SYNC_SUBSYSTEM
 from peer.aio.ssh import connect
 from peer.home import Home
 from protocol.errors import PeerError
-
-from .cli_runner import Agent, ok, ok_json
-from .groups import admit, found
+from tests.support.cli_runner import Agent, ok, ok_json
+from tests.support.groups import admit, found
 
 #: How many bad connections of each kind per round (1,000 in all over the first round).
 RAW, STRANGERS, FRAMES, IDLE = 450, 150, 350, 50

@@ -20,9 +20,8 @@ from peer.memory import Draft
 from protocol import Dot, MemoryBody, VersionHeader, VersionVector, seal
 from protocol.bundle import BundleWriter
 from protocol.errors import BundleError, NotAMember, PeerError, WrongGroup
-
-from .cli_runner import assert_error, ok, ok_json, peer
-from .groups import admit, found
+from tests.support.cli_runner import assert_error, ok, ok_json, peer
+from tests.support.groups import admit, found
 
 
 async def snapshot(home: Home) -> dict[str, Any]:

@@ -39,10 +39,9 @@ from peer.interop import (
 )
 from peer.memory import Draft
 from peer.search.embedder import MINILM_ID, Embedder, HashEmbedder, embedder_for
-
-from .cli_runner import assert_error, ndjson, ok, ok_json, peer
-from .groups import admit, found
-from .interop_samples import (
+from tests.support.cli_runner import assert_error, ndjson, ok, ok_json, peer
+from tests.support.groups import admit, found
+from tests.support.interop_samples import (
     UNICODE_TEXTS,
     ai_mem_observation,
     ai_mem_snapshot,

@@ -1,6 +1,6 @@
 """Convergence and no lost writes, for 2-5 devices, under Hypothesis.
 
-A RuleBasedStateMachine drives simulated devices (tests/protocol/sim.py)
+A RuleBasedStateMachine drives simulated devices (tests/support/sim.py)
 through random adds, edits and forgets (concurrent edits and edit against
 forget included), sync sessions between pairs run through the real
 SyncSession with the bytes cut into random chunks, sessions cut short at a
@@ -45,8 +45,7 @@ from hypothesis.stateful import (
 )
 
 from protocol import Dot, LocalProtocolError, SealedVersion, VersionVector
-
-from .sim import (
+from tests.support.sim import (
     DeliveredBatch,
     DeviceSnapshot,
     SessionPlan,
@@ -264,7 +263,7 @@ class Devices(RuleBasedStateMachine):
     # yet (bundles and replayed batches made by the revoked device are
     # refused with NotAMember, a clear refusal this rule does not expect;
     # and a KeyError in the bookkeeping). The revocation rule itself is
-    # covered by the scenario tests below and tests/peer/test_store.py.
+    # covered by the scenario tests below and tests/peer/store/test_store.py.
     @precondition(lambda self: RANDOM_REVOCATIONS)
     @rule(i=device_index, j=device_index)
     def revoke(self, i: int, j: int) -> None:

@@ -20,9 +20,9 @@ from protocol import PeerError, VersionVector
 from protocol.bundle import BUNDLE_MAGIC, BundleEnd, BundleReader
 from protocol.frames import END_OF_STREAM, NEED_DATA, FrameDecoder, encode_frame
 from protocol.session import PAUSED, HelloReceived, SyncSession, outgoing
-from tests.protocol.test_bundle import KEYS, make_bundle
-from tests.protocol.test_frames import GROUP, sample_frames
-from tests.protocol.test_session import DIGEST, A, MemorySource
+from tests.support.protocol_bundles import KEYS, make_bundle
+from tests.support.protocol_frames import GROUP, sample_frames
+from tests.support.protocol_sessions import DIGEST, A, B, MemorySource, stores
 
 FRAME_STREAMS = [
     b"".join(encode_frame(f) for f in sample_frames()),
@@ -108,8 +108,6 @@ def test_mutated_frames_into_frame_decoder(valid: bytes, seed: int) -> None:
 
 def session_stream() -> bytes:
     """What device B sends device A in a real session (HELLO, MEMBERS, VERSIONS, DONE)."""
-    from tests.protocol.test_session import B, stores
-
     source_a, source_b, _, _ = stores()
     a = SyncSession(A, GROUP, source_a.vector, DIGEST)
     b = SyncSession(B, GROUP, source_b.vector, DIGEST)

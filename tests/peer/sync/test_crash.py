@@ -35,9 +35,8 @@ import trio
 import trio_asyncio
 
 from peer.home import Home
-
-from .cli_runner import PEER, env
-from .groups import admit, found
+from tests.support.cli_runner import PEER, env
+from tests.support.groups import admit, found
 
 ROUNDS = int(os.environ.get("PEER_SYNC_KILL_ROUNDS", "12"))
 FIRST_COUNT, SECOND_COUNT = 12_000, 8_000
@@ -122,7 +121,7 @@ def test_sigkill_during_big_syncs_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("PEER_SYNC_KILL_SEED", time.time_ns())))
     first, second = trio.run(build, tmp_path / "pristine")
     builders = [
-        subprocess.Popen([sys.executable, "-m", "tests.peer.sync_crash_builder", str(h.path), str(n), label], env=env())
+        subprocess.Popen([sys.executable, "-m", "tests.support.sync_crash_builder", str(h.path), str(n), label], env=env())
         for h, n, label in ((first, FIRST_COUNT, "first"), (second, SECOND_COUNT, "second"))
     ]
     assert [b.wait(timeout=600) for b in builders] == [0, 0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_runner import Agent, ok, ok_json
+from tests.support.cli_runner import Agent, ok, ok_json
 
 
 def test_three_devices_pair_sync_and_find_each_others_memories(tmp_path: Path) -> None:

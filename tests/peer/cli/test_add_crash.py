@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import time
 from contextlib import closing
 from pathlib import Path
 
 from peer.cli.memories import BULK_BATCH
-
-from .cli_runner import PEER, env, ok, ok_json, peer
+from tests.support.cli_runner import PEER, env, ok, ok_json, peer
+from tests.support.waiting import wait_until
 
 TOTAL = 10_000
 KILL_AFTER = TOTAL // 2
@@ -51,13 +50,14 @@ def test_bulk_add_killed_half_way(tmp_path: Path) -> None:
         # Watch the store from this process (read-only, as any reader of a
         # WAL database may) until enough is committed. Polling with `peer
         # stats` would work too but steals the CPU the child is embedding with.
-        deadline = time.monotonic() + 240
-        committed = 0
-        while committed < KILL_AFTER:
+        def enough_committed() -> bool:
             assert child.poll() is None, "the bulk add ended before it could be killed: raise TOTAL"
-            assert time.monotonic() < deadline, f"only {committed} memories after 240 s"
-            time.sleep(0.2)
-            committed = count_versions(home / "peer.db")
+            return count_versions(home / "peer.db") >= KILL_AFTER
+
+        wait_until(
+            enough_committed, 240, f"{KILL_AFTER} committed memories", interval=0.2,
+            detail=lambda: f"only {count_versions(home / 'peer.db')} so far",
+        )
         child.kill()  # SIGKILL: no cleanup, no final commit
         child.wait(timeout=30)
     finally:

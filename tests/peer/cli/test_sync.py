@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +13,9 @@ import trio
 import trio_asyncio
 
 from peer.home import Home
-
-from .cli_runner import Agent, assert_error, ok, ok_json, peer
-from .groups import admit, found
+from tests.support.cli_runner import Agent, assert_error, ok, ok_json, peer
+from tests.support.groups import admit, found
+from tests.support.waiting import wait_until
 
 
 async def _pair(root: Path) -> None:
@@ -66,10 +66,11 @@ def test_a_stranger_is_told_the_agent_is_not_a_member(pair: tuple[Path, Path], a
 
 
 def test_nothing_listening_says_to_start_the_agent(pair: tuple[Path, Path]) -> None:
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert_error(peer(pair[1], "sync", f"127.0.0.1:{port}"), 1, "connection refused", "peer agent")
+    # A port held by a socket that never listens: refused, and no other process can take it meanwhile.
+    with socket.socket() as unheard:
+        unheard.bind(("127.0.0.1", 0))
+        port = unheard.getsockname()[1]
+        assert_error(peer(pair[1], "sync", f"127.0.0.1:{port}"), 1, "connection refused", "peer agent")
 
 
 def test_a_bad_address_is_an_error(pair: tuple[Path, Path]) -> None:
@@ -79,9 +80,8 @@ def test_a_bad_address_is_an_error(pair: tuple[Path, Path]) -> None:
 def test_an_agent_listening_on_one_address_advertises_there_only(pair: tuple[Path, Path], tmp_path: Path) -> None:
     """No --interface: mDNS runs on the listening address (loopback here), never on the machine's own network."""
     running = Agent(pair[0], tmp_path / "agent.log")
-    deadline = time.monotonic() + 20
-    while "advertising" not in running.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: "advertising" in running.log.read_text(), 20, "the agent to start advertising",
+               interval=0.1, detail=running.log.read_text)
     assert running.stop(signal.SIGINT) == 0
     log = running.log.read_text()
     advertising = [line for line in log.splitlines() if "advertising" in line]

@@ -12,8 +12,7 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
 from protocol import VersionVector
-
-from .test_store import FakeClock, all_ids, make_pair, snapshot, sync
+from tests.support.stores import FakeClock, all_ids, make_pair, snapshot, sync
 
 
 async def _third(a: Store, tmp_path: Path) -> Store:

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from peer.dev.corpus import paragraphs
-
-from .cli_runner import assert_error, ndjson, ok, ok_json, peer
+from tests.support.cli_runner import assert_error, ndjson, ok, ok_json, peer
 
 TARGET = "Use pytest -q in the repo root to run the test suite"
 #: Corpus paragraphs added around the target. Short ones keep the model's

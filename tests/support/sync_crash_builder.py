@@ -1,6 +1,6 @@
-"""Fill a device's store with N memories of real prose, fast (a helper process of test_sync_crash).
+"""Fill a device's store with N memories of real prose, fast (a helper process of tests/peer/sync/test_crash.py).
 
-Usage: python -m tests.peer.sync_crash_builder HOME COUNT LABEL
+Usage: python -m tests.support.sync_crash_builder HOME COUNT LABEL
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A process lives in one network namespace, so each device of a multi-host
 test is one of these, started with ``ip netns exec NS python -m
-tests.discovery_probe ...``.
+tests.support.discovery_probe ...``.
 
 ``run``: a :class:`peer.discovery.Discovery` (on the ``--interface``
 addresses, else on every address of its namespace) that prints one JSON line per

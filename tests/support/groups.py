@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from peer.home import Home
@@ -44,3 +45,20 @@ def membership_time() -> int:
     import time
 
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Two members of one group and a stranger (a device of another group), each in its own home."""
+
+    first: Home
+    second: Home
+    stranger: Home
+
+
+async def three_devices(root: Path) -> Devices:
+    """``first`` founds a group and admits ``second``; ``stranger`` founds a group of its own."""
+    first = await found(root / "first")
+    second = await admit(first, root / "second")
+    stranger = await found(root / "stranger", "stranger")
+    return Devices(first, second, stranger)

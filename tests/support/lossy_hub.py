@@ -1,6 +1,6 @@
 """A LAN whose links lose and delay packets, for kernels without ``tc netem``.
 
-Theory of operation. Where the kernel has sch_netem, tests/netns.py puts
+Theory of operation. Where the kernel has sch_netem, tests/support/netns.py puts
 ``tc netem`` on every host's link. Some kernels (the CI machines' among
 them) are built without it, and without any qdisc that could delay
 packets. This module builds the same impaired LAN in user space: every
@@ -12,11 +12,11 @@ Ethernet frame a host sends and hands it to every other host after
 port would. The hosts' kernels, TCP stacks and multicast are the real
 ones; only the wire is simulated.
 
-The hub runs inside the LAN's switch namespace (``python -m tests.lossy_hub``),
+The hub runs inside the LAN's switch namespace (``python -m tests.support.lossy_hub``),
 creates the TAPs there, prints ``ready``, and the harness moves each TAP
 into its host (a TAP's file descriptor keeps working across namespaces).
 When the hub exits, its TAPs disappear; :class:`HubLan` kills it and
-deletes every namespace on close, like :class:`tests.netns.Lan`.
+deletes every namespace on close, like :class:`tests.support.netns.Lan`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .netns import HOST_INTERFACE, PREFIX, Host, Lan, _ip, reap_leftovers
+from tests.support.netns import HOST_INTERFACE, PREFIX, Host, Lan, _ip, reap_leftovers
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def open_tap(name: str) -> int:
@@ -101,7 +101,7 @@ class HubLan(Lan):
             lan._add_namespace(lan.switch)
             taps = [f"tap{i + 1}" for i in range(hosts)]
             lan.hub = subprocess.Popen(
-                ["ip", "netns", "exec", lan.switch, sys.executable, "-m", "tests.lossy_hub",
+                ["ip", "netns", "exec", lan.switch, sys.executable, "-m", "tests.support.lossy_hub",
                  str(loss), str(delay_ms / 1000), str(secrets.randbits(32)), *taps],
                 stdout=subprocess.PIPE, text=True, cwd=ROOT,
             )

@@ -3,74 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import trio
 
-from peer.aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
-from peer.aio.ssh import connect, serve
-from peer.home import Home
+from peer.aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream
+from peer.aio.ssh import connect
 from peer.store import Store
 from protocol.errors import TransportError, TrustError
-
-from .groups import admit, found
+from tests.support.groups import Devices
+from tests.support.loopback import echo, members_of, serve_on_loopback, ssh_server
 
 DEADLINE = 30
-
-
-@dataclass
-class Pair:
-    first: Home
-    second: Home
-    stranger: Home
-
-
-@pytest.fixture
-async def homes(tmp_path: Path, aio_loop: object) -> Pair:
-    first = await found(tmp_path / "first")
-    second = await admit(first, tmp_path / "second")
-    stranger = await found(tmp_path / "stranger", "stranger")
-    return Pair(first, second, stranger)
 
 
 def member_check(store: Store) -> Callable[[str], bool]:
     return lambda device_id: store.membership.is_member(device_id)
 
 
-async def echo(stream: ByteStream) -> None:
-    while data := await stream.receive_some(1 << 16):
-        await stream.send_all(data)
-
-
-async def start_server(
-    nursery: trio.Nursery, home: Home, store: Store, handlers: dict[str, StreamHandler] | None = None
-) -> int:
-    async def authorize(device_id: str) -> bool:
-        await store.refresh()
-        return store.membership.is_member(device_id)
-
-    port: int = await nursery.start(
-        lambda task_status: serve(
-            home.identity().signing_key,
-            host="127.0.0.1",
-            port=0,
-            authorize=authorize,
-            handlers=handlers or {SYNC_SUBSYSTEM: echo},
-            task_status=task_status,
-        )
-    )
-    return port
-
-
-async def test_members_connect_and_exchange_bytes(homes: Pair) -> None:
+async def test_members_connect_and_exchange_bytes(homes: Devices) -> None:
     with trio.fail_after(DEADLINE):
         async with await homes.first.open_store() as server_store, await homes.second.open_store() as client_store:
             async with trio.open_nursery() as nursery:
-                port = await start_server(nursery, homes.first, server_store)
+                port = await serve_on_loopback(nursery, ssh_server(homes.first, members_of(server_store), {SYNC_SUBSYSTEM: echo}))
                 stream = await connect(
                     "127.0.0.1", port, homes.second.identity().signing_key, trust_host=member_check(client_store)
                 )
@@ -86,13 +42,13 @@ async def test_members_connect_and_exchange_bytes(homes: Pair) -> None:
 
 
 async def test_a_non_member_is_refused_with_a_clear_message_on_both_sides(
-    homes: Pair, caplog: pytest.LogCaptureFixture
+    homes: Devices, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="peer.aio")
     stranger_id = homes.stranger.identity().device_id
     with trio.fail_after(DEADLINE):
         async with await homes.first.open_store() as server_store, trio.open_nursery() as nursery:
-            port = await start_server(nursery, homes.first, server_store)
+            port = await serve_on_loopback(nursery, ssh_server(homes.first, members_of(server_store), {SYNC_SUBSYSTEM: echo}))
             with pytest.raises(TrustError) as refused:
                 await connect(
                     "127.0.0.1", port, homes.stranger.identity().signing_key, trust_host=lambda _: True
@@ -107,7 +63,7 @@ async def test_a_non_member_is_refused_with_a_clear_message_on_both_sides(
     assert format_device_id(stranger_id) in server_lines[0]
 
 
-async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Pair) -> None:
+async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Devices) -> None:
     with trio.fail_after(DEADLINE):
         async with await homes.stranger.open_store() as stranger_store, await homes.second.open_store() as client_store:
             async with trio.open_nursery() as nursery:
@@ -117,16 +73,7 @@ async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Pair) -> No
                     reached.append(device_id)
                     return True
 
-                port: int = await nursery.start(
-                    lambda task_status: serve(
-                        homes.stranger.identity().signing_key,
-                        host="127.0.0.1",
-                        port=0,
-                        authorize=anyone,
-                        handlers={SYNC_SUBSYSTEM: echo},
-                        task_status=task_status,
-                    )
-                )
+                port = await serve_on_loopback(nursery, ssh_server(homes.stranger, anyone, {SYNC_SUBSYSTEM: echo}))
                 with pytest.raises(TrustError) as refused:
                     await connect(
                         "127.0.0.1", port, homes.second.identity().signing_key, trust_host=member_check(client_store)
@@ -138,7 +85,7 @@ async def test_the_client_refuses_a_host_that_is_not_a_member(homes: Pair) -> No
     del stranger_store
 
 
-async def test_joining_needs_no_membership_but_reaches_only_the_join_subsystem(homes: Pair) -> None:
+async def test_joining_needs_no_membership_but_reaches_only_the_join_subsystem(homes: Devices) -> None:
     inviter_id = homes.first.identity().device_id
     joined: list[str] = []
 
@@ -148,7 +95,7 @@ async def test_joining_needs_no_membership_but_reaches_only_the_join_subsystem(h
 
     with trio.fail_after(DEADLINE):
         async with await homes.first.open_store() as server_store, trio.open_nursery() as nursery:
-            port = await start_server(nursery, homes.first, server_store, {SYNC_SUBSYSTEM: echo, JOIN_SUBSYSTEM: join})
+            port = await serve_on_loopback(nursery, ssh_server(homes.first, members_of(server_store), {SYNC_SUBSYSTEM: echo, JOIN_SUBSYSTEM: join}))
             stream = await connect(
                 "127.0.0.1",
                 port,
@@ -170,7 +117,7 @@ async def test_joining_needs_no_membership_but_reaches_only_the_join_subsystem(h
     assert joined == [homes.stranger.identity().device_id]
 
 
-async def test_connection_refused_says_what_to_check(homes: Pair) -> None:
+async def test_connection_refused_says_what_to_check(homes: Devices) -> None:
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -182,22 +129,7 @@ async def test_connection_refused_says_what_to_check(homes: Pair) -> None:
     assert "peer agent" in str(failed.value)
 
 
-@pytest.fixture
-async def silent_port() -> AsyncIterator[int]:
-    """A TCP port that accepts connections and never says a word."""
-    accepted: list[trio.SocketStream] = []
-
-    async def hold(stream: trio.SocketStream) -> None:
-        accepted.append(stream)
-        await trio.sleep_forever()
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, hold, 0, host="127.0.0.1"))
-        yield listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_peer_that_never_speaks_fails_within_the_timeout(homes: Pair, silent_port: int) -> None:
+async def test_a_peer_that_never_speaks_fails_within_the_timeout(homes: Devices, silent_port: int) -> None:
     with trio.fail_after(DEADLINE):
         with pytest.raises(TransportError) as failed:
             await connect(

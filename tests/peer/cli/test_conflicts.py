@@ -15,9 +15,8 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.store import Store
 from peer.sync import Syncer
-
-from .cli_runner import assert_error, ok, ok_json, peer
-from .groups import admit, found
+from tests.support.cli_runner import assert_error, ok, ok_json, peer
+from tests.support.groups import admit, found
 
 T = TypeVar("T")
 

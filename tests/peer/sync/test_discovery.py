@@ -2,7 +2,7 @@
 
 The first tests need nothing special. The loopback test multicasts on
 127.0.0.1 only. The namespace tests run each device as a process in its own
-namespace of a private LAN (tests/netns.py, tests/discovery_probe.py) and
+namespace of a private LAN (tests/support/netns.py, tests/support/discovery_probe.py) and
 skip, saying why, without root.
 """
 
@@ -40,10 +40,10 @@ from peer.sync.discovery import (
 )
 from protocol import PROTOCOL_VERSION
 from protocol.ids import device_id_for
+from tests.support.netns import Host, Lan, private_lan, requires_netns
+from tests.support.waiting import wait_until
 
-from ..netns import Host, Lan, private_lan, requires_netns
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GROUP = bytes(range(16))
 
 
@@ -232,7 +232,7 @@ async def test_two_devices_find_each_other_on_loopback(aio_loop: object) -> None
 
 
 class Probe:
-    """One discovering device: tests/discovery_probe.py in a namespace, its events read as they come."""
+    """One discovering device: tests/support/discovery_probe.py in a namespace, its events read as they come."""
 
     def __init__(self, host: Host, log_path: Path, *args: str, explicit: bool = True) -> None:
         self.host = host
@@ -241,7 +241,7 @@ class Probe:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         with log_path.open("w") as log_file:
             self.process = host.popen(
-                sys.executable, "-m", "tests.discovery_probe", *args, *(["--interface", host.address] if explicit else []),
+                sys.executable, "-m", "tests.support.discovery_probe", *args, *(["--interface", host.address] if explicit else []),
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
             )
         threading.Thread(target=self._read, daemon=True).start()
@@ -254,20 +254,22 @@ class Probe:
 
     def wait_for(self, event: str, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
         """The next event of this kind whose fields match; fails with what was seen instead."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
+        def next_match() -> dict[str, Any] | None:
             try:
-                got = self._queue.get(timeout=max(left, 0.0))
+                got = self._queue.get(timeout=0.1)
             except queue.Empty:
-                break
-            if got is None:
-                break
+                return None
+            if got is None:  # the probe exited: nothing more will come
+                raise AssertionError(f"no {event} {fields} in {self.host}: the probe exited; saw {self.history};"
+                                     f" log:\n{self.log()}")
             self.history.append(got)
             if got["event"] == event and all(got.get(k) == v for k, v in fields.items()):
                 return got
-        raise AssertionError(
-            f"no {event} {fields} within {timeout} s in {self.host}; saw {self.history}; log:\n{self.log()}"
+            return None
+
+        return wait_until(
+            next_match, timeout, f"{event} {fields} in {self.host}", interval=0,
+            detail=lambda: f"saw {self.history}; log:\n{self.log()}",
         )
 
     def drain(self, seconds: float) -> list[dict[str, Any]]:
