@@ -123,3 +123,30 @@ __all__ += [
     "PAUSED", "ConnectionClosed", "HelloReceived", "MembersReceived", "PeerDone", "SessionComplete", "SessionState",
     "SyncSession", "VersionSource", "VersionsReceived", "batches", "error_frame_for", "outgoing",
 ]
+
+from .errors import RelayError  # noqa: E402
+from .relay import (  # noqa: E402
+    RELAY_FORMAT,
+    RELAY_STATE_MAGIC,
+    RelayName,
+    RelayState,
+    SegmentRef,
+    check_segment,
+    group_folder,
+    next_sequence,
+    open_state,
+    parse_relay_name,
+    prunable,
+    relay_coverage,
+    seal_state,
+    segment_name,
+    state_name,
+    temporary_name,
+    vector_meet,
+)
+
+__all__ += [
+    "RelayError", "RELAY_FORMAT", "RELAY_STATE_MAGIC", "RelayName", "RelayState", "SegmentRef", "check_segment",
+    "group_folder", "next_sequence", "open_state", "parse_relay_name", "prunable", "relay_coverage", "seal_state",
+    "segment_name", "state_name", "temporary_name", "vector_meet",
+]
