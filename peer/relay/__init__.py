@@ -1,0 +1,128 @@
+"""Relays: sync through an untrusted folder or SFTP directory (docs/protocol.md section 15).
+
+:func:`sync_relay` is one exchange with one configured relay, for ``peer
+relay sync``, the agent and ``peer status``; :mod:`.exchange` holds the
+rules, :mod:`.store` the file interface and the folder backend,
+:mod:`peer.aio.sftp` the SFTP backend, :mod:`.config` what the home keeps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol import PeerError, format_device_id, group_folder
+
+from ..store import NowMs, Store, wall_clock_ms
+from ..units import human_size
+from .config import (
+    RelayMemory,
+    RelaySpec,
+    add_relay,
+    find_relay,
+    load_memory,
+    load_relays,
+    remove_relay,
+    save_memory,
+)
+from .exchange import ExchangeResult, exchange
+from .store import FolderRelay, RelayEntry, RelayFileGone, RelayStore, RelayUnavailable
+
+__all__ = [
+    "RelaySpec", "RelayMemory", "RelayStore", "RelayEntry", "FolderRelay", "RelayUnavailable", "RelayFileGone",
+    "ExchangeResult", "RelayStatus", "exchange", "open_relay", "sync_relay", "relay_status",
+    "add_relay", "remove_relay", "find_relay", "load_relays", "load_memory", "save_memory",
+]
+
+SCRATCH_DIR = "relays/scratch"
+
+
+@asynccontextmanager
+async def open_relay(spec: RelaySpec, group_id: bytes) -> AsyncIterator[RelayStore]:
+    """The group's folder on ``spec``: a local directory, or an SFTP session for as long as this lasts."""
+    if spec.is_sftp:
+        # Imported here so commands that never use SFTP do not load asyncssh (as peer.aio does for SSH).
+        from ..aio.sftp import open_sftp_relay
+
+        user, host, port, path = spec.sftp_parts()
+        async with open_sftp_relay(host, port=port, username=user, path=path, folder=group_folder(group_id)) as relay:
+            yield relay
+    else:
+        yield FolderRelay(Path(spec.url), group_folder(group_id))
+
+
+async def sync_relay(
+    store: Store,
+    signing_key: Ed25519PrivateKey,
+    home: Path,
+    spec: RelaySpec,
+    *,
+    now_ms: NowMs = wall_clock_ms,
+) -> ExchangeResult:
+    """One exchange with ``spec``; its outcome (or error) is remembered in the home for ``peer status``."""
+    memory = load_memory(home, spec.name)
+    try:
+        async with open_relay(spec, store.group_id) as relay:
+            result, memory = await exchange(
+                store, signing_key, relay, memory, name=spec.name, scratch_dir=Path(home) / SCRATCH_DIR,
+                now_ms=now_ms,
+            )
+    except PeerError as e:
+        save_memory(home, spec.name, memory.with_(last_error=e.message, last_exchange=time.time()))
+        raise
+    save_memory(home, spec.name, memory)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """One relay as ``peer status`` and ``peer relay list`` show it (from the last exchange; no I/O)."""
+
+    spec: RelaySpec
+    memory: RelayMemory
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.memory
+        return {
+            **self.spec.to_json(),
+            "reachable": None if m.last_exchange is None else m.last_error is None,
+            "error": m.last_error,
+            "last_exchange": m.last_exchange,
+            "last_read": m.last_read,
+            "last_write": m.last_write,
+            "bytes_held": m.bytes_held,
+            "problems": list(m.problems),
+            "devices": {d: {"lacks": s.lacks, "state_written_ms": s.written_ms} for d, s in m.seen.items()},
+        }
+
+    def describe(self) -> str:
+        m = self.memory
+
+        def when(t: float | None) -> str:
+            return "never" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+        if m.last_exchange is None:
+            state = "not exchanged with yet"
+        elif m.last_error is not None:
+            state = f"unreachable at the last try ({when(m.last_exchange)}): {m.last_error}"
+        else:
+            state = f"reachable ({when(m.last_exchange)})"
+        lines = [f"relay {self.spec.name} ({self.spec.url}): {state}"]
+        if m.last_exchange is not None:
+            held = "?" if m.bytes_held is None else human_size(m.bytes_held)
+            lines.append(f"  last read {when(m.last_read)}, last write {when(m.last_write)}, holds {held}")
+        for device, seen in sorted(m.seen.items()):
+            lacks = f"lacks {seen.lacks:,} versions" if seen.lacks else "has everything this device holds"
+            lines.append(f"  device {format_device_id(device)}: {lacks}")
+        lines += [f"  warning: {p}" for p in m.problems]
+        return "\n".join(lines)
+
+
+def relay_status(home: Path) -> list[RelayStatus]:
+    return [RelayStatus(spec, load_memory(home, spec.name)) for spec in load_relays(home)]
