@@ -8,7 +8,7 @@ PEER_STAMP := $(VENV)/.peer-installed
 TEST_STAMP := $(VENV)/.test-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install test-deps lint typecheck bench clean
+.PHONY: demo test install test-deps test-system-deps lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,20 @@ demo: install
 # the network namespaces of tests/peer/test_lan.py): about 7 minutes instead of 11.
 PYTEST_WORKERS ?= 2
 
-test: test-deps
+# Debian packages some tests run for real (the relay tests: an OpenSSH server, two Syncthing
+# instances). Installed when running as root (CI) and missing; elsewhere those tests skip and say why.
+SYSTEM_TEST_PACKAGES := openssh-server:/usr/sbin/sshd syncthing:/usr/bin/syncthing
+
+test-system-deps:
+	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do \
+	  [ -x "$${p#*:}" ] || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+	elif [ -n "$$missing" ]; then echo "not installed:$$missing (the tests that need them skip)"; fi
+
+test: test-deps test-system-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 typecheck: test-deps

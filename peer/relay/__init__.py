@@ -48,7 +48,7 @@ async def open_relay(spec: RelaySpec, group_id: bytes) -> AsyncIterator[RelaySto
     """The group's folder on ``spec``: a local directory, or an SFTP session for as long as this lasts."""
     if spec.is_sftp:
         # Imported here so commands that never use SFTP do not load asyncssh (as peer.aio does for SSH).
-        from ..aio.sftp import open_sftp_relay
+        from .sftp import open_sftp_relay
 
         user, host, port, path = spec.sftp_parts()
         async with open_sftp_relay(host, port=port, username=user, path=path, folder=group_folder(group_id)) as relay:

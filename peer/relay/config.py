@@ -44,14 +44,20 @@ class RelaySpec:
         return self.url.startswith("sftp://")
 
     def sftp_parts(self) -> tuple[str | None, str, int | None, str]:
-        """(user, host, port, path) of an sftp:// URL; the path is relative to the login directory unless it starts with //."""
+        """(user, host, port, path) of an sftp:// URL.
+
+        The path is absolute, as in curl: sftp://nas/srv/peer is /srv/peer;
+        sftp://nas/~/peer is "peer" in the login directory.
+        """
         parts = urlsplit(self.url)
         if parts.scheme != "sftp" or not parts.hostname:
             raise ConfigError(f"relay {self.name}: {self.url!r} is not an sftp://[user@]host[:port]/path URL")
         path = unquote(parts.path)
-        # sftp://host/dir is "dir" in the login directory; sftp://host//srv/dir is the absolute /srv/dir.
-        path = path[1:] if path.startswith("/") else path
-        return (unquote(parts.username) if parts.username else None, parts.hostname, parts.port, path or ".")
+        if path in ("", "/~", "/~/"):
+            path = "."
+        elif path.startswith("/~/"):
+            path = path[3:]
+        return (unquote(parts.username) if parts.username else None, parts.hostname, parts.port, path)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "url": self.url, "kind": "sftp" if self.is_sftp else "folder", "added_at": self.added_at}
