@@ -1045,3 +1045,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 from . import cli_interop as _cli_interop  # noqa: E402,F401  (registers export/import)
 from . import cli_bundle as _cli_bundle  # noqa: E402,F401  (registers bundle and backup)
+from . import cli_relay as _cli_relay  # noqa: E402,F401  (registers relay)
