@@ -8,6 +8,8 @@ rules, :mod:`.store` the file interface and the folder backend,
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import PeerError, format_device_id, group_folder
@@ -41,6 +44,38 @@ __all__ = [
 ]
 
 SCRATCH_DIR = "relays/scratch"
+#: How long an exchange waits for another process of this device (the agent, a command) to finish its own.
+LOCK_WAIT_S = 120.0
+
+
+@asynccontextmanager
+async def _exclusive(home: Path, name: str) -> AsyncIterator[None]:
+    """One exchange per relay per device at a time, across processes (the agent and `peer relay sync`).
+
+    Two at once would each write a segment and a state record, and one
+    record would hide the other's segment until the next exchange.
+    """
+    path = Path(home) / "relays" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with trio.move_on_after(LOCK_WAIT_S):
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await trio.sleep(0.2)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PeerError(
+                f"another peer process of this device kept exchanging with relay {name} for {LOCK_WAIT_S:g} s;"
+                " try again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @asynccontextmanager
@@ -66,6 +101,13 @@ async def sync_relay(
     now_ms: NowMs = wall_clock_ms,
 ) -> ExchangeResult:
     """One exchange with ``spec``; its outcome (or error) is remembered in the home for ``peer status``."""
+    async with _exclusive(home, spec.name):
+        return await _sync_relay(store, signing_key, home, spec, now_ms=now_ms)
+
+
+async def _sync_relay(
+    store: Store, signing_key: Ed25519PrivateKey, home: Path, spec: RelaySpec, *, now_ms: NowMs
+) -> ExchangeResult:
     memory = load_memory(home, spec.name)
     try:
         async with open_relay(spec, store.group_id) as relay:
