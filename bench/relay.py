@@ -108,7 +108,22 @@ async def measure(n: int, delta: int, sync_bench: Any) -> None:
           f" ({caught.versions_added / caught_s:,.0f}/s); D imports the bundle in {import_s:.2f} s"
           f" ({imported.added / import_s:,.0f}/s): relay/bundle = {caught_s / import_s:.2f}", flush=True)
 
-    for home in (d, a, c, d, a):
+    # The same two catch-ups again on two more fresh devices, in the other order (a busy machine's
+    # caches and neighbours favour whichever runs second).
+    e = await sync_bench.admit(a, work / "e")
+    f = await sync_bench.admit(a, work / "f")
+    add_relay(f.path, str(relay), name="bench")
+    async with await e.open_store() as store:
+        started = time.monotonic()
+        await import_bundle(store, bundle)
+        import2_s = time.monotonic() - started
+    caught2, caught2_s = await exchange(f, spec)
+    assert caught2.versions_added == n
+    print(f"N={n:,}: in the other order: bundle import {import2_s:.2f} s, relay catch-up {caught2_s:.2f} s:"
+          f" relay/bundle = {caught2_s / import2_s:.2f}", flush=True)
+    shutil.rmtree(e.path)
+
+    for home in (d, f, a, c, d, f, a):
         await exchange(home, spec)
     quiet, quiet_s = await exchange(a, spec)
     floor_s, floor_files, floor_bytes = raw_state_read(relay)

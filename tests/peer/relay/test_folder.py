@@ -8,7 +8,7 @@ from peer.home import Home
 from peer.relay import RelaySpec, add_relay
 
 from ..groups import admit, found
-from .harness import SENTINEL, five_rounds, relay_bytes, turn, view
+from .harness import SENTINEL, five_rounds, relay_bytes, turn, view, writes
 
 
 async def pair(tmp_path: Path) -> tuple[Home, Home, RelaySpec, Path]:
@@ -52,3 +52,20 @@ async def test_a_device_paired_later_catches_up_from_the_relay_alone(tmp_path: P
     assert result.versions_added > 0
     assert (await view(phone))["memories"] == (await view(desk))["memories"]
     assert (await view(phone))["conflicts"] == (await view(desk))["conflicts"]
+
+
+async def test_a_device_compacts_its_segments_and_writes_only_what_changed(tmp_path: Path, aio_loop: object) -> None:
+    desk, laptop, spec, root = await pair(tmp_path)
+    await turn(laptop, spec)  # the laptop says it holds nothing, then stays away
+    ids: dict[str, str] = {}
+    written = []
+    for n in range(10):
+        await writes(desk, ids, [("add", f"n{n}", f"note {n}"), ("add", f"m{n}", f"more {n}")])
+        written.append((await turn(desk, spec)).segment_written)
+    segments = list(root.rglob(f"{desk.identity().device_id}-*.seg"))
+    # Two new versions per exchange, until 8 segments were live: then one segment with everything.
+    assert written[:8] == [2] * 8 and written[8] == 18 and written[9] == 2
+    assert len(segments) == 2
+    result = await turn(laptop, spec)
+    assert result.versions_added == 20
+    assert (await view(laptop))["memories"] == (await view(desk))["memories"]
