@@ -10,6 +10,9 @@ converges.
 from __future__ import annotations
 
 import errno
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.relay import FolderRelay, RelaySpec, RelayUnavailable, add_relay, exchange, load_memory, save_memory, sync_relay
 
+from ..cli_runner import PEER, assert_error, env, ok_json
 from ..groups import admit, found
 from .harness import turn, view
 
@@ -209,3 +213,42 @@ async def test_a_revoked_device_is_refused_and_never_gets_the_next_key(tmp_path:
     async with await c.open_store() as store:
         assert set(store.group_keys) <= old_epochs
     assert "after the revocation" not in await contents(c)
+
+
+def _private_mount_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "a real full or read-only filesystem needs root (a tmpfs in a private mount namespace)"
+    if shutil.which("unshare") is None:
+        return "a real full or read-only filesystem needs util-linux's unshare"
+    return None
+
+
+@pytest.mark.parametrize(("remount", "words"), [("", "is full"), ("mount -o remount,ro \"$R\" && ", "cannot be written")])
+async def test_peer_relay_sync_on_a_really_full_or_read_only_filesystem(
+    tmp_path: Path, aio_loop: object, remount: str, words: str
+) -> None:
+    reason = _private_mount_unavailable()
+    if reason is not None:
+        print(f"skipping: {reason}")
+        pytest.skip(reason)
+    a, b, spec, root = await setup(tmp_path)
+    await turn(b, spec)
+    async with await a.open_store() as store:
+        for n in range(12):
+            await store.add(Draft(f"note {n}: " + "words that take room on the relay " * 40))
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(root, snapshot)
+    # The relay folder, seen by this one `peer` process only, is an 8 kB tmpfs holding what the relay held.
+    script = f'R="{root}"; mount -t tmpfs -o size=8k tmpfs "$R" && cp -a "{snapshot}/." "$R/" && {remount}exec "$@"'
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *PEER, "--home", str(a.path),
+         "relay", "sync", "share"],
+        capture_output=True, text=True, env=env(), timeout=120,
+    )
+    assert_error(done, 1, words, "nothing was lost")
+    listed = ok_json(a.path, "relay", "list")["relays"][0]
+    assert listed["reachable"] is False and words in listed["error"]
+    assert len(await contents(a)) == 12
+    await turn(a, spec)  # the filesystem has room again
+    await turn(b, spec)
+    assert len(await contents(b)) == 12
