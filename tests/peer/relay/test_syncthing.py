@@ -4,8 +4,8 @@ Syncthing runs with global discovery, relays, NAT traversal and local
 discovery off, and the other instance's static address: nothing leaves the
 private LAN of :mod:`tests.netns`. peer on host 1 writes into folder 1,
 Syncthing carries the files to folder 2, peer on host 2 reads them there
-(the filesystem is shared; only the network is split). Conflict copies
-(``.sync-conflict-`` names) that Syncthing carries are ignored by peer.
+(the filesystem is shared; only the network is split). A conflict that
+Syncthing resolves with a ``.sync-conflict-`` copy is ignored by peer.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def _config(folder: Path, me: int, ids: list[str], addresses: list[str]) -> str:
 <folder id="{FOLDER_ID}" label="{FOLDER_ID}" path="{folder}" type="sendreceive" rescanIntervalS="2"
  fsWatcherEnabled="true" fsWatcherDelayS="1" ignorePerms="false" autoNormalize="true">
 <filesystemType>basic</filesystemType>{devices_in_folder}<minDiskFree unit="%">0</minDiskFree>
+<maxConflicts>10</maxConflicts>
 </folder>
 {devices}
 <gui enabled="false"><address>127.0.0.1:0</address></gui>
@@ -139,21 +140,27 @@ async def test_a_folder_carried_by_syncthing_between_two_namespaces(
     assert await view(desk) == await view(laptop)
     assert len((await view(desk))["memories"]) == 3
 
-    # Conflict copies as Syncthing names them, made on host 2 (one holds an older state record of the
-    # desk, one garbage): Syncthing carries them to host 1; peer on either side never reads them.
-    group2 = next(two.glob("peer-*"))
+    # A real conflict for Syncthing: while host 2 is cut off, its copy of the desk's state record is
+    # changed there, and the desk writes a new one on host 1. Syncthing keeps the newer and renames
+    # the other *.sync-conflict-*; peer never reads the copy (and repairs the record if needed).
     desk_id = desk.identity().device_id
-    old_state = (group2 / f"{desk_id}.state").read_bytes()
-    (group2 / f"{desk_id}.sync-conflict-20261204-101010-QB65BOZ.state").write_bytes(old_state)
-    (group2 / f"{desk_id}-0000000000000001.sync-conflict-20261204-101010-QB65BOZ.seg").write_bytes(b"garbage")
+    desk_state = next(two.glob("peer-*")) / f"{desk_id}.state"
+    lan.hosts[1].link_down()
+    desk_state.write_bytes(b"written on the laptop's side by something else")
+    # Each side scans its change before it hears of the other's: the watcher waits 1 s, rescans every 2 s.
+    await trio.sleep(4)
     await writes(desk, ids, [("add", "a3", "desk three")])
     await turn(desk, spec_desk)
-    with trio.fail_after(90):
-        while len(list(one.rglob("*sync-conflict*"))) < 2:
+    await trio.sleep(4)
+    lan.hosts[1].link_up()
+    with trio.fail_after(60):
+        while not [p for p in [*one.rglob("*sync-conflict*"), *two.rglob("*sync-conflict*")] if desk_id in p.name]:
             await trio.sleep(0.25)
+    await turn(desk, spec_desk)  # rewrites its record, had the foreign copy won
     await carried(one, two)
     result = await turn(laptop, spec_laptop)
     again = await turn(desk, spec_desk)
     assert result.problems == again.problems == ()
+    assert len((await view(laptop))["memories"]) == 4
     assert await view(desk) == await view(laptop)
     assert SENTINEL.encode() not in relay_bytes(one) + relay_bytes(two)
