@@ -16,7 +16,8 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
 
 import trio
 
@@ -86,12 +87,34 @@ def os_error_message(error: OSError, location: str, doing: str) -> str:
     return f"the relay {location} failed while {doing}: {error.strerror or error}; the next exchange tries again"
 
 
-class FolderRelay:
-    """A relay that is a directory of this machine (a synced folder, a mount, a stick)."""
+#: A folder operation that takes longer than this (a dead network mount) fails the exchange.
+FOLDER_TIMEOUT_S: Final = 60.0
 
-    def __init__(self, relay_root: Path, group_folder: str) -> None:
+T = TypeVar("T")
+
+
+class FolderRelay:
+    """A relay that is a directory of this machine (a synced folder, a mount, a stick).
+
+    Each operation runs in a worker thread under a deadline: a hung network
+    mount fails the exchange with a clear error instead of stalling the agent
+    (the thread is abandoned; the next exchange starts fresh).
+    """
+
+    def __init__(self, relay_root: Path, group_folder: str, *, timeout: float = FOLDER_TIMEOUT_S) -> None:
         self._root = Path(relay_root)
         self._dir = self._root / group_folder
+        self._timeout = timeout
+
+    async def _run(self, fn: Callable[[], T], doing: str) -> T:
+        try:
+            with trio.fail_after(self._timeout):
+                return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+        except trio.TooSlowError as e:
+            raise RelayUnavailable(
+                f"the relay {self.location} did not answer within {self._timeout:g} s while {doing} (a hung"
+                " network mount?); the next exchange tries again"
+            ) from e
 
     @property
     def location(self) -> str:
@@ -119,13 +142,13 @@ class FolderRelay:
             return entries
 
         try:
-            return await trio.to_thread.run_sync(scan)
+            return await self._run(scan, "listing its files")
         except OSError as e:
             raise self._fail(e, "listing its files") from e
 
     async def read(self, name: str) -> bytes:
         try:
-            return await trio.to_thread.run_sync((self._dir / name).read_bytes)
+            return await self._run((self._dir / name).read_bytes, f"reading {name}")
         except FileNotFoundError as e:
             raise RelayFileGone(f"{name} was removed from the relay {self.location} before it was read") from e
         except OSError as e:
@@ -150,19 +173,19 @@ class FolderRelay:
         if not self._root.is_dir():
             raise self._fail(FileNotFoundError(errno.ENOENT, "missing"), f"writing {name}")
         try:
-            await trio.to_thread.run_sync(put)
+            await self._run(put, f"writing {name}")
         except OSError as e:
             raise self._fail(e, f"writing {name}") from e
 
     async def remove(self, name: str) -> None:
         try:
-            await trio.to_thread.run_sync(lambda: (self._dir / name).unlink(missing_ok=True))
+            await self._run(lambda: (self._dir / name).unlink(missing_ok=True), f"removing {name}")
         except OSError as e:
             raise self._fail(e, f"removing {name}") from e
 
     async def stat(self, name: str) -> RelayEntry | None:
         try:
-            st = await trio.to_thread.run_sync(os.stat, self._dir / name)
+            st = await self._run(lambda: os.stat(self._dir / name), f"reading {name}")
         except FileNotFoundError:
             return None
         except OSError as e:

@@ -252,3 +252,16 @@ async def test_peer_relay_sync_on_a_really_full_or_read_only_filesystem(
     await turn(a, spec)  # the filesystem has room again
     await turn(b, spec)
     assert len(await contents(b)) == 12
+
+
+async def test_a_hung_folder_fails_the_exchange_instead_of_stalling(tmp_path: Path) -> None:
+    # A FIFO nobody writes blocks its reader as a dead network mount would.
+    group = tmp_path / "relay" / "peer-00"
+    group.mkdir(parents=True)
+    os.mkfifo(group / "stuck")
+    relay = FolderRelay(tmp_path / "relay", "peer-00", timeout=0.5)
+    with pytest.raises(RelayUnavailable, match="did not answer within 0.5 s"):
+        await relay.read("stuck")
+    # Unblock the abandoned thread so it does not outlive the test.
+    fd = os.open(group / "stuck", os.O_WRONLY | os.O_NONBLOCK)
+    os.close(fd)
