@@ -35,7 +35,9 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import (
+    BundleError,
     PeerError,
+    ProtocolError,
     RelayError,
     RelayState,
     SegmentRef,
@@ -256,12 +258,10 @@ async def exchange(
         if not local.dominates(ref.top)
     ]
     read_segments = added = new_members = memories = 0
-    attempted: set[tuple[str, int]] = set()
     while pending:
         ready = [p for p in pending if local.dominates(p[1].base)] or pending[:1]
         owner, ref = min(ready, key=lambda p: (p[1].number, p[0]))
         pending.remove((owner, ref))
-        attempted.add((owner, ref.number))
         seg_name = ref.name(owner)
         try:
             a, n, m, size = await _import_segment(
@@ -269,10 +269,9 @@ async def exchange(
             )
         except RelayFileGone:
             continue
-        except RelayUnavailable:
-            raise
-        except PeerError as e:
-            # Anything else is this segment's fault (damaged, altered, not matching its listing).
+        except (BundleError, RelayError, TrustError, ProtocolError) as e:
+            # The segment's fault: damaged, altered, not matching its listing, not from a member.
+            # (A failing relay or store raises on: that is no reason to distrust the file.)
             log.warning("relay %s: segment %s refused: %s", name, seg_name, e)
             problems.append(f"{seg_name} did not verify and was skipped ({e.message}); its content is written again")
             found_damaged.add(seg_name)
