@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from protocol import TrustError
 
-from peer.relay import add_relay
+from peer.relay import RelayUnavailable, add_relay, load_memory
 
 from ..groups import admit, found
 from .harness import SENTINEL, five_rounds, relay_bytes, turn, view
@@ -49,5 +49,11 @@ async def test_five_rounds_through_an_openssh_server_and_a_changed_host_key_is_r
     sshd.start()
     before = relay_bytes(remote)
     with pytest.raises(TrustError, match="known_hosts"):
+        await turn(desk, spec)
+    assert relay_bytes(remote) == before
+    assert "known_hosts" in (load_memory(desk.path, "nas").last_error or "")
+
+    sshd.stop()  # the server is down: unreachable, said so, nothing changed
+    with pytest.raises(RelayUnavailable, match="refused the connection"):
         await turn(desk, spec)
     assert relay_bytes(remote) == before
