@@ -42,9 +42,11 @@ test-system-deps:
 	  [ -x "$${p#*:}" ] || missing="$$missing $${p%%:*}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing$$missing"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null \
-	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
-	elif [ -n "$$missing" ]; then echo "not installed:$$missing (the tests that need them skip)"; fi
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; }; } \
+	  || echo "could not install$$missing (the tests that need them skip and say why)"; \
+	elif [ -n "$$missing" ]; then echo "not installed:$$missing (the tests that need them skip and say why)"; fi
 
 test: test-deps test-system-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
