@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import (
     BundleError,
+    NotAMember,
     PeerError,
     ProtocolError,
     RelayError,
@@ -137,9 +138,18 @@ class ExchangeResult:
 
 
 async def _read_states(
-    relay: RelayStore, store: Store, names: dict[str, int], memory: RelayMemory, problems: list[str]
+    relay: RelayStore,
+    store: Store,
+    names: dict[str, int],
+    memory: RelayMemory,
+    problems: list[str],
+    strangers: dict[str, str],
 ) -> tuple[dict[str, RelayState], set[str], RelayState | None, int]:
-    """Every valid state record of another device (reverted ones kept, flagged), and this device's own."""
+    """Every valid state record of another device (reverted ones kept, flagged), and this device's own.
+
+    Records signed by devices this one does not know as members go to
+    ``strangers`` (file name: why): a segment read next may introduce them.
+    """
     states: dict[str, RelayState] = {}
     reverted: set[str] = set()
     own: RelayState | None = None
@@ -155,6 +165,9 @@ async def _read_states(
                 data, group_id=store.group_id, member_key=store.membership.member_key, device_id=parsed.device_id
             )
         except RelayFileGone:
+            continue
+        except NotAMember as e:
+            strangers[name] = f"{name}: {e.message}"
             continue
         except (RelayError, TrustError) as e:
             if parsed.device_id != store.device_id:
@@ -219,7 +232,8 @@ async def exchange(
     listing = await relay.list()
     names = {e.name: e.size for e in listing}
     bytes_held = sum(e.size for e in listing if parse_relay_name(e.name) is not None)
-    states, reverted, relay_own, files_bytes = await _read_states(relay, store, names, memory, problems)
+    strangers: dict[str, str] = {}
+    states, reverted, relay_own, files_bytes = await _read_states(relay, store, names, memory, problems, strangers)
     files_read = sum(1 for n in names if (p := parse_relay_name(n)) is not None and p.is_state)
 
     # This device's chain: what the newest record it wrote lists (the relay's copy may be newer,
@@ -251,37 +265,58 @@ async def exchange(
     chains: dict[str, list[SegmentRef]] = {d: list(s.segments) for d, s in states.items()}
     chains[me] = own_chain
     skip = damaged_by_others | previously_damaged
-    pending = [
-        (owner, ref)
-        for owner, refs in chains.items()
-        for ref in _present(owner, refs, names, skip if owner != me else damaged_by_others)
-        if not local.dominates(ref.top)
-    ]
     read_segments = added = new_members = memories = 0
-    while pending:
-        ready = [p for p in pending if local.dominates(p[1].base)] or pending[:1]
-        owner, ref = min(ready, key=lambda p: (p[1].number, p[0]))
-        pending.remove((owner, ref))
-        seg_name = ref.name(owner)
-        try:
-            a, n, m, size = await _import_segment(
-                relay, store, owner, ref, scratch_dir / f".{seg_name}.{secrets.token_hex(4)}.part"
-            )
-        except RelayFileGone:
-            continue
-        except (BundleError, RelayError, TrustError, ProtocolError) as e:
-            # The segment's fault: damaged, altered, not matching its listing, not from a member.
-            # (A failing relay or store raises on: that is no reason to distrust the file.)
-            log.warning("relay %s: segment %s refused: %s", name, seg_name, e)
-            problems.append(f"{seg_name} did not verify and was skipped ({e.message}); its content is written again")
-            found_damaged.add(seg_name)
-            continue
-        read_segments += 1
-        files_read += 1
-        files_bytes += size
-        added, new_members, memories = added + a, new_members + n, memories + m
-        local = await store.vector()
-        pending = [p for p in pending if not local.dominates(p[1].top)]
+    for round_ in range(2):
+        pending = [
+            (owner, ref)
+            for owner, refs in chains.items()
+            for ref in _present(owner, refs, names, skip if owner != me else damaged_by_others)
+            if not local.dominates(ref.top)
+        ]
+        learned = new_members
+        while pending:
+            ready = [p for p in pending if local.dominates(p[1].base)] or pending[:1]
+            owner, ref = min(ready, key=lambda p: (p[1].number, p[0]))
+            pending.remove((owner, ref))
+            seg_name = ref.name(owner)
+            try:
+                a, n, m, size = await _import_segment(
+                    relay, store, owner, ref, scratch_dir / f".{seg_name}.{secrets.token_hex(4)}.part"
+                )
+            except RelayFileGone:
+                continue
+            except (BundleError, RelayError, TrustError, ProtocolError) as e:
+                # The segment's fault: damaged, altered, not matching its listing, not from a member.
+                # (A failing relay or store raises on: that is no reason to distrust the file.)
+                log.warning("relay %s: segment %s refused: %s", name, seg_name, e)
+                problems.append(
+                    f"{seg_name} did not verify and was skipped ({e.message}); its content is written again"
+                )
+                found_damaged.add(seg_name)
+                continue
+            read_segments += 1
+            files_read += 1
+            files_bytes += size
+            added, new_members, memories = added + a, new_members + n, memories + m
+            local = await store.vector()
+            pending = [p for p in pending if not local.dominates(p[1].top)]
+        if round_ or not strangers or new_members == learned:
+            break
+        # The segments just read introduced members: their records, refused a moment ago, may now verify.
+        await store.refresh()
+        retry = {n: names[n] for n in strangers}
+        strangers.clear()
+        more, more_reverted, _, more_bytes = await _read_states(relay, store, retry, memory, problems, strangers)
+        files_bytes += more_bytes
+        files_read += len(retry)
+        members = {m.device_id for m in store.membership.members() if not m.revoked}
+        more = {d: st for d, st in more.items() if d in members}
+        states.update(more)
+        reverted |= more_reverted
+        damaged_by_others |= {n for st in more.values() for n in st.damaged}
+        skip |= damaged_by_others
+        chains = {d: list(st.segments) for d, st in more.items()}
+    problems += strangers.values()
 
     # Other devices' vectors, as their (non-reverted) records say; members without a record count as empty.
     await store.refresh()

@@ -69,3 +69,21 @@ async def test_a_device_compacts_its_segments_and_writes_only_what_changed(tmp_p
     result = await turn(laptop, spec)
     assert result.versions_added == 20
     assert (await view(laptop))["memories"] == (await view(desk))["memories"]
+
+
+async def test_a_member_learned_from_a_segment_is_read_in_the_same_exchange(tmp_path: Path, aio_loop: object) -> None:
+    desk, laptop, spec, root = await pair(tmp_path)
+    await turn(desk, spec)
+    phone = await admit(laptop, tmp_path / "phone", "phone")  # the desk has never heard of it
+    add_relay(phone.path, str(root))
+    ids: dict[str, str] = {}
+    await writes(phone, ids, [("add", "p1", "written on the phone")])
+    await turn(phone, spec)
+    await writes(laptop, ids, [("add", "l1", "written on the laptop")])
+    await turn(laptop, spec)  # its segment carries the member list, the phone included
+    result = await turn(desk, spec)
+    assert result.problems == ()
+    assert sorted(c for _, c in (await view(desk))["memories"]) == sorted(
+        c for _, c in (await view(laptop))["memories"]
+    )
+    assert len((await view(desk))["memories"]) == 2
