@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .bundle import BundleHeader
 from .clock import VersionVector
 from .codec import Reader, Writer
-from .errors import BadSignature, DecodeError, NotAMember, PeerError, RelayError, WrongGroup
+from .errors import BadSignature, NotAMember, PeerError, RelayError, WrongGroup
 from .ids import device_id_for, format_device_id, is_device_id
 
 __all__ = [

@@ -61,7 +61,7 @@ from ..bundles import BundleSource, Trust, apply_bundle, scan_bundle, write_bund
 from ..store import NowMs, Store, wall_clock_ms
 from ..units import human_size
 from .config import DeviceSeen, RelayMemory
-from .store import RelayFileGone, RelayStore, RelayUnavailable
+from .store import RelayFileGone, RelayStore
 
 __all__ = ["ExchangeResult", "exchange", "COMPACT_AFTER", "group_folder"]
 

@@ -21,7 +21,8 @@ from protocol import group_folder
 
 from peer.home import Home
 from peer.memory import Draft
-from peer.relay import FolderRelay, RelaySpec, RelayUnavailable, add_relay, exchange, load_memory, save_memory, sync_relay
+from peer.relay import FolderRelay, RelaySpec, RelayUnavailable, add_relay, exchange, load_memory, save_memory
+from peer.relay.store import os_error_message
 
 from ..cli_runner import PEER, assert_error, env, ok_json
 from ..groups import admit, found
@@ -164,8 +165,6 @@ class FailingFolder(FolderRelay):
         self.code = code
 
     async def write(self, name: str, data: bytes) -> None:
-        from peer.relay.store import os_error_message
-
         raise RelayUnavailable(os_error_message(OSError(self.code, "injected"), self.location, f"writing {name}"))
 
 
