@@ -101,8 +101,19 @@ async def sync_relay(
     now_ms: NowMs = wall_clock_ms,
 ) -> ExchangeResult:
     """One exchange with ``spec``; its outcome (or error) is remembered in the home for ``peer status``."""
-    async with _exclusive(home, spec.name):
-        return await _sync_relay(store, signing_key, home, spec, now_ms=now_ms)
+    try:
+        async with _exclusive(home, spec.name):
+            return await _sync_relay(store, signing_key, home, spec, now_ms=now_ms)
+    except OSError as e:
+        raise _local_failure(spec, home, e) from e
+
+
+def _local_failure(spec: RelaySpec, home: Path, error: OSError) -> PeerError:
+    # The relay's own failures were translated by its backend: an OSError here is local (the home's disk).
+    return PeerError(
+        f"exchanging with relay {spec.name} failed on this device: {error.strerror or error}"
+        f" ({error.filename or home}); check the home directory (free space?), then try again"
+    )
 
 
 async def _sync_relay(
@@ -118,6 +129,10 @@ async def _sync_relay(
     except PeerError as e:
         save_memory(home, spec.name, memory.with_(last_error=e.message, last_exchange=time.time()))
         raise
+    except OSError as e:
+        failure = _local_failure(spec, home, e)
+        save_memory(home, spec.name, memory.with_(last_error=failure.message, last_exchange=time.time()))
+        raise failure from e
     save_memory(home, spec.name, memory)
     return result
 

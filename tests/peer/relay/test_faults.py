@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import group_folder
+from protocol import PeerError, group_folder
 
 from peer.home import Home
 from peer.memory import Draft
@@ -264,3 +264,19 @@ async def test_a_hung_folder_fails_the_exchange_instead_of_stalling(tmp_path: Pa
     # Unblock the abandoned thread so it does not outlive the test.
     fd = os.open(group / "stuck", os.O_WRONLY | os.O_NONBLOCK)
     os.close(fd)
+
+
+async def test_a_local_failure_is_an_error_that_says_so_not_a_crash(tmp_path: Path, aio_loop: object) -> None:
+    a, b, spec, root = await setup(tmp_path)
+    await turn(b, spec)
+    await add(a, "kept through a local failure")
+    scratch = a.path / "relays" / "scratch"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    scratch.write_text("a file where the exchange needs a directory")
+    with pytest.raises(PeerError, match="failed on this device"):
+        await turn(a, spec)
+    assert "failed on this device" in (load_memory(a.path, "share").last_error or "")
+    scratch.unlink()
+    await turn(a, spec)
+    await turn(b, spec)
+    assert await contents(b) == ["kept through a local failure"]
