@@ -9,7 +9,7 @@ PEER_STAMP := $(VENV)/.peer-installed
 TEST_STAMP := $(VENV)/.test-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test check install test-deps lint typecheck bench clean
+.PHONY: demo test check install test-deps test-system-deps lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,22 @@ demo: install
 # the network namespaces of tests/peer/test_agent_lan.py): about 7 minutes instead of 11.
 PYTEST_WORKERS ?= 2
 
-test: test-deps
+# Debian packages some tests run for real (the relay tests: an OpenSSH server, two Syncthing
+# instances). Installed when running as root (CI) and missing; elsewhere those tests skip and say why.
+SYSTEM_TEST_PACKAGES := openssh-server:/usr/sbin/sshd syncthing:/usr/bin/syncthing
+
+test-system-deps:
+	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do \
+	  [ -x "$${p#*:}" ] || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; }; } \
+	  || echo "could not install$$missing (the tests that need them skip and say why)"; \
+	elif [ -n "$$missing" ]; then echo "not installed:$$missing (the tests that need them skip and say why)"; fi
+
+test: test-deps test-system-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: test-deps

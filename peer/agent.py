@@ -15,6 +15,9 @@ Theory of operation. One trio nursery runs, side by side:
   which syncs with it when it appears, after local changes (debounced),
   and every ``sync_interval`` seconds (anti-entropy), with exponential
   backoff and jitter after failures;
+* the **relay task** (:mod:`peer.relay.worker`): one exchange with every
+  relay of ``peer relay list`` at start, a few seconds after a change, and
+  every ``sync_interval`` seconds, with backoff after failures;
 * the **status writer**: ``agent.json`` in the home directory, which
   ``peer status`` reads from another process;
 * **scheduled backups** when ``[backup] enabled = true``
@@ -78,6 +81,7 @@ from .aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
 from .config import AgentConfig, BackupConfig
 from .device import Device
 from .home import Home
+from .relay.worker import RelayWorker
 
 if TYPE_CHECKING:
     from peer.sync.discovery import Finder
@@ -195,6 +199,9 @@ class _Agent:
         self.syncer = Syncer(
             self.store, self.identity.signing_key, after_sync=self._after_sync, connect_timeout=AGENT_CONNECT_TIMEOUT_S
         )
+        self.relays = RelayWorker(
+            home, self.store, interval=config.sync_interval, backoff_max=config.backoff_max, after_read=self._after_relay
+        )
 
     # Sessions ----------------------------------------------------------------------
     def _lock(self, device_id: str) -> trio.Lock:
@@ -264,8 +271,17 @@ class _Agent:
                 peer.last_result = "ok (it connected)"
                 self._status_changed()
 
+    async def _after_relay(self) -> None:
+        """Versions arrived from a relay: index them and offer them to the LAN peers."""
+        async with self.index_lock:
+            warning = await self.device.catch_up_index()
+            if warning:
+                log.warning("%s", warning)
+        await self._changed()
+
     async def _changed(self, exclude: str | None = None) -> None:
-        """This store changed: mark every peer that does not hold our vector yet."""
+        """This store changed: mark every peer that does not hold our vector yet (and exchange with the relays)."""
+        self.relays.poke()
         vector = await self.store.vector()
         for peer in list(self.peers.values()):
             if peer.device_id is None or peer.device_id == exclude:
@@ -609,6 +625,7 @@ async def run_agent(
             agent.add_static_peers()
             nursery.start_soon(agent.watch)
             nursery.start_soon(agent.publish_status)
+            await nursery.start(agent.relays.run)
             if backup is not None and backup.enabled:
                 from .backup import run_scheduled_backups
 

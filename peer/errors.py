@@ -18,6 +18,7 @@ from protocol import (
     PeerBusy,
     PeerError,
     ProtocolError,
+    RelayError,
     RemoteProtocolError,
     StoreError,
     TransportError,
@@ -57,6 +58,14 @@ class SearchIndexError(PeerError):
     """The search index cannot be used; `peer doctor` rebuilds it from the store."""
 
 
+class RelayUnavailable(TransportError):
+    """The relay cannot be reached or written now; the next exchange tries again and nothing is lost."""
+
+
+class RelayFileGone(PeerError):
+    """A file listed on the relay was removed before it could be read."""
+
+
 class InviteRefused(TrustError):
     """The inviter refused the code: it is wrong, already used or expired; ask for a new one."""
 
@@ -86,6 +95,9 @@ __all__ = [
     "UnknownEmbedder",
     "SearchIndexError",
     "InviteRefused",
+    "RelayFileGone",
+    "RelayUnavailable",
+    "RelayError",
     "MistypedCode",
     "UnknownSigner",
 ]

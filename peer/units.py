@@ -14,7 +14,7 @@ import datetime as _dt
 import re
 from collections.abc import Iterable
 
-__all__ = ["DURATION_HELP", "fields_text", "human_size", "local_minute", "parse_duration"]
+__all__ = ["DURATION_HELP", "count_of", "fields_text", "human_size", "local_minute", "parse_duration"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -33,6 +33,11 @@ def parse_duration(text: str) -> float:
     if not compact or _DURATION_PART.sub("", compact) != "":
         raise ValueError(f"{text!r} is not a duration; write it like {DURATION_HELP}")
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
+
+
+def count_of(n: int, word: str, plural: str | None = None) -> str:
+    """``1 version``, ``12,345 versions``, ``2 memories`` (with ``plural``)."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
 
 
 def human_size(n: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "PeerError",
+    "RelayError",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
@@ -100,6 +101,10 @@ class NotAMember(TrustError):
 
 class BundleError(PeerError):
     """The bundle file is damaged, incomplete or not meant for this device."""
+
+
+class RelayError(PeerError):
+    """A file on a relay is damaged or does not match what its device listed; it is skipped."""
 
 
 class StoreError(PeerError):

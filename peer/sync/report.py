@@ -4,7 +4,9 @@ Two sources, joined by device id: the store (every member, and for each
 device that ever synced or sent a bundle, its vector as of then, hence
 exactly how many versions it lacks from this store) and the running
 agent's ``agent.json`` (addresses it found, its last attempt and its
-result). Without a running agent the store's half is still shown.
+result). Without a running agent the store's half is still shown. Each
+relay (``peer relay list``) is shown from what the home remembers of the
+last exchange with it, with what each device lacks counted now.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from peer.home import Home
+from peer.relay import relay_status
 from peer.sync.status_file import read_status
-from protocol import format_device_id
+from protocol import VersionVector, format_device_id
 
 __all__ = ["PeerStatus", "StatusReport", "status_report"]
 
@@ -80,12 +83,15 @@ class StatusReport:
     device_id: str
     agent: dict[str, Any] | None  # the running agent's status file as it wrote it, or None
     peers: tuple[PeerStatus, ...]
+    #: Each relay as the home remembers its last exchange, with what each device lacks counted now.
+    relays: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
             "agent": self.agent,
             "peers": [p.to_json() for p in self.peers],
+            "relays": list(self.relays),
         }
 
     def describe(self, now: float | None = None) -> str:
@@ -119,6 +125,22 @@ class StatusReport:
             else:
                 lines.append(f"  lacks: {p.lacks:,} versions of this device's store" + (
                     "; it has versions this device lacks" if p.ahead else ""))
+        for r in self.relays:
+            if r["reachable"] is None:
+                state = "not exchanged with yet"
+            elif r["reachable"]:
+                state = f"reachable ({_ago(r['last_exchange'], now)})"
+            else:
+                state = f"unreachable ({_ago(r['last_exchange'], now)}): {r['error']}"
+            lines.append(f"relay {r['name']} ({r['url']}): {state}")
+            if r["last_exchange"] is not None:
+                held = "?" if r["bytes_held"] is None else f"{r['bytes_held']:,} bytes"
+                lines.append(f"  last read {_ago(r['last_read'], now)}, last write {_ago(r['last_write'], now)},"
+                             f" holds {held}")
+            for device_id, d in sorted(r["devices"].items()):
+                lines.append(f"  {format_device_id(device_id)} lacks {d['lacks']:,} versions of this device's store"
+                             " (as its last state record there says)")
+            lines += [f"  warning: {w}" for w in r["problems"]]
         return "\n".join(lines)
 
 
@@ -168,4 +190,10 @@ async def status_report(home: Home) -> StatusReport:
                 last_attempt=p.get("last_attempt"), last_result=p.get("last_result"),
                 failures=p.get("failures", 0), lacks=None, ahead=False,
             ))
-        return StatusReport(store.device_id, agent, tuple(peers))
+        relays = []
+        for relay in relay_status(home.path):
+            shown = relay.to_json()
+            for device_id, remembered in relay.memory.seen.items():
+                shown["devices"][device_id]["lacks"] = await store.count_missing_for(VersionVector(remembered.vector))
+            relays.append(shown)
+        return StatusReport(store.device_id, agent, tuple(peers), tuple(relays))

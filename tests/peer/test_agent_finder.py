@@ -21,7 +21,6 @@ from peer.memory import Draft
 from peer.sync import read_status
 from peer.sync.discovery import Advert, Appeared, Event, Gone, group_hash
 from protocol import PROTOCOL_VERSION
-
 from tests.support.groups import admit, found
 
 FAST = AgentConfig(sync_interval=30, debounce=0.05, backoff_max=2)
