@@ -193,25 +193,14 @@ def parse_meta(items: Sequence[str]) -> dict[str, Any]:
     return metadata
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
-_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-
-
 def parse_since(text: str, *, now: float | None = None) -> float:
     """``--since``: a duration back from now (``90m``, ``12h``, ``7d``, ``2w``, ``1d12h``) or an ISO date/time."""
-    now = time.time() if now is None else now
-    compact = text.strip().lower().replace(" ", "")
-    if compact and _DURATION_PART.sub("", compact) == "" and _DURATION_PART.match(compact):
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
-        return now - seconds
+    from .when import parse_since as parse
+
     try:
-        when = _dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a duration (30m, 12h, 7d, 2w) nor a date (2026-01-31, 2026-01-31T09:00)",
-            param_hint="'--since'",
-        ) from None
-    return when.timestamp()  # naive dates are local time, as people mean them
+        return parse(text, now=now)
+    except PeerError as e:
+        raise click.BadParameter(e.message, param_hint="'--since'") from None
 
 
 def _check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -1045,3 +1034,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 from . import cli_interop as _cli_interop  # noqa: E402,F401  (registers export/import)
 from . import cli_bundle as _cli_bundle  # noqa: E402,F401  (registers bundle and backup)
+from . import cli_mcp as _cli_mcp  # noqa: E402,F401  (registers mcp and context)
