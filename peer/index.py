@@ -45,11 +45,13 @@ threads through ``trio.to_thread.run_sync``, one call at a time.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -183,6 +185,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+#: Held while the index files are written (exclusive) or read (shared): several
+#: processes keep their own index of one home (the agent, `peer mcp` servers,
+#: `peer search`) and each saves it; without the lock two saves interleave their
+#: temporary files and renames, and a reader can see one save's graph with
+#: another's sidecar.
+LOCK_FILE = "lock"
+
+
+@contextlib.contextmanager
+def _files_locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class _Graph:
     """The hnswlib graph and the label bookkeeping Python must keep beside it.
 
@@ -262,7 +283,10 @@ class _Graph:
         return []
 
     def save(self, directory: Path, sidecar: dict[str, Any]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        with _files_locked(directory, exclusive=True):
+            self._save(directory, sidecar)
+
+    def _save(self, directory: Path, sidecar: dict[str, Any]) -> None:
         graph = directory / GRAPH_FILE
         tmp = graph.with_name(GRAPH_FILE + ".tmp")
         self.hnsw.save_index(str(tmp))
@@ -304,6 +328,13 @@ class _Unusable(Exception):
 
 def _load(directory: Path, embedder_id: str, dim: int) -> tuple[_Graph, int]:
     """The saved graph and its watermark; raises _Unusable (or FileNotFoundError)."""
+    if not directory.exists():
+        raise FileNotFoundError(directory / SIDECAR_FILE)
+    with _files_locked(directory, exclusive=False):
+        return _load_files(directory, embedder_id, dim)
+
+
+def _load_files(directory: Path, embedder_id: str, dim: int) -> tuple[_Graph, int]:
     sidecar_path = directory / SIDECAR_FILE
     if not sidecar_path.exists():
         if (directory / GRAPH_FILE).exists():
