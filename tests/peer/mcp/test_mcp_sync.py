@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import trio
+from mcp import ClientSession
 
 from peer.corpus import paragraphs
 
@@ -25,12 +26,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_found(session: object, query: str, memory_id: str, deadline: float) -> float:
+async def wait_found(session: ClientSession, query: str, memory_id: str, deadline: float) -> float:
     """Search through ``session`` until ``memory_id`` is among the results; seconds it took."""
     started = trio.current_time()
     with trio.fail_after(deadline):
         while True:
-            result = await call(session, "search", {"query": query, "all_projects": True})  # type: ignore[arg-type]
+            result = await call(session, "search", {"query": query, "all_projects": True})
             if memory_id in [r["id"] for r in result["results"]]:
                 return trio.current_time() - started
             await trio.sleep(0.2)
@@ -126,7 +127,7 @@ async def test_ten_servers_an_agent_and_a_bulk_add_share_one_home(tmp_path: Path
                     nursery.start_soon(assistant, number)
             # Afterwards every memory is there, and each assistant's is found through a fresh server.
             async with mcp_session(home.path) as session:
-                missing = []
+                missing: list[str] = []
                 for number in range(CLIENTS):
                     hits = await call(session, "search", {"query": f"build cache for service {number}",
                                                           "project": f"p{number}", "limit": 5})
