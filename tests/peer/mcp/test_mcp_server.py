@@ -268,3 +268,22 @@ def test_print_config_names_this_peer_and_this_home(home: Path) -> None:
     # The printed command really starts this server.
     done = subprocess.run([entry["command"], *entry["args"], "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "MCP" in done.stdout
+
+
+async def test_a_client_that_disconnects_mid_call_leaves_the_store_consistent(home: Path) -> None:
+    before = live_count(home)
+    content = "a note written while the client went away " + " ".join(paragraphs(40))
+    with trio.fail_after(120):
+        async with mcp_session(home) as session:
+            await call(session, "status", {})
+            with trio.move_on_after(0.05):
+                await session.call_tool("remember", {"content": content, "project": "gone"})
+        # The server saw stdin close and exited; the next one finds a healthy store.
+        async with mcp_session(home) as session:
+            listed = await call(session, "list", {"project": "gone"})
+            for memory in listed["memories"]:
+                await call(session, "forget", {"id": memory["id"]})
+    # All of the memory or none of it, and nothing damaged.
+    assert len(listed["memories"]) <= 1
+    assert live_count(home) == before
+    assert ok_json(home, "doctor")["healthy"]
