@@ -52,6 +52,8 @@ SNIPPET_CHARS: Final = 280
 MAX_PAGE: Final = 100
 #: Search looks at most this deep (offset + limit), as `peer search -k` does.
 MAX_DEPTH: Final = 1000
+#: How much of a new memory is compared with the others (see remember).
+NEAR_QUERY_CHARS: Final = 1000
 #: Two memories whose cosine similarity reaches this look like the same thing.
 SIMILAR_AT: Final = 0.80
 
@@ -212,7 +214,8 @@ class MemoryService:
             importance=importance,
         )
         await self.fresh()
-        near = await self.device.search(content, k=5)
+        # Its beginning is enough to find look-alikes, and keeps a long memory from costing two full embeddings.
+        near = await self.device.search(content[:NEAR_QUERY_CHARS], k=5)
         (memory_id,) = await self.device.add([draft])
         self._written()
         similar = [

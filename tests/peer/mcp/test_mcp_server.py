@@ -152,7 +152,7 @@ async def test_results_stay_within_the_token_budget(home: Path) -> None:
             chapters = [" ".join(paragraphs(300)[i * 100 : (i + 1) * 100])[:20000] for i in range(3)]
             ids = [(await call(session, "remember", {"content": c, "project": "scratch"}))["id"] for c in chapters]
             many = await call(session, "get", {"ids": ids})
-            big = await call(session, "remember", {"content": "long note " * 8000, "project": "scratch"})
+            big = await call(session, "remember", {"content": "long note " * 3500, "project": "scratch"})
             one = await call(session, "get", {"ids": [big["id"]]})
             for memory_id in [*ids, big["id"]]:
                 await call(session, "forget", {"id": memory_id})
@@ -161,7 +161,7 @@ async def test_results_stay_within_the_token_budget(home: Path) -> None:
     # What did not fit is named, to fetch next; a memory longer than the budget is cut and says so.
     assert [m["id"] for m in many["memories"]] + many["omitted_ids"] == ids and many["omitted_ids"]
     assert all(not m["truncated"] for m in many["memories"])
-    assert one["memories"][0]["truncated"] is True and one["memories"][0]["content_chars"] == len("long note " * 8000)
+    assert one["memories"][0]["truncated"] is True and one["memories"][0]["content_chars"] == len("long note " * 3500)
 
 
 BAD_CALLS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
