@@ -406,6 +406,8 @@ class MemoryService:
         out["memories"] = page[:shown]
         if shown < len(page) or len(matching) > offset + size:
             out["next_cursor"] = str(offset + shown)
+        if not page and offset == 0 and scoped is not None:
+            out["note"] = f"No memories in project {scoped!r} match; pass all_projects=true to list every project."
         return out
 
     async def conflicts(self, *, limit: int | None, cursor: str | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Annotated, Any, Final
 
+import trio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
@@ -36,6 +37,9 @@ from .service import MemoryService
 __all__ = ["build_server", "ALIASES", "INSTRUCTIONS"]
 
 log = logging.getLogger(__name__)
+
+#: How long a client may take to list its workspace roots (asked once, at the first call that needs them).
+ROOTS_TIMEOUT_S: Final = 5.0
 
 INSTRUCTIONS: Final = """\
 peer is this user's long-term memory, shared by their assistants on all their devices.
@@ -141,6 +145,7 @@ class ListOut(BaseModel):
     memories: list[Entry]
     project: str | None
     next_cursor: str | None
+    note: str | None = None
 
 
 class SiblingVersion(BaseModel):
@@ -262,9 +267,13 @@ async def _roots_project(ctx: Context) -> str | None:
         capabilities = session.client_capabilities
         if capabilities is None or capabilities.roots is None:
             return None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), trio.move_on_after(ROOTS_TIMEOUT_S) as waited:
             warnings.simplefilter("ignore")  # roots are deprecated by the newest protocol, still used by hosts
             result = await session.list_roots()
+        if waited.cancelled_caught:
+            log.info("the client did not list its roots within %g s; using the working directory's project",
+                     ROOTS_TIMEOUT_S)
+            return None
     except Exception as e:  # a client that declared roots but fails to list them: not fatal
         log.info("the client's roots could not be read (%s); using the working directory's project", e)
         return None
