@@ -413,12 +413,22 @@ def build_server(
     tools = {name: Tool.from_function(fn, name=name, annotations=notes) for fn, name, notes in specs}
     server: MCPServer = MCPServer(
         "peer",
+        version=_version(),
         instructions=INSTRUCTIONS,
         tools=list(tools.values()),
         middleware=[ArgumentReader(tools)],
         log_level="WARNING",
     )
     return server, tools
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peer-memory")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0"
 
 
 def _one_line(error: ValidationError) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import trio
 
 from peer.corpus import paragraphs
 
-from ..cli_runner import ndjson, ok, ok_json
+from ..cli_runner import PEER, ndjson, ok, ok_json
 from .client import call, fails, mcp_session
 
 PYTEST = "Run the test suite with pytest: `.venv/bin/python -m pytest tests -x -q`; `make test` runs all of it."
@@ -287,3 +288,41 @@ async def test_a_client_that_disconnects_mid_call_leaves_the_store_consistent(ho
     assert len(listed["memories"]) <= 1
     assert live_count(home) == before
     assert ok_json(home, "doctor")["healthy"]
+
+
+def test_stdout_carries_protocol_messages_only(home: Path) -> None:
+    """Raw JSON-RPC on the pipes, as a host sends it: every stdout line is a JSON-RPC message; logs go to stderr."""
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "search", "arguments": {"query": "how do I run the tests", "all_projects": True}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "search", "arguments": "not an object"}},
+    ]
+    server = subprocess.Popen(
+        [*PEER, "--home", str(home), "mcp", "--verbose"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=home,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    watchdog = threading.Timer(120, server.kill)  # a hung server fails the test instead of hanging it
+    watchdog.start()
+    try:
+        # stdin stays open until every answer is in, as a host keeps it (EOF ends the session).
+        server.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
+        server.stdin.flush()
+        lines: list[str] = []
+        while len([m for m in lines if "id" in json.loads(m)]) < 3:
+            line = server.stdout.readline()
+            assert line, "peer mcp closed stdout early"
+            lines.append(line)
+        rest, errors = server.communicate(timeout=60)  # closes stdin: the session ends
+    finally:
+        watchdog.cancel()
+    messages = [json.loads(line) for line in [*lines, *rest.splitlines()]]
+    assert all(m.get("jsonrpc") == "2.0" for m in messages), messages
+    answers = {m["id"]: m for m in messages if "id" in m}
+    assert answers[2]["result"]["structuredContent"]["results"], answers[2]
+    assert answers[3]["result"]["isError"] is True, answers[3]
+    assert "peer mcp: INFO" in errors  # the log went to stderr
+    assert server.returncode == 0
