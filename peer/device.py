@@ -13,6 +13,7 @@ loading a model or an hnswlib graph (nor even for importing numpy).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import time
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .index import SearchIndex
 
 __all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress", "index_state"]
+
+log = logging.getLogger(__name__)
 
 #: ``progress(done, total)``, called from the trio thread as work advances.
 Progress = Callable[[int, int], None]
@@ -131,15 +134,24 @@ class Device:
         self.store = store
         self._embedder: Embedder | None = None
         self._index: SearchIndex | None = None
+        #: See SearchIndex.save_threshold: long-lived processes raise it (the index is saved on close).
+        self.index_save_threshold = 1
 
     @classmethod
     async def open(cls, home: Home) -> Device:
         return cls(home, await home.open_store())
 
     async def close(self) -> None:
-        # The index saves itself after every catch-up; nothing to flush here.
-        self._index = None
-        await self.store.close()
+        # A one-shot command's index saved itself after its catch-up; a long-lived
+        # process's may hold changes not written yet.
+        index, self._index = self._index, None
+        try:
+            if index is not None and index.unsaved:
+                await index.save()
+        except PeerError as e:
+            log.warning("%s (the next start catches the index up from the store)", e)
+        finally:
+            await self.store.close()
 
     async def __aenter__(self) -> Device:
         return self
@@ -232,6 +244,7 @@ class Device:
         warnings: list[str] = []
         if self._index is None:
             index, opened = await SearchIndex.open(self.home.index_dir, self.embedder)
+            index.save_threshold = self.index_save_threshold
             warnings.extend(opened)
             self._index = index
         await self._index.catch_up(self.store, self.embedder, progress)

@@ -410,6 +410,11 @@ class SearchIndex:
         self._watermark = watermark
         self._needs_rebuild = needs_rebuild
         self._lock = trio.Lock()
+        #: A catch-up saves the files once this many applied changes are unsaved. 1 (save after
+        #: every catch-up that changed something) suits one-shot commands; a long-lived process
+        #: (`peer mcp`) sets more, since a save writes the whole graph, and saves when it closes.
+        self.save_threshold = 1
+        self._unsaved = 0
 
     # --- opening and saving ---------------------------------------------------
 
@@ -448,6 +453,7 @@ class SearchIndex:
         }
         try:
             await trio.to_thread.run_sync(self._graph.save, self._dir, sidecar)
+            self._unsaved = 0
         except OSError as e:
             raise SearchIndexError(
                 f"Cannot save the search index in {self._dir} ({e.strerror or e}); "
@@ -460,6 +466,11 @@ class SearchIndex:
     def watermark(self) -> int:
         """The highest store ``seq`` the index reflects."""
         return self._watermark
+
+    @property
+    def unsaved(self) -> int:
+        """Changes applied since the files were last written."""
+        return self._unsaved
 
     @property
     def needs_rebuild(self) -> bool:
@@ -545,7 +556,8 @@ class SearchIndex:
             log.info("compacting the search index: %d deleted, %d live", self.deleted_count, len(self))
             self._graph = await trio.to_thread.run_sync(self._graph.compacted)
             unsaved += 1
-        if unsaved or done or force_save:
+        self._unsaved += unsaved
+        if force_save or (self._unsaved and self._unsaved >= self.save_threshold):
             await self._save()
         if progress is not None:
             progress(total, total)

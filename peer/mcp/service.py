@@ -11,6 +11,11 @@ if this process wrote since, the index catches up with the store (reading
 only the changes after its watermark) under one lock, so a memory added
 anywhere on this device is searchable by the next call.
 
+The index files on disk are only a start-up cache: the server saves its
+index every :data:`INDEX_SAVE_EVERY` changes and when it exits, not after
+every catch-up (a save writes the whole graph, about a second at 100,000
+memories, and would land on the next search after every write).
+
 Budget. No result may exceed :data:`TOKEN_BUDGET` tokens (estimated as
 JSON characters / 4): lists carry snippets and a ``next_cursor``; ``get``
 returns whole memories until the budget is spent and names the ids it left
@@ -52,6 +57,8 @@ SNIPPET_CHARS: Final = 280
 MAX_PAGE: Final = 100
 #: Search looks at most this deep (offset + limit), as `peer search -k` does.
 MAX_DEPTH: Final = 1000
+#: Changes the server's index applies before it writes its files again (it also writes them on exit).
+INDEX_SAVE_EVERY: Final = 5000
 #: How much of a new memory is compared with the others (see remember).
 NEAR_QUERY_CHARS: Final = 1000
 #: Two memories whose cosine similarity reaches this look like the same thing.
@@ -157,6 +164,9 @@ class MemoryService:
 
     @classmethod
     async def open(cls, device: Device, *, project: str | None = None) -> MemoryService:
+        # A save writes the whole graph (about a second at 100,000 memories): not after every
+        # write seen, but every INDEX_SAVE_EVERY changes and when the server exits.
+        device.index_save_threshold = INDEX_SAVE_EVERY
         return cls(device, await StoreWatch.start(device.store), project=project)
 
     # Keeping up with the home --------------------------------------------------------
