@@ -18,6 +18,9 @@ built, and then, in the same run:
   JSON-RPC over pipes, argument checks, the freshness check and the result
   shaping.
 
+and, through one server, `remember` then `search` 20 times: the search
+right after a write (it catches the index up with that write first).
+
 It prints p50/p95 of both, their ratio and the load average.
 """
 
@@ -81,6 +84,25 @@ async def in_process(home: Home, queries: int) -> list[float]:
         await device.close()
 
 
+async def write_then_search(home: Home, rounds: int) -> list[float]:
+    """``remember`` then ``search`` through one server: the search's round trip, which sees the write."""
+    command = _peer_cmd()
+    params = StdioServerParameters(command=command[0], args=[*command[1:], "--home", str(home.path), "mcp"],
+                                   cwd=str(home.path))
+    latencies = []
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            await session.call_tool("search", {"query": "warm up", "all_projects": True})
+            for i in range(rounds):
+                await session.call_tool("remember", {"content": f"bench note {i}: the cache layer {i} sits before the API"})
+                started = time.perf_counter()
+                result = await session.call_tool("search", {"query": f"cache layer {i}", "all_projects": True})
+                latencies.append((time.perf_counter() - started) * 1000)
+                assert not result.is_error
+    return latencies
+
+
 async def through_mcp(home: Home, queries: int, arguments: dict[str, Any]) -> tuple[list[float], float]:
     command = _peer_cmd()
     params = StdioServerParameters(command=command[0], args=[*command[1:], "--home", str(home.path), "mcp"],
@@ -97,7 +119,8 @@ async def through_mcp(home: Home, queries: int, arguments: dict[str, Any]) -> tu
                 started = time.perf_counter()
                 result = await session.call_tool("search", {"query": QUERIES[i % len(QUERIES)], **arguments})
                 latencies.append((time.perf_counter() - started) * 1000)
-                assert not result.is_error and result.structured_content["results"]  # type: ignore[index]
+                assert not result.is_error and isinstance(result.structured_content, dict)
+                assert result.structured_content["results"]
     return latencies, ready
 
 
@@ -111,6 +134,7 @@ async def bench_size(root: Path, size: int, texts: list[str], vectors: Any, quer
     local = await in_process(home, queries)
     remote, ready = await through_mcp(home, queries, {"limit": 10, "all_projects": True})
     scoped, _ = await through_mcp(home, queries // 2, {"limit": 10, "project": "p1"})
+    after_write = await write_then_search(home, 20)
     local_again = await in_process(home, queries)
     load_after = os.getloadavg()
     local_all = local + local_again
@@ -119,6 +143,7 @@ async def bench_size(root: Path, size: int, texts: list[str], vectors: Any, quer
         "local_p50": pct(local_all, 0.5), "local_p95": pct(local_all, 0.95),
         "mcp_p50": pct(remote, 0.5), "mcp_p95": pct(remote, 0.95),
         "scoped_p50": pct(scoped, 0.5),
+        "after_write_p50": pct(after_write, 0.5), "after_write_max": max(after_write),
         "first_answer_s": ready,
         "load": (load_before[0], load_after[0]),
     }
@@ -138,20 +163,23 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"[{size:,}] search p50/p95: in process {row['local_p50']:.1f}/{row['local_p95']:.1f} ms, "
                     f"through MCP {row['mcp_p50']:.1f}/{row['mcp_p95']:.1f} ms "
                     f"({row['mcp_p50'] / row['local_p50']:.2f}x at p50); one project (p1, 20% of the store) "
-                    f"p50 {row['scoped_p50']:.1f} ms; server start to first answer {row['first_answer_s']:.1f} s; "
+                    f"p50 {row['scoped_p50']:.1f} ms; search right after a remember p50 {row['after_write_p50']:.1f} ms "
+                    f"(max {row['after_write_max']:.0f} ms); server start to first answer {row['first_answer_s']:.1f} s; "
                     f"load average {row['load'][0]:.2f} -> {row['load'][1]:.2f}",
                     flush=True,
                 )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print()
-    print("| memories | in process p50 / p95 | through MCP p50 / p95 | ratio at p50 | one project, MCP p50 | load average |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| memories | in process p50 / p95 | through MCP p50 / p95 | ratio at p50 | one project, MCP p50 "
+          "| after a remember, p50 / max | load average |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['size']:,} | {row['local_p50']:.1f} / {row['local_p95']:.1f} ms | "
             f"{row['mcp_p50']:.1f} / {row['mcp_p95']:.1f} ms | {row['mcp_p50'] / row['local_p50']:.2f}x | "
-            f"{row['scoped_p50']:.1f} ms | {row['load'][0]:.2f} -> {row['load'][1]:.2f} |"
+            f"{row['scoped_p50']:.1f} ms | {row['after_write_p50']:.1f} / {row['after_write_max']:.0f} ms | "
+            f"{row['load'][0]:.2f} -> {row['load'][1]:.2f} |"
         )
 
 
