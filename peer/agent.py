@@ -77,11 +77,13 @@ from protocol import (
     format_device_id,
 )
 
+from . import localapi
 from .aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream, StreamHandler
 from .config import AgentConfig, BackupConfig
 from .device import Device
 from .home import Home
 from .relay.worker import RelayWorker
+from .watch import StoreWatch
 
 if TYPE_CHECKING:
     from peer.sync.discovery import Finder
@@ -497,15 +499,13 @@ class _Agent:
     # Tasks -------------------------------------------------------------------------
     async def watch(self) -> None:
         """Notice versions written by other processes on this store."""
-        version = await self.store.data_version()
+        watch = await StoreWatch.start(self.store)
         seq = await self.store.last_seq()
         self.membership = await self.store.membership_digest()
         while True:
             await trio.sleep(WATCH_INTERVAL_S)
-            now = await self.store.data_version()
-            if now == version:
+            if not await watch.changed():
                 continue
-            version = now
             await self._check_membership()
             latest = await self.store.last_seq()
             if latest != seq:
@@ -548,6 +548,52 @@ class _Agent:
 
     def write_status(self, running: bool = True) -> None:
         write_status(self.home, self.status(running))
+
+    # Local API (peer.localapi) ------------------------------------------------------
+    def local_methods(self) -> dict[str, Any]:
+        """The methods ``HOME/agent.sock`` answers (see :mod:`peer.localapi`)."""
+
+        async def ping(params: dict[str, Any]) -> dict[str, Any]:
+            return {"pid": os.getpid(), "device_id": self.store.device_id}
+
+        async def status(params: dict[str, Any]) -> dict[str, Any]:
+            return self.status()
+
+        async def sync_now(params: dict[str, Any]) -> dict[str, Any]:
+            """Sync with every known peer now; with ``wait`` (seconds), report how each attempt ended."""
+            wait = params.get("wait", 0)
+            if not isinstance(wait, (int, float)) or not 0 <= wait <= 60:
+                raise PeerError("wait must be a number of seconds between 0 and 60")
+            asked = time.time()
+            peers = list(self.peers.values())
+            for peer in peers:
+                peer.dirty = True
+                peer.not_before = 0.0
+                peer.poke()
+            with trio.move_on_after(wait):
+                # Done when each peer's attempt began after the request and no session with it still runs.
+                while any(
+                    p.last_attempt is None or p.last_attempt < asked
+                    or (p.device_id is not None and self._lock(p.device_id).locked())
+                    for p in peers
+                ):
+                    await trio.sleep(0.05)
+            return {"asked": len(peers), "peers": [p.to_json() for p in peers]}
+
+        return {"ping": ping, "status": status, "sync_now": sync_now}
+
+    async def serve_local_api(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The local API, unless the platform refuses the socket: then the agent runs on without it."""
+        started = False
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(localapi.serve, self.home.path, self.local_methods())
+                task_status.started()
+                started = True
+        except (PeerError, OSError) as e:
+            log.warning("the local API is off (%s); `peer mcp` cannot ask this agent to sync", e)
+            if not started:
+                task_status.started()
 
     async def publish_status(self) -> None:
         while True:
@@ -624,6 +670,7 @@ async def run_agent(
                 await nursery.start(agent.discover, finder or _mdns_finder)
             agent.add_static_peers()
             nursery.start_soon(agent.watch)
+            await nursery.start(agent.serve_local_api)
             nursery.start_soon(agent.publish_status)
             await nursery.start(agent.relays.run)
             if backup is not None and backup.enabled:

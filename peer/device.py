@@ -15,6 +15,7 @@ loading a model or an hnswlib graph (nor even for importing numpy).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import stat
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from peer.search.index import SearchIndex
 
 __all__ = ["Device", "SearchResult", "Check", "DoctorReport", "Progress", "ReindexResult", "StatsReport"]
+
+log = logging.getLogger(__name__)
 
 #: ``progress(done, total)``, called from the trio thread as work advances.
 Progress = Callable[[int, int], None]
@@ -162,15 +165,24 @@ class Device:
         # None: the default model, loaded on first use (a command that never embeds does not pay for it).
         self._embedder = embedder
         self._index: SearchIndex | None = None
+        #: See SearchIndex.save_threshold: long-lived processes raise it (the index is saved on close).
+        self.index_save_threshold = 1
 
     @classmethod
     async def open(cls, home: Home, *, embedder: Embedder | None = None) -> Device:
         return cls(home, await home.open_store(), embedder=embedder)
 
     async def close(self) -> None:
-        # The index saves itself after every catch-up; nothing to flush here.
-        self._index = None
-        await self.store.close()
+        # A one-shot command's index saved itself after its catch-up; a long-lived
+        # process's may hold changes not written yet.
+        index, self._index = self._index, None
+        try:
+            if index is not None and index.unsaved:
+                await index.save()
+        except PeerError as e:
+            log.warning("%s (the next start catches the index up from the store)", e)
+        finally:
+            await self.store.close()
 
     async def __aenter__(self) -> Device:
         return self
@@ -263,6 +275,7 @@ class Device:
         warnings: list[str] = []
         if self._index is None:
             index, opened = await SearchIndex.open(self.home.index_dir, self.embedder)
+            index.save_threshold = self.index_save_threshold
             warnings.extend(opened)
             self._index = index
         await self._index.catch_up(self.store, self.embedder, progress)

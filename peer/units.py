@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import time
 from collections.abc import Iterable
 
-__all__ = ["DURATION_HELP", "count_of", "fields_text", "human_size", "local_minute", "parse_duration"]
+from protocol import PeerError
+
+__all__ = ["DURATION_HELP", "count_of", "fields_text", "human_size", "local_minute", "parse_duration", "parse_since"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -33,6 +36,24 @@ def parse_duration(text: str) -> float:
     if not compact or _DURATION_PART.sub("", compact) != "":
         raise ValueError(f"{text!r} is not a duration; write it like {DURATION_HELP}")
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """"Since when", as Unix seconds: a duration back from now (``90m``, ``12h``, ``7d``, ``1d12h``) or an ISO date/time.
+
+    Naive dates are local time, as people mean them. Raises PeerError for anything else.
+    """
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return _dt.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise PeerError(
+            f"{text!r} is neither a duration ({DURATION_HELP}) nor a date (2026-01-31, 2026-01-31T09:00)"
+        ) from None
 
 
 def count_of(n: int, word: str, plural: str | None = None) -> str:

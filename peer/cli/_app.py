@@ -6,16 +6,13 @@ through :mod:`._output`.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from peer.units import DURATION_HELP, parse_duration
 from protocol import PeerError, valid_kind
 
 if TYPE_CHECKING:
@@ -121,19 +118,12 @@ def parse_meta(items: Sequence[str]) -> dict[str, Any]:
 
 def parse_since(text: str, *, now: float | None = None) -> float:
     """``--since``: a duration back from now (``90m``, ``12h``, ``7d``, ``2w``, ``1d12h``) or an ISO date/time."""
-    now = time.time() if now is None else now
+    from peer.units import parse_since as parse
+
     try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        when = _dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a duration ({DURATION_HELP}) nor a date (2026-01-31, 2026-01-31T09:00)",
-            param_hint="'--since'",
-        ) from None
-    return when.timestamp()  # naive dates are local time, as people mean them
+        return parse(text, now=now)
+    except PeerError as e:
+        raise click.BadParameter(e.message, param_hint="'--since'") from None
 
 
 def check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

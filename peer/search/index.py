@@ -45,11 +45,13 @@ threads through ``trio.to_thread.run_sync``, one call at a time.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -175,6 +177,25 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+#: Held while the index files are written (exclusive) or read (shared): several
+#: processes keep their own index of one home (the agent, `peer mcp` servers,
+#: `peer search`) and each saves it; without the lock two saves interleave their
+#: temporary files and renames, and a reader can see one save's graph with
+#: another's sidecar.
+LOCK_FILE = "lock"
+
+
+@contextlib.contextmanager
+def _files_locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class _Graph:
     """The hnswlib graph and the label bookkeeping Python must keep beside it.
 
@@ -254,7 +275,10 @@ class _Graph:
         return []
 
     def save(self, directory: Path, sidecar: dict[str, Any]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        with _files_locked(directory, exclusive=True):
+            self._save(directory, sidecar)
+
+    def _save(self, directory: Path, sidecar: dict[str, Any]) -> None:
         graph = directory / GRAPH_FILE
         tmp = graph.with_name(GRAPH_FILE + ".tmp")
         self.hnsw.save_index(str(tmp))
@@ -302,6 +326,13 @@ def _load(directory: Path, embedder_id: str, dim: int, *, full_check: bool = Fal
     hashed only when its fingerprint differs from the one taken when it was
     saved, or with ``full_check`` (``peer doctor``); the small files always are.
     """
+    if not directory.exists():
+        raise FileNotFoundError(directory / SIDECAR_FILE)
+    with _files_locked(directory, exclusive=False):
+        return _load_files(directory, embedder_id, dim, full_check=full_check)
+
+
+def _load_files(directory: Path, embedder_id: str, dim: int, *, full_check: bool) -> tuple[_Graph, int]:
     sidecar_path = directory / SIDECAR_FILE
     if not sidecar_path.exists():
         if (directory / GRAPH_FILE).exists():
@@ -379,6 +410,11 @@ class SearchIndex:
         self._watermark = watermark
         self._needs_rebuild = needs_rebuild
         self._lock = trio.Lock()
+        #: A catch-up saves the files once this many applied changes are unsaved. 1 (save after
+        #: every catch-up that changed something) suits one-shot commands; a long-lived process
+        #: (`peer mcp`) sets more, since a save writes the whole graph, and saves when it closes.
+        self.save_threshold = 1
+        self._unsaved = 0
 
     # --- opening and saving ---------------------------------------------------
 
@@ -424,6 +460,7 @@ class SearchIndex:
         }
         try:
             await trio.to_thread.run_sync(self._graph.save, self._dir, sidecar)
+            self._unsaved = 0
         except OSError as e:
             raise SearchIndexError(
                 f"Cannot save the search index in {self._dir} ({e.strerror or e}); "
@@ -436,6 +473,11 @@ class SearchIndex:
     def watermark(self) -> int:
         """The highest store ``seq`` the index reflects."""
         return self._watermark
+
+    @property
+    def unsaved(self) -> int:
+        """Changes applied since the files were last written."""
+        return self._unsaved
 
     @property
     def needs_rebuild(self) -> bool:
@@ -521,7 +563,8 @@ class SearchIndex:
             log.info("compacting the search index: %d deleted, %d live", self.deleted_count, len(self))
             self._graph = await trio.to_thread.run_sync(self._graph.compacted)
             unsaved += 1
-        if unsaved or done or force_save:
+        self._unsaved += unsaved
+        if force_save or (self._unsaved and self._unsaved >= self.save_threshold):
             await self._save()
         if progress is not None:
             progress(total, total)
