@@ -60,6 +60,7 @@ import trio
 from peer.sync import (
     DEFAULT_LISTEN,
     WILDCARDS,
+    AgentLock,
     Syncer,
     SyncSummary,
     parse_address,
@@ -588,7 +589,14 @@ async def run_agent(
     elif host not in WILDCARDS and host not in interfaces:
         log.warning("listening on %s but advertising on %s: other devices will not reach this one;"
                     " listen on 0.0.0.0 or on an advertised address", host, ", ".join(interfaces))
-    device = await Device.open(home)
+    # One agent per home; taken before the store opens, so a second agent changes nothing.
+    lock = AgentLock.acquire(home) if home.exists() else None
+    try:
+        device = await Device.open(home)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     agent = _Agent(
         home,
         device,
@@ -603,6 +611,8 @@ async def run_agent(
             handlers = {**_join_handler(home, device), SYNC_SUBSYSTEM: agent.handle}
             bound: int = await nursery.start(partial(agent.syncer.serve, host, port, handlers=handlers))
             agent.listen = (host, bound)
+            if lock is not None:
+                lock.listening(host, bound)
             log.info("listening on %s:%d as device %s", host, bound, format_device_id(agent.store.device_id))
             if agent.discovery:
                 await nursery.start(agent.discover, finder or _mdns_finder)
@@ -621,6 +631,8 @@ async def run_agent(
         with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
             agent.write_status(running=False)
             await device.close()
+        if lock is not None:
+            lock.release()
 
 
 async def run_until_signalled(home: Home, **kwargs: Any) -> None:

@@ -16,9 +16,12 @@ from .driver import (
     SyncSummary,
     sync_over,
 )
+from .agent_lock import AGENT_LOCK_FILE, AgentLock
 from .status_file import STATUS_FILE, read_status, write_status
 
 __all__ = [
+    "AGENT_LOCK_FILE",
+    "AgentLock",
     "BUSY_ATTEMPTS",
     "DEFAULT_LISTEN",
     "STATUS_FILE",
