@@ -19,9 +19,26 @@ from __future__ import annotations
 # A session is one channel running a named subsystem with raw bytes
 # (encoding=None). The trio side sees it as a :class:`ByteStream`; the
 # server calls back into trio through ``trio_as_aio`` for each channel.
+#
+# Strangers (anyone who can reach the port) must not be able to stop or
+# exhaust the agent. Connections that have not proved membership (not yet
+# logged in, or logged in as ``peer-join``) are *unproven*; at most
+# :data:`MAX_UNPROVEN` of them are kept: a new one beyond that closes the
+# oldest unproven one that never even sent an SSH version line, else the
+# oldest, so an idle flood cannot hold the door shut for a member that
+# connects during it (a member's connection speaks SSH at once and logs in
+# within milliseconds). A ``peer-join`` login may open one channel and lives
+# :data:`JOIN_LOGIN_S` at most. If descriptors or memory still run out, asyncio
+# reports it from ``accept()``; under trio-asyncio such a report would be
+# raised into the agent's nursery and stop it, so the listener installs a loop
+# exception handler that logs it, closes unproven connections and lets
+# asyncio pause accepting for a moment, while members' sessions go on.
 import asyncio
+import errno
 import logging
+import resource
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +97,15 @@ KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
 #: What a close may take before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 3.0
+#: Connections that have not proved membership (logging in, or logged in as ``peer-join``) kept at once.
+MAX_UNPROVEN = 64
+#: How long a ``peer-join`` login may last: one join exchange takes a round trip.
+JOIN_LOGIN_S = 30.0
+#: Join channels one ``peer-join`` login may open (a join needs one).
+JOIN_CHANNELS_PER_LOGIN = 1
+#: Resource warnings are logged at most this often.
+_WARN_EVERY_S = 10.0
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ED25519 = b"ssh-ed25519"
 
 
@@ -237,6 +263,65 @@ class _Listener:
         self.read_timeout = read_timeout
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.scopes: set[trio.CancelScope] = set()
+        # In arrival order (dicts keep it): the connections that have not proved membership.
+        self.unproven: dict[asyncssh.SSHServerConnection, None] = {}
+        self._warned_at: dict[str, float] = {}
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        """Log ``message`` at WARNING, at most once per :data:`_WARN_EVERY_S` for each ``kind``."""
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned_at[kind] = now
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def admit_unproven(self, conn: asyncssh.SSHServerConnection) -> None:
+        """A new connection: keep it, closing an older unproven one when there are too many."""
+        self.unproven[conn] = None
+        while len(self.unproven) > MAX_UNPROVEN:
+            older = [c for c in self.unproven if c is not conn]
+            victim = next((c for c in older if c.get_extra_info("client_version") is None), older[0])
+            del self.unproven[victim]
+            self.warn(
+                "unproven",
+                "more than %d connections have not proved membership: closing the oldest ones"
+                " (a flood of connections? members go on syncing)",
+                MAX_UNPROVEN,
+            )
+            victim.abort()
+
+    def shed_unproven(self) -> None:
+        """Out of descriptors or memory: close every unproven connection (members' sessions go on)."""
+        for conn in list(self.unproven):
+            conn.abort()
+        self.unproven.clear()
+
+    def exception_handler(
+        self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+    ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+        """The loop's exception handler while serving: log what a stranger can cause, never stop the agent."""
+
+        def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+                # asyncio stops accepting and tries again in a second (selector_events).
+                self.warn(
+                    "resources",
+                    "out of system resources (%s) with %d connections open: not accepting new ones for a"
+                    " moment, and closing %d that have not proved membership",
+                    exc.strerror or exc, len(self.connections), len(self.unproven),
+                )
+                self.shed_unproven()
+            elif any(key in context for key in ("transport", "protocol", "socket")):
+                # One connection's trouble (a reset, a half-closed socket): that connection's, not ours.
+                self.warn("connection", "a connection failed: %s (%s)", context.get("message"), exc)
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        return handle
 
     async def run_handler(self, handler: StreamHandler, stream: _SSHStream) -> None:
         """Runs in trio (through trio_as_aio): one channel, from start to close."""
@@ -263,16 +348,28 @@ class _ServerConnection(asyncssh.SSHServer):
         self._device_id: str | None = None
         self._username = ""
         self._refusal_logged = False
+        self._join_channels = 0
+        self._expiry: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self._where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self._listener.connections.add(conn)
+        self._listener.admit_unproven(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._conn is not None:
             self._listener.connections.discard(self._conn)
+            self._listener.unproven.pop(self._conn, None)
+
+    def _expire(self) -> None:
+        if self._conn is not None:
+            log.info("closed the join login of device %s (%s): it lasted %g s",
+                     format_device_id(self._device_id or ""), self._where, JOIN_LOGIN_S)
+            self._conn.abort()
 
     def begin_auth(self, username: str) -> bool:
         return True  # authentication is always required
@@ -309,6 +406,11 @@ class _ServerConnection(asyncssh.SSHServer):
             return False
         self._device_id = device_id
         self._username = username
+        if username == SYNC_USER and self._conn is not None:
+            self._listener.unproven.pop(self._conn, None)  # a member: no longer counted among strangers
+        elif username == JOIN_USER:
+            # Still a stranger: it stays counted among the unproven, and its login is short-lived.
+            self._expiry = asyncio.get_running_loop().call_later(JOIN_LOGIN_S, self._expire)
         return True
 
     def _refuse(self, why: str) -> None:
@@ -320,6 +422,11 @@ class _ServerConnection(asyncssh.SSHServer):
         device_id, username, listener = self._device_id, self._username, self._listener
         if device_id is None:
             return False
+        if username == JOIN_USER:
+            if self._join_channels >= JOIN_CHANNELS_PER_LOGIN:
+                self._refuse(f"device {format_device_id(device_id)} opened more join channels than one login may")
+                return False
+            self._join_channels += 1
         where = self._where
 
         async def session(
@@ -365,8 +472,14 @@ async def serve(
     """
     listener = _Listener(authorize, handlers, read_timeout)
     host_key = _ssh_key(signing_key)
+    _raise_open_files_limit()
+    loop_handler: list[Any] = []
 
     async def start() -> asyncssh.SSHAcceptor:
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop_handler.append(previous)
+        loop.set_exception_handler(listener.exception_handler(previous))
         return await asyncssh.create_server(
             lambda: _ServerConnection(listener),
             host,
@@ -400,8 +513,20 @@ async def serve(
                 for conn in list(listener.connections):
                     conn.close()
                 await acceptor.wait_closed()
+                asyncio.get_running_loop().set_exception_handler(loop_handler[0] if loop_handler else None)
 
             await trio_asyncio.aio_as_trio(stop)()
+
+
+def _raise_open_files_limit() -> None:
+    """Use all the descriptors the system allows this process (the soft limit is often 1,024)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        log.debug("could not raise the open files limit: %s", e)
 
 
 # Client ----------------------------------------------------------------------

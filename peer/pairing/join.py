@@ -1,4 +1,11 @@
 """The join exchange over SSH: a new device proves the code and receives the group.
+
+Anyone may open the join subsystem (the invite is checked inside it), so the
+inviter's side spends little on a stranger: a JOIN_REQUEST frame may be
+:data:`JOIN_REQUEST_MAX_FRAME` bytes (a real one is under 1 KB), the whole
+exchange must be done within :data:`JOIN_EXCHANGE_S`, and at most
+:data:`MAX_CONCURRENT_JOINS` run at once (each opens ``invites.db``); the SSH
+layer adds one join channel per login and a short login (:mod:`peer.aio.ssh`).
 """
 
 from __future__ import annotations
@@ -7,6 +14,8 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+import trio
 
 from peer.aio import JOIN_SUBSYSTEM, ssh_transport
 from peer.errors import InviteRefused
@@ -64,7 +73,14 @@ class JoinStream(ByteStream, Protocol):
     def peer_device_id(self) -> str: ...
 
 
+#: What the joiner accepts from the inviter (it authenticated the inviter's host key first).
 _JOIN_MAX_FRAME = 4 << 20
+#: What the inviter accepts from anyone: a JOIN_REQUEST is under 1 KB (protocol.md section 12).
+JOIN_REQUEST_MAX_FRAME = 8 << 10
+#: How long one join channel may take, from opening to the answer.
+JOIN_EXCHANGE_S = 30.0
+#: Join exchanges served at once; more are refused at once (a real join is rare and quick).
+MAX_CONCURRENT_JOINS = 8
 
 
 async def _receive_frame(stream: ByteStream, decoder: FrameDecoder) -> Frame:
@@ -141,7 +157,7 @@ async def serve_join(
     """The inviter's side of one join channel; True when a device was admitted."""
     refused = JoinReject(ErrorCode.INVITE_REFUSED, REFUSAL_MESSAGE)
     try:
-        frame = await _receive_frame(stream, FrameDecoder(_JOIN_MAX_FRAME))
+        frame = await _receive_frame(stream, FrameDecoder(JOIN_REQUEST_MAX_FRAME))
     except RemoteProtocolError as e:
         log.warning("refused a join attempt by device %s: %s", format_device_id(stream.peer_device_id), e)
         await stream.send_all(encode_frame(refused))
@@ -169,10 +185,25 @@ def join_handler(home: Home, store: Store, *, now_ms: NowMs = wall_clock_ms) -> 
     are seen at once.
     """
     identity = home.identity()
+    running = 0
 
     async def handle(stream: JoinStream) -> None:
-        async with await Invites.open(home) as invites:
-            await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
+        nonlocal running
+        who = format_device_id(stream.peer_device_id)
+        if running >= MAX_CONCURRENT_JOINS:
+            log.warning("refused a join attempt by device %s: %d joins are already running", who, running)
+            with trio.move_on_after(JOIN_EXCHANGE_S):
+                await stream.send_all(encode_frame(JoinReject(ErrorCode.INVITE_REFUSED, REFUSAL_MESSAGE)))
+            return
+        running += 1
+        try:
+            with trio.move_on_after(JOIN_EXCHANGE_S) as scope:
+                async with await Invites.open(home) as invites:
+                    await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
+            if scope.cancelled_caught:
+                log.warning("closed the join channel of device %s: no request within %g s", who, JOIN_EXCHANGE_S)
+        finally:
+            running -= 1
 
     return handle
 
