@@ -7,6 +7,7 @@ agent from :mod:`peer.sync.discovery`.
 """
 
 from .address import DEFAULT_LISTEN, WILDCARDS, parse_address
+from .agent_lock import AGENT_LOCK_FILE, AgentLock
 from .driver import (
     BUSY_ATTEMPTS,
     AfterSync,
@@ -16,7 +17,6 @@ from .driver import (
     SyncSummary,
     sync_over,
 )
-from .agent_lock import AGENT_LOCK_FILE, AgentLock
 from .status_file import STATUS_FILE, read_status, write_status
 
 __all__ = [

@@ -30,7 +30,6 @@ import peer.pairing.join
 from peer.agent import run_agent
 from peer.aio import JOIN_SUBSYSTEM, JOIN_USER
 from peer.aio.ssh import connect
-from peer.home import Home
 from protocol import PeerError
 
 from .cli_runner import Agent, ok, ok_json
