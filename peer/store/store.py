@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -505,12 +505,25 @@ def _info_from_row(row: Row) -> VersionInfo:
     )
 
 
+#: SQLite keeps integers below 2^63; the protocol allows clock times up to 2^78 (2^62 << 16).
+MAX_STORED_HLC: Final = 2**63 - 1
+
+
+def stored_hlc(hlc: int) -> int:
+    """A received clock time as stored and compared here: times beyond SQLite's range count as its maximum.
+
+    Every device stores and compares the same way, so they still agree on
+    winners; only versions stamped past the year 4 million tie on time.
+    """
+    return min(hlc, MAX_STORED_HLC)
+
+
 def _version_row(
     sealed: SealedVersion, body: MemoryBody, state: VersionState, seq: int
 ) -> tuple[Any, ...]:
     h = sealed.header
     return (
-        h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, h.hlc, int(body.deleted),
+        h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, stored_hlc(h.hlc), int(body.deleted),
         _context_text(h.context), body.kind, body.project, body.created_at, body.updated_at, body.importance,
         json.dumps(list(body.tags), ensure_ascii=False), body.metadata, body.embedder, body.content,
         body.embedding, sealed.encode(),
@@ -1328,7 +1341,7 @@ class Store:
             state = resolve(
                 [
                     *(r.meta for r in prior),
-                    *(VersionMeta(s.header.dot, s.header.context, s.header.hlc, b.deleted) for s, b in new),
+                    *(VersionMeta(s.header.dot, s.header.context, stored_hlc(s.header.hlc), b.deleted) for s, b in new),
                 ]
             )
             for r in prior:
@@ -1336,9 +1349,11 @@ class Store:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
             for sealed, body in new:
                 inserts.append(_version_row(sealed, body, state.states[sealed.header.dot], txn.take_seq()))
+        clock = HybridLogicalClock(self._now_ms, txn.hlc)
         for sealed, _ in fresh.values():
             header = sealed.header
-            txn.hlc = max(txn.hlc, header.hlc)
+            clock.observe(header.hlc)  # at most a day ahead of our wall clock (protocol.md 3.2)
+            txn.hlc = clock.last
             if header.dot.origin == self.replica_id:
                 # Our own version coming back (e.g. written before a crash
                 # that lost the tail of the log): never reuse its counter.
