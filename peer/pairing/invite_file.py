@@ -145,7 +145,10 @@ async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowM
 
     code = decode_code(code_text)
     if code.expires_at * 1000 < now_ms() - _CLOCK_SLACK_MS:
-        raise InviteRefused(f"this invite expired {expires_text(code.expires_at, now_ms() / 1000)}; ask for a new one")
+        raise InviteRefused(
+            f"this invite expired {expires_text(code.expires_at, now_ms() / 1000)} by this device's clock;"
+            " ask for a new one (or, if this device's clock is wrong, set it right)"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:

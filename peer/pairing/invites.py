@@ -152,13 +152,20 @@ class Invites:
         """
         async with self._db.transaction():
             row = await self._db.fetchone(
-                "SELECT verifier, expires_at_ms, used_at_ms FROM invites WHERE invite_id = ?", (request.invite_id,)
+                "SELECT verifier, expires_at_ms, used_at_ms, created_at_ms FROM invites WHERE invite_id = ?",
+                (request.invite_id,),
             )
             # The proof is checked even for an unknown or spent invite, so
             # that every refusal costs the same work.
             verifier = bytes(row[0]) if row is not None else bytes(32)
             proof_ok = request.proof_matches(verifier)
             if row is None or not proof_ok or row[2] is not None or now_ms >= int(row[1]):
+                return False
+            if now_ms < int(row[3]) - _CLOCK_SLACK_MS:
+                # Made under a clock that was ahead and has been set back since: its age is
+                # unknown, so it counts as expired rather than valid until that clock time comes.
+                log.warning("refused an invite made at a clock time still %s ahead (the clock was set back)",
+                            _duration(int(row[3]) - now_ms))
                 return False
             await self._db.execute(
                 "UPDATE invites SET used_at_ms = ?, used_by = ? WHERE invite_id = ?",
@@ -208,8 +215,19 @@ async def make_invite(
 
 
 def expires_text(expires_at: int, now: float | None = None) -> str:
-    """``in 15 min`` / ``at 2026-11-22 05:30 UTC``, for the person reading an invite."""
+    """``in 15 min`` / ``at 2026-11-22 05:30 UTC`` / ``3 min ago``, for the person reading an invite."""
     left = expires_at - (time.time() if now is None else now)
+    if left < 0:
+        return f"{_duration(-left * 1000)} ago"
     if left < 3600:
-        return f"in {max(0, round(left / 60))} min"
+        return f"in {round(left / 60)} min"
     return time.strftime("at %Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+
+
+def _duration(ms: float) -> str:
+    minutes = max(1, round(ms / 60_000))
+    if minutes <= 90:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{round(minutes / 60)} h"
+    return f"{round(minutes / 1440)} days"

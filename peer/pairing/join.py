@@ -285,7 +285,8 @@ async def join(
     target_host, target_port = parse_address(address)
     if code.expires_at * 1000 < now_ms() - _CLOCK_SLACK_MS:
         raise InviteRefused(
-            f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)}; ask for a new one"
+            f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)} by this device's clock;"
+            " ask for a new one (or, if this device's clock is wrong, set it right)"
         )
     await check_joinable(home)
     identity = home.ensure_identity()
