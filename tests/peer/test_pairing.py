@@ -574,6 +574,22 @@ async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
         await join_from_file(b_home, text, file)
 
 
+async def test_an_invite_file_is_accepted_by_a_fresh_home_as_a_code_is(tmp_path: Path, aio_loop: object) -> None:
+    """New-user audit M3: `peer init` then `peer join --file` was refused ("already holds a device")."""
+    from .cli_runner import ok, ok_json
+
+    a_path, b_path = tmp_path / "a", tmp_path / "b"
+    ok(a_path, "init", "--name", "alpha")
+    ok(a_path, "add", "carried on a stick")
+    invite = ok_json(a_path, "invite", "--file", str(tmp_path / "invite.peer"), "--name", "laptop")
+    ok(b_path, "init", "--name", "laptop")  # what a new user does first
+    joined = await trio.to_thread.run_sync(
+        lambda: ok_json(b_path, "join", invite["code"], "--file", str(tmp_path / "invite.peer"))
+    )
+    assert joined["members"] == 2
+    assert [d["name"] for d in ok_json(b_path, "devices")] == ["alpha", "laptop"]
+
+
 # The commands, as a person runs them ------------------------------------------------------
 
 
