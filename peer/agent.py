@@ -280,21 +280,38 @@ class _Agent:
                 peer.poke()
 
     async def _check_membership(self) -> None:
-        """The group changed (a device joined or was revoked, here or learned by a sync): retry refused peers.
+        """The group changed (a device joined or was revoked, here or learned by a sync): tell every peer now.
 
-        Devices admitted by another member refuse each other until one of
-        them has synced with that member and learned of the other.
+        A change of members travels like any change, at once: a revocation
+        must reach the other members before the revoked device does. Refused
+        peers are retried (devices admitted by another member refuse each
+        other until one of them has learned of the other), and the workers of
+        revoked devices end: nobody syncs with them any more.
         """
         await self.store.refresh()
         digest = await self.store.membership_digest()
         if digest == self.membership:
             return
         self.membership = digest
-        for peer in self.peers.values():
-            if peer.refused:
-                peer.not_before = 0.0
-                peer.dirty = True
-                peer.poke()
+        for peer in list(self.peers.values()):
+            if self._stop_if_revoked(peer):
+                continue
+            peer.not_before = 0.0
+            peer.dirty = True
+            peer.poke()
+
+    def _revoked(self, device_id: str | None) -> bool:
+        return device_id is not None and self.store.membership.revocation_of(device_id) is not None
+
+    def _stop_if_revoked(self, peer: _Peer) -> bool:
+        """End the worker of a revoked device; True if it was revoked."""
+        if not self._revoked(peer.device_id):
+            return False
+        assert peer.device_id is not None
+        log.info("%s: no more syncs with it", self.syncer.revoked_text(peer.device_id))
+        if peer.cancel is not None:
+            peer.cancel.cancel()
+        return True
 
     async def _sync_once(self, peer: _Peer) -> None:
         """One attempt: try the peer's addresses in order until one answers."""
@@ -372,6 +389,8 @@ class _Agent:
             return
         except PeerError as e:
             self._failed(peer, e)
+            if isinstance(e, TrustError) and self._stop_if_revoked(peer):
+                return
             if (
                 not peer.present
                 and peer.absent_since is not None
@@ -432,8 +451,8 @@ class _Agent:
 
     def appeared(self, device_id: str, addresses: Sequence[tuple[str, int]]) -> None:
         """Discovery saw ``device_id`` (again) at ``addresses``."""
-        if device_id == self.store.device_id:
-            return
+        if device_id == self.store.device_id or self._revoked(device_id):
+            return  # a revoked device may still advertise itself: nobody syncs with it
         peer = self.peers.get(device_id)
         if peer is None:
             # Maybe a configured address that turned out to be this device.

@@ -71,6 +71,7 @@ from .transport import (
     SYNC_USER,
     Authorize,
     ByteStream,
+    Explain,
     StreamHandler,
 )
 
@@ -107,6 +108,12 @@ JOIN_CHANNELS_PER_LOGIN = 1
 _WARN_EVERY_S = 10.0
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ED25519 = b"ssh-ed25519"
+#: The longest refusal explanation sent to (or read from) the other side.
+MAX_BANNER = 512
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text.strip())
 
 
 def _device_of_key(key: asyncssh.SSHKey) -> str | None:
@@ -257,8 +264,15 @@ class _SSHStream:
 class _Listener:
     """What all connections of one :func:`serve` share."""
 
-    def __init__(self, authorize: Authorize, handlers: Mapping[str, StreamHandler], read_timeout: float) -> None:
+    def __init__(
+        self,
+        authorize: Authorize,
+        handlers: Mapping[str, StreamHandler],
+        read_timeout: float,
+        explain: Explain | None = None,
+    ) -> None:
         self.authorize = authorize
+        self.explain = explain
         self.handlers = dict(handlers)
         self.read_timeout = read_timeout
         self.connections: set[asyncssh.SSHServerConnection] = set()
@@ -399,7 +413,14 @@ class _ServerConnection(asyncssh.SSHServer):
         elif username == SYNC_USER:
             allowed = await trio_asyncio.trio_as_aio(self._listener.authorize)(device_id)
             if not allowed:
-                self._refuse(f"device {format_device_id(device_id)} is not a member of this group: refused")
+                why = None
+                if self._listener.explain is not None:
+                    why = await trio_asyncio.trio_as_aio(self._listener.explain)(device_id)
+                if why and self._conn is not None:
+                    # An SSH auth banner: the only words a refused client reads before the refusal.
+                    self._conn.send_auth_banner(_printable(why)[:MAX_BANNER] + "\n")
+                self._refuse(f"device {format_device_id(device_id)} is not a member of this group: refused"
+                             + (f" ({why})" if why else ""))
                 return False
         else:
             self._refuse(f"unknown user {username!r}")
@@ -457,6 +478,7 @@ async def serve(
     port: int,
     authorize: Authorize,
     handlers: Mapping[str, StreamHandler],
+    explain: Explain | None = None,
     login_timeout: float = LOGIN_TIMEOUT_S,
     read_timeout: float = READ_TIMEOUT_S,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -470,7 +492,7 @@ async def serve(
     any key on user :data:`JOIN_USER` reaches only the join one. Port 0
     picks a free port; the port really bound is what ``started`` reports.
     """
-    listener = _Listener(authorize, handlers, read_timeout)
+    listener = _Listener(authorize, handlers, read_timeout, explain)
     host_key = _ssh_key(signing_key)
     _raise_open_files_limit()
     loop_handler: list[Any] = []
@@ -537,6 +559,10 @@ class _ClientConnection(asyncssh.SSHClient):
         self._trust_host = trust_host
         self.host_device_id: str | None = None
         self.host_refused = False
+        self.banner = ""
+
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        self.banner = _printable(msg)[:MAX_BANNER]
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         device_id = _device_of_key(key)
@@ -615,6 +641,8 @@ async def connect(
             " inviter named in the code; refusing to join through it"
         ) from e
     except asyncssh.PermissionDenied as e:
+        if client.banner:
+            raise TrustError(f"{where} refused this device ({format_device_id(own_id)}): {client.banner}") from e
         raise TrustError(
             f"{where} refused this device ({format_device_id(own_id)}): it is not a member of that device's group;"
             " pair it first (`peer invite` there, `peer join` here)"

@@ -1,0 +1,68 @@
+"""A revocation reaches members as fast as a memory, and everybody is told what happened (audit M2, M3).
+
+Real agents on loopback, with anti-entropy rounds far apart (10 min) so that
+only the "sync after a change" path can carry the news in time:
+
+* M2: after ``peer revoke`` on the first device, the second device's agent
+  knows within seconds (before: at the next anti-entropy round);
+* M3: the revoked device is told it was revoked, by whom and when (before:
+  "not a member of that device's group; pair it first"), and ``peer status``
+  on a member stops listing it as lacking versions.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import trio
+import trio_asyncio
+
+from .cli_runner import Agent, assert_error, ok, ok_json, peer
+from .groups import admit, found
+
+#: The agents' anti-entropy interval: far beyond the deadline below.
+SLOW_ROUNDS = "[agent]\nsync_interval = 600\n"
+#: Generous: the news takes about a second (a debounced sync).
+DEADLINE_S = 30.0
+
+
+def test_a_revocation_travels_like_a_change_and_the_revoked_device_is_told(tmp_path: Path) -> None:
+    async def make() -> None:
+        async with trio_asyncio.open_loop():
+            first = await found(tmp_path / "alpha", "alpha")
+            await admit(first, tmp_path / "bravo", "bravo")
+            await admit(first, tmp_path / "charlie", "charlie")
+
+    trio.run(make)
+    alpha, bravo, charlie = tmp_path / "alpha", tmp_path / "bravo", tmp_path / "charlie"
+    for home in (alpha, bravo):
+        (home / "config.toml").write_text(SLOW_ROUNDS)
+    b_agent = Agent(bravo, tmp_path / "bravo.log", "--no-discovery")
+    a_agent = Agent(alpha, tmp_path / "alpha.log", "--no-discovery", "--peer", f"127.0.0.1:{b_agent.port}")
+    try:
+        ok(charlie, "add", "written by charlie while a member")
+        ok(charlie, "sync", f"127.0.0.1:{a_agent.port}")
+        # Wait until alpha's agent has met bravo (its first sync), so that only the revocation is news.
+        deadline = time.monotonic() + DEADLINE_S
+        while not any(p["device_id"] and p["last_result"] == "ok" for p in
+                      ((ok_json(alpha, "status").get("agent") or {}).get("peers") or [])):
+            assert time.monotonic() < deadline, "alpha's agent never synced with bravo"
+            time.sleep(0.2)
+        time.sleep(1.0)
+
+        ok(alpha, "revoke", "charlie")
+        revoked_at = time.monotonic()
+        while not any(d["name"] == "charlie" and d["revoked"] for d in ok_json(bravo, "devices")):
+            assert time.monotonic() - revoked_at < DEADLINE_S, "bravo did not hear of the revocation in time"
+            time.sleep(0.2)
+
+        refused = peer(charlie, "sync", f"127.0.0.1:{a_agent.port}")
+        status = ok_json(alpha, "status")
+    finally:
+        a_agent.stop()
+        b_agent.stop()
+    message = assert_error(refused, 1, "revoked", "by alpha", time.strftime("%Y-%m-%d", time.gmtime()))
+    assert "pair it first" not in message
+    [entry] = [p for p in status["peers"] if p["name"] == "charlie"]
+    assert entry["revoked"] and entry["lacks"] is None
