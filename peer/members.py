@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # Members ----------------------------------------------------------------------------
 
 
-def _member_json(info: MemberInfo, this_device: str) -> dict[str, Any]:
+def _member_json(info: MemberInfo, this_device: str, revocation: tuple[str, int] | None = None) -> dict[str, Any]:
     return {
         "device_id": info.device_id,
         "display_id": format_device_id(info.device_id),
@@ -31,6 +31,8 @@ def _member_json(info: MemberInfo, this_device: str) -> dict[str, Any]:
         "added_at": info.added_at_ms / 1000,
         "founder": info.founder,
         "revoked": info.revoked,
+        "revoked_by": revocation[0] if revocation else None,
+        "revoked_at": revocation[1] / 1000 if revocation else None,
         "this_device": info.device_id == this_device,
     }
 
@@ -38,7 +40,8 @@ def _member_json(info: MemberInfo, this_device: str) -> dict[str, Any]:
 async def devices(store: Store) -> list[dict[str, Any]]:
     """``peer devices``: current members and revoked devices."""
     await store.refresh()
-    return [_member_json(m, store.device_id) for m in store.membership.members()]
+    membership = store.membership
+    return [_member_json(m, store.device_id, membership.revocation_of(m.device_id)) for m in membership.members()]
 
 
 def find_device(members: Sequence[MemberInfo], text: str) -> MemberInfo:

@@ -500,8 +500,9 @@ async def serve(
     async def start() -> asyncssh.SSHAcceptor:
         loop = asyncio.get_running_loop()
         previous = loop.get_exception_handler()
-        loop_handler.append(previous)
-        loop.set_exception_handler(listener.exception_handler(previous))
+        ours = listener.exception_handler(previous)
+        loop_handler.extend([previous, ours])
+        loop.set_exception_handler(ours)
         return await asyncssh.create_server(
             lambda: _ServerConnection(listener),
             host,
@@ -535,7 +536,9 @@ async def serve(
                 for conn in list(listener.connections):
                     conn.close()
                 await acceptor.wait_closed()
-                asyncio.get_running_loop().set_exception_handler(loop_handler[0] if loop_handler else None)
+                loop = asyncio.get_running_loop()
+                if loop_handler and loop.get_exception_handler() is loop_handler[1]:
+                    loop.set_exception_handler(loop_handler[0])  # unless another listener put its own since
 
             await trio_asyncio.aio_as_trio(stop)()
 

@@ -207,13 +207,16 @@ def devices_text(listed: Sequence[dict[str, Any]]) -> str:
     lines = []
     for d in listed:
         mark = "*" if d["this_device"] else " "
+        stamp = d["added_at"]
         if d["revoked"]:
-            state = "revoked"
+            by = d.get("revoked_by")
+            state = f"revoked by {names.get(by, by[:8])}" if by else "revoked"
+            stamp = d.get("revoked_at") or stamp  # when it was revoked, not when it was added
         elif d["founder"]:
             state = "founder"
         else:
             state = f"added by {names.get(d['added_by'], d['added_by'][:8])}"
-        lines.append(f"{mark} {d['display_id']}  {d['name']:<16}  {state:<22}  {when(d['added_at'])}")
+        lines.append(f"{mark} {d['display_id']}  {d['name']:<16}  {state:<22}  {when(stamp)}")
     return "\n".join(lines)
 
 

@@ -52,13 +52,15 @@ def test_a_revocation_travels_like_a_change_and_the_revoked_device_is_told(tmp_p
         time.sleep(1.0)
 
         ok(alpha, "revoke", "charlie")
-        revoked_at = time.monotonic()
+        revoked_at, revoked_wall = time.monotonic(), time.time()
         while not any(d["name"] == "charlie" and d["revoked"] for d in ok_json(bravo, "devices")):
             assert time.monotonic() - revoked_at < DEADLINE_S, "bravo did not hear of the revocation in time"
             time.sleep(0.2)
 
         refused = peer(charlie, "sync", f"127.0.0.1:{a_agent.port}")
         status = ok_json(alpha, "status")
+        listed = ok_json(bravo, "devices")
+        listed_text = ok(bravo, "devices")
     finally:
         a_agent.stop()
         b_agent.stop()
@@ -66,3 +68,8 @@ def test_a_revocation_travels_like_a_change_and_the_revoked_device_is_told(tmp_p
     assert "pair it first" not in message
     [entry] = [p for p in status["peers"] if p["name"] == "charlie"]
     assert entry["revoked"] and entry["lacks"] is None
+    # `peer devices` tells who revoked it and when (before: the date it was added).
+    [row] = [d for d in listed if d["name"] == "charlie"]
+    alpha_id = next(d["device_id"] for d in listed if d["name"] == "alpha")
+    assert row["revoked_by"] == alpha_id and abs(row["revoked_at"] - revoked_wall) < 120
+    assert "revoked by alpha" in listed_text
