@@ -38,6 +38,8 @@ def test_a_revocation_travels_like_a_change_and_the_revoked_device_is_told(tmp_p
     alpha, bravo, charlie = tmp_path / "alpha", tmp_path / "bravo", tmp_path / "charlie"
     for home in (alpha, bravo):
         (home / "config.toml").write_text(SLOW_ROUNDS)
+    (charlie / "config.toml").write_text(SLOW_ROUNDS)
+    c_agent = Agent(charlie, tmp_path / "charlie.log", "--no-discovery")
     b_agent = Agent(bravo, tmp_path / "bravo.log", "--no-discovery")
     a_agent = Agent(alpha, tmp_path / "alpha.log", "--no-discovery", "--peer", f"127.0.0.1:{b_agent.port}")
     try:
@@ -58,14 +60,23 @@ def test_a_revocation_travels_like_a_change_and_the_revoked_device_is_told(tmp_p
             time.sleep(0.2)
 
         refused = peer(charlie, "sync", f"127.0.0.1:{a_agent.port}")
+        # The members are told the same when they meet it, over SSH or in a bundle.
+        to_revoked = peer(alpha, "sync", f"127.0.0.1:{c_agent.port}")
+        ok(charlie, "bundle", "export", str(tmp_path / "charlie.bundle"), "--all")
+        from_revoked = peer(bravo, "bundle", "import", str(tmp_path / "charlie.bundle"))
         status = ok_json(alpha, "status")
         listed = ok_json(bravo, "devices")
         listed_text = ok(bravo, "devices")
     finally:
         a_agent.stop()
         b_agent.stop()
+        c_agent.stop()
     message = assert_error(refused, 1, "revoked", "by alpha", time.strftime("%Y-%m-%d", time.gmtime()))
     assert "pair it first" not in message
+    # Before: "... which is not a member of this group; ... (pair the two devices first)".
+    assert "pair" not in assert_error(to_revoked, 1, "was revoked", "by alpha")
+    # Before: "... which is not a member this device knows; sync with a member that knows it first".
+    assert_error(from_revoked, 1, "was revoked", "by alpha")
     [entry] = [p for p in status["peers"] if p["name"] == "charlie"]
     assert entry["revoked"] and entry["lacks"] is None
     # `peer devices` tells who revoked it and when (before: the date it was added).
