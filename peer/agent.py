@@ -308,7 +308,8 @@ class _Agent:
         if not self._revoked(peer.device_id):
             return False
         assert peer.device_id is not None
-        log.info("%s: no more syncs with it", self.syncer.revoked_text(peer.device_id))
+        log.info("device %s %s: no more syncs with it", format_device_id(peer.device_id),
+                 self.syncer.revoked_text(peer.device_id))
         if peer.cancel is not None:
             peer.cancel.cancel()
         return True

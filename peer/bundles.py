@@ -497,7 +497,7 @@ async def scan_bundle(
         revoked = _revocation_text(trust, sender)
         if revoked is None:
             raise
-        raise NotAMember(f"this bundle was made by {revoked}; nothing from it is accepted any more") from e
+        raise NotAMember(f"this bundle was made by {revoked}; nothing more from it is accepted") from e
     assert end is not None  # _events stops only after BundleEnd, or raises
     if progress is not None:
         progress("verifying", total, total)
@@ -505,7 +505,7 @@ async def scan_bundle(
 
 
 def _revocation_text(trust: Trust, device_id: str | None) -> str | None:
-    """``device X, which was revoked from this group by Y on DATE``, if this device knows it was."""
+    """``device X, which is not a member any more: it was revoked ... by Y on DATE``, if this device knows it."""
     if device_id is None:
         return None
     membership = Membership(trust.group_id)
@@ -516,7 +516,7 @@ def _revocation_text(trust: Trust, device_id: str | None) -> str | None:
     info = membership.member_info(found[0])
     by = f"{info.name} ({format_device_id(found[0])})" if info else format_device_id(found[0])
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(found[1] / 1000))
-    return f"device {format_device_id(device_id)}, which was revoked from this group by {by} on {when}"
+    return f"device {format_device_id(device_id)}, which is not a member any more: it was revoked from this group by {by} on {when}"
 
 
 def _changed() -> BundleError:

@@ -377,7 +377,7 @@ class Syncer:
         return self._member(device_id)
 
     def revoked_text(self, device_id: str) -> str | None:
-        """``device X was revoked from this group by device Y (name) on DATE``, or None if it was not."""
+        """``was revoked from this group by NAME (ID) on DATE``, or None if ``device_id`` was not."""
         found = self.store.membership.revocation_of(device_id)
         if found is None:
             return None
@@ -385,12 +385,14 @@ class Syncer:
         info = self.store.membership.member_info(by)
         who = f"{info.name} ({format_device_id(by)})" if info else format_device_id(by)
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at_ms / 1000))
-        return f"device {format_device_id(device_id)} was revoked from this group by {who} on {when}"
+        return f"was revoked from this group by {who} on {when}"
 
     async def explain(self, device_id: str) -> str | None:
         """What a refused device is told (the server's side): that it was revoked, by whom and when."""
         text = self.revoked_text(device_id)
-        return None if text is None else f"{text}; it can no longer sync with this group"
+        if text is None:
+            return None
+        return f"device {format_device_id(device_id)} is not a member any more: it {text}; it can no longer sync with this group"
 
     async def sync_with(self, host: str, port: int = DEFAULT_PORT, *, progress: ProgressCallback | None = None) -> SyncSummary:
         """Connect to the member at ``host:port`` and run one sync; ``after_sync`` follows a complete one."""
@@ -414,7 +416,10 @@ class Syncer:
         except TrustError as e:
             revoked = self.revoked_text(hosts[-1]) if hosts and not self._member(hosts[-1]) else None
             if revoked is not None:
-                raise TrustError(f"{host}:{port} is {revoked}; this device no longer syncs with it") from e
+                raise TrustError(
+                    f"{host}:{port} is device {format_device_id(hosts[-1])}, which is not a member any more:"
+                    f" it {revoked}; this device no longer syncs with it"
+                ) from e
             raise
         try:
             summary = await sync_over(stream, self.store, progress=progress)
