@@ -69,23 +69,22 @@ def test_two_devices_a_year_apart_converge_by_the_documented_rule(tmp_path: Path
     agent = Agent(skewed, tmp_path / "agent.log", "--no-discovery", prefix=AHEAD)
     try:
         code = ahead(skewed, "invite", "--ttl", "15m")["code"]
-        ok(right, "join", code, "--host", f"127.0.0.1:{agent.port}", "--name", "right")
+        right_id = ok_json(right, "join", code, "--host", f"127.0.0.1:{agent.port}", "--name", "right")["device_id"]
         memory = ahead(skewed, "add", "the deploy runs at six", "--kind", "fact")["id"]
         ok(right, "sync", f"127.0.0.1:{agent.port}")
 
-        # The right clock moved at most a day (before: a year, for good).
+        # A concurrent edit on both sides, the right one written after receiving a time a year ahead.
         now_ms = time.time_ns() // 1_000_000
-        own = ok_json(right, "add", "written on the device whose clock is right")["id"]
-        [written] = ok_json(right, "show", own, "--versions")["versions"]
-        assert hlc_ms(written) <= now_ms + DAY_MS + 60_000, f"{(hlc_ms(written) - now_ms) / DAY_MS:.1f} days ahead"
-
-        # A concurrent edit on both sides: siblings; the later clock time among them wins, everywhere.
         ok(right, "edit", memory, "--text", "the deploy runs at seven (edited where the clock is right)")
         ahead(skewed, "edit", memory, "--text", "the deploy runs at eight (edited a year ahead)")
         ok(right, "sync", f"127.0.0.1:{agent.port}")
+        versions = ok_json(right, "show", memory, "--versions")["versions"]
+        [written] = [v for v in versions if v["version"].startswith(right_id)]
+        # The right clock moved at most a day (before: a year, for good).
+        assert hlc_ms(written) <= now_ms + DAY_MS + 60_000, f"{(hlc_ms(written) - now_ms) / DAY_MS:.1f} days ahead"
+        # Siblings; the later clock time among them wins, on both devices alike.
         on_right = state(right, lambda h, *a: ok_json(h, *a))
         on_skewed = state(skewed, ahead)
-        versions = ok_json(right, "show", memory, "--versions")["versions"]
         live = [v for v in versions if v["state"] != "superseded"]
         assert on_right == on_skewed, (on_right, on_skewed)
         assert on_right[1] == [memory] and len(live) == 2
@@ -94,11 +93,12 @@ def test_two_devices_a_year_apart_converge_by_the_documented_rule(tmp_path: Path
         # An edit that saw both supersedes both, though its clock time is a year below theirs.
         ok(right, "edit", memory, "--text", "the deploy runs at nine (decided after seeing both)")
         ok(right, "sync", f"127.0.0.1:{agent.port}")
-        final_right = state(right, lambda h, *a: ok_json(h, *a))
-        final_skewed = state(skewed, ahead)
+        final_right = ok_json(right, "show", memory)
+        final_skewed = ahead(skewed, "show", memory)
     finally:
         code_exit = agent.stop()
-    assert final_right == final_skewed
-    assert final_right[0][memory] == "the deploy runs at nine (decided after seeing both)"
-    assert final_right[1] == []
+    for final in (final_right, final_skewed):
+        assert final["content"] == "the deploy runs at nine (decided after seeing both)"
+        assert final["siblings"] == 0
+    assert final_right["version"] == final_skewed["version"]
     assert code_exit == 0
