@@ -35,8 +35,8 @@ demo: install
 PYTEST_WORKERS ?= 2
 
 # Debian packages some tests run for real (the relay tests: an OpenSSH server, two Syncthing
-# instances). Installed when running as root (CI) and missing; elsewhere those tests skip and say why.
-SYSTEM_TEST_PACKAGES := openssh-server:/usr/sbin/sshd syncthing:/usr/bin/syncthing
+# instances; the clock-skew test: libfaketime). Installed when running as root (CI) and missing; elsewhere those tests skip and say why.
+SYSTEM_TEST_PACKAGES := openssh-server:/usr/sbin/sshd syncthing:/usr/bin/syncthing faketime:/usr/bin/faketime
 
 test-system-deps:
 	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do \

@@ -63,6 +63,7 @@ import trio
 from peer.sync import (
     DEFAULT_LISTEN,
     WILDCARDS,
+    AgentLock,
     Syncer,
     SyncSummary,
     parse_address,
@@ -297,21 +298,39 @@ class _Agent:
                 peer.poke()
 
     async def _check_membership(self) -> None:
-        """The group changed (a device joined or was revoked, here or learned by a sync): retry refused peers.
+        """The group changed (a device joined or was revoked, here or learned by a sync): tell every peer now.
 
-        Devices admitted by another member refuse each other until one of
-        them has synced with that member and learned of the other.
+        A change of members travels like any change, at once: a revocation
+        must reach the other members before the revoked device does. Refused
+        peers are retried (devices admitted by another member refuse each
+        other until one of them has learned of the other), and the workers of
+        revoked devices end: nobody syncs with them any more.
         """
         await self.store.refresh()
         digest = await self.store.membership_digest()
         if digest == self.membership:
             return
         self.membership = digest
-        for peer in self.peers.values():
-            if peer.refused:
-                peer.not_before = 0.0
-                peer.dirty = True
-                peer.poke()
+        for peer in list(self.peers.values()):
+            if self._stop_if_revoked(peer):
+                continue
+            peer.not_before = 0.0
+            peer.dirty = True
+            peer.poke()
+
+    def _revoked(self, device_id: str | None) -> bool:
+        return device_id is not None and self.store.membership.revocation_of(device_id) is not None
+
+    def _stop_if_revoked(self, peer: _Peer) -> bool:
+        """End the worker of a revoked device; True if it was revoked."""
+        if not self._revoked(peer.device_id):
+            return False
+        assert peer.device_id is not None
+        log.info("device %s %s: no more syncs with it", format_device_id(peer.device_id),
+                 self.syncer.revoked_text(peer.device_id))
+        if peer.cancel is not None:
+            peer.cancel.cancel()
+        return True
 
     async def _sync_once(self, peer: _Peer) -> None:
         """One attempt: try the peer's addresses in order until one answers."""
@@ -389,6 +408,8 @@ class _Agent:
             return
         except PeerError as e:
             self._failed(peer, e)
+            if isinstance(e, TrustError) and self._stop_if_revoked(peer):
+                return
             if (
                 not peer.present
                 and peer.absent_since is not None
@@ -449,8 +470,8 @@ class _Agent:
 
     def appeared(self, device_id: str, addresses: Sequence[tuple[str, int]]) -> None:
         """Discovery saw ``device_id`` (again) at ``addresses``."""
-        if device_id == self.store.device_id:
-            return
+        if device_id == self.store.device_id or self._revoked(device_id):
+            return  # a revoked device may still advertise itself: nobody syncs with it
         peer = self.peers.get(device_id)
         if peer is None:
             # Maybe a configured address that turned out to be this device.
@@ -650,7 +671,14 @@ async def run_agent(
     elif host not in WILDCARDS and host not in interfaces:
         log.warning("listening on %s but advertising on %s: other devices will not reach this one;"
                     " listen on 0.0.0.0 or on an advertised address", host, ", ".join(interfaces))
-    device = await Device.open(home)
+    # One agent per home; taken before the store opens, so a second agent changes nothing.
+    lock = AgentLock.acquire(home) if home.exists() else None
+    try:
+        device = await Device.open(home)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     agent = _Agent(
         home,
         device,
@@ -665,6 +693,8 @@ async def run_agent(
             handlers = {**_join_handler(home, device), SYNC_SUBSYSTEM: agent.handle}
             bound: int = await nursery.start(partial(agent.syncer.serve, host, port, handlers=handlers))
             agent.listen = (host, bound)
+            if lock is not None:
+                lock.listening(host, bound)
             log.info("listening on %s:%d as device %s", host, bound, format_device_id(agent.store.device_id))
             if agent.discovery:
                 await nursery.start(agent.discover, finder or _mdns_finder)
@@ -685,6 +715,8 @@ async def run_agent(
         with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
             agent.write_status(running=False)
             await device.close()
+        if lock is not None:
+            lock.release()
 
 
 async def run_until_signalled(home: Home, **kwargs: Any) -> None:

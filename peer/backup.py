@@ -748,13 +748,24 @@ def prune_backups(directory: Path, device_id: str, config: BackupConfig, now: da
     doomed: list[Path] = []
     keep = backups[-1:]
     older = backups[:-1]
+    # A gap longer than the retention period between two backups is a clock that jumped ahead
+    # (or a machine left off that long): the backups before it are judged by their own time,
+    # not by a clock that may be wrong, so age never deletes them and the last one is always kept.
+    before_gap: list[tuple[datetime, Path]] = []
+    if config.retention_days > 0:
+        period = timedelta(days=config.retention_days)
+        gaps = [i for i in range(1, len(backups)) if backups[i][0] - backups[i - 1][0] > period]
+        if gaps:
+            before_gap = backups[: gaps[-1]]
+            older = [b for b in older if b not in before_gap]
+            older = before_gap[:-1] + older  # the last one before the gap is kept, as the newest is
     if config.max_backups > 0:
         excess = max(0, len(backups) - config.max_backups)
         doomed += [p for _, p in older[:excess]]
         older = older[excess:]
     if config.retention_days > 0:
         horizon = now - timedelta(days=config.retention_days)
-        doomed += [p for when, p in older if when < horizon]
+        doomed += [p for when, p in older if when < horizon and (when, p) not in before_gap]
     deleted: list[Path] = []
     for path in doomed:
         if keep and path == keep[0][1]:  # pragma: no cover - the newest is never in `older`

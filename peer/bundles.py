@@ -67,6 +67,7 @@ from protocol import (
     Dot,
     MemberInfo,
     Membership,
+    NotAMember,
     PeerError,
     SealedVersion,
     SenderKeyLookup,
@@ -476,23 +477,46 @@ async def scan_bundle(
     total = source.size()
     end: BundleEnd | None = None
     done = 0
-    for count, (event, done) in enumerate(_events(source, reader)):
-        if isinstance(event, BundleHeader):
-            _check_sender(event, trust, allow_own)
-        elif isinstance(event, BundleMemberRecord):
-            records.append(event.record)
-        elif isinstance(event, BundleVersion):
-            dots.append(event.version.header.dot)
-        elif isinstance(event, BundleEnd):
-            end = event
-        if count % 512 == 0:
-            if progress is not None:
-                progress("verifying", done, total)
-            await trio.sleep(0)
+    sender: str | None = None
+    try:
+        for count, (event, done) in enumerate(_events(source, reader)):
+            if isinstance(event, BundleHeader):
+                _check_sender(event, trust, allow_own)
+                sender = event.sender
+            elif isinstance(event, BundleMemberRecord):
+                records.append(event.record)
+            elif isinstance(event, BundleVersion):
+                dots.append(event.version.header.dot)
+            elif isinstance(event, BundleEnd):
+                end = event
+            if count % 512 == 0:
+                if progress is not None:
+                    progress("verifying", done, total)
+                await trio.sleep(0)
+    except NotAMember as e:
+        revoked = _revocation_text(trust, sender)
+        if revoked is None:
+            raise
+        raise NotAMember(f"this bundle was made by {revoked}; nothing more from it is accepted") from e
     assert end is not None  # _events stops only after BundleEnd, or raises
     if progress is not None:
         progress("verifying", total, total)
     return BundleScan(end.header, tuple(records), tuple(dots), done)
+
+
+def _revocation_text(trust: Trust, device_id: str | None) -> str | None:
+    """``device X, which is not a member any more: it was revoked ... by Y on DATE``, if this device knows it."""
+    if device_id is None:
+        return None
+    membership = Membership(trust.group_id)
+    membership.add_all(trust.records)
+    found = membership.revocation_of(device_id)
+    if found is None:
+        return None
+    info = membership.member_info(found[0])
+    by = f"{info.name} ({format_device_id(found[0])})" if info else format_device_id(found[0])
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(found[1] / 1000))
+    return f"device {format_device_id(device_id)}, which is not a member any more: it was revoked from this group by {by} on {when}"
 
 
 def _changed() -> BundleError:

@@ -70,6 +70,10 @@ class InviteRefused(TrustError):
     """The inviter refused the code: it is wrong, already used or expired; ask for a new one."""
 
 
+class AgentAlreadyRunning(PeerError):
+    """Another ``peer agent`` already runs for this home; stop it first, or use another --home."""
+
+
 __all__ = [
     "PeerError",
     "ProtocolError",
@@ -98,6 +102,7 @@ __all__ = [
     "RelayFileGone",
     "RelayUnavailable",
     "RelayError",
+    "AgentAlreadyRunning",
     "MistypedCode",
     "UnknownSigner",
 ]

@@ -20,7 +20,6 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 
-
 # Members ----------------------------------------------------------------------------
 
 
@@ -35,6 +34,8 @@ class Member:
     founder: bool
     revoked: bool
     this_device: bool
+    revoked_by: str | None = None  # the member that revoked it
+    revoked_at: float | None = None  # Unix seconds
 
     @property
     def display_id(self) -> str:
@@ -49,6 +50,8 @@ class Member:
             "added_at": self.added_at,
             "founder": self.founder,
             "revoked": self.revoked,
+            "revoked_by": self.revoked_by,
+            "revoked_at": self.revoked_at,
             "this_device": self.this_device,
         }
 
@@ -73,17 +76,20 @@ class MemberList:
         lines = []
         for m in self.members:
             mark = "*" if m.this_device else " "
+            stamp = m.added_at
             if m.revoked:
-                state = "revoked"
+                by = m.revoked_by
+                state = f"revoked by {names.get(by, by[:8])}" if by else "revoked"
+                stamp = m.revoked_at or stamp  # when it was revoked, not when it was added
             elif m.founder:
                 state = "founder"
             else:
                 state = f"added by {names.get(m.added_by, m.added_by[:8])}"
-            lines.append(f"{mark} {m.display_id}  {m.name:<16}  {state:<22}  {local_minute(m.added_at)}")
+            lines.append(f"{mark} {m.display_id}  {m.name:<16}  {state:<22}  {local_minute(stamp)}")
         return "\n".join(lines)
 
 
-def _member(info: MemberInfo, this_device: str) -> Member:
+def _member(info: MemberInfo, this_device: str, revocation: tuple[str, int] | None = None) -> Member:
     return Member(
         device_id=info.device_id,
         name=info.name,
@@ -92,13 +98,18 @@ def _member(info: MemberInfo, this_device: str) -> Member:
         founder=info.founder,
         revoked=info.revoked,
         this_device=info.device_id == this_device,
+        revoked_by=revocation[0] if revocation else None,
+        revoked_at=revocation[1] / 1000 if revocation else None,
     )
 
 
 async def devices(store: Store) -> MemberList:
     """``peer devices``: current members and revoked devices."""
     await store.refresh()
-    return MemberList(tuple(_member(m, store.device_id) for m in store.membership.members()))
+    membership = store.membership
+    return MemberList(
+        tuple(_member(m, store.device_id, membership.revocation_of(m.device_id)) for m in membership.members())
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,8 +244,16 @@ class HybridLogicalClock:
         return self._last
 
     def tick(self) -> int:
-        """A new timestamp for a local event."""
+        """A new timestamp for a local event.
+
+        ``last`` is first brought down to at most :data:`MAX_CLOCK_SKEW_MS`
+        ahead of the wall clock: a time observed before that cap existed, or
+        this device's own clock that ran ahead and was set right, must not
+        pin every later write (and, near the end of the range, make writing
+        impossible). Times only order concurrent siblings, never supersession.
+        """
         wall = self._now_ms()
+        self._last = min(self._last, hlc_pack(max(wall, 0) + MAX_CLOCK_SKEW_MS, 0))
         last_ms, last_logical = hlc_unpack(self._last)
         if wall > last_ms:
             self._last = hlc_pack(wall, 0)

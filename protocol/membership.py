@@ -872,6 +872,17 @@ class Membership:
         out.sort(key=lambda i: (i.name, i.device_id))
         return out
 
+    def revocation_of(self, device_id: str) -> tuple[str, int] | None:
+        """(revoking device, time in ms) of the earliest valid revocation of ``device_id``; None if not revoked."""
+        view = self._compute()
+        if device_id not in view.revoked:
+            return None
+        valid = [r for r in self._revocations if r.device_id == device_id and r.revoked_by in view.ever]
+        if not valid:
+            return None
+        first = min(valid, key=lambda r: (r.at_ms, r.revoked_by))
+        return first.revoked_by, first.at_ms
+
     def orphaned(self) -> list[str]:
         """Devices admitted only by now-revoked devices: not members until a member admits them again."""
         view = self._compute()

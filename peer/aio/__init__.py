@@ -20,6 +20,7 @@ from .transport import (
     SYNC_USER,
     Authorize,
     ByteStream,
+    Explain,
     StreamHandler,
     Transport,
     ssh_transport,
@@ -28,6 +29,7 @@ from .transport import (
 __all__ = [
     "Authorize",
     "ByteStream",
+    "Explain",
     "CONNECT_TIMEOUT_S",
     "DEFAULT_PORT",
     "Database",

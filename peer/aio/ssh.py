@@ -19,9 +19,26 @@ from __future__ import annotations
 # A session is one channel running a named subsystem with raw bytes
 # (encoding=None). The trio side sees it as a :class:`ByteStream`; the
 # server calls back into trio through ``trio_as_aio`` for each channel.
+#
+# Strangers (anyone who can reach the port) must not be able to stop or
+# exhaust the agent. Connections that have not proved membership (not yet
+# logged in, or logged in as ``peer-join``) are *unproven*; at most
+# :data:`MAX_UNPROVEN` of them are kept: a new one beyond that closes the
+# oldest unproven one that never even sent an SSH version line, else the
+# oldest, so an idle flood cannot hold the door shut for a member that
+# connects during it (a member's connection speaks SSH at once and logs in
+# within milliseconds). A ``peer-join`` login may open one channel and lives
+# :data:`JOIN_LOGIN_S` at most. If descriptors or memory still run out, asyncio
+# reports it from ``accept()``; under trio-asyncio such a report would be
+# raised into the agent's nursery and stop it, so the listener installs a loop
+# exception handler that logs it, closes unproven connections and lets
+# asyncio pause accepting for a moment, while members' sessions go on.
 import asyncio
+import errno
 import logging
+import resource
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,6 +71,7 @@ from .transport import (
     SYNC_USER,
     Authorize,
     ByteStream,
+    Explain,
     StreamHandler,
 )
 
@@ -80,7 +98,22 @@ KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
 #: What a close may take before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 3.0
+#: Connections that have not proved membership (logging in, or logged in as ``peer-join``) kept at once.
+MAX_UNPROVEN = 64
+#: How long a ``peer-join`` login may last: one join exchange takes a round trip.
+JOIN_LOGIN_S = 30.0
+#: Join channels one ``peer-join`` login may open (a join needs one).
+JOIN_CHANNELS_PER_LOGIN = 1
+#: Resource warnings are logged at most this often.
+_WARN_EVERY_S = 10.0
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ED25519 = b"ssh-ed25519"
+#: The longest refusal explanation sent to (or read from) the other side.
+MAX_BANNER = 512
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text.strip())
 
 
 def _device_of_key(key: asyncssh.SSHKey) -> str | None:
@@ -231,12 +264,78 @@ class _SSHStream:
 class _Listener:
     """What all connections of one :func:`serve` share."""
 
-    def __init__(self, authorize: Authorize, handlers: Mapping[str, StreamHandler], read_timeout: float) -> None:
+    def __init__(
+        self,
+        authorize: Authorize,
+        handlers: Mapping[str, StreamHandler],
+        read_timeout: float,
+        explain: Explain | None = None,
+    ) -> None:
         self.authorize = authorize
+        self.explain = explain
         self.handlers = dict(handlers)
         self.read_timeout = read_timeout
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.scopes: set[trio.CancelScope] = set()
+        # In arrival order (dicts keep it): the connections that have not proved membership.
+        self.unproven: dict[asyncssh.SSHServerConnection, None] = {}
+        self._warned_at: dict[str, float] = {}
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        """Log ``message`` at WARNING, at most once per :data:`_WARN_EVERY_S` for each ``kind``."""
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned_at[kind] = now
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def admit_unproven(self, conn: asyncssh.SSHServerConnection) -> None:
+        """A new connection: keep it, closing an older unproven one when there are too many."""
+        self.unproven[conn] = None
+        while len(self.unproven) > MAX_UNPROVEN:
+            older = [c for c in self.unproven if c is not conn]
+            victim = next((c for c in older if c.get_extra_info("client_version") is None), older[0])
+            del self.unproven[victim]
+            self.warn(
+                "unproven",
+                "more than %d connections have not proved membership: closing the oldest ones"
+                " (a flood of connections? members go on syncing)",
+                MAX_UNPROVEN,
+            )
+            victim.abort()
+
+    def shed_unproven(self) -> None:
+        """Out of descriptors or memory: close every unproven connection (members' sessions go on)."""
+        for conn in list(self.unproven):
+            conn.abort()
+        self.unproven.clear()
+
+    def exception_handler(
+        self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+    ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+        """The loop's exception handler while serving: log what a stranger can cause, never stop the agent."""
+
+        def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+                # asyncio stops accepting and tries again in a second (selector_events).
+                self.warn(
+                    "resources",
+                    "out of system resources (%s) with %d connections open: not accepting new ones for a"
+                    " moment, and closing %d that have not proved membership",
+                    exc.strerror or exc, len(self.connections), len(self.unproven),
+                )
+                self.shed_unproven()
+            elif any(key in context for key in ("transport", "protocol", "socket")):
+                # One connection's trouble (a reset, a half-closed socket): that connection's, not ours.
+                self.warn("connection", "a connection failed: %s (%s)", context.get("message"), exc)
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        return handle
 
     async def run_handler(self, handler: StreamHandler, stream: _SSHStream) -> None:
         """Runs in trio (through trio_as_aio): one channel, from start to close."""
@@ -263,16 +362,28 @@ class _ServerConnection(asyncssh.SSHServer):
         self._device_id: str | None = None
         self._username = ""
         self._refusal_logged = False
+        self._join_channels = 0
+        self._expiry: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self._where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
         self._listener.connections.add(conn)
+        self._listener.admit_unproven(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._conn is not None:
             self._listener.connections.discard(self._conn)
+            self._listener.unproven.pop(self._conn, None)
+
+    def _expire(self) -> None:
+        if self._conn is not None:
+            log.info("closed the join login of device %s (%s): it lasted %g s",
+                     format_device_id(self._device_id or ""), self._where, JOIN_LOGIN_S)
+            self._conn.abort()
 
     def begin_auth(self, username: str) -> bool:
         return True  # authentication is always required
@@ -302,13 +413,25 @@ class _ServerConnection(asyncssh.SSHServer):
         elif username == SYNC_USER:
             allowed = await trio_asyncio.trio_as_aio(self._listener.authorize)(device_id)
             if not allowed:
-                self._refuse(f"device {format_device_id(device_id)} is not a member of this group: refused")
+                why = None
+                if self._listener.explain is not None:
+                    why = await trio_asyncio.trio_as_aio(self._listener.explain)(device_id)
+                if why and self._conn is not None:
+                    # An SSH auth banner: the only words a refused client reads before the refusal.
+                    self._conn.send_auth_banner(_printable(why)[:MAX_BANNER] + "\n")
+                self._refuse(f"device {format_device_id(device_id)} is not a member of this group: refused"
+                             + (f" ({why})" if why else ""))
                 return False
         else:
             self._refuse(f"unknown user {username!r}")
             return False
         self._device_id = device_id
         self._username = username
+        if username == SYNC_USER and self._conn is not None:
+            self._listener.unproven.pop(self._conn, None)  # a member: no longer counted among strangers
+        elif username == JOIN_USER:
+            # Still a stranger: it stays counted among the unproven, and its login is short-lived.
+            self._expiry = asyncio.get_running_loop().call_later(JOIN_LOGIN_S, self._expire)
         return True
 
     def _refuse(self, why: str) -> None:
@@ -320,6 +443,11 @@ class _ServerConnection(asyncssh.SSHServer):
         device_id, username, listener = self._device_id, self._username, self._listener
         if device_id is None:
             return False
+        if username == JOIN_USER:
+            if self._join_channels >= JOIN_CHANNELS_PER_LOGIN:
+                self._refuse(f"device {format_device_id(device_id)} opened more join channels than one login may")
+                return False
+            self._join_channels += 1
         where = self._where
 
         async def session(
@@ -350,6 +478,7 @@ async def serve(
     port: int,
     authorize: Authorize,
     handlers: Mapping[str, StreamHandler],
+    explain: Explain | None = None,
     login_timeout: float = LOGIN_TIMEOUT_S,
     read_timeout: float = READ_TIMEOUT_S,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -363,10 +492,17 @@ async def serve(
     any key on user :data:`JOIN_USER` reaches only the join one. Port 0
     picks a free port; the port really bound is what ``started`` reports.
     """
-    listener = _Listener(authorize, handlers, read_timeout)
+    listener = _Listener(authorize, handlers, read_timeout, explain)
     host_key = _ssh_key(signing_key)
+    _raise_open_files_limit()
+    loop_handler: list[Any] = []
 
     async def start() -> asyncssh.SSHAcceptor:
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        ours = listener.exception_handler(previous)
+        loop_handler.extend([previous, ours])
+        loop.set_exception_handler(ours)
         return await asyncssh.create_server(
             lambda: _ServerConnection(listener),
             host,
@@ -400,8 +536,22 @@ async def serve(
                 for conn in list(listener.connections):
                     conn.close()
                 await acceptor.wait_closed()
+                loop = asyncio.get_running_loop()
+                if loop_handler and loop.get_exception_handler() is loop_handler[1]:
+                    loop.set_exception_handler(loop_handler[0])  # unless another listener put its own since
 
             await trio_asyncio.aio_as_trio(stop)()
+
+
+def _raise_open_files_limit() -> None:
+    """Use all the descriptors the system allows this process (the soft limit is often 1,024)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        log.debug("could not raise the open files limit: %s", e)
 
 
 # Client ----------------------------------------------------------------------
@@ -412,6 +562,10 @@ class _ClientConnection(asyncssh.SSHClient):
         self._trust_host = trust_host
         self.host_device_id: str | None = None
         self.host_refused = False
+        self.banner = ""
+
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        self.banner = _printable(msg)[:MAX_BANNER]
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         device_id = _device_of_key(key)
@@ -490,6 +644,8 @@ async def connect(
             " inviter named in the code; refusing to join through it"
         ) from e
     except asyncssh.PermissionDenied as e:
+        if client.banner:
+            raise TrustError(f"{where} refused this device ({format_device_id(own_id)}): {client.banner}") from e
         raise TrustError(
             f"{where} refused this device ({format_device_id(own_id)}): it is not a member of that device's group;"
             " pair it first (`peer invite` there, `peer join` here)"

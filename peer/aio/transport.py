@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Authorize",
+    "Explain",
     "Transport",
     "ByteStream",
     "CONNECT_TIMEOUT_S",
@@ -71,6 +72,8 @@ class ByteStream(Protocol):
 StreamHandler = Callable[[ByteStream], Awaitable[None]]
 #: Whether a device (by id) may connect now; a trio function.
 Authorize = Callable[[str], Awaitable[bool]]
+#: Why a refused device is refused, told to it before the refusal (e.g. "it was revoked by ..."); None: nothing.
+Explain = Callable[[str], Awaitable["str | None"]]
 
 
 class Transport(Protocol):
@@ -100,6 +103,7 @@ class Transport(Protocol):
         port: int,
         authorize: Authorize,
         handlers: Mapping[str, StreamHandler],
+        explain: Explain | None = ...,
         login_timeout: float = ...,
         read_timeout: float = ...,
         task_status: trio.TaskStatus[int] = ...,

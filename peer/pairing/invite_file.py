@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from peer.errors import InviteRefused
@@ -147,7 +148,10 @@ async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowM
 
     code = decode_code(code_text)
     if code.expires_at * 1000 < now_ms() - _CLOCK_SLACK_MS:
-        raise InviteRefused(f"this invite expired {expires_text(code.expires_at, now_ms() / 1000)}; ask for a new one")
+        raise InviteRefused(
+            f"this invite expired {expires_text(code.expires_at, now_ms() / 1000)} by this device's clock;"
+            " ask for a new one (or, if this device's clock is wrong, set it right)"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -170,10 +174,21 @@ async def join_from_file(home: Home, code_text: str, path: Path, *, now_ms: NowM
     kex = X25519PrivateKey.from_private_bytes(r.bytes(limit=32))
     records = [r.bytes(limit=1 << 20) for _ in range(r.uvarint(limit=1 << 20))]
     r.end()
-    if home.device_key_path.exists() or home.exists():
-        raise StoreError(
-            f"{home.path} already holds a device; an invite file makes a new device: use a new --home"
-        )
+    if home.exists():
+        # As `peer join` does: a home holding memories is refused, a fresh one (`peer init`, nothing
+        # written) is replaced by the device the file makes. The store goes first: keys without a
+        # store are a device that never joined anything, which the next attempt may replace.
+        async with await home.open_store() as old:
+            held = (await old.stats()).versions
+        if held:
+            raise StoreError(
+                f"{home.path} already holds a device with {held} versions of memories; an invite file makes a"
+                " new device: use a new --home"
+            )
+        if Path(f"{home.store_path}-wal").exists():
+            raise StoreError(f"the store at {home.store_path} is in use (is `peer agent` running?); stop it first")
+        home.store_path.unlink()
+        shutil.rmtree(home.index_dir, ignore_errors=True)
     home.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_secret(home.device_key_path, signing.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
     write_secret(home.kex_key_path, kex.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))

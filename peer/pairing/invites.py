@@ -56,7 +56,7 @@ from protocol import (
     encode_code,
 )
 
-from .results import InviteResult
+from .results import InviteResult, duration_text
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +153,20 @@ class Invites:
         """
         async with self._db.transaction():
             row = await self._db.fetchone(
-                "SELECT verifier, expires_at_ms, used_at_ms FROM invites WHERE invite_id = ?", (request.invite_id,)
+                "SELECT verifier, expires_at_ms, used_at_ms, created_at_ms FROM invites WHERE invite_id = ?",
+                (request.invite_id,),
             )
             # The proof is checked even for an unknown or spent invite, so
             # that every refusal costs the same work.
             verifier = bytes(row[0]) if row is not None else bytes(32)
             proof_ok = request.proof_matches(verifier)
             if row is None or not proof_ok or row[2] is not None or now_ms >= int(row[1]):
+                return False
+            if now_ms < int(row[3]) - _CLOCK_SLACK_MS:
+                # Made under a clock that was ahead and has been set back since: its age is
+                # unknown, so it counts as expired rather than valid until that clock time comes.
+                log.warning("refused an invite made at a clock time still %s ahead (the clock was set back)",
+                            duration_text(int(row[3]) - now_ms))
                 return False
             await self._db.execute(
                 "UPDATE invites SET used_at_ms = ?, used_by = ? WHERE invite_id = ?",

@@ -1,4 +1,11 @@
 """The join exchange over SSH: a new device proves the code and receives the group.
+
+Anyone may open the join subsystem (the invite is checked inside it), so the
+inviter's side spends little on a stranger: a JOIN_REQUEST frame may be
+:data:`JOIN_REQUEST_MAX_FRAME` bytes (a real one is under 1 KB), the whole
+exchange must be done within :data:`JOIN_EXCHANGE_S`, and at most
+:data:`MAX_CONCURRENT_JOINS` run at once (each opens ``invites.db``); the SSH
+layer adds one join channel per login and a short login (:mod:`peer.aio.ssh`).
 """
 
 from __future__ import annotations
@@ -8,6 +15,8 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+import trio
 
 from peer.aio import JOIN_SUBSYSTEM, ssh_transport
 from peer.errors import InviteRefused
@@ -64,6 +73,14 @@ class JoinStream(ByteStream, Protocol):
 
     @property
     def peer_device_id(self) -> str: ...
+
+
+#: What the inviter accepts from anyone: a JOIN_REQUEST is under 1 KB (protocol.md section 12).
+JOIN_REQUEST_MAX_FRAME = 8 << 10
+#: How long one join channel may take, from opening to the answer.
+JOIN_EXCHANGE_S = 30.0
+#: Join exchanges served at once; more are refused at once (a real join is rare and quick).
+MAX_CONCURRENT_JOINS = 8
 
 
 async def _next_join_event(stream: ByteStream, join: JoinSession) -> JoinEvent:
@@ -140,7 +157,7 @@ async def serve_join(
     now_ms: NowMs = wall_clock_ms,
 ) -> bool:
     """The inviter's side of one join channel; True when a device was admitted."""
-    join = JoinSession(JoinRole.INVITER, peer_device_id=stream.peer_device_id)
+    join = JoinSession(JoinRole.INVITER, peer_device_id=stream.peer_device_id, max_frame_size=JOIN_REQUEST_MAX_FRAME)
     try:
         event = await _next_join_event(stream, join)
     except (RemoteProtocolError, TrustError) as e:
@@ -170,10 +187,25 @@ def join_handler(home: Home, store: Store, *, now_ms: NowMs = wall_clock_ms) -> 
     are seen at once.
     """
     identity = home.identity()
+    running = 0
 
     async def handle(stream: JoinStream) -> None:
-        async with await Invites.open(home) as invites:
-            await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
+        nonlocal running
+        who = format_device_id(stream.peer_device_id)
+        if running >= MAX_CONCURRENT_JOINS:
+            log.warning("refused a join attempt by device %s: %d joins are already running", who, running)
+            with trio.move_on_after(JOIN_EXCHANGE_S):
+                await stream.send_all(JoinSession(JoinRole.INVITER).refuse(REFUSAL_MESSAGE))
+            return
+        running += 1
+        try:
+            with trio.move_on_after(JOIN_EXCHANGE_S) as scope:
+                async with await Invites.open(home) as invites:
+                    await serve_join(stream, store=store, identity=identity, invites=invites, now_ms=now_ms)
+            if scope.cancelled_caught:
+                log.warning("closed the join channel of device %s: no request within %g s", who, JOIN_EXCHANGE_S)
+        finally:
+            running -= 1
 
     return handle
 
@@ -235,7 +267,8 @@ async def join(
     target_host, target_port = parse_address(address)
     if code.expires_at * 1000 < now_ms() - _CLOCK_SLACK_MS:
         raise InviteRefused(
-            f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)}; ask for a new one"
+            f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)} by this device's clock;"
+            " ask for a new one (or, if this device's clock is wrong, set it right)"
         )
     await home.check_joinable()
     identity = home.ensure_identity()

@@ -15,11 +15,23 @@ __all__ = ["InviteResult", "JoinResult", "expires_text"]
 
 
 def expires_text(expires_at: int, now: float | None = None) -> str:
-    """``in 15 min`` / ``at 2026-11-22 05:30 UTC``, for the person reading an invite."""
+    """``in 15 min`` / ``at 2026-11-22 05:30 UTC`` / ``3 min ago``, for the person reading an invite."""
     left = expires_at - (time.time() if now is None else now)
+    if left < 0:
+        return f"{duration_text(-left * 1000)} ago"
     if left < 3600:
-        return f"in {max(0, round(left / 60))} min"
+        return f"in {round(left / 60)} min"
     return time.strftime("at %Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+
+
+def duration_text(ms: float) -> str:
+    """``12 min``, ``3 h``, ``2 days``: a length of time in milliseconds, rounded for a person."""
+    minutes = max(1, round(ms / 60_000))
+    if minutes <= 90:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{round(minutes / 60)} h"
+    return f"{round(minutes / 1440)} days"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from peer.aio import Row
 from peer.memory import Memory, VersionInfo
@@ -118,12 +118,25 @@ def info_from_row(row: Row) -> VersionInfo:
     )
 
 
+#: SQLite keeps integers below 2^63; the protocol allows clock times up to 2^78 (2^62 << 16).
+MAX_STORED_HLC: Final = 2**63 - 1
+
+
+def stored_hlc(hlc: int) -> int:
+    """A received clock time as stored and compared here: times beyond SQLite's range count as its maximum.
+
+    Every device stores and compares the same way, so they still agree on
+    winners; only versions stamped past the year 4 million tie on time.
+    """
+    return min(hlc, MAX_STORED_HLC)
+
+
 def version_row(
     sealed: SealedVersion, body: MemoryBody, state: VersionState, seq: int
 ) -> tuple[Any, ...]:
     h = sealed.header
     return (
-        h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, h.hlc, int(body.deleted),
+        h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, stored_hlc(h.hlc), int(body.deleted),
         context_text(h.context), body.kind, body.project, body.created_at, body.updated_at, body.importance,
         json.dumps(list(body.tags), ensure_ascii=False), body.metadata, body.embedder, body.content,
         body.embedding, sealed.encode(),

@@ -92,6 +92,7 @@ from .rows import (
     metadata_text,
     normalize_tags,
     rare_words,
+    stored_hlc,
     version_row,
 )
 from .schema import (
@@ -1088,7 +1089,7 @@ class Store:
             state = state_of(
                 [
                     *(r.meta for r in prior),
-                    *(VersionMeta(s.header.dot, s.header.context, s.header.hlc, b.deleted) for s, b in new),
+                    *(VersionMeta(s.header.dot, s.header.context, stored_hlc(s.header.hlc), b.deleted) for s, b in new),
                 ]
             )
             for r in prior:
@@ -1096,9 +1097,11 @@ class Store:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
             for sealed, body in new:
                 inserts.append(version_row(sealed, body, state.states[sealed.header.dot], txn.take_seq()))
+        clock = HybridLogicalClock(self._now_ms, txn.hlc)
         for sealed, _ in fresh.values():
             header = sealed.header
-            txn.hlc = max(txn.hlc, header.hlc)
+            clock.observe(header.hlc)  # at most a day ahead of our wall clock (protocol.md 3.2)
+            txn.hlc = clock.last
             if header.dot.origin == self.replica_id:
                 # Our own version coming back (e.g. written before a crash
                 # that lost the tail of the log): never reuse its counter.

@@ -7,6 +7,7 @@ agent from :mod:`peer.sync.discovery`.
 """
 
 from .address import DEFAULT_LISTEN, WILDCARDS, parse_address
+from .agent_lock import AGENT_LOCK_FILE, AgentLock
 from .driver import (
     BUSY_ATTEMPTS,
     AfterSync,
@@ -19,6 +20,8 @@ from .driver import (
 from .status_file import STATUS_FILE, read_status, write_status
 
 __all__ = [
+    "AGENT_LOCK_FILE",
+    "AgentLock",
     "BUSY_ATTEMPTS",
     "DEFAULT_LISTEN",
     "STATUS_FILE",

@@ -65,6 +65,7 @@ from protocol import (
     PeerError,
     SessionComplete,
     SyncSession,
+    TrustError,
     VersionsBatch,
     VersionsReceived,
     batches,
@@ -375,18 +376,51 @@ class Syncer:
         await self.store.refresh()
         return self._member(device_id)
 
+    def revoked_text(self, device_id: str) -> str | None:
+        """``was revoked from this group by NAME (ID) on DATE``, or None if ``device_id`` was not."""
+        found = self.store.membership.revocation_of(device_id)
+        if found is None:
+            return None
+        by, at_ms = found
+        info = self.store.membership.member_info(by)
+        who = f"{info.name} ({format_device_id(by)})" if info else format_device_id(by)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at_ms / 1000))
+        return f"was revoked from this group by {who} on {when}"
+
+    async def explain(self, device_id: str) -> str | None:
+        """What a refused device is told (the server's side): that it was revoked, by whom and when."""
+        text = self.revoked_text(device_id)
+        if text is None:
+            return None
+        return f"device {format_device_id(device_id)} is not a member any more: it {text}; it can no longer sync with this group"
+
     async def sync_with(self, host: str, port: int = DEFAULT_PORT, *, progress: ProgressCallback | None = None) -> SyncSummary:
         """Connect to the member at ``host:port`` and run one sync; ``after_sync`` follows a complete one."""
         await self.store.refresh()
-        stream = await self.transport.connect(
-            host,
-            port,
-            self._signing_key,
-            trust_host=self._member,
-            subsystem=SYNC_SUBSYSTEM,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-        )
+        hosts: list[str] = []
+
+        def trust_host(device_id: str) -> bool:
+            hosts.append(device_id)
+            return self._member(device_id)
+
+        try:
+            stream = await self.transport.connect(
+                host,
+                port,
+                self._signing_key,
+                trust_host=trust_host,
+                subsystem=SYNC_SUBSYSTEM,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+            )
+        except TrustError as e:
+            revoked = self.revoked_text(hosts[-1]) if hosts and not self._member(hosts[-1]) else None
+            if revoked is not None:
+                raise TrustError(
+                    f"{host}:{port} is device {format_device_id(hosts[-1])}, which is not a member any more:"
+                    f" it {revoked}; this device no longer syncs with it"
+                ) from e
+            raise
         try:
             summary = await sync_over(stream, self.store, progress=progress)
         finally:
@@ -423,6 +457,7 @@ class Syncer:
             host=host,
             port=port,
             authorize=self.authorize,
+            explain=self.explain,
             handlers={SYNC_SUBSYSTEM: self.handle, **(handlers or {})},
             read_timeout=self.read_timeout,
             task_status=task_status,

@@ -120,7 +120,9 @@ class StatusReport:
             lines.append(f"  last sync: {_ago(p.last_sync, now)}" + (f" (by {p.via})" if p.via else ""))
             if p.last_result:
                 lines.append(f"  last attempt: {_ago(p.last_attempt, now)}: {p.last_result}")
-            if p.lacks is None:
+            if p.revoked:
+                lines.append("  revoked: no longer synced with")
+            elif p.lacks is None:
                 lines.append("  lacks: unknown (never synced)")
             else:
                 lines.append(f"  lacks: {p.lacks:,} versions of this device's store" + (
@@ -164,6 +166,7 @@ async def status_report(home: Home) -> StatusReport:
             if device_id == store.device_id:
                 continue
             member = members.get(device_id)
+            revoked = bool(member and member.revoked)
             seen = known.get(device_id)
             live = by_agent.get(device_id, {})
             peers.append(PeerStatus(
@@ -179,8 +182,9 @@ async def status_report(home: Home) -> StatusReport:
                 last_attempt=live.get("last_attempt"),
                 last_result=live.get("last_result"),
                 failures=live.get("failures", 0),
-                lacks=await store.count_missing_for(seen.vector) if seen else None,
-                ahead=bool(seen and vector.merge(seen.vector) != vector),
+                # A revoked device is owed nothing: it lacks nothing it will ever get.
+                lacks=await store.count_missing_for(seen.vector) if seen and not revoked else None,
+                ahead=bool(seen and not revoked and vector.merge(seen.vector) != vector),
             ))
         for p in unnamed:
             peers.append(PeerStatus(

@@ -354,3 +354,26 @@ async def test_a_scheduled_backup_into_an_unusable_directory_is_logged_and_retri
             await run_scheduled_backups(home, store, config, now=clock, sleep=clock.sleep, retry_s=600)
     assert caplog.text.count("the scheduled backup failed") == 3  # at 10:20, 10:30, 10:40
     assert blocker.read_text().startswith("a file")
+
+
+def test_retention_never_deletes_the_backups_made_before_the_clock_jumped_ahead(tmp_path: Path) -> None:
+    """Hostile report B8: at +365 days, retention deleted every earlier backup."""
+    device_id = "K" * 26
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    config = BackupConfig(frequency="hourly", directory=str(directory), retention_days=30, max_backups=10)
+    sane = [datetime(2026, 12, 4, h, 47, tzinfo=UTC) for h in (2, 3, 4)]
+    for when in sane:
+        (directory / backup_file_name(device_id, when)).write_text("a restore point")
+    jumped = datetime(2027, 12, 4, 5, 47, tzinfo=UTC)
+    (directory / backup_file_name(device_id, jumped)).write_text("made while the clock was a year ahead")
+    assert prune_backups(directory, device_id, config, jumped) == []
+    # The clock stays ahead and the hourly backups go on: the count limit rotates the oldest out,
+    # but the last backup made before the jump stays.
+    for hour in range(6, 18):
+        when = jumped.replace(hour=hour)
+        (directory / backup_file_name(device_id, when)).write_text("made while the clock was a year ahead")
+        prune_backups(directory, device_id, config, when)
+    left = [when for when, _ in scheduled_backups(directory, device_id)]
+    assert sane[-1] in left
+    assert len(left) == config.max_backups

@@ -281,6 +281,46 @@ async def test_join_refuses_an_expired_code_before_connecting(tmp_path: Path, ai
     assert not (tmp_path / "late" / "peer.db").exists()
 
 
+async def test_a_code_made_while_the_clock_ran_ahead_dies_once_the_clock_is_set_right(
+    inviter: tuple[Device, Clock], tmp_path: Path
+) -> None:
+    """Hostile report B11: a 15-min code made at +1 year stayed valid for a year after the clock was fixed."""
+    a, clock = inviter
+    right = clock.now
+    clock.now = right + 365 * 24 * 3600 * 1000
+    code = (await make_invite(a.home, a.store, ttl_s=900, now_ms=clock)).code
+    clock.now = right + 60_000  # a minute later the clock is set right
+    refused, admitted = await _exchange(a, Home(tmp_path / "b").ensure_identity(), code, clock)
+    assert not admitted and isinstance(refused, InviteRefused)
+
+
+async def test_a_code_survives_a_clock_that_stays_slow(inviter: tuple[Device, Clock], tmp_path: Path) -> None:
+    """The inviter judges its codes by the clock it made them with: a day slow, it can still invite."""
+    a, clock = inviter
+    clock.now -= 24 * 3600 * 1000
+    code = (await make_invite(a.home, a.store, ttl_s=900, now_ms=clock)).code
+    clock.now += 60_000
+    assert (await _exchange(a, Home(tmp_path / "b").ensure_identity(), code, clock))[1]
+
+
+def test_an_expired_time_reads_how_long_ago_not_in_0_min() -> None:
+    from peer.pairing import expires_text
+
+    now = 1_800_000_000.0
+    assert expires_text(int(now) + 600, now) == "in 10 min"
+    assert expires_text(int(now) - 180, now) == "3 min ago"
+    assert expires_text(int(now) - 3 * 3600, now) == "3 h ago"
+    assert expires_text(int(now) - 365 * 86400, now) == "365 days ago"
+
+
+async def test_join_says_an_expired_code_is_judged_by_this_clock(tmp_path: Path, aio_loop: object) -> None:
+    from peer.pairing import join
+
+    clock = Clock(start_ms=(_code().expires_at + 3600) * 1000)
+    with pytest.raises(InviteRefused, match=r"expired 60 min ago by this device's clock"):
+        await join(Home(tmp_path / "late"), encode_code(_code()), name="late", now_ms=clock)
+
+
 async def test_request_for_another_key_than_the_connection_is_refused(
     inviter: tuple[Device, Clock], tmp_path: Path
 ) -> None:
@@ -534,6 +574,22 @@ async def test_air_gapped_invite_file(tmp_path: Path, aio_loop: object) -> None:
             nursery.cancel_scope.cancel()
     with pytest.raises(StoreError, match="new --home"):
         await join_from_file(b_home, text, file)
+
+
+async def test_an_invite_file_is_accepted_by_a_fresh_home_as_a_code_is(tmp_path: Path, aio_loop: object) -> None:
+    """New-user audit M3: `peer init` then `peer join --file` was refused ("already holds a device")."""
+    from tests.support.cli_runner import ok, ok_json
+
+    a_path, b_path = tmp_path / "a", tmp_path / "b"
+    ok(a_path, "init", "--name", "alpha")
+    ok(a_path, "add", "carried on a stick")
+    invite = ok_json(a_path, "invite", "--file", str(tmp_path / "invite.peer"), "--name", "laptop")
+    ok(b_path, "init", "--name", "laptop")  # what a new user does first
+    joined = await trio.to_thread.run_sync(
+        lambda: ok_json(b_path, "join", invite["code"], "--file", str(tmp_path / "invite.peer"))
+    )
+    assert joined["members"] == 2
+    assert [d["name"] for d in ok_json(b_path, "devices")] == ["alpha", "laptop"]
 
 
 # The commands, as a person runs them ------------------------------------------------------
