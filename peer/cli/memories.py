@@ -237,9 +237,13 @@ def show(memory_id: str, versions: bool) -> None:
         return memory, (await device.store.versions(memory.id) if versions else [])
 
     memory, infos = with_device(body)
+    from peer.consolidate import merged_into
+
+    moved = merged_into(memory)
     if json_mode():
         out = memory.to_json()
         out["deleted"] = memory.deleted
+        out["merged_into"] = moved
         if versions:
             out["versions"] = [_version_json(v) for v in infos]
         print_json(out)
@@ -254,7 +258,9 @@ def show(memory_id: str, versions: bool) -> None:
     if memory.importance is not None:
         rows.append(("importance", memory.importance))
     rows += [("created", when(memory.created_at)), ("updated", when(memory.updated_at)), ("version", memory.version)]
-    if memory.deleted:
+    if moved:
+        rows.append(("state", f"merged into {moved}; `peer unmerge {memory.id[:8]}` brings it back"))
+    elif memory.deleted:
         rows.append(("state", "forgotten"))
     if memory.siblings:
         rows.append(("conflict", f"{memory.siblings} other live version(s); see `peer conflicts`"))
@@ -358,11 +364,25 @@ def forget(memory_id: str) -> None:
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many results.")
 @project_option
 @kind_option
+@click.option(
+    "--min-score", "min_score", type=click.FloatRange(-1.0, 1.0), default=None, metavar="S",
+    help="Show results the keywords did not find down to this similarity (default: the calibrated cut-off).",
+)
+@click.option("--all", "show_all", is_flag=True, help="Show the k best whatever their similarity (no cut-off).")
 @common_options
-def search(query: str, k: int, project: str | None, kind: str | None) -> None:
-    """Find memories by meaning and by keywords (hybrid search)."""
+def search(query: str, k: int, project: str | None, kind: str | None, min_score: float | None, show_all: bool) -> None:
+    """Find memories by meaning and by keywords (hybrid search).
+
+    Results the keywords did not find and that are not close in meaning are
+    left out, so a query with no answer shows nothing.
+    """
+    from peer.search.fusion import MIN_SIMILARITY
+
     if not query.strip():
         raise click.UsageError("the query is empty")
+    if show_all and min_score is not None:
+        raise click.UsageError("give --min-score or --all, not both")
+    min_similarity = None if show_all else (MIN_SIMILARITY if min_score is None else min_score)
     update, close = progress_callback("indexing")
 
     async def body(device: Device) -> list[SearchResult]:
@@ -371,7 +391,7 @@ def search(query: str, k: int, project: str | None, kind: str | None) -> None:
                 warn(warning)
         finally:
             close()
-        return await device.search(query, k=k, project=project, kind=kind)
+        return await device.search(query, k=k, project=project, kind=kind, min_similarity=min_similarity)
 
     results = with_device(body)
     if json_mode():

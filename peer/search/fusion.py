@@ -29,6 +29,16 @@ memory into the keyword list as well, and agreement scores higher. Then
 the higher cosine similarity, then the memory id decide, so results are
 deterministic.
 
+Fused scores rank; they do not say whether anything matched: the top
+result of a query with no answer scores like the top result of a good one.
+So every hit also carries what each retriever saw (its cosine similarity,
+whether the keyword search found it), and :func:`relevant` keeps a hit only
+when the keywords matched or the similarity reaches :data:`MIN_SIMILARITY`.
+That threshold was chosen with ``bench/quality.py`` on a labelled set of
+queries (docs/performance.md, "Search quality"): the value that keeps
+recall@5 of the answerable queries within a point of no cut-off while
+dropping as many answers to unanswerable queries as possible.
+
 This module is pure: the device hub (:mod:`peer.device`) gathers the
 candidate lists, filters them to live memories and calls :func:`fuse`.
 """
@@ -40,9 +50,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RRF_K", "SearchHit", "fuse", "candidate_count", "keyword_query"]
+__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "fuse", "candidate_count", "keyword_query", "relevant"]
 
 RRF_K = 60
+
+#: The cosine similarity (all-MiniLM-L6-v2) below which a result the keyword
+#: search did not find is not shown by default; calibrated by bench/quality.py.
+MIN_SIMILARITY = 0.35
 
 
 # Function words of English questions. Any word may match in the keyword
@@ -77,6 +91,21 @@ class SearchHit:
     similarity: float | None = None
     keyword_rank: int | None = None
     keyword_score: float | None = None
+
+    @property
+    def keyword_match(self) -> bool:
+        """Whether the keyword search found this memory."""
+        return self.keyword_rank is not None
+
+
+def relevant(hit: SearchHit, min_similarity: float | None = MIN_SIMILARITY) -> bool:
+    """Whether a hit is worth showing: a keyword match, or semantically close enough.
+
+    ``None`` keeps every hit (``peer search --all``).
+    """
+    if min_similarity is None or hit.keyword_match:
+        return True
+    return hit.similarity is not None and hit.similarity >= min_similarity
 
 
 def candidate_count(k: int) -> int:
