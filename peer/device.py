@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from peer.aio import CONNECT_TIMEOUT_S, DEFAULT_PORT, READ_TIMEOUT_S
-from peer.search.fusion import MIN_SIMILARITY, SearchHit, candidate_count, fuse, keyword_query, relevant
+from peer.search.fusion import (
+    MIN_SIMILARITY,
+    SearchHit,
+    candidate_count,
+    fuse,
+    keyword_coverage,
+    keyword_query,
+    relevant,
+)
 from peer.search.sidecar import Coverage, index_state
 from peer.store import KEEP, SCHEMA_VERSION, Store
 from peer.sync import BUSY_ATTEMPTS, ProgressCallback, Syncer, SyncSummary
@@ -352,7 +360,7 @@ class Device:
 
         # Fuse the whole candidate lists, then drop the irrelevant: a cut
         # before the filter would lose relevant hits ranked below k.
-        fused = [hit for hit in fuse(semantic, keyword, limit=wanted) if relevant(hit, min_similarity)]
+        fused = fuse(semantic, keyword, limit=wanted if min_similarity is not None else k)
         missing = [h.memory_id for h in fused if h.memory_id not in memories]
         if missing:
             memories.update(await self.store.get_many(missing))
@@ -364,6 +372,9 @@ class Device:
             if memory is None or memory.deleted:
                 continue
             if (project is not None and memory.project != project) or (kind is not None and memory.kind != kind):
+                continue
+            coverage = keyword_coverage(query, memory.content) if hit.keyword_match else 0.0
+            if not relevant(hit, min_similarity, coverage):
                 continue
             results.append(SearchResult(hit, memory))
             if len(results) == k:

@@ -15,6 +15,7 @@ from protocol import PeerError, valid_kind
 from ._app import peer_error_in
 
 if TYPE_CHECKING:
+    from peer.consolidate import SimilarMemory
     from peer.device import Device, SearchResult
     from peer.memory import Draft, Memory, VersionInfo
 from ._app import (
@@ -83,6 +84,7 @@ def _read_text(text: str) -> str:
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
 @click.option("--meta", "metadata", multiple=True, metavar="K=V", callback=meta_option, help="Metadata (repeat for more).")
 @click.option("--importance", type=click.FloatRange(0.0, 1.0), help="Between 0 and 1.")
+@click.option("--allow-duplicate", is_flag=True, help="Add it even when the same text is already in this project.")
 @common_options
 def add(
     text: str | None,
@@ -92,6 +94,7 @@ def add(
     tags: tuple[str, ...],
     metadata: dict[str, Any],
     importance: float | None,
+    allow_duplicate: bool,
 ) -> None:
     """Add a memory (TEXT, or `-` to read it from stdin), or many with --file."""
     from peer.memory import Draft
@@ -108,15 +111,32 @@ def add(
         content=_read_text(text), kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance
     )
 
-    async def body(device: Device) -> str:
-        (memory_id,) = await device.add([draft])
-        return memory_id
+    async def body(device: Device) -> tuple[str, bool, list[SimilarMemory]]:
+        from peer.consolidate import exact_duplicate, similar_to
 
-    memory_id = with_device(body)
+        if not allow_duplicate and draft.content.strip():
+            existing = await exact_duplicate(device, draft)
+            if existing is not None:
+                return existing.id, True, []
+        (memory_id,) = await device.add([draft])
+        return memory_id, False, (await similar_to(device, [memory_id])).get(memory_id, [])
+
+    memory_id, duplicate, similar = with_device(body)
     if json_mode():
-        print_json({"id": memory_id})
-    else:
-        click.echo(memory_id)
+        out: dict[str, Any] = {"id": memory_id}
+        if duplicate:
+            out["duplicate"] = True
+        if similar:
+            out["similar"] = [m.to_json() for m in similar]
+        print_json(out)
+        return
+    click.echo(memory_id)
+    if duplicate:
+        warn(f"the same text is already memory {memory_id} in this project; nothing was added"
+             " (--allow-duplicate adds it anyway)")
+    for m in similar:
+        warn(f"looks like {m.memory.id[:8]} (similarity {m.similarity:.2f}): {one_line(m.memory.content, 60)};"
+             " `peer consolidate` can merge them")
 
 
 def _draft_from_line(line: str, number: int, defaults: Draft) -> Draft:

@@ -33,11 +33,12 @@ Fused scores rank; they do not say whether anything matched: the top
 result of a query with no answer scores like the top result of a good one.
 So every hit also carries what each retriever saw (its cosine similarity,
 whether the keyword search found it), and :func:`relevant` keeps a hit only
-when the keywords matched or the similarity reaches :data:`MIN_SIMILARITY`.
+when it holds every keyword of the query or its similarity reaches
+:data:`MIN_SIMILARITY`.
 That threshold was chosen with ``bench/quality.py`` on a labelled set of
-queries (docs/performance.md, "Search quality"): the value that keeps
-recall@5 of the answerable queries within a point of no cut-off while
-dropping as many answers to unanswerable queries as possible.
+queries (docs/performance.md, "Search quality"): the lowest value at which
+at least 90% of the unanswerable queries return nothing, provided recall@5
+of the answerable ones is no lower than without a cut-off.
 
 This module is pure: the device hub (:mod:`peer.device`) gathers the
 candidate lists, filters them to live memories and calls :func:`fuse`.
@@ -47,16 +48,17 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "fuse", "candidate_count", "keyword_query", "relevant"]
+__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "fuse", "candidate_count", "keyword_query", "keyword_coverage", "relevant"]
 
 RRF_K = 60
 
 #: The cosine similarity (all-MiniLM-L6-v2) below which a result the keyword
 #: search did not find is not shown by default; calibrated by bench/quality.py.
-MIN_SIMILARITY = 0.35
+MIN_SIMILARITY = 0.40
 
 
 # Function words of English questions. Any word may match in the keyword
@@ -98,12 +100,35 @@ class SearchHit:
         return self.keyword_rank is not None
 
 
-def relevant(hit: SearchHit, min_similarity: float | None = MIN_SIMILARITY) -> bool:
-    """Whether a hit is worth showing: a keyword match, or semantically close enough.
+def _folded_words(text: str) -> set[str]:
+    """Words as the keyword index sees them: lower case, accents removed."""
+    out: set[str] = set()
+    for word in _WORD.findall(text):
+        decomposed = unicodedata.normalize("NFKD", word)
+        out.add("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
+    return out
 
-    ``None`` keeps every hit (``peer search --all``).
+
+def keyword_coverage(query: str, content: str) -> float:
+    """The share of the query's keyword words (see :func:`keyword_query`) that ``content`` holds."""
+    wanted = _folded_words(keyword_query(query))
+    if not wanted:
+        return 0.0
+    return len(wanted & _folded_words(content)) / len(wanted)
+
+
+def relevant(hit: SearchHit, min_similarity: float | None = MIN_SIMILARITY, coverage: float = 1.0) -> bool:
+    """Whether a hit is worth showing: every keyword of the query matched, or semantically close enough.
+
+    The keyword search matches any one word of the query, so a question
+    with no answer still finds memories that share one of its words ("the
+    capital of France" finds "capital letters"); a keyword hit counts on its
+    own only when it holds all of them (``coverage``, from
+    :func:`keyword_coverage`). ``None`` keeps every hit (``peer search --all``).
     """
-    if min_similarity is None or hit.keyword_match:
+    if min_similarity is None:
+        return True
+    if hit.keyword_match and coverage >= 1.0:
         return True
     return hit.similarity is not None and hit.similarity >= min_similarity
 

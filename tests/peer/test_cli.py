@@ -59,7 +59,7 @@ def test_search_finds_the_procedure_among_a_thousand_paragraphs(big_home: tuple[
 
 def test_search_filters_and_k(big_home: tuple[Path, str]) -> None:
     home, target = big_home
-    only_app = ok_json(home, "search", "python", "--project", "app")
+    only_app = ok_json(home, "search", "python", "--project", "app", "--all")
     assert [r["id"] for r in only_app] == [target]
     assert ok_json(home, "search", "how do I run the tests", "--kind", "procedure", "-k", "3")[0]["id"] == target
     docs = ok_json(home, "search", "how do I run the tests", "--project", "pydocs", "-k", "5")
