@@ -48,7 +48,7 @@ def raw_hnswlib(vectors: NDArray[np.float32]) -> float:
 
     started = time.perf_counter()
     graph = hnswlib.Index(space="cosine", dim=vectors.shape[1])
-    graph.init_index(max_elements=len(vectors), M=12, ef_construction=64)
+    graph.init_index(max_elements=len(vectors), M=8, ef_construction=48)
     graph.add_items(vectors, np.arange(len(vectors)))
     graph.set_ef(32)
     graph.knn_query(vectors, k=9)

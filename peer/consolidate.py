@@ -129,6 +129,9 @@ class GroupMember:
             "content": self.content,
         }
 
+    def describe(self) -> str:
+        return f"{self.id[:8]} {self.kind}{'/' + self.project if self.project else ''}: {' '.join(self.content.split())[:70]}"
+
 
 @dataclass(frozen=True, slots=True)
 class DuplicateGroup:
@@ -207,18 +210,18 @@ def _near_pairs(vectors: NDArray[np.float32], threshold: float) -> list[tuple[in
     graph = hnswlib.Index(space="cosine", dim=vectors.shape[1])
     # Cheaper build parameters than the search index's: duplicates are each
     # other's nearest neighbours, the easiest thing a graph finds.
-    graph.init_index(max_elements=n, M=12, ef_construction=64)
+    graph.init_index(max_elements=n, M=8, ef_construction=48)
     graph.add_items(vectors, np.arange(n))
     k = min(NEIGHBOURS + 1, n)
     graph.set_ef(max(32, k))
     labels, distances = graph.knn_query(vectors, k=k)
-    pairs: list[tuple[int, int, float]] = []
-    for i in range(n):
-        for label, distance in zip(labels[i].tolist(), distances[i].tolist(), strict=True):
-            similarity = 1.0 - float(distance)
-            if label != i and similarity >= threshold:
-                pairs.append((min(i, label), max(i, label), similarity))
-    return pairs
+    # Vectorised: at 100,000 memories this is 900,000 candidate pairs.
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    cols = labels.ravel().astype(np.int64)
+    similarity = 1.0 - distances.ravel().astype(np.float64)
+    keep = (cols != rows) & (similarity >= threshold)
+    rows, cols, similarity = rows[keep], cols[keep], similarity[keep]
+    return list(zip(np.minimum(rows, cols).tolist(), np.maximum(rows, cols).tolist(), similarity.tolist(), strict=True))
 
 
 def _survivor_order(memory: Memory) -> tuple[int, float, str]:
@@ -430,6 +433,9 @@ class SimilarMemory:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.memory.id, "similarity": round(self.similarity, 4), "project": self.memory.project,
                 "content": self.memory.content}
+
+    def describe(self) -> str:
+        return f"looks like {self.memory.id[:8]} (similarity {self.similarity:.2f})"
 
 
 async def exact_duplicate(device: Device, draft: Draft) -> Memory | None:

@@ -200,6 +200,19 @@ def test_search_says_no_match_and_still_finds_the_answer(corpus: Corpus) -> None
     assert_error(peer(first, "search", "x", "--all", "--min-score", "0.5"), 2, "--all")
 
 
+async def _held(home: Path, memory_ids: list[str]) -> dict[str, tuple[str | None, set[str]]]:
+    """For each memory: where it was merged into, and the text of every version held."""
+    from peer.consolidate import merged_into
+    from peer.home import Home
+
+    async with trio_asyncio.open_loop():
+        async with await Home(home).open_store() as store:
+            memories = await store.get_many(memory_ids, include_deleted=True)
+            return {
+                m: (merged_into(memories[m]), {v.content for v in await store.versions(m)}) for m in memory_ids
+            }
+
+
 def test_auto_merge_merges_only_exact_and_above_095_and_unmerge_restores(corpus: Corpus, tmp_path: Path) -> None:
     first, _, _ = corpus.copy(tmp_path / "g")
     before = _version_count(first)
@@ -214,14 +227,18 @@ def test_auto_merge_merges_only_exact_and_above_095_and_unmerge_restores(corpus:
     assert _version_count(first) == before + len(merged_away) + len(merged_survivors)
     listed = {m["id"] for m in ok_json(first, "list")}
     assert not merged_away & listed and merged_survivors <= listed
-    # Nothing lost: every merged-away text is still held, and says where it went.
+    # Nothing lost: every merged-away text is still held, and says where it went
+    # (read in one process here; `peer show` reads the same, checked for one below).
+    held = trio.run(_held, first, sorted(merged_away))
     for group in auto:
-        keep = group["keep"]
         for member in group["members"][1:]:
-            shown = ok_json(first, "show", member["id"], "--versions")
-            assert shown["deleted"] is True and shown["merged_into"] == keep
-            assert member["content"] in {v["content"] for v in shown["versions"]}
-            assert f"merged into {keep}" in ok(first, "show", member["id"])
+            where, texts = held[member["id"]]
+            assert where == group["keep"] and member["content"] in texts
+    group = auto[0]
+    shown = ok_json(first, "show", group["members"][1]["id"], "--versions")
+    assert shown["deleted"] is True and shown["merged_into"] == group["keep"]
+    assert group["members"][1]["content"] in {v["content"] for v in shown["versions"]}
+    assert f"merged into {group['keep']}" in ok(first, "show", group["members"][1]["id"])
     # The near groups between 0.9 and 0.95 are suggestions only.
     for group in planned:
         if group not in auto:
@@ -301,3 +318,21 @@ def test_a_merge_syncs_over_ssh_and_by_bundle_and_a_concurrent_edit_survives(cor
     ok(first, "bundle", "import", str(tmp_path / "back.bundle"))
     assert ok_json(first, "show", untouched)["merged_into"] is None
     assert json.loads(json.dumps(ok_json(first, "show", untouched)))["deleted"] is False
+
+
+def test_import_names_the_memories_it_duplicates(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok(home, "init")
+    held = ok_json(home, "add", TARGET, "--project", "app")["id"]
+    ok(home, "search", "tests")  # this device has a search index: the door check uses it
+    file = tmp_path / "notes.ndjson"
+    file.write_text(
+        json.dumps({"id": "5b0f0a4e-7c1e-4a55-9d0e-0c7c2f1e9a01", "content": "Run the test suite with pytest -q from the repo root"})
+        + "\n"
+        + json.dumps({"id": "5b0f0a4e-7c1e-4a55-9d0e-0c7c2f1e9a02", "content": "The office wifi password rotates every Monday"})
+        + "\n"
+    )
+    report = ok_json(home, "import", str(file))
+    assert report["new"] == 2
+    assert [s["id"] for s in report["similar"]["5b0f0a4e-7c1e-4a55-9d0e-0c7c2f1e9a01"]] == [held]
+    assert "5b0f0a4e-7c1e-4a55-9d0e-0c7c2f1e9a02" not in report["similar"]
