@@ -36,9 +36,11 @@ whether the keyword search found it), and :func:`relevant` keeps a hit only
 when it holds every keyword of the query or its similarity reaches
 :data:`MIN_SIMILARITY`.
 That threshold was chosen with ``bench/quality.py`` on a labelled set of
-queries (docs/performance.md, "Search quality"): the lowest value at which
-at least 90% of the unanswerable queries return nothing, provided recall@5
-of the answerable ones is no lower than without a cut-off.
+queries (docs/performance.md, "search quality"): the lowest value at which
+at least 80% of the unanswerable queries return nothing while recall@5 of
+the answerable ones is no lower than without a cut-off. Short notes sit
+lower than that set's documentation paragraphs (natural questions about
+the notes in tests/peer score 0.40 to 0.55), hence the low bar.
 
 This module is pure: the device hub (:mod:`peer.device`) gathers the
 candidate lists, filters them to live memories and calls :func:`fuse`.
@@ -58,7 +60,7 @@ RRF_K = 60
 
 #: The cosine similarity (all-MiniLM-L6-v2) below which a result the keyword
 #: search did not find is not shown by default; calibrated by bench/quality.py.
-MIN_SIMILARITY = 0.40
+MIN_SIMILARITY = 0.35
 
 
 # Function words of English questions. Any word may match in the keyword
