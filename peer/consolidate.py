@@ -214,7 +214,13 @@ def _near_pairs(vectors: NDArray[np.float32], threshold: float) -> list[tuple[in
     graph.add_items(vectors, np.arange(n))
     k = min(NEIGHBOURS + 1, n)
     graph.set_ef(max(32, k))
-    labels, distances = graph.knn_query(vectors, k=k)
+    try:
+        labels, distances = graph.knn_query(vectors, k=k)
+    except RuntimeError:
+        # hnswlib could not fill k neighbours for some vector from where it
+        # entered the graph (tiny or odd graphs): search the whole graph.
+        graph.set_ef(n)
+        labels, distances = graph.knn_query(vectors, k=k)
     # Vectorised: at 100,000 memories this is 900,000 candidate pairs.
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = labels.ravel().astype(np.int64)
