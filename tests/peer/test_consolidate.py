@@ -336,3 +336,58 @@ def test_import_names_the_memories_it_duplicates(tmp_path: Path) -> None:
     assert report["new"] == 2
     assert [s["id"] for s in report["similar"]["5b0f0a4e-7c1e-4a55-9d0e-0c7c2f1e9a01"]] == [held]
     assert "5b0f0a4e-7c1e-4a55-9d0e-0c7c2f1e9a02" not in report["similar"]
+
+
+def _review(home: Path, answers: str) -> str:
+    """``peer consolidate --review`` on a pseudo-terminal, answering from ``answers``; its output."""
+    import os
+    import pty
+    import select
+    import subprocess
+
+    from .cli_runner import PEER, env
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [*PEER, "--home", str(home), "consolidate", "--review"],
+        stdin=terminal, stdout=terminal, stderr=subprocess.STDOUT, env=env(),
+    )
+    os.close(terminal)  # the child holds it: reading gives EIO once it exits
+    chunks: list[bytes] = []
+    try:
+        os.write(controller, answers.encode())
+        while True:
+            ready, _, _ = select.select([controller], [], [], 120)
+            if not ready:
+                process.kill()
+                raise AssertionError("peer consolidate --review waits for more answers: " + b"".join(chunks).decode())
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        output = b"".join(chunks).decode(errors="replace")
+        assert process.wait(timeout=120) == 0, output
+        return output
+    finally:
+        os.close(controller)
+
+
+def test_review_asks_for_each_group(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok(home, "init")
+    a = ok_json(home, "add", "The office wifi password rotates every Monday", "--project", "ops")["id"]
+    b = ok_json(home, "add", "The office wifi password rotates every Monday", "--project", "ops", "--allow-duplicate")["id"]
+    c = ok_json(home, "add", TARGET, "--project", "app")["id"]
+    d = ok_json(home, "add", "Run the test suite with pytest -q from the repo root", "--project", "app")["id"]
+    # Exact group first: keep both; then the near group: merge.
+    out = _review(home, "k\nm\n")
+    assert "group 1: 2 memories (exact)" in out and "merged 1 group(s)" in out
+    listed = {m["id"] for m in ok_json(home, "list")}
+    assert {a, b} <= listed and len({c, d} & listed) == 1
+    # Kept apart: not asked again.
+    again = _review(home, "q\n")
+    assert "group 1" not in again and "merged 0 group(s)" in again
+    assert_error(peer(home, "consolidate", "--review", input=""), 2, "terminal")  # stdin is not a terminal here
