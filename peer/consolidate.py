@@ -39,7 +39,6 @@ record and without the tags only it brought.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -87,12 +86,11 @@ MERGED = "peer.merged"
 #: Neighbours asked of hnswlib per memory; a group bigger than this still
 #: forms through its members' own neighbours (union-find is transitive).
 NEIGHBOURS = 8
-_SPACE = re.compile(r"\s+")
 
 
 def normalized(text: str) -> str:
     """The text as exact-duplicate detection compares it: NFKC, case-folded, spacing collapsed."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def merged_into(memory: Memory) -> str | None:
@@ -233,7 +231,7 @@ def _near_pairs(vectors: NDArray[np.float32], threshold: float) -> list[tuple[in
 def _survivor_order(memory: Memory) -> tuple[int, float, str]:
     # The longest text says the most; then the oldest, then the id (deterministic).
     # Exact duplicates have the same normalized length, so the oldest is kept.
-    return (-len(normalized(memory.content)), memory.created_at, memory.id)
+    return (-len(" ".join(memory.content.split())), memory.created_at, memory.id)
 
 
 async def find_duplicates(
