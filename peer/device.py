@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from peer.aio import CONNECT_TIMEOUT_S, DEFAULT_PORT, READ_TIMEOUT_S
-from peer.search.fusion import SearchHit, candidate_count, fuse, keyword_query
+from peer.search.fusion import (
+    MIN_SIMILARITY,
+    SearchHit,
+    candidate_count,
+    fuse,
+    keyword_coverage,
+    keyword_query,
+    relevant,
+)
 from peer.search.sidecar import Coverage, IndexState, index_state
 from peer.store import KEEP, SCHEMA_VERSION, Store, StoreStats
 from peer.sync import BUSY_ATTEMPTS, ProgressCallback, Syncer, SyncSummary
@@ -60,6 +68,7 @@ class SearchResult:
         out: dict[str, Any] = {"id": self.memory.id, "score": round(self.hit.score, 6), "content": self.memory.content}
         out.update((k, v) for k, v in self.memory.to_json().items() if k not in out)
         out["similarity"] = None if self.hit.similarity is None else round(self.hit.similarity, 6)
+        out["keyword_match"] = self.hit.keyword_match
         out["vector_rank"] = self.hit.vector_rank
         out["keyword_rank"] = self.hit.keyword_rank
         return out
@@ -345,6 +354,12 @@ class Device:
         assert self._index is not None
         return self._index
 
+    async def ready_index(self) -> SearchIndex:
+        """The search index, opened and brought up to date (for features that query it directly)."""
+        await self.prepare_index()
+        assert self._index is not None
+        return self._index
+
     async def reindex(self, progress: Progress | None = None) -> ReindexResult:
         """Rebuild the index from the store's vectors (embedding only what has none)."""
         from peer.search.index import SearchIndex
@@ -357,13 +372,22 @@ class Device:
 
     # Search -----------------------------------------------------------------------------
     async def search(
-        self, query: str, *, k: int = 10, project: str | None = None, kind: str | None = None
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        project: str | None = None,
+        kind: str | None = None,
+        min_similarity: float | None = MIN_SIMILARITY,
     ) -> list[SearchResult]:
         """Hybrid search: the query's nearest vectors and its keyword matches, fused (see :mod:`peer.search`).
 
         Only live winners are returned, filtered by project and kind. When
         filters drop most vector candidates, more are fetched (up to the
         whole index) so a selective filter still finds its k answers.
+        Results the keywords did not find and whose similarity is below
+        ``min_similarity`` are dropped (None keeps them all), so a query
+        with no answer returns nothing.
         """
         if k <= 0 or not query.strip():
             return []
@@ -408,7 +432,9 @@ class Device:
                 break
             fetch *= 4
 
-        fused = fuse(semantic, keyword, limit=k)
+        # Fuse the whole candidate lists, then drop the irrelevant: a cut
+        # before the filter would lose relevant hits ranked below k.
+        fused = fuse(semantic, keyword, limit=wanted if min_similarity is not None else k)
         missing = [h.memory_id for h in fused if h.memory_id not in memories]
         if missing:
             memories.update(await self.store.get_many(missing))
@@ -421,7 +447,12 @@ class Device:
                 continue
             if (project is not None and memory.project != project) or (kind is not None and memory.kind != kind):
                 continue
+            coverage = keyword_coverage(query, memory.content) if hit.keyword_match else 0.0
+            if not relevant(hit, min_similarity, coverage):
+                continue
             results.append(SearchResult(hit, memory))
+            if len(results) == k:
+                break
         return results
 
     # Health -----------------------------------------------------------------------------

@@ -29,10 +29,10 @@ from typing import NoReturn
 
 import click
 
-from . import backup, bundle, conflicts, group, health, interop, mcp, memories, relay, sync
+from . import backup, bundle, conflicts, consolidate, group, health, interop, mcp, memories, relay, sync
 from ._app import cli, parse_meta, parse_since, peer_error_in
 
-__all__ = ["cli", "main", "parse_meta", "parse_since", "backup", "bundle", "conflicts", "group", "health", "interop", "mcp", "memories", "relay", "sync"]
+__all__ = ["cli", "main", "parse_meta", "parse_since", "backup", "bundle", "conflicts", "consolidate", "group", "health", "interop", "mcp", "memories", "relay", "sync"]
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import click
 
 from ._app import check_kind, cli, common_options, json_mode, since_option, with_device
-from ._output import print_json, progress_callback
+from ._output import print_json, progress_callback, warn
 
 if TYPE_CHECKING:
+    from peer.consolidate import SimilarMemory
     from peer.device import Device
     from peer.interop import ImportFile, ImportReport
 
@@ -24,6 +25,9 @@ __all__ = ["export", "import_"]
 
 #: Exports and imports smaller than this draw no progress bar.
 _BAR_FROM = 1000
+#: Imports of up to this many new memories compare each with the store
+#: (embedding it once more); bigger ones leave that to `peer consolidate`.
+DOOR_CHECK_LIMIT = 200
 
 
 @cli.command(name="export")
@@ -115,22 +119,41 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
         if update is not None and total >= _BAR_FROM // 4:
             update(done, total)
 
+    similar: dict[str, list[SimilarMemory]] = {}
+
     async def body(device: Device) -> ImportReport:
+        from peer.consolidate import similar_to
+        from peer.interop import Action
+
         plan = await plan_import(device.store, parsed, strategy)
         if dry_run:
             return ImportReport(plan, dry_run=True, seconds=time.monotonic() - started)
         try:
-            return await apply_import(device, plan, progress)
+            report = await apply_import(device, plan, progress)
         finally:
             close()
+        new = [step.record.id for step in plan.steps if step.action is Action.NEW]
+        if 0 < len(new) <= DOOR_CHECK_LIMIT:
+            # Duplicates at the door: each new memory against what was here (not the file's own others).
+            fresh = set(new)
+            found = await similar_to(device, new)
+            similar.update((m, [s for s in hits if s.memory.id not in fresh]) for m, hits in found.items())
+        return report
 
     report = with_device(body)
     if not dry_run:
         report = _with_seconds(report, time.monotonic() - started)
+    similar = {m: hits for m, hits in similar.items() if hits}
     if json_mode():
-        print_json(report.to_json())
+        out = report.to_json()
+        if similar:
+            out["similar"] = {m: [s.to_json() for s in hits] for m, hits in similar.items()}
+        print_json(out)
     else:
         click.echo(report.describe())
+        if similar:
+            warn(f"{len(similar):,} imported memories look like ones this store held (similarity >= 0.9);"
+                 " `peer consolidate` shows them and can merge them")
 
 
 def _with_seconds(report: ImportReport, seconds: float) -> ImportReport:

@@ -15,6 +15,7 @@ from protocol import PeerError, valid_kind
 from ._app import peer_error_in
 
 if TYPE_CHECKING:
+    from peer.consolidate import SimilarMemory
     from peer.device import Device, SearchResult
     from peer.memory import Draft, Memory, VersionInfo
 from ._app import (
@@ -83,6 +84,7 @@ def _read_text(text: str) -> str:
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
 @click.option("--meta", "metadata", multiple=True, metavar="K=V", callback=meta_option, help="Metadata (repeat for more).")
 @click.option("--importance", type=click.FloatRange(0.0, 1.0), help="Between 0 and 1.")
+@click.option("--allow-duplicate", is_flag=True, help="Add it even when the same text is already in this project.")
 @common_options
 def add(
     text: str | None,
@@ -92,6 +94,7 @@ def add(
     tags: tuple[str, ...],
     metadata: dict[str, Any],
     importance: float | None,
+    allow_duplicate: bool,
 ) -> None:
     """Add a memory (TEXT, or `-` to read it from stdin), or many with --file."""
     from peer.memory import Draft
@@ -108,15 +111,32 @@ def add(
         content=_read_text(text), kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance
     )
 
-    async def body(device: Device) -> str:
-        (memory_id,) = await device.add([draft])
-        return memory_id
+    async def body(device: Device) -> tuple[str, bool, list[SimilarMemory]]:
+        from peer.consolidate import exact_duplicate, similar_to
 
-    memory_id = with_device(body)
+        if not allow_duplicate and draft.content.strip():
+            existing = await exact_duplicate(device, draft)
+            if existing is not None:
+                return existing.id, True, []
+        (memory_id,) = await device.add([draft])
+        return memory_id, False, (await similar_to(device, [memory_id])).get(memory_id, [])
+
+    memory_id, duplicate, similar = with_device(body)
     if json_mode():
-        print_json({"id": memory_id})
-    else:
-        click.echo(memory_id)
+        out: dict[str, Any] = {"id": memory_id}
+        if duplicate:
+            out["duplicate"] = True
+        if similar:
+            out["similar"] = [m.to_json() for m in similar]
+        print_json(out)
+        return
+    click.echo(memory_id)
+    if duplicate:
+        warn(f"the same text is already memory {memory_id} in this project; nothing was added"
+             " (--allow-duplicate adds it anyway)")
+    for m in similar:
+        warn(f"looks like {m.memory.id[:8]} (similarity {m.similarity:.2f}): {one_line(m.memory.content, 60)};"
+             " `peer consolidate` can merge them")
 
 
 def _draft_from_line(line: str, number: int, defaults: Draft) -> Draft:
@@ -237,9 +257,13 @@ def show(memory_id: str, versions: bool) -> None:
         return memory, (await device.store.versions(memory.id) if versions else [])
 
     memory, infos = with_device(body)
+    from peer.consolidate import merged_into
+
+    moved = merged_into(memory)
     if json_mode():
         out = memory.to_json()
         out["deleted"] = memory.deleted
+        out["merged_into"] = moved
         if versions:
             out["versions"] = [_version_json(v) for v in infos]
         print_json(out)
@@ -254,7 +278,9 @@ def show(memory_id: str, versions: bool) -> None:
     if memory.importance is not None:
         rows.append(("importance", memory.importance))
     rows += [("created", when(memory.created_at)), ("updated", when(memory.updated_at)), ("version", memory.version)]
-    if memory.deleted:
+    if moved:
+        rows.append(("state", f"merged into {moved}; `peer unmerge {memory.id[:8]}` brings it back"))
+    elif memory.deleted:
         rows.append(("state", "forgotten"))
     if memory.siblings:
         rows.append(("conflict", f"{memory.siblings} other live version(s); see `peer conflicts`"))
@@ -358,11 +384,25 @@ def forget(memory_id: str) -> None:
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many results.")
 @project_option
 @kind_option
+@click.option(
+    "--min-score", "min_score", type=click.FloatRange(-1.0, 1.0), default=None, metavar="S",
+    help="Show results the keywords did not find down to this similarity (default: the calibrated cut-off).",
+)
+@click.option("--all", "show_all", is_flag=True, help="Show the k best whatever their similarity (no cut-off).")
 @common_options
-def search(query: str, k: int, project: str | None, kind: str | None) -> None:
-    """Find memories by meaning and by keywords (hybrid search)."""
+def search(query: str, k: int, project: str | None, kind: str | None, min_score: float | None, show_all: bool) -> None:
+    """Find memories by meaning and by keywords (hybrid search).
+
+    Results the keywords did not find and that are not close in meaning are
+    left out, so a query with no answer shows nothing.
+    """
+    from peer.search.fusion import MIN_SIMILARITY
+
     if not query.strip():
         raise click.UsageError("the query is empty")
+    if show_all and min_score is not None:
+        raise click.UsageError("give --min-score or --all, not both")
+    min_similarity = None if show_all else (MIN_SIMILARITY if min_score is None else min_score)
     update, close = progress_callback("indexing")
 
     async def body(device: Device) -> list[SearchResult]:
@@ -371,7 +411,7 @@ def search(query: str, k: int, project: str | None, kind: str | None) -> None:
                 warn(warning)
         finally:
             close()
-        return await device.search(query, k=k, project=project, kind=kind)
+        return await device.search(query, k=k, project=project, kind=kind, min_similarity=min_similarity)
 
     results = with_device(body)
     if json_mode():

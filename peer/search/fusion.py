@@ -29,6 +29,19 @@ memory into the keyword list as well, and agreement scores higher. Then
 the higher cosine similarity, then the memory id decide, so results are
 deterministic.
 
+Fused scores rank; they do not say whether anything matched: the top
+result of a query with no answer scores like the top result of a good one.
+So every hit also carries what each retriever saw (its cosine similarity,
+whether the keyword search found it), and :func:`relevant` keeps a hit only
+when it holds every keyword of the query or its similarity reaches
+:data:`MIN_SIMILARITY`.
+That threshold was chosen with ``bench/quality.py`` on a labelled set of
+queries (docs/performance.md, "search quality"): the lowest value at which
+at least 80% of the unanswerable queries return nothing while recall@5 of
+the answerable ones is no lower than without a cut-off. Short notes sit
+lower than that set's documentation paragraphs (natural questions about
+the notes in tests/peer score 0.40 to 0.55), hence the low bar.
+
 This module is pure: the device hub (:mod:`peer.device`) gathers the
 candidate lists, filters them to live memories and calls :func:`fuse`.
 """
@@ -37,12 +50,17 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RRF_K", "SearchHit", "fuse", "candidate_count", "keyword_query"]
+__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "fuse", "candidate_count", "keyword_query", "keyword_coverage", "relevant"]
 
 RRF_K = 60
+
+#: The cosine similarity (all-MiniLM-L6-v2) below which a result the keyword
+#: search did not find is not shown by default; calibrated by bench/quality.py.
+MIN_SIMILARITY = 0.35
 
 
 # Function words of English questions. Any word may match in the keyword
@@ -77,6 +95,44 @@ class SearchHit:
     similarity: float | None = None
     keyword_rank: int | None = None
     keyword_score: float | None = None
+
+    @property
+    def keyword_match(self) -> bool:
+        """Whether the keyword search found this memory."""
+        return self.keyword_rank is not None
+
+
+def _folded_words(text: str) -> set[str]:
+    """Words as the keyword index sees them: lower case, accents removed."""
+    out: set[str] = set()
+    for word in _WORD.findall(text):
+        decomposed = unicodedata.normalize("NFKD", word)
+        out.add("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
+    return out
+
+
+def keyword_coverage(query: str, content: str) -> float:
+    """The share of the query's keyword words (see :func:`keyword_query`) that ``content`` holds."""
+    wanted = _folded_words(keyword_query(query))
+    if not wanted:
+        return 0.0
+    return len(wanted & _folded_words(content)) / len(wanted)
+
+
+def relevant(hit: SearchHit, min_similarity: float | None = MIN_SIMILARITY, coverage: float = 1.0) -> bool:
+    """Whether a hit is worth showing: every keyword of the query matched, or semantically close enough.
+
+    The keyword search matches any one word of the query, so a question
+    with no answer still finds memories that share one of its words ("the
+    capital of France" finds "capital letters"); a keyword hit counts on its
+    own only when it holds all of them (``coverage``, from
+    :func:`keyword_coverage`). ``None`` keeps every hit (``peer search --all``).
+    """
+    if min_similarity is None:
+        return True
+    if hit.keyword_match and coverage >= 1.0:
+        return True
+    return hit.similarity is not None and hit.similarity >= min_similarity
 
 
 def candidate_count(k: int) -> int:

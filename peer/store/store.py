@@ -1008,6 +1008,64 @@ class Store:
             await self._write_local([(memory_id, body, prior)], txn)
         return memory_id
 
+    async def write_merge(
+        self,
+        survivor: str,
+        expected: Mapping[str, str],
+        *,
+        tags: Iterable[str],
+        metadata: Mapping[str, Any],
+        created_at: float,
+        retired_metadata: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Merge memories into ``survivor`` in one transaction (``peer consolidate``).
+
+        ``survivor`` gets a new version with these tags, metadata and
+        creation time (its text, kind, project and vector unchanged); every
+        memory named in ``retired_metadata`` gets a tombstone carrying that
+        metadata (where it went), superseding its live versions, whose text
+        stays in the store. ``expected`` is the winner ("REPLICA:COUNTER") of
+        each memory involved as the merge was planned: if any changed since,
+        nothing is written.
+        """
+        now = self._now_ms() / 1000
+        ids = [survivor, *retired_metadata]
+        if len(set(ids)) != len(ids):
+            raise StoreError("a memory cannot be merged into itself")
+        async with self._db.transaction():
+            txn = await self._begin()
+            by_memory = await self._merge_rows(ids)
+            for memory_id in ids:
+                prior = by_memory[memory_id]
+                winner = state_of(r.meta for r in prior).winner if prior else None
+                if winner is None or str(winner) != expected.get(memory_id):
+                    raise StoreError(
+                        f"memory {memory_id} changed while it was being merged; nothing was merged, run it again"
+                    )
+            items: builtins.list[tuple[str, MemoryBody, builtins.list[MergeRow]]] = []
+            for memory_id in ids:
+                (content, kind, project, old_tags, old_metadata, old_created_at, importance, deleted, embedder,
+                 embedding) = await self._winner_row(memory_id)
+                if deleted:
+                    raise StoreError(f"memory {memory_id} is forgotten; nothing was merged")
+                try:
+                    if memory_id == survivor:
+                        body = MemoryBody(
+                            content=content, kind=kind, project=project, tags=normalize_tags(tags),
+                            metadata=metadata_text(metadata), created_at=float(created_at), updated_at=now,
+                            importance=importance, embedder=embedder, embedding=bytes(embedding),
+                        )
+                    else:
+                        # Like a forget's tombstone, plus the metadata that says where it went.
+                        body = MemoryBody(
+                            content="", kind=kind, project=project, metadata=metadata_text(retired_metadata[memory_id]),
+                            created_at=old_created_at, updated_at=now, deleted=True,
+                        )
+                except DecodeError as e:
+                    raise StoreError(f"cannot store this merge: {e}") from e
+                items.append((memory_id, body, by_memory[memory_id]))
+            await self._write_local(items, txn)
+
     # Remote versions ---------------------------------------------------------------
     async def apply(self, versions: Sequence[SealedVersion], *, strict: bool = True) -> ApplyResult:
         """Verify, decrypt and store received versions, in one transaction.
