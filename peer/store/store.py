@@ -1008,7 +1008,9 @@ class Store:
         return memory_id
 
     # Remote versions ---------------------------------------------------------------
-    async def apply(self, versions: Sequence[SealedVersion], *, strict: bool = True) -> ApplyResult:
+    async def apply(
+        self, versions: Sequence[SealedVersion], *, strict: bool = True, progress: VersionVector | None = None
+    ) -> ApplyResult:
         """Verify, decrypt and store received versions, in one transaction.
 
         Every version is checked against the group's membership and keys
@@ -1019,8 +1021,14 @@ class Store:
         and, even when strict, only reported in ``rejected``: honest members
         forward them. Versions already held are counted as duplicates and
         change nothing.
+
+        ``progress`` (from an ordered sync session) is merged into the
+        vector in the same transaction, once the batch is stored: a session
+        cut later keeps it.
         """
         if not versions:
+            if progress:
+                await self.merge_vector(progress)
             return ApplyResult()
         await self._refresh_membership()
         opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
@@ -1048,6 +1056,8 @@ class Store:
 
         await _cpu_bound(check, len(versions))
         if not opened:
+            if progress:
+                await self.merge_vector(progress)
             return ApplyResult(duplicates=in_batch_duplicates, rejected=tuple(rejected))
 
         async with self._write():
@@ -1069,6 +1079,14 @@ class Store:
             duplicates = in_batch_duplicates + len(opened) - len(fresh)
             if fresh:
                 await self._store_received(fresh, by_memory, txn)
+            if progress:
+                await self._db.executemany(MERGE_VECTOR, list(progress.items()))
+                if progress.get(self.replica_id):
+                    # As in merge_vector: never write a dot of our own replica again.
+                    await self._db.execute(
+                        "UPDATE meta SET value = max(value, ?) WHERE key = ?",
+                        (progress.get(self.replica_id), META_LAST_COUNTER),
+                    )
         memories = len({s.header.memory_id for s, _ in fresh.values()})
         return ApplyResult(added=len(fresh), duplicates=duplicates, rejected=tuple(rejected), memories=memories)
 

@@ -8,8 +8,10 @@ machine; trio runs one task at a time, so no lock is needed):
   order: membership records are applied before anything that follows
   them (versions may be signed by devices, or sealed under key epochs,
   that only those records introduce); each VERSIONS batch is applied in
-  one store transaction; :class:`SessionComplete` is the one moment the
-  peer's vector is merged;
+  one store transaction, together with the session's ``progress`` (the
+  peer sends per origin in counter order, FLAG_ORDERED, so what arrived
+  is provably held up to there and a cut session keeps it);
+  :class:`SessionComplete` is the moment the peer's whole vector is merged;
 * the *sender* waits for the peer's HELLO, then sends MEMBERS, every
   version the peer's vector does not cover (read from the store in slices,
   cut into batches), and DONE.
@@ -18,8 +20,8 @@ After completing, each side half-closes (EOF) and waits, briefly, for the
 other's EOF: neither closes the connection while the other may still be
 reading what it sent. Whatever fails, this side sends an ERROR frame
 saying why (unless the peer's ERROR is the cause) and raises; the versions
-already stored stay stored, the vector is not merged, and the next sync
-resends the rest.
+already stored stay stored with the progress they proved, and the next
+sync sends only the rest.
 
 :class:`Syncer` is what ``peer sync`` and ``peer agent`` share: who is
 trusted (the store's *current* membership, re-read for every
@@ -53,6 +55,7 @@ from peer.units import human_size
 from protocol import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
+    FLAG_ORDERED,
     NEED_DATA,
     PAUSED,
     ConnectionClosed,
@@ -182,6 +185,8 @@ async def sync_over(
         store.group_id,
         start_vector,
         await store.membership_digest(),
+        # Store.missing_for reads per origin in counter order: promise it, so the peer keeps its progress.
+        flags=FLAG_ORDERED,
         peer_device_id=stream.peer_device_id,
     )
     wire = _Counted(stream)
@@ -242,7 +247,7 @@ async def sync_over(
                     if event.records:
                         await store.apply_membership(event.records)
                 elif isinstance(event, VersionsReceived):
-                    result = await store.apply(event.versions)
+                    result = await store.apply(event.versions, progress=event.progress)
                     counts["received"] += len(event.versions)
                     counts["added"] += result.added
                     report()
