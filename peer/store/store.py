@@ -96,7 +96,9 @@ from .rows import (
 )
 from .schema import (
     INFO_COLUMNS,
+    FTS_NEW_ROWS,
     INSERT_VERSION,
+    LAST_ROW_ID,
     LIVE,
     MEMORY_COLUMNS,
     MERGE_ROWS,
@@ -726,7 +728,7 @@ class Store:
 
         await _cpu_bound(prepare, len(items))
         await self._db.executemany(UPDATE_STATE, updates)
-        await self._db.executemany(INSERT_VERSION, inserts)
+        await self._insert_versions(inserts)
         await self._db.execute(MERGE_VECTOR, (self.replica_id, txn.last_counter))
         await self._end(txn)
         return dots
@@ -1122,8 +1124,19 @@ class Store:
                 # that lost the tail of the log): never reuse its counter.
                 txn.last_counter = max(txn.last_counter, header.dot.counter)
         await self._db.executemany(UPDATE_STATE, updates)
-        await self._db.executemany(INSERT_VERSION, inserts)
+        await self._insert_versions(inserts)
         await self._end(txn)
+
+    async def _insert_versions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert version rows (after the state updates of the same batch), then their keyword-index rows.
+
+        The new rows get ids above the highest before them, and their states
+        are final when inserted, so one statement indexes the live winners
+        among them (schema step 3 took the per-row FTS insert out of the trigger).
+        """
+        last = int(await self._db.fetchvalue(LAST_ROW_ID))
+        await self._db.executemany(INSERT_VERSION, rows)
+        await self._db.execute(FTS_NEW_ROWS, (last,))
 
     async def start_new_incarnation(self) -> str:
         """Write from now on as a new replica (``DEVICEID.N``); returns its id.
