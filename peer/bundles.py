@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from peer.store import ApplyResult, NowMs, Store, wall_clock_ms
+from peer.store import ApplyPipeline, ApplyResult, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
     END_OF_STREAM,
@@ -533,39 +533,53 @@ async def apply_bundle(
     header = scan.header
     async with store.transaction():
         start_vector = await store.vector()
-        for event, _ in _events(source, reader):
-            if isinstance(event, BundleHeader):
-                _check_sender(event, trust, allow_own)
-                if event != header:
-                    raise _changed()
-            elif isinstance(event, BundleMemberRecord):
-                records.append(event.record)
-            elif isinstance(event, BundleVersion):
+        # Batch N+1 is verified (worker thread) while batch N is written, in this
+        # task and transaction; a failure is carried out of the nursery by hand
+        # (trio would wrap it in an ExceptionGroup).
+        failed: list[Exception] = []
+        async with trio.open_nursery() as checks:
+            pipeline = ApplyPipeline(store, checks)
+            try:
+                for event, _ in _events(source, reader):
+                    if isinstance(event, BundleHeader):
+                        _check_sender(event, trust, allow_own)
+                        if event != header:
+                            raise _changed()
+                    elif isinstance(event, BundleMemberRecord):
+                        records.append(event.record)
+                    elif isinstance(event, BundleVersion):
+                        if new_records is None:
+                            # Before any version: they may be signed by devices, or sealed
+                            # under key epochs, that only these records introduce.
+                            new_records = await store.apply_membership(records)
+                        if start_vector.covers(event.version.header.dot):
+                            # Held already (the vector covers only what the store holds):
+                            # not worth verifying again. Replays cost a read, not a minute.
+                            held += 1
+                            continue
+                        batch.append(event.version)
+                        batch_bytes += len(event.version.header_bytes) + len(event.version.box)
+                        if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
+                            result += await pipeline.submit(batch)
+                            applied += len(batch)
+                            batch, batch_bytes = [], 0
+                            if progress is not None:
+                                progress("applying", applied + held, scan.versions)
+                    elif isinstance(event, BundleEnd):
+                        if (event.members, event.versions) != (scan.members, scan.versions):
+                            raise _changed()
                 if new_records is None:
-                    # Before any version: they may be signed by devices, or sealed
-                    # under key epochs, that only these records introduce.
                     new_records = await store.apply_membership(records)
-                if start_vector.covers(event.version.header.dot):
-                    # Held already (the vector covers only what the store holds):
-                    # not worth verifying again. Replays cost a read, not a minute.
-                    held += 1
-                    continue
-                batch.append(event.version)
-                batch_bytes += len(event.version.header_bytes) + len(event.version.box)
-                if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
-                    result += await store.apply(batch)
+                if batch:
+                    result += await pipeline.submit(batch)
                     applied += len(batch)
-                    batch, batch_bytes = [], 0
-                    if progress is not None:
-                        progress("applying", applied + held, scan.versions)
-            elif isinstance(event, BundleEnd):
-                if (event.members, event.versions) != (scan.members, scan.versions):
-                    raise _changed()
-        if new_records is None:
-            new_records = await store.apply_membership(records)
-        if batch:
-            result += await store.apply(batch)
-            applied += len(batch)
+                result += await pipeline.drain()
+            except Exception as e:
+                failed.append(e)
+                checks.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+        assert new_records is not None  # set before the first version, or after the loop
         if progress is not None:
             progress("applying", applied + held, scan.versions)
         result += ApplyResult(duplicates=held)

@@ -41,9 +41,9 @@ from .errors import (
 from .frames import (
     DEFAULT_MAX_FRAME_SIZE,
     END_OF_STREAM,
+    FLAG_ORDERED,
     NEED_DATA,
     PROTOCOL_VERSION,
-    FLAG_ORDERED,
     Done,
     EndOfStream,
     ErrorCode,

@@ -82,8 +82,8 @@ from .errors import (
 )
 from .frames import (
     DEFAULT_MAX_FRAME_SIZE,
-    FLAG_ORDERED,
     END_OF_STREAM,
+    FLAG_ORDERED,
     MAX_MESSAGE_BYTES,
     NEED_DATA,
     PROTOCOL_VERSION,

@@ -95,8 +95,8 @@ from .rows import (
     version_row,
 )
 from .schema import (
-    INFO_COLUMNS,
     FTS_NEW_ROWS,
+    INFO_COLUMNS,
     INSERT_VERSION,
     LAST_ROW_ID,
     LIVE,
@@ -163,6 +163,17 @@ class ApplyResult:
             self.rejected + other.rejected,
             self.memories + other.memories,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBatch:
+    """Received versions verified and opened, not yet stored (:meth:`Store.check_received`)."""
+
+    opened: Mapping[Dot, tuple[SealedVersion, MemoryBody]]
+    rejected: tuple[Rejected, ...]
+    in_batch_duplicates: int
+    #: The membership they were checked against: a newer one at write time re-applies its cutoffs.
+    membership: Membership
 
 
 @dataclass(frozen=True, slots=True)
@@ -1027,12 +1038,28 @@ class Store:
         ``progress`` (from an ordered sync session) is merged into the
         vector in the same transaction, once the batch is stored: a session
         cut later keeps it.
+
+        The same as :meth:`check_received` then :meth:`store_checked`; a
+        pipeline calls those two itself, to check the next batch (in a
+        worker thread) while this one is written.
+        """
+        return await self.store_checked(await self.check_received(versions, strict=strict), progress=progress)
+
+    async def check_received(
+        self, versions: Sequence[SealedVersion], *, strict: bool = True, refresh: bool = True
+    ) -> CheckedBatch:
+        """Verify and open received versions (no write): the CPU half of :meth:`apply`.
+
+        Runs in a worker thread for big batches (Ed25519 verification
+        releases the GIL), so it overlaps with another batch being written.
+        Raises like :meth:`apply` when ``strict``. Without ``refresh`` it
+        touches no database (the caller ran :meth:`refresh` just before),
+        so it may run while another task holds a transaction.
         """
         if not versions:
-            if progress:
-                await self.merge_vector(progress)
-            return ApplyResult()
-        await self._refresh_membership()
+            return CheckedBatch({}, (), 0, self._membership)
+        if refresh:
+            await self._refresh_membership()
         opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
@@ -1057,6 +1084,14 @@ class Store:
                 opened[header.dot] = (sealed, body)
 
         await _cpu_bound(check, len(versions))
+        return CheckedBatch(opened, tuple(rejected), in_batch_duplicates, membership)
+
+    async def store_checked(self, batch: CheckedBatch, *, progress: VersionVector | None = None) -> ApplyResult:
+        """Store a checked batch in one transaction (with ``progress``, as :meth:`apply` does): the write half."""
+        opened = dict(batch.opened)
+        rejected = list(batch.rejected)
+        in_batch_duplicates = batch.in_batch_duplicates
+        membership = batch.membership
         if not opened:
             if progress:
                 await self.merge_vector(progress)

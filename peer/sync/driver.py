@@ -50,7 +50,7 @@ from peer.aio import (
     Transport,
     ssh_transport,
 )
-from peer.store import Store
+from peer.store import ApplyPipeline, ApplyResult, Store
 from peer.units import human_size
 from protocol import (
     DEFAULT_BATCH_BYTES,
@@ -241,22 +241,40 @@ async def sync_over(
                     raise LocalProtocolError(f"unexpected {type(event).__name__} before the session completed")
 
     async def apply() -> None:
-        async with applying:
-            async for event in applying:
-                if isinstance(event, MembersReceived):
-                    if event.records:
-                        await store.apply_membership(event.records)
-                elif isinstance(event, VersionsReceived):
-                    result = await store.apply(event.versions, progress=event.progress)
-                    counts["received"] += len(event.versions)
-                    counts["added"] += result.added
-                    report()
-                else:
-                    # Our DONE may still be on its way out; the peer must get it before we half-close.
-                    await done_sent.wait()
-                    await store.merge_vector(event.peer_vector)
-                    await store.remember_peer(stream.peer_device_id, event.peer_vector, via="sync")
-                    return
+        # Batch N+1 is verified (a worker thread) while batch N is written (SQLite's thread).
+        # A failure is carried out of the nursery by hand: trio would wrap it in an ExceptionGroup.
+        failed: list[PeerError] = []
+        async with applying, trio.open_nursery() as checks:
+            try:
+                await apply_events(ApplyPipeline(store, checks))
+            except PeerError as e:
+                failed.append(e)
+                checks.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+
+    async def apply_events(pipeline: ApplyPipeline) -> None:
+        def written(result: ApplyResult) -> None:
+            counts["received"] = pipeline.written
+            counts["added"] += result.added
+            report()
+
+        async for event in applying:
+            if isinstance(event, MembersReceived):
+                written(await pipeline.drain())  # what follows is checked against these records
+                if event.records:
+                    await store.apply_membership(event.records)
+            elif isinstance(event, VersionsReceived):
+                written(await pipeline.submit(event.versions, progress=event.progress))
+            else:
+                written(await pipeline.drain())
+                # Our DONE may still be on its way out; the peer must get it before we half-close.
+                await done_sent.wait()
+                await store.merge_vector(event.peer_vector)
+                await store.remember_peer(stream.peer_device_id, event.peer_vector, via="sync")
+                return
+        # The connection failed: still store the batches that arrived whole.
+        written(await pipeline.drain())
 
     send_scope, receive_scope, apply_scope = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
 
