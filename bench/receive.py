@@ -18,6 +18,10 @@ weighs on all figures alike:
 * first sync: a fresh C syncs with A over SSH on loopback, both in this
   process (so the sender's reads and asyncssh share the cores too).
 
+With ``--resume``: a first sync cut once half of its bytes have arrived,
+then a second sync; prints how many versions each moved (the second should
+carry only what the first did not store).
+
 Each figure is printed with its ratio to both floors and the load average
 (the dev VMs are shared: absolute figures mean little, ratios taken in the
 same run are what to compare).
@@ -44,11 +48,20 @@ import trio_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from peer.aio import ByteStream  # noqa: E402
+from peer.aio.ssh import connect  # noqa: E402
 from peer.bundles import export_bundle, import_bundle  # noqa: E402
 from peer.store import schema  # noqa: E402
 from peer.store.rows import version_row  # noqa: E402
-from peer.sync import Syncer  # noqa: E402
-from protocol import SealedVersion, VersionState, open_version, verify_version  # noqa: E402
+from peer.sync import Syncer, sync_over  # noqa: E402
+from protocol import (  # noqa: E402
+    PeerError,
+    SealedVersion,
+    TransportError,
+    VersionState,
+    open_version,
+    verify_version,
+)
 
 OUT = ROOT / "bench" / "out"
 FLOOR_SAMPLE = 5000
@@ -150,11 +163,72 @@ async def round_(n: int, sb: Any, pair: Path, work: Path) -> dict[str, Any]:
     return row
 
 
+class _CutAfter:
+    """A stream that breaks for good once ``limit`` bytes have arrived (a laptop going to sleep)."""
+
+    def __init__(self, stream: ByteStream, limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    @property
+    def peer_device_id(self) -> str:
+        return self._stream.peer_device_id
+
+    async def send_all(self, data: bytes) -> None:
+        if self._left <= 0:
+            raise TransportError("cut")
+        await self._stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        if self._left <= 0:
+            raise TransportError("cut")
+        data = await self._stream.receive_some(min(max_bytes, self._left))
+        self._left -= len(data)
+        return data
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def resume(n: int, sb: Any, pair: Path, work: Path, full_bytes: int) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    a_home = sb.copy_home(pair / "a", work / "a")
+    d_home = await sb.admit(a_home, work / "d")
+    async with await a_home.open_store() as a, await d_home.open_store() as d, trio.open_nursery() as nursery:
+        port: int = await nursery.start(partial(Syncer(a, a_home.identity().signing_key).serve, "127.0.0.1", 0))
+        raw = await connect("127.0.0.1", port, d_home.identity().signing_key, trust_host=lambda _: True)
+        try:
+            await sync_over(_CutAfter(raw, full_bytes // 2), d)
+            raise AssertionError("the cut sync completed")
+        except PeerError as e:
+            print(f"  cut at {full_bytes // 2:,} of {full_bytes:,} B: {e}", flush=True)
+        await raw.aclose()
+        kept = int(await d.count_live())
+        started = time.monotonic()
+        summary = await Syncer(d, d_home.identity().signing_key).sync_with("127.0.0.1", port)
+        seconds = time.monotonic() - started
+        nursery.cancel_scope.cancel()
+    print(
+        f"N={n:,} resume: the cut sync stored {kept:,} versions; the next one moved {summary.received:,}"
+        f" ({summary.received / n:.0%} of N) in {seconds:.2f} s and completed; {load()}",
+        flush=True,
+    )
+    assert kept + summary.received == n
+    shutil.rmtree(work, ignore_errors=True)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     sb = _sync_bench()
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {load()}")
     for n in args.sizes:
-        pair, _ = await sb.build_pair(n)
+        pair, initial = await sb.build_pair(n)
+        if args.resume:
+            await resume(n, sb, pair, OUT / "receive-work", initial.bytes)
+            continue
         rows = []
         for r in range(args.rounds):
             print(f"N={n:,} round {r + 1}:", flush=True)
@@ -175,6 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--resume", action="store_true", help="Cut a first sync at half its bytes, then sync again.")
     trio_asyncio.run(main_async, parser.parse_args())
 
 
