@@ -42,6 +42,7 @@ from .errors import (
 from .frames import (
     DEFAULT_MAX_FRAME_SIZE,
     END_OF_STREAM,
+    FLAG_ORDERED,
     NEED_DATA,
     PROTOCOL_VERSION,
     Done,
@@ -210,6 +211,7 @@ __all__ = [
     "END_OF_STREAM",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "FLAG_ORDERED",
     "Done",
     "EndOfStream",
     "ErrorCode",

@@ -54,6 +54,7 @@ from .ids import is_device_id
 from .sealing import MAX_SEALED_BYTES, SealedVersion
 
 __all__ = [
+    "FLAG_ORDERED",
     "PROTOCOL_VERSION",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAX_MEMBER_RECORD_BYTES",
@@ -161,6 +162,12 @@ def _check_records(what: str, records: tuple[bytes, ...]) -> None:
     for record in records:
         if not isinstance(record, bytes) or not 0 < len(record) <= MAX_MEMBER_RECORD_BYTES:
             raise _invalid(f"{what}: a membership record must be 1 to {MAX_MEMBER_RECORD_BYTES} bytes")
+
+
+#: HELLO flag: this side sends its versions per origin in ascending counter
+#: order, never returning to an origin it left, so the receiver may record
+#: durable progress after every batch (see :class:`~protocol.session.VersionsReceived`).
+FLAG_ORDERED: Final = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,22 @@ never produces it: the receiver keeps the versions it got (applying one
 twice is a no-op) and does not merge the vector, so the next session
 resends whatever is still missing.
 
+Resumable sessions. A side whose HELLO carries :data:`FLAG_ORDERED`
+promises to send its versions per origin in ascending counter order and
+never to return to an origin it left (the store's natural order, like
+Syncthing's index sequence). The session checks the promise in both
+directions (a broken one is a protocol error) and, for such a peer, gives
+every :class:`VersionsReceived` a ``progress`` vector: what the receiver
+provably holds once it has stored this batch and every one before it. The
+sender holds every version of origin ``o`` up to ``V[o]`` (``V`` its HELLO
+vector: a vector only ever covers what its device holds) and sends all of
+those above the receiver's vector, in order; so when the stream has
+reached counter ``c`` of ``o`` the receiver holds all of ``o`` up to
+``min(c, V[o])``, and all up to ``V[o]`` once the stream moved on to
+another origin. Merging ``progress`` right after storing the batch makes a
+cut session's work durable: the next session's HELLO carries it and the
+sender starts where the stream stopped.
+
 The session holds no versions: the driver reads them from its store in
 batches and calls ``send(VersionsBatch(...))`` as it goes, then
 ``send(Done(...))``. Synchronous drivers can use :func:`outgoing` with a
@@ -50,7 +66,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
 from .clock import VersionVector
@@ -67,6 +83,7 @@ from .errors import (
 from .frames import (
     DEFAULT_MAX_FRAME_SIZE,
     END_OF_STREAM,
+    FLAG_ORDERED,
     MAX_MESSAGE_BYTES,
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -163,9 +180,15 @@ class VersionsReceived:
 
     Versions whose dot the local vector already covers may arrive; dropping
     duplicates is the store's job.
+
+    ``progress`` (only from a peer that sent :data:`FLAG_ORDERED`, else
+    None) is what this side provably holds once this batch and all the
+    earlier ones are stored: merge it into the local vector then, ideally
+    in the same transaction. It is cumulative over the session.
     """
 
     versions: tuple[SealedVersion, ...]
+    progress: VersionVector | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +392,22 @@ class SyncSession:
             return f"device {format_device_id(self._peer_device_id)}"
         return "the other device"
 
+    def _ordered(self, direction: _Direction) -> bool:
+        """Whether the sender of ``direction`` promised per-origin ascending order (FLAG_ORDERED)."""
+        hello = self._hello if direction.ours else self._peer_hello
+        return hello is not None and bool(hello.flags & FLAG_ORDERED)
+
+    def _progress(self) -> VersionVector | None:
+        """What the versions received so far prove this side holds (None unless the peer sends in order)."""
+        theirs = self._theirs
+        if self._peer_hello is None or not self._ordered(theirs):
+            return None
+        sender = self._peer_hello.vector
+        held = {origin: sender.get(origin) for origin in theirs.finished}
+        if theirs.origin is not None:
+            held[theirs.origin] = min(theirs.last, sender.get(theirs.origin))
+        return VersionVector({o: c for o, c in held.items() if c > 0})
+
     def _other(self, direction: _Direction) -> _Direction:
         return self._theirs if direction.ours else self._ours
 
@@ -399,6 +438,9 @@ class SyncSession:
             direction.records += len(frame.records)
         elif isinstance(frame, VersionsBatch):
             direction.versions += len(frame.versions)
+            if self._ordered(direction):
+                for version in frame.versions:
+                    direction.advance(version.header.dot.origin, version.header.dot.counter)
         direction.state = rule.next
         if self._ours.state is SessionState.DONE and self._theirs.state is SessionState.DONE:
             # Both DONE: the table has no move out of DONE, so this happens once.
@@ -507,7 +549,7 @@ class SyncSession:
         if isinstance(frame, Members):
             return MembersReceived(frame.records)
         if isinstance(frame, VersionsBatch):
-            return VersionsReceived(frame.versions)
+            return VersionsReceived(frame.versions, self._progress())
         assert isinstance(frame, Done), frame
         return PeerDone(frame.count)
 
@@ -523,6 +565,23 @@ class _Direction:
     state: SessionState = SessionState.START
     records: int = 0
     versions: int = 0
+    #: With FLAG_ORDERED: the origin being sent, its last counter, and the origins already left.
+    origin: str | None = None
+    last: int = 0
+    finished: set[str] = field(default_factory=set)
+
+    def out_of_order(self, origin: str, counter: int) -> bool:
+        """Whether a version at (origin, counter) would break the per-origin ascending order."""
+        if origin == self.origin:
+            return counter <= self.last
+        return origin in self.finished
+
+    def advance(self, origin: str, counter: int) -> None:
+        if origin != self.origin:
+            if self.origin is not None:
+                self.finished.add(self.origin)
+            self.origin = origin
+        self.last = counter
 
 
 #: A rule beyond the state: given the session, the direction a frame moves
@@ -602,6 +661,27 @@ def _of_this_group(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | N
     return None
 
 
+def _in_order(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
+    """With FLAG_ORDERED, versions go per origin in ascending counter order, never back to an origin left."""
+    assert isinstance(frame, VersionsBatch)
+    if not s._ordered(d):
+        return None
+    # Checked on a scratch copy: nothing changes unless every guard holds.
+    probe = _Direction(ours=d.ours, origin=d.origin, last=d.last, finished=set(d.finished))
+    for version in frame.versions:
+        dot = version.header.dot
+        if probe.out_of_order(dot.origin, dot.counter):
+            if d.ours:
+                return LocalProtocolError(
+                    f"version {dot} breaks the per-origin counter order this side promised (FLAG_ORDERED)"
+                )
+            return RemoteProtocolError(
+                f"{s._peer_name()} sent version {dot} out of the per-origin counter order it promised"
+            )
+        probe.advance(dot.origin, dot.counter)
+    return None
+
+
 def _count_matches(s: SyncSession, d: _Direction, frame: Frame) -> PeerError | None:
     """DONE counts every version sent in the session in that direction."""
     assert isinstance(frame, Done)
@@ -627,7 +707,7 @@ _START, _HELLO, _MEMBERS, _VERSIONS, _DONE = (
     SessionState.VERSIONS,
     SessionState.DONE,
 )
-_BATCH_GUARDS: Final = (_after_other_hello, _members_first, _of_this_group)
+_BATCH_GUARDS: Final = (_after_other_hello, _members_first, _of_this_group, _in_order)
 _DONE_GUARDS: Final = (_after_other_hello, _members_first, _count_matches)
 
 #: Every legal move of one direction, with the guards it must pass: the one table.

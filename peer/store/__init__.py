@@ -6,10 +6,12 @@ and the meta keys; :mod:`.rows` the row converters, field checks and
 keyword-query building.
 """
 
+from .pipeline import ApplyPipeline
 from .schema import SCHEMA_VERSION
 from .store import (
     KEEP,
     ApplyResult,
+    CheckedBatch,
     ImportedVersion,
     KnownPeer,
     NowMs,
@@ -22,7 +24,9 @@ from .store import (
 __all__ = [
     "KEEP",
     "SCHEMA_VERSION",
+    "ApplyPipeline",
     "ApplyResult",
+    "CheckedBatch",
     "ImportedVersion",
     "KnownPeer",
     "NowMs",

@@ -96,8 +96,10 @@ from .rows import (
     version_row,
 )
 from .schema import (
+    FTS_NEW_ROWS,
     INFO_COLUMNS,
     INSERT_VERSION,
+    LAST_ROW_ID,
     LIVE,
     MEMORY_COLUMNS,
     MERGE_ROWS,
@@ -162,6 +164,17 @@ class ApplyResult:
             self.rejected + other.rejected,
             self.memories + other.memories,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBatch:
+    """Received versions verified and opened, not yet stored (:meth:`Store.check_received`)."""
+
+    opened: Mapping[Dot, tuple[SealedVersion, MemoryBody]]
+    rejected: tuple[Rejected, ...]
+    in_batch_duplicates: int
+    #: The membership they were checked against: a newer one at write time re-applies its cutoffs.
+    membership: Membership
 
 
 @dataclass(frozen=True, slots=True)
@@ -727,7 +740,7 @@ class Store:
 
         await _cpu_bound(prepare, len(items))
         await self._db.executemany(UPDATE_STATE, updates)
-        await self._db.executemany(INSERT_VERSION, inserts)
+        await self._insert_versions(inserts)
         await self._db.execute(MERGE_VECTOR, (self.replica_id, txn.last_counter))
         await self._end(txn)
         return dots
@@ -1067,7 +1080,9 @@ class Store:
             await self._write_local(items, txn)
 
     # Remote versions ---------------------------------------------------------------
-    async def apply(self, versions: Sequence[SealedVersion], *, strict: bool = True) -> ApplyResult:
+    async def apply(
+        self, versions: Sequence[SealedVersion], *, strict: bool = True, progress: VersionVector | None = None
+    ) -> ApplyResult:
         """Verify, decrypt and store received versions, in one transaction.
 
         Every version is checked against the group's membership and keys
@@ -1078,10 +1093,32 @@ class Store:
         and, even when strict, only reported in ``rejected``: honest members
         forward them. Versions already held are counted as duplicates and
         change nothing.
+
+        ``progress`` (from an ordered sync session) is merged into the
+        vector in the same transaction, once the batch is stored: a session
+        cut later keeps it.
+
+        The same as :meth:`check_received` then :meth:`store_checked`; a
+        pipeline calls those two itself, to check the next batch (in a
+        worker thread) while this one is written.
+        """
+        return await self.store_checked(await self.check_received(versions, strict=strict), progress=progress)
+
+    async def check_received(
+        self, versions: Sequence[SealedVersion], *, strict: bool = True, refresh: bool = True
+    ) -> CheckedBatch:
+        """Verify and open received versions (no write): the CPU half of :meth:`apply`.
+
+        Runs in a worker thread for big batches (Ed25519 verification
+        releases the GIL), so it overlaps with another batch being written.
+        Raises like :meth:`apply` when ``strict``. Without ``refresh`` it
+        touches no database (the caller ran :meth:`refresh` just before),
+        so it may run while another task holds a transaction.
         """
         if not versions:
-            return ApplyResult()
-        await self._refresh_membership()
+            return CheckedBatch({}, (), 0, self._membership)
+        if refresh:
+            await self._refresh_membership()
         opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
@@ -1106,7 +1143,17 @@ class Store:
                 opened[header.dot] = (sealed, body)
 
         await _cpu_bound(check, len(versions))
+        return CheckedBatch(opened, tuple(rejected), in_batch_duplicates, membership)
+
+    async def store_checked(self, batch: CheckedBatch, *, progress: VersionVector | None = None) -> ApplyResult:
+        """Store a checked batch in one transaction (with ``progress``, as :meth:`apply` does): the write half."""
+        opened = dict(batch.opened)
+        rejected = list(batch.rejected)
+        in_batch_duplicates = batch.in_batch_duplicates
+        membership = batch.membership
         if not opened:
+            if progress:
+                await self.merge_vector(progress)
             return ApplyResult(duplicates=in_batch_duplicates, rejected=tuple(rejected))
 
         async with self._write():
@@ -1128,6 +1175,14 @@ class Store:
             duplicates = in_batch_duplicates + len(opened) - len(fresh)
             if fresh:
                 await self._store_received(fresh, by_memory, txn)
+            if progress:
+                await self._db.executemany(MERGE_VECTOR, list(progress.items()))
+                if progress.get(self.replica_id):
+                    # As in merge_vector: never write a dot of our own replica again.
+                    await self._db.execute(
+                        "UPDATE meta SET value = max(value, ?) WHERE key = ?",
+                        (progress.get(self.replica_id), META_LAST_COUNTER),
+                    )
         memories = len({s.header.memory_id for s, _ in fresh.values()})
         return ApplyResult(added=len(fresh), duplicates=duplicates, rejected=tuple(rejected), memories=memories)
 
@@ -1165,8 +1220,19 @@ class Store:
                 # that lost the tail of the log): never reuse its counter.
                 txn.last_counter = max(txn.last_counter, header.dot.counter)
         await self._db.executemany(UPDATE_STATE, updates)
-        await self._db.executemany(INSERT_VERSION, inserts)
+        await self._insert_versions(inserts)
         await self._end(txn)
+
+    async def _insert_versions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert version rows (after the state updates of the same batch), then their keyword-index rows.
+
+        The new rows get ids above the highest before them, and their states
+        are final when inserted, so one statement indexes the live winners
+        among them (schema step 3 took the per-row FTS insert out of the trigger).
+        """
+        last = int(await self._db.fetchvalue(LAST_ROW_ID))
+        await self._db.executemany(INSERT_VERSION, rows)
+        await self._db.execute(FTS_NEW_ROWS, (last,))
 
     async def start_new_incarnation(self) -> str:
         """Write from now on as a new replica (``DEVICEID.N``); returns its id.

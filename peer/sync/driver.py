@@ -8,8 +8,10 @@ machine; trio runs one task at a time, so no lock is needed):
   order: membership records are applied before anything that follows
   them (versions may be signed by devices, or sealed under key epochs,
   that only those records introduce); each VERSIONS batch is applied in
-  one store transaction; :class:`SessionComplete` is the one moment the
-  peer's vector is merged;
+  one store transaction, together with the session's ``progress`` (the
+  peer sends per origin in counter order, FLAG_ORDERED, so what arrived
+  is provably held up to there and a cut session keeps it);
+  :class:`SessionComplete` is the moment the peer's whole vector is merged;
 * the *sender* waits for the peer's HELLO, then sends MEMBERS, every
   version the peer's vector does not cover (read from the store in slices,
   cut into batches), and DONE.
@@ -18,8 +20,8 @@ After completing, each side half-closes (EOF) and waits, briefly, for the
 other's EOF: neither closes the connection while the other may still be
 reading what it sent. Whatever fails, this side sends an ERROR frame
 saying why (unless the peer's ERROR is the cause) and raises; the versions
-already stored stay stored, the vector is not merged, and the next sync
-resends the rest.
+already stored stay stored with the progress they proved, and the next
+sync sends only the rest.
 
 :class:`Syncer` is what ``peer sync`` and ``peer agent`` share: who is
 trusted (the store's *current* membership, re-read for every
@@ -48,11 +50,12 @@ from peer.aio import (
     Transport,
     ssh_transport,
 )
-from peer.store import Store
+from peer.store import ApplyPipeline, ApplyResult, Store
 from peer.units import human_size
 from protocol import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
+    FLAG_ORDERED,
     NEED_DATA,
     PAUSED,
     ConnectionClosed,
@@ -183,6 +186,8 @@ async def sync_over(
         store.group_id,
         start_vector,
         await store.membership_digest(),
+        # Store.missing_for reads per origin in counter order: promise it, so the peer keeps its progress.
+        flags=FLAG_ORDERED,
         peer_device_id=stream.peer_device_id,
     )
     wire = _Counted(stream)
@@ -237,22 +242,40 @@ async def sync_over(
                     raise LocalProtocolError(f"unexpected {type(event).__name__} before the session completed")
 
     async def apply() -> None:
-        async with applying:
-            async for event in applying:
-                if isinstance(event, MembersReceived):
-                    if event.records:
-                        await store.apply_membership(event.records)
-                elif isinstance(event, VersionsReceived):
-                    result = await store.apply(event.versions)
-                    counts["received"] += len(event.versions)
-                    counts["added"] += result.added
-                    report()
-                else:
-                    # Our DONE may still be on its way out; the peer must get it before we half-close.
-                    await done_sent.wait()
-                    await store.merge_vector(event.peer_vector)
-                    await store.remember_peer(stream.peer_device_id, event.peer_vector, via="sync")
-                    return
+        # Batch N+1 is verified (a worker thread) while batch N is written (SQLite's thread).
+        # A failure is carried out of the nursery by hand: trio would wrap it in an ExceptionGroup.
+        failed: list[PeerError] = []
+        async with applying, trio.open_nursery() as checks:
+            try:
+                await apply_events(ApplyPipeline(store, checks))
+            except PeerError as e:
+                failed.append(e)
+                checks.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+
+    async def apply_events(pipeline: ApplyPipeline) -> None:
+        def written(result: ApplyResult) -> None:
+            counts["received"] = pipeline.written
+            counts["added"] += result.added
+            report()
+
+        async for event in applying:
+            if isinstance(event, MembersReceived):
+                written(await pipeline.drain())  # what follows is checked against these records
+                if event.records:
+                    await store.apply_membership(event.records)
+            elif isinstance(event, VersionsReceived):
+                written(await pipeline.submit(event.versions, progress=event.progress))
+            else:
+                written(await pipeline.drain())
+                # Our DONE may still be on its way out; the peer must get it before we half-close.
+                await done_sent.wait()
+                await store.merge_vector(event.peer_vector)
+                await store.remember_peer(stream.peer_device_id, event.peer_vector, via="sync")
+                return
+        # The connection failed: still store the batches that arrived whole.
+        written(await pipeline.drain())
 
     send_scope, receive_scope, apply_scope = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
 

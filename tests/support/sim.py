@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol import (
+    FLAG_ORDERED,
     NEED_DATA,
     PAUSED,
     BundleEnd,
@@ -323,8 +324,9 @@ class SimDevice:
 
         Versions a revocation refuses are skipped, not failed, like the store does.
 
-        Never touches the vector: only a complete session or a bundle that
-        completes may (see :meth:`merge_vector`).
+        Never touches the vector: only a complete session, the progress of
+        an ordered session's batch, or a bundle that completes may (see
+        :meth:`merge_vector`).
         """
         opened: list[tuple[SealedVersion, MemoryBody]] = []
         seen: set[Dot] = set()
@@ -463,6 +465,8 @@ class SessionPlan:
     chunk_seed: int
     #: The connection breaks after this many bytes in total (both ways); None: it does not.
     cut_at: int | None = None
+    #: Both sides send in per-origin order (FLAG_ORDERED), as peer does; False: as before it did.
+    ordered: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +475,8 @@ class DeliveredBatch:
 
     members: tuple[bytes, ...]
     versions: tuple[SealedVersion, ...]
+    #: The name of the device that received (and kept) it.
+    receiver: str = ""
 
 
 @dataclass
@@ -489,7 +495,7 @@ _CHUNK_SIZES = (1, 2, 7, 64, 333, 4096, 1 << 20)
 class _Side:
     """One device's end of a session: the real SyncSession, driven synchronously."""
 
-    def __init__(self, device: SimDevice, peer: SimDevice, result: SessionResult) -> None:
+    def __init__(self, device: SimDevice, peer: SimDevice, result: SessionResult, *, ordered: bool = True) -> None:
         self.device = device
         self.peer = peer
         self.result = result
@@ -499,6 +505,7 @@ class _Side:
             device.vector,
             device.membership.digest(),
             peer_device_id=peer.device_id,
+            flags=FLAG_ORDERED if ordered else 0,
         )
         self.outbox = bytearray(self.session.start())
         self.done = False
@@ -518,7 +525,10 @@ class _Side:
                 self.result.versions_new += self.device.apply(event.versions)
                 self.result.versions_delivered += len(event.versions)
                 members = tuple(self.peer.membership.records())
-                self.result.batches.append(DeliveredBatch(members, event.versions))
+                self.result.batches.append(DeliveredBatch(members, event.versions, self.device.name))
+                if event.progress is not None:
+                    # The batch is kept: what the ordered stream proved so far is durable now.
+                    self.device.merge_vector(event.progress)
             elif isinstance(event, SessionComplete):
                 self.device.merge_vector(event.peer_vector)
                 self.result.completed[self.device.name] = True
@@ -538,7 +548,7 @@ def run_session(a: SimDevice, b: SimDevice, plan: SessionPlan) -> SessionResult:
     """
     rng = random.Random(plan.chunk_seed)
     result = SessionResult()
-    sides = {"a": _Side(a, b, result), "b": _Side(b, a, result)}
+    sides = {"a": _Side(a, b, result, ordered=plan.ordered), "b": _Side(b, a, result, ordered=plan.ordered)}
     other = {"a": "b", "b": "a"}
     budget = plan.cut_at
     closed = False

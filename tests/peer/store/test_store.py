@@ -292,7 +292,7 @@ async def test_hlc_moves_past_received_versions(pair: tuple[Store, Store]) -> No
     a, b = pair
     # B's clock runs ahead of A's: A's next versions must still be stamped later. An hour ahead:
     # a received time pulls a clock at most a day ahead (protocol.md 3.2; further is
-    # tests/peer/test_store_clock.py), where this test used 3 years and pinned A's clock there.
+    # tests/peer/store/test_clock.py), where this test used 3 years and pinned A's clock there.
     b._now_ms = FakeClock(1_800_000_000_000 + 3_600_000)
     mid = await b.add(Draft("from the future"))
     await sync(a, b)
