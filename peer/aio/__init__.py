@@ -23,7 +23,6 @@ from .transport import (
     Explain,
     StreamHandler,
     Transport,
-    ssh_transport,
 )
 
 __all__ = [
@@ -45,3 +44,10 @@ __all__ = [
     "ssh_transport",
     "translate_sqlite_error",
 ]
+
+
+def ssh_transport() -> Transport:
+    """The SSH transport (asyncssh is loaded on this first call, not at import)."""
+    from . import ssh
+
+    return ssh

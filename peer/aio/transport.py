@@ -28,7 +28,6 @@ __all__ = [
     "StreamHandler",
     "SYNC_SUBSYSTEM",
     "SYNC_USER",
-    "ssh_transport",
 ]
 
 DEFAULT_PORT = 7847
@@ -108,10 +107,3 @@ class Transport(Protocol):
         read_timeout: float = ...,
         task_status: trio.TaskStatus[int] = ...,
     ) -> None: ...
-
-
-def ssh_transport() -> Transport:
-    """The SSH transport (asyncssh is loaded on this first call, not at import)."""
-    from . import ssh
-
-    return ssh
