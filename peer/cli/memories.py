@@ -10,9 +10,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from protocol import PeerError, valid_kind
+from peer.units import plural
+from protocol import PeerError
 
 from ._app import peer_error_in
+from ._input import BULK_FORMATS, Interrupted, interrupted, read_bulk, read_stdin_text
 
 if TYPE_CHECKING:
     from peer.device import Device, SearchResult
@@ -67,7 +69,7 @@ def init(name: str | None) -> None:
 
 def _read_text(text: str) -> str:
     if text == "-":
-        text = sys.stdin.read()
+        text = read_stdin_text()
         if text.endswith("\n"):
             text = text[:-1]
     if not text.strip():
@@ -77,7 +79,9 @@ def _read_text(text: str) -> str:
 
 @cli.command()
 @click.argument("text", required=False)
-@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Bulk add: NDJSON or one memory per line (`-` is stdin).")
+@click.option("--file", "file", type=click.File("rb"), help="Bulk add: NDJSON or one memory per line (`-` is stdin).")
+@click.option("--format", "fmt", type=click.Choice(BULK_FORMATS), default="auto", show_default=True,
+              help="With --file: how lines are read (text: every line is plain text, even one starting with `{`).")
 @kind_option
 @project_option
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
@@ -86,7 +90,8 @@ def _read_text(text: str) -> str:
 @common_options
 def add(
     text: str | None,
-    file: IO[str] | None,
+    file: IO[bytes] | None,
+    fmt: str,
     kind: str | None,
     project: str | None,
     tags: tuple[str, ...],
@@ -100,7 +105,7 @@ def add(
         if text is not None:
             raise click.UsageError("give either TEXT or --file, not both")
         defaults = Draft(content="", kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance)
-        _bulk_add(file, defaults)
+        _bulk_add(file, defaults, fmt)
         return
     if text is None:
         raise click.UsageError("missing TEXT (or `-` to read it from stdin, or --file for many)")
@@ -119,64 +124,10 @@ def add(
         click.echo(memory_id)
 
 
-def _draft_from_line(line: str, number: int, defaults: Draft) -> Draft:
-    """One line of a bulk file: a JSON object, or plain text (the whole line is the memory)."""
-    import dataclasses
-
-    stripped = line.strip()
-    if not stripped.startswith("{"):
-        return dataclasses.replace(defaults, content=stripped)
-    try:
-        obj = json.loads(stripped)
-    except json.JSONDecodeError as e:
-        raise PeerError(f"line {number}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise PeerError(f"line {number}: expected a JSON object")
-    unknown = set(obj) - {"content", "text", "kind", "project", "tags", "metadata", "importance", "id", "created_at"}
-    if unknown:
-        raise PeerError(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
-    content = obj.get("content", obj.get("text"))
-    if not isinstance(content, str) or not content.strip():
-        raise PeerError(f"line {number}: \"content\" must be a non-empty string")
-    tags = obj.get("tags", defaults.tags)
-    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-        raise PeerError(f"line {number}: \"tags\" must be a list of strings")
-    metadata = obj.get("metadata", defaults.metadata)
-    if not isinstance(metadata, dict):
-        raise PeerError(f"line {number}: \"metadata\" must be an object")
-    for name, types in (("kind", str), ("project", str), ("id", str), ("importance", (int, float)), ("created_at", (int, float))):
-        if obj.get(name) is not None and not isinstance(obj[name], types):
-            raise PeerError(f"line {number}: \"{name}\" has the wrong type")
-    kind = obj.get("kind") or defaults.kind
-    if not valid_kind(kind):
-        raise PeerError(f"line {number}: {kind!r} is not a kind")
-    return dataclasses.replace(
-        defaults,
-        content=content,
-        kind=kind,
-        project=obj.get("project", defaults.project),
-        tags=tuple(tags),
-        metadata=metadata,
-        importance=obj.get("importance", defaults.importance),
-        id=obj.get("id"),
-        created_at=obj.get("created_at"),
-    )
-
-
-def _read_drafts(file: IO[str], defaults: Draft) -> list[Draft]:
-    """Every memory of a bulk file, all checked before anything is added (bad input changes nothing)."""
-    drafts: list[Draft] = []
-    for number, line in enumerate(file, start=1):
-        if line.strip():
-            try:
-                drafts.append(_draft_from_line(line, number, defaults))
-            except PeerError as e:
-                raise PeerError(f"{e.message}; nothing was added") from None
-    return drafts
-
-
-def _bulk_add(file: IO[str], defaults: Draft) -> None:
-    drafts = _read_drafts(file, defaults)
+def _bulk_add(file: IO[bytes], defaults: Draft, fmt: str) -> None:
+    name = "stdin" if file.name in ("-", "<stdin>") else click.format_filename(file.name)
+    numbered = read_bulk(file, name, defaults, fmt)
+    drafts = [draft for _, draft in numbered]
     if not drafts:
         raise PeerError("the file holds no memories (no non-empty lines)")
     ids: list[str] = []
@@ -199,6 +150,11 @@ def _bulk_add(file: IO[str], defaults: Draft) -> None:
     try:
         with_device(body)
     except BaseException as e:
+        if interrupted(e):
+            # Batches are committed in order: everything before the first
+            # draft not added is in, everything from it on is not.
+            rest = f"; the rest starts at line {numbered[len(ids)][0]}" if len(ids) < len(drafts) else ""
+            raise Interrupted(f"interrupted: {len(ids):,} of {len(drafts):,} added{rest}") from None
         error = peer_error_in(e)
         if error is not None and ids:
             # Say what is already in, so the user can resume after it.
@@ -208,7 +164,7 @@ def _bulk_add(file: IO[str], defaults: Draft) -> None:
     if json_mode():
         print_json({"added": len(ids), "ids": ids, "seconds": round(seconds, 3)})
     else:
-        click.echo(f"added {len(ids)} memories in {seconds:.1f} s")
+        click.echo(f"added {plural(len(ids), 'memory', 'memories')} in {seconds:.1f} s")
 
 
 def _version_json(info: VersionInfo) -> dict[str, Any]:
@@ -257,7 +213,7 @@ def show(memory_id: str, versions: bool) -> None:
     if memory.deleted:
         rows.append(("state", "forgotten"))
     if memory.siblings:
-        rows.append(("conflict", f"{memory.siblings} other live version(s); see `peer conflicts`"))
+        rows.append(("conflict", f"{plural(memory.siblings, 'other live version')}; see `peer conflicts`"))
     print_fields(rows)
     if not memory.deleted:
         click.echo()

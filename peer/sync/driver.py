@@ -49,7 +49,7 @@ from peer.aio import (
     ssh_transport,
 )
 from peer.store import Store
-from peer.units import human_size
+from peer.units import human_size, plural
 from protocol import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
@@ -122,7 +122,7 @@ class SyncSummary:
         """One line for people: ``sent 3, received 5 versions (2.1 kB) in 0.4 s``."""
         total = self.bytes_sent + self.bytes_received
         return (
-            f"sent {self.sent:,}, received {self.received:,} versions ({human_size(total)}) in {self.seconds:.1f} s"
+            f"sent {self.sent:,}, received {plural(self.received, 'version')} ({human_size(total)}) in {self.seconds:.1f} s"
             f" with device {format_device_id(self.peer_device_id)}"
         )
 

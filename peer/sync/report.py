@@ -15,6 +15,7 @@ from typing import Any
 
 from peer.home import Home
 from peer.sync.status_file import read_status
+from peer.units import plural
 from protocol import format_device_id
 
 __all__ = ["PeerStatus", "StatusReport", "status_report"]
@@ -117,7 +118,7 @@ class StatusReport:
             if p.lacks is None:
                 lines.append("  lacks: unknown (never synced)")
             else:
-                lines.append(f"  lacks: {p.lacks:,} versions of this device's store" + (
+                lines.append(f"  lacks: {plural(p.lacks, 'version')} of this device's store" + (
                     "; it has versions this device lacks" if p.ahead else ""))
         return "\n".join(lines)
 
