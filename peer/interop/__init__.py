@@ -107,8 +107,17 @@ def sniff_format(data: bytes) -> str:
             return "ai-mem"
         if "content" in first:
             return "ndjson"
+    elif head.startswith(b"{") and re.search(rb'"observations"\s*:', head[:1 << 20]):
+        return "ai-mem"  # `ai-mem snapshot export -f json`: {"snapshot", "observations"}
     elif head.startswith(b"{") and re.search(rb'"memories"\s*:', head[:1 << 20]):
         return "claude-memory"  # one JSON document over many lines
+    elif head.startswith(b"["):
+        # A bare array: ai-mem's `export x.json`, or a list of Claude memories.
+        start = head[: 1 << 16]
+        if re.search(rb'"(session_id|importance_score|content_hash)"\s*:', start):
+            return "ai-mem"
+        if re.search(rb'"(category|context_level|project_name)"\s*:', start):
+            return "claude-memory"
     raise ImportFormatError(
         "cannot tell the format of this file; pass --format ndjson, claude-memory or ai-mem"
     )

@@ -188,6 +188,7 @@ class ImportReport:
             "vectors_reused": self.vectors_reused,
             "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
+            "notes": list(self.plan.file.notes),
         }
 
     def describe(self) -> str:
@@ -198,6 +199,7 @@ class ImportReport:
         lines = [head if self.dry_run else f"{head} in {self.seconds:.1f} s"]
         if file.duplicates:
             lines.append(f"{file.duplicates:,} earlier occurrence(s) of repeated ids were dropped (the last one counts)")
+        lines.extend(file.notes)
         if counts[Action.CONFLICT.value]:
             lines.append("memories changed on both sides are kept as siblings: see `peer conflicts`")
         return "\n".join(lines)

@@ -116,6 +116,8 @@ class ImportFile:
     format: str
     records: tuple[Record, ...]
     duplicates: int = 0
+    #: What the reader left out or changed on the way, for the person (say it, never silently).
+    notes: tuple[str, ...] = ()
 
 
 class BadValue(Exception):
