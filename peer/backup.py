@@ -360,7 +360,8 @@ PassphraseSource = Callable[[], str]
 
 #: What a backup without the identity can and cannot do, said once for every path that meets one.
 NO_IDENTITY_HELP: Final = (
-    "this backup was made without the identity (no --with-identity), so it cannot rebuild a device by itself:"
+    "this backup holds no device identity: it was made without the identity (no --with-identity), so it cannot"
+    " rebuild a device by itself:"
     " its memories are sealed for its group. If another member of that group survives, pair an empty home with"
     " it (`peer invite` there, `peer join` here) and restore the backup into that home to add what it holds."
     " If the backed-up device was its group's only member, this backup cannot be restored; backups made with"

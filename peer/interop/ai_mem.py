@@ -143,6 +143,7 @@ def _ai_mem_record(obj: Mapping[str, Any], dropped: list[str]) -> Record:
         created_at=when,
         updated_at=when,
         importance=check_importance(obj.get("importance_score"), "importance_score"),
+        fixed_time=True,
     )
 
 

@@ -25,6 +25,10 @@ supersedes every live local version (a forgotten memory comes back).
   written (skipped);
 - the file names the version it was exported at and that version is still
   the local winner: only the file changed, so the import supersedes it;
+- likewise for a tool whose records keep one fixed time across its own
+  edits (ai-mem's ``created_at``): a local winner with exactly that time is
+  still what an earlier import wrote (a local edit stamps the edit's time),
+  so the tool's edit supersedes it, with no conflict;
 - otherwise both sides changed: the import is written *concurrent* with
   the local winner (its context names only the version it was exported
   from, when this store holds it), so both stay, as siblings that
@@ -137,6 +141,11 @@ def _plan_one(record: Record, versions: Sequence[tuple[str, Memory]], strategy: 
         return Step(record, Action.SKIPPED)
     held = {m.version for _, m in versions}
     base = record.version if record.version in held else None
+    if record.fixed_time and winner.updated_at == record.updated_at:
+        # The local winner is still what an earlier import of this record
+        # wrote (a local edit would carry the edit's time): only the tool's
+        # side changed, so its edit supersedes the stale copy.
+        base = winner.version
     if base == winner.version:
         return Step(record, Action.UPDATED, expected=winner.version, supersedes=(base,))
     return Step(

@@ -82,6 +82,11 @@ class Record:
     version: str | None = None  # the version a peer export was taken at
     embedding_model: str | None = None
     vector: bytes | None = field(default=None, repr=False)  # little-endian float32, unit length
+    #: The tool keeps ``updated_at`` fixed across its own edits (ai-mem has only
+    #: ``created_at``), so a local version with this same time was written by an
+    #: earlier import of this record and never changed here (a local edit stamps
+    #: the time of the edit): see the merge rules in :mod:`.plan`.
+    fixed_time: bool = False
 
     def same_memory(self, memory: Memory) -> bool:
         """Whether ``memory`` says the same (timestamps aside)."""

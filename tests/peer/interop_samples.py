@@ -164,7 +164,7 @@ def claude_memory(i: int, *, vector: list[float] | None = None, **fields: Any) -
         "project_name": f"proj-{i % 3}",
         "importance": 0.5 + (i % 5) / 10,
         "embedding_model": "all-MiniLM-L6-v2",
-        "created_at": "2025-06-01T12:00:00.250000+00:00",
+        "created_at": "2025-06-01T12:00:00+00:00",
         "updated_at": f"2025-06-02T12:{i % 60:02d}:00+00:00",
         "last_accessed": "2025-06-03T08:00:00+00:00",
         "lifecycle_state": "ACTIVE",

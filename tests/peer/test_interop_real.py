@@ -138,3 +138,22 @@ def test_header_counts_are_checked(home: Path, tmp_path: Path, key: str) -> None
     doc["snapshot"][key] = 2
     path.write_text(json.dumps(doc))
     assert_error(peer(home, "import", str(path)), 1, key, "2", "4")
+
+
+def test_reimporting_ai_mem_after_an_edit_there_supersedes_the_untouched_copy(home: Path, tmp_path: Path) -> None:
+    observations = _few_observations(3)
+    path = tmp_path / "snap.jsonl"
+    path.write_bytes(ai_mem_snapshot(observations))
+    assert ok_json(home, "import", str(path))["new"] == 3
+    # Here, observation 2 is edited in peer; in ai-mem, observations 0 and 2 are edited (ai-mem keeps created_at).
+    ok(home, "edit", str(observations[2]["id"]), "--text", "edited in peer")
+    observations[0] = {**observations[0], "content": "edited in ai-mem"}
+    observations[2] = {**observations[2], "content": "also edited in ai-mem"}
+    path.write_bytes(ai_mem_snapshot(observations))
+    report = ok_json(home, "import", str(path))
+    # 0: the local copy is still what the first import wrote, so ai-mem's edit replaces it, no conflict.
+    # 2: both sides changed: a conflict, as the docs say.
+    assert (report["updated"], report["unchanged"], report["conflicts"]) == (1, 1, 1), report
+    assert ok_json(home, "show", str(observations[0]["id"]))["content"] == "edited in ai-mem"
+    (conflict,) = ok_json(home, "conflicts")
+    assert conflict["id"] == str(observations[2]["id"])
