@@ -64,7 +64,8 @@ def backup() -> None:
 
 
 @backup.command(name="create")
-@click.option("--output", "-o", "output", required=True, metavar="FILE", help="Where to write the backup.")
+@click.option("--file", "-f", "--output", "-o", "output", required=True, metavar="FILE",
+              help="Where to write the backup (--output/-o: the older spelling).")
 @click.option("--with-identity", is_flag=True,
               help="Also this device's keys and group keys, sealed under a passphrase: restorable on a new machine.")
 @_passphrase_option

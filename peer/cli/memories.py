@@ -314,8 +314,10 @@ def forget(memory_id: str) -> None:
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many results.")
 @project_option
 @kind_option
+@click.option("--tag", help="Only memories with this tag.")
+@click.option("--since", callback=since_option, metavar="WHEN", help="Changed since a date (2026-01-31) or for a duration (12h, 7d).")
 @common_options
-def search(query: str, k: int, project: str | None, kind: str | None) -> None:
+def search(query: str, k: int, project: str | None, kind: str | None, tag: str | None, since: float | None) -> None:
     """Find memories by meaning and by keywords (hybrid search)."""
     if not query.strip():
         raise click.UsageError("the query is empty")
@@ -327,7 +329,7 @@ def search(query: str, k: int, project: str | None, kind: str | None) -> None:
                 warn(warning)
         finally:
             close()
-        return await device.search(query, k=k, project=project, kind=kind)
+        return await device.search(query, k=k, project=project, kind=kind, tag=tag, since=since)
 
     results = with_device(body)
     if json_mode():

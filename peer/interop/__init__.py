@@ -118,6 +118,18 @@ def sniff_format(data: bytes) -> str:
             return "ai-mem"
         if re.search(rb'"(category|context_level|project_name)"\s*:', start):
             return "claude-memory"
+    if not head.startswith((b"{", b"[")):
+        try:
+            head[: 1 << 16].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            # Text that is not JSON: most likely notes, one per line.
+            raise ImportFormatError(
+                "cannot tell the format of this file: it is plain text, not an export of peer or another memory"
+                " tool; to add one memory per line, use `peer add --file FILE` (or pass --format ndjson,"
+                " claude-memory or ai-mem); nothing was imported"
+            )
     raise ImportFormatError(
         "cannot tell the format of this file; pass --format ndjson, claude-memory or ai-mem"
     )

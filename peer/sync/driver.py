@@ -399,7 +399,10 @@ class Syncer:
         peer = format_device_id(stream.peer_device_id)
         log.debug("sync with device %s started", peer)
         summary = await sync_over(stream, self.store)
-        log.info("synced: %s", summary.describe())
+        # As for the sessions this device opens: one INFO line per session
+        # that moved versions; the periodic no-change ones only with --verbose.
+        moved = summary.sent or summary.received
+        log.log(logging.INFO if moved else logging.DEBUG, "synced: %s", summary.describe())
         await self._after(summary)
 
     async def _after(self, summary: SyncSummary) -> None:
