@@ -159,3 +159,25 @@ async def test_the_agent_does_not_log_no_change_syncs_at_info(tmp_path: Path, ai
         agent.stop()
     synced = [line for line in (tmp_path / "agent.log").read_text().splitlines() if "synced:" in line]
     assert len(synced) == 1 and "received 1 version " in synced[0], synced
+
+
+# invite checks that joining can work (R8) ----------------------------------------------------------
+
+
+def test_invite_warns_when_no_agent_runs_or_it_listens_on_loopback_only(tmp_path: Path) -> None:
+    home = tmp_path / "inviter"
+    ok(home, "init")
+    done = peer(home, "invite")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "no agent is running" in warnings[0] and "peer agent" in warnings[0], done.stderr
+    agent = Agent(home, tmp_path / "agent.log", "--no-discovery")  # listens on 127.0.0.1
+    try:
+        done = peer(home, "invite")
+    finally:
+        agent.stop()
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "loopback" in warnings[0] and "--listen" in warnings[0], done.stderr
+    # The air-gapped invite needs no agent: no warning.
+    quiet = peer(home, "invite", "--file", str(tmp_path / "invite.peerinvite"))
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
