@@ -47,6 +47,9 @@ from ._output import (
 #: little work and the progress bar moves.
 BULK_BATCH = 256
 
+#: `peer list` at a terminal without --limit: the most recent this many.
+TERMINAL_LIST_LIMIT = 50
+
 
 @cli.command()
 @click.option("--name", default=None, help="A name for this device (default: the host name).")
@@ -230,20 +233,33 @@ def show(memory_id: str, versions: bool) -> None:
 @kind_option
 @click.option("--tag", help="Only memories with this tag.")
 @click.option("--since", callback=since_option, metavar="WHEN", help="Changed since a date (2026-01-31) or for a duration (12h, 7d).")
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many (newest first).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"At most this many (newest first; 0: all). At a terminal the default is {TERMINAL_LIST_LIMIT}.")
 @common_options
 def list_(project: str | None, kind: str | None, tag: str | None, since: float | None, limit: int | None) -> None:
     """List memories, most recently changed first."""
+    # A person at a terminal wants the recent ones, not 2,000 lines; a
+    # script or an assistant (stdout piped, or --json) gets everything.
+    capped = limit is None and not json_mode() and sys.stdout.isatty()
+    wanted = TERMINAL_LIST_LIMIT + 1 if capped else (None if limit == 0 else limit)
 
     async def body(device: Device) -> list[Memory]:
-        return await device.store.list(project=project, kind=kind, tag=tag, since=since, limit=limit)
+        return await device.store.list(project=project, kind=kind, tag=tag, since=since, limit=wanted)
 
     memories = with_device(body)
     if json_mode():
         print_json([m.to_json() for m in memories])
         return
-    for memory in memories:
-        click.echo(memory_line(memory))
+    more = capped and len(memories) > TERMINAL_LIST_LIMIT
+    for memory in memories[:TERMINAL_LIST_LIMIT] if more else memories:
+        click.echo(memory_line(memory, dated=True))
+    if more:
+        async def count(device: Device) -> int:
+            return len(await device.store.list(project=project, kind=kind, tag=tag, since=since))
+
+        total = with_device(count)
+        click.echo(f"showing the {TERMINAL_LIST_LIMIT} most recent of {plural(total, 'memory', 'memories')};"
+                   " --limit N for more (0: all)", err=True)
     if not memories:
         click.echo("no memories", err=True)
 

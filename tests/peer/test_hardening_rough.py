@@ -181,3 +181,51 @@ def test_invite_warns_when_no_agent_runs_or_it_listens_on_loopback_only(tmp_path
     # The air-gapped invite needs no agent: no warning.
     quiet = peer(home, "invite", "--file", str(tmp_path / "invite.peerinvite"))
     assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
+
+
+# list: dates, and a default limit at a terminal (R10) ------------------------------------------------
+
+
+def _list_on_a_terminal(home: Path, *args: str) -> tuple[list[str], str]:
+    import os
+    import pty
+    import subprocess
+
+    from .cli_runner import PEER, env
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([*PEER, "--home", str(home), "list", *args], stdout=slave, stderr=subprocess.PIPE,
+                               env=env())
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert process.stderr is not None
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    return [line for line in out.decode().splitlines() if line.strip()], stderr
+
+
+def test_list_shows_dates_and_stops_at_fifty_on_a_terminal(tmp_path: Path) -> None:
+    import re
+
+    home = tmp_path / "many"
+    ok(home, "init")
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"memory number {n}\n" for n in range(60)))
+    ok(home, "add", "--file", str(path))
+    lines, stderr = _list_on_a_terminal(home)
+    assert len(lines) == 50 and "--limit" in stderr and "60" in stderr, stderr
+    assert all(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines), lines[:3]
+    # Piped (a script, an assistant): everything, as before.
+    assert len(ok(home, "list").splitlines()) == 60
+    # --limit 0: no limit.
+    lines, _ = _list_on_a_terminal(home, "--limit", "0")
+    assert len(lines) == 60
