@@ -120,6 +120,7 @@ def _claude_record(
         importance=check_importance(obj.get("importance")),
         embedding_model=model,
         vector=vector,
+        tool="claude_memory",
     )
 
 

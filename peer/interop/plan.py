@@ -28,7 +28,11 @@ supersedes every live local version (a forgotten memory comes back).
 - likewise for a tool whose records keep one fixed time across its own
   edits (ai-mem's ``created_at``): a local winner with exactly that time is
   still what an earlier import wrote (a local edit stamps the edit's time),
-  so the tool's edit supersedes it, with no conflict;
+  so the tool's edit supersedes it, with no conflict; and for a tool whose
+  records carry their own ``updated_at`` (Claude Memory), a newer record
+  supersedes a memory held in one version only that carries the tool's
+  fields: that version is what an earlier import wrote, never changed
+  since (any change, here or synced, leaves a superseded version);
 - otherwise both sides changed: the import is written *concurrent* with
   the local winner (its context names only the version it was exported
   from, when this store holds it), so both stay, as siblings that
@@ -145,6 +149,16 @@ def _plan_one(record: Record, versions: Sequence[tuple[str, Memory]], strategy: 
         # The local winner is still what an earlier import of this record
         # wrote (a local edit would carry the edit's time): only the tool's
         # side changed, so its edit supersedes the stale copy.
+        base = winner.version
+    elif (
+        record.tool is not None
+        and len(versions) == 1
+        and isinstance(winner.metadata.get(record.tool), dict)
+        and record.updated_at > winner.updated_at
+    ):
+        # The only version ever held, with the tool's fields: what an earlier
+        # import wrote, untouched here and everywhere (an edit or a sync of
+        # one would leave a superseded version). The tool's newer edit wins.
         base = winner.version
     if base == winner.version:
         return Step(record, Action.UPDATED, expected=winner.version, supersedes=(base,))

@@ -87,6 +87,10 @@ class Record:
     #: earlier import of this record and never changed here (a local edit stamps
     #: the time of the edit): see the merge rules in :mod:`.plan`.
     fixed_time: bool = False
+    #: The metadata key under which the tool's own fields are kept ("claude_memory"):
+    #: a held memory with that key and a single version was written by an import
+    #: and never changed since, anywhere (any change leaves a superseded version).
+    tool: str | None = None
 
     def same_memory(self, memory: Memory) -> bool:
         """Whether ``memory`` says the same (timestamps aside)."""

@@ -157,3 +157,21 @@ def test_reimporting_ai_mem_after_an_edit_there_supersedes_the_untouched_copy(ho
     assert ok_json(home, "show", str(observations[0]["id"]))["content"] == "edited in ai-mem"
     (conflict,) = ok_json(home, "conflicts")
     assert conflict["id"] == str(observations[2]["id"])
+
+
+def test_reimporting_a_newer_claude_export_supersedes_an_untouched_import(home: Path, tmp_path: Path) -> None:
+    from .interop_samples import claude_export
+
+    memories = [claude_memory(i, embedding_model="another-model") for i in range(3)]
+    path = tmp_path / "claude.json"
+    path.write_text(json.dumps(claude_export(memories), indent=2))
+    assert ok_json(home, "import", str(path))["new"] == 3
+    ok(home, "edit", str(memories[2]["id"]), "--text", "edited in peer")
+    # Edited in Claude Memory afterwards (its updated_at moves on).
+    memories[0] = {**memories[0], "content": "edited in claude", "updated_at": "2025-07-01T09:00:00+00:00"}
+    memories[2] = {**memories[2], "content": "also edited in claude", "updated_at": "2025-07-01T09:00:00+00:00"}
+    path.write_text(json.dumps(claude_export(memories), indent=2))
+    report = ok_json(home, "import", str(path))
+    assert (report["updated"], report["unchanged"], report["conflicts"]) == (1, 1, 1), report
+    assert ok_json(home, "show", str(memories[0]["id"]))["content"] == "edited in claude"
+    assert [c["id"] for c in ok_json(home, "conflicts")] == [str(memories[2]["id"])]
