@@ -89,6 +89,7 @@ from .bundles import (
     write_bundle,
 )
 from .config import BackupConfig
+from .errors import ConfigError
 from .files import fsync_path, write_secret
 from .home import Home, Identity
 from .units import human_size
@@ -357,6 +358,16 @@ def read_backup(path: Path) -> BackupInfo:
 
 PassphraseSource = Callable[[], str]
 
+#: What a backup without the identity can and cannot do, said once for every path that meets one.
+NO_IDENTITY_HELP: Final = (
+    "this backup holds no device identity: it was made without the identity (no --with-identity), so it cannot"
+    " rebuild a device by itself:"
+    " its memories are sealed for its group. If another member of that group survives, pair an empty home with"
+    " it (`peer invite` there, `peer join` here) and restore the backup into that home to add what it holds."
+    " If the backed-up device was its group's only member, this backup cannot be restored; backups made with"
+    " --with-identity (or scheduled ones with [backup] passphrase_file) can"
+)
+
 
 def _leftovers(path: Path) -> list[Path]:
     return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
@@ -520,11 +531,7 @@ async def _restore_new(
     home: Home, info: BackupInfo, passphrase: PassphraseSource | None, now_ms: NowMs, progress: Progress | None
 ) -> RestoreResult:
     if not info.has_identity:
-        raise PeerError(
-            "this backup holds no device identity (it was made without --with-identity), so it cannot recreate"
-            " a device: pair this home first (`peer invite --file` on a member, `peer join --file` here), then"
-            " restore the backup into it"
-        )
+        raise PeerError(NO_IDENTITY_HELP)
     if passphrase is None:
         raise PeerError(f"this backup's identity is sealed under a passphrase; give it (--passphrase-file or ${PASSPHRASE_ENV})")
     restored = await _open_identity(info.identity_section, passphrase(), info.head, info.digest)
@@ -569,10 +576,7 @@ async def _restore_replace(
         raise StoreError(f"the store at {home.store_path} is in use (is `peer agent` running?); stop it first")
     scan_group = await _bundle_group(info)
     if group_id is not None and group_id != scan_group:
-        raise WrongGroup(
-            f"this backup is of group {scan_group.hex()}, and this device belongs to group {group_id.hex()};"
-            " restore it onto a new home (--home DIR)"
-        )
+        raise _wrong_group(info, scan_group, group_id, "")
     tmp, result = await _build_store(
         home,
         info,
@@ -646,16 +650,24 @@ async def restore_backup(
     )
 
 
+def _wrong_group(info: BackupInfo, backup_group: bytes, device_group: bytes, tail: str) -> WrongGroup:
+    what = f"this backup is of group {backup_group.hex()}, and this device belongs to group {device_group.hex()}"
+    if not info.has_identity:
+        # "Restore it onto a new home" would only lead to NO_IDENTITY_HELP: a circle.
+        return WrongGroup(
+            f"{what}; the backup was made without the identity, so only a member of its own group can take it in:"
+            f" pair another home with a surviving member of that group, then restore into it{tail}"
+        )
+    return WrongGroup(f"{what}; restore it onto a new home (--home DIR){tail}")
+
+
 async def _restore_merge(home: Home, info: BackupInfo, progress: Progress | None) -> RestoreResult:
     from .device import Device
 
     async with await Device.open(home) as device:
         group_id = await _bundle_group(info)
         if group_id != device.store.group_id:
-            raise WrongGroup(
-                f"this backup is of group {group_id.hex()}, and this device belongs to group"
-                f" {device.store.group_id.hex()}; restore it onto a new home (--home DIR); nothing was changed"
-            )
+            raise _wrong_group(info, group_id, device.store.group_id, "; nothing was changed")
         imported = await import_bundle(device.store, info.bundle, allow_own=True, progress=progress)
         warnings: list[str] = []
         if imported.added:
@@ -820,6 +832,33 @@ async def make_scheduled_backup(
     return result
 
 
+def scheduled_passphrase(config: BackupConfig, home: Path) -> str | None:
+    """The passphrase scheduled backups seal the identity under: ``[backup] passphrase_file``, else the environment.
+
+    A configured file that cannot be read is an error at the agent's start
+    (a ConfigError naming it), not a silent backup without the identity.
+    """
+    if config.passphrase_file:
+        path = Path(os.path.expanduser(config.passphrase_file))
+        if not path.is_absolute():
+            path = home / path
+        try:
+            with path.open(encoding="utf-8") as f:
+                text = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"[backup] passphrase_file {path} cannot be read ({getattr(e, 'strerror', None) or e});"
+                " fix the path or remove the key"
+            ) from None
+        if len(text) < MIN_PASSPHRASE:
+            raise ConfigError(
+                f"[backup] passphrase_file {path}: the passphrase (its first line) must be at least"
+                f" {MIN_PASSPHRASE} characters"
+            )
+        return text
+    return os.environ.get(PASSPHRASE_ENV) or None
+
+
 def _local_now() -> datetime:
     return datetime.now().astimezone()
 
@@ -845,15 +884,18 @@ async def run_scheduled_backups(
     ``$PEER_BACKUP_PASSPHRASE``. ``now`` and ``sleep`` are for tests.
     """
     directory = config.directory_in(home.path)
-    secret = passphrase if passphrase is not None else os.environ.get(PASSPHRASE_ENV) or None
+    secret = passphrase if passphrase is not None else scheduled_passphrase(config, home.path)
     task_status.started()
-    log.info(
-        "scheduled backups: %s at %s into %s (%s the identity)",
-        config.frequency,
-        config.time,
-        directory,
-        "with" if secret else "without",
-    )
+    if secret:
+        log.info("scheduled backups: %s at %s into %s (with the identity)", config.frequency, config.time, directory)
+    else:
+        # Said at start, where the user sets things up, not after the disk died.
+        log.warning(
+            "scheduled backups: %s at %s into %s (without the identity: they can be merged into a surviving member"
+            " of the group but cannot rebuild this device; set [backup] passphrase_file in config.toml, or $%s,"
+            " to seal the identity into them)",
+            config.frequency, config.time, directory, PASSPHRASE_ENV,
+        )
     retry_at: datetime | None = None
     while True:
         current = now()

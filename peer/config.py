@@ -21,6 +21,12 @@ names it: a typo must not silently fall back to a default. Example::
     directory = "~/peer-backups"
     retention_days = 30             # delete backups older than this
     max_backups = 10                # and keep at most this many
+    passphrase_file = "~/.config/peer/backup-passphrase"  # seal the identity in (first line)
+
+Scheduled backups hold the device's identity only when the agent has a
+passphrase (``passphrase_file``, else ``$PEER_BACKUP_PASSPHRASE``); without
+it they can be merged into a surviving member of the group but cannot
+rebuild a device, so a device that is its group's only member needs one.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class BackupConfig:
     directory: str = ""  # "" means <home>/backups
     retention_days: int = 30
     max_backups: int = 10
+    passphrase_file: str = ""  # "" means $PEER_BACKUP_PASSPHRASE, else no identity
 
     def directory_in(self, home: Path) -> Path:
         return Path(os.path.expanduser(self.directory)) if self.directory else home / "backups"

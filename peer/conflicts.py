@@ -121,8 +121,46 @@ class ResolveResult:
         return f"resolved {self.id}: kept {self.kept}, now version {self.version}"
 
 
+async def version_named(store: Store, memory_id: str, keep: str) -> str:
+    """The version ``keep`` names: its position in `peer conflicts` (1, 2, ...), or a unique prefix, any case.
+
+    ``7`` is the seventh live version as `peer conflicts` lists the memory
+    (the winner first); ``h2awwevu:1796`` or ``H2AWW`` a prefix of the
+    replica, with or without the counter after the colon. What matches
+    nothing is handed on unchanged, for the store's own message.
+    """
+    from peer.errors import PeerError
+
+    text = keep.strip()
+    memory = await store.get(memory_id)
+    if text.isdigit():
+        listed = next((c for c in await conflicts(store) if c.id == memory.id), None)
+        live = [v.version for v in listed.versions] if listed is not None else [memory.version]
+        position = int(text)
+        if not 1 <= position <= len(live):
+            raise PeerError(
+                f"there is no position {position} among the {len(live)} live version(s) of {memory.id};"
+                " `peer conflicts` lists them in order (1 is the winner)"
+            )
+        return live[position - 1]
+    origin, _, counter = text.upper().partition(":")
+    held = [v.version for v in await store.versions(memory.id)]
+    matches = [
+        v for v in held
+        if v.upper().partition(":")[0].startswith(origin) and v.partition(":")[2].startswith(counter)
+    ]
+    if len(matches) > 1 and text.upper() not in (m.upper() for m in matches):
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise PeerError(f"the version prefix {keep!r} matches {len(matches)} versions ({shown}); type more of it")
+    if len(matches) == 1:
+        return matches[0]
+    exact = [m for m in matches if m.upper() == text.upper()]
+    return exact[0] if exact else keep
+
+
 async def resolve(store: Store, memory_id: str, keep: str) -> ResolveResult:
     """``peer resolve``: keep one version; the new version supersedes every sibling."""
-    resolved = await store.resolve(memory_id, keep)
+    named = await version_named(store, memory_id, keep)
+    resolved = await store.resolve(memory_id, named)
     memory = await store.get(resolved)
-    return ResolveResult(resolved, memory.version, keep)
+    return ResolveResult(resolved, memory.version, named)

@@ -379,6 +379,8 @@ class Device:
         project: str | None = None,
         kind: str | None = None,
         min_similarity: float | None = MIN_SIMILARITY,
+        tag: str | None = None,
+        since: float | None = None,
     ) -> list[SearchResult]:
         """Hybrid search: the query's nearest vectors and its keyword matches, fused (see :mod:`peer.search`).
 
@@ -391,6 +393,16 @@ class Device:
         """
         if k <= 0 or not query.strip():
             return []
+
+        def wanted_memory(memory: Memory) -> bool:
+            # The filters `peer list` has, applied to both kinds of candidates.
+            return (
+                (project is None or memory.project == project)
+                and (kind is None or memory.kind == kind)
+                and (tag is None or tag in memory.tags)
+                and (since is None or memory.updated_at >= since)
+            )
+
         index = await self._ready_index()
         wanted = candidate_count(k)
         keyword: list[tuple[str, float]] = []
@@ -422,9 +434,7 @@ class Device:
             semantic = []
             for label, similarity in hits:
                 memory = by_label.get(label)
-                if memory is None:
-                    continue
-                if (project is not None and memory.project != project) or (kind is not None and memory.kind != kind):
+                if memory is None or not wanted_memory(memory):
                     continue
                 memories[memory.id] = memory
                 semantic.append((memory.id, similarity))
@@ -443,9 +453,7 @@ class Device:
             memory = memories.get(hit.memory_id)
             # A memory forgotten or changed by another process between the
             # two reads is dropped rather than shown stale.
-            if memory is None or memory.deleted:
-                continue
-            if (project is not None and memory.project != project) or (kind is not None and memory.kind != kind):
+            if memory is None or memory.deleted or not wanted_memory(memory):
                 continue
             coverage = keyword_coverage(query, memory.content) if hit.keyword_match else 0.0
             if not relevant(hit, min_similarity, coverage):
@@ -514,10 +522,23 @@ class Device:
             model_ok = True
 
         checks.extend(self._key_file_checks())
+        checks.append(self._config_check())
 
         if model_ok:
             checks.append(await self._index_check(repair, progress))
         return DoctorReport(tuple(checks))
+
+    def _config_check(self) -> Check:
+        """config.toml as the agent will read it: a typo shows here, not when the agent starts under systemd."""
+        from .config import load_config
+        from .errors import ConfigError
+
+        path = self.home.path / "config.toml"
+        try:
+            load_config(path)
+        except ConfigError as e:
+            return Check("config.toml", False, e.message, f"edit {path} (the keys are in docs/cli.md, `config.toml`)")
+        return Check("config.toml", True, "valid" if path.exists() else "none (every setting at its default)")
 
     async def _index_check(self, repair: bool, progress: Progress | None) -> Check:
         """The saved index against the store: readable, built by this embedder, not ahead, same size."""

@@ -17,7 +17,16 @@ from collections.abc import Iterable
 
 from protocol import PeerError
 
-__all__ = ["DURATION_HELP", "count_of", "fields_text", "human_size", "local_minute", "parse_duration", "parse_since"]
+__all__ = [
+    "DURATION_HELP",
+    "count_of",
+    "fields_text",
+    "human_size",
+    "local_minute",
+    "parse_duration",
+    "parse_since",
+    "plural",
+]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -81,3 +90,8 @@ def fields_text(rows: Iterable[tuple[str, object]]) -> str:
     rows = list(rows)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 memory``, ``2 memories``, ``1,024 versions``: a count with the word that agrees with it."""
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"

@@ -31,6 +31,7 @@ import click
 
 from . import backup, bundle, conflicts, consolidate, group, health, interop, mcp, memories, relay, sync
 from ._app import cli, parse_meta, parse_since, peer_error_in
+from ._input import Interrupted, check_argv, interrupted
 
 __all__ = ["cli", "main", "parse_meta", "parse_since", "backup", "bundle", "conflicts", "consolidate", "group", "health", "interop", "mcp", "memories", "relay", "sync"]
 
@@ -44,6 +45,7 @@ def _fail(message: str, code: int) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``peer`` console script: the one place that turns errors into ``error:`` lines."""
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)
         code = cli.main(args=argv, prog_name="peer", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         # Bare `peer` (or a group without a command): the help, not an error.
@@ -56,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(e.format_message(), e.exit_code)
     except click.Abort:
         _fail("interrupted", 130)
+    except Interrupted as e:
+        # Ctrl-C is the user's choice, not a failure: no `error:` prefix.
+        click.echo(" ".join(e.message.split()), err=True)
+        sys.exit(e.exit_code)
     except BrokenPipeError:
         # The reader went away (`peer list | head`): not an error of ours.
         try:
@@ -63,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         finally:
             sys.exit(0)
     except BaseException as e:
+        if interrupted(e):
+            click.echo("interrupted: nothing more was done", err=True)
+            sys.exit(Interrupted.exit_code)
         error = peer_error_in(e)
         if error is None:
             raise

@@ -47,8 +47,11 @@ def terminal_width() -> int:
         return 100
 
 
-def memory_line(memory: Memory, prefix: str = "") -> str:
-    parts = [prefix + memory.id[:8], memory.kind]
+def memory_line(memory: Memory, prefix: str = "", *, dated: bool = False) -> str:
+    parts = [prefix + memory.id[:8]]
+    if dated:
+        parts.append(local_minute(memory.updated_at))  # when it last changed: what the order is by
+    parts.append(memory.kind)
     if memory.project:
         parts.append(memory.project)
     if memory.tags:

@@ -64,7 +64,8 @@ def backup() -> None:
 
 
 @backup.command(name="create")
-@click.option("--output", "-o", "output", required=True, metavar="FILE", help="Where to write the backup.")
+@click.option("--file", "-f", "--output", "-o", "output", required=True, metavar="FILE",
+              help="Where to write the backup (--output/-o: the older spelling).")
 @click.option("--with-identity", is_flag=True,
               help="Also this device's keys and group keys, sealed under a passphrase: restorable on a new machine.")
 @_passphrase_option
@@ -80,15 +81,27 @@ def backup_create(output: str, with_identity: bool, passphrase_file: str | None)
     secret = _passphrase(passphrase_file, confirm=True)() if with_identity else None
     update, close = stage_progress()
 
-    async def body(device: Device) -> BackupResult:
+    async def body(device: Device) -> tuple[BackupResult, int]:
         try:
-            return await create_backup(
+            result = await create_backup(
                 device.store, device.home.identity(), Path(output), passphrase=secret, progress=update
             )
         finally:
             close()
+        return result, sum(1 for m in device.store.membership.members() if not m.revoked)
 
-    print_result(with_device(body))
+    result, members = with_device(body)
+    if not result.identity:
+        # Said now, while the device still exists to make a better one.
+        alone = (
+            "this device is its group's only member, so nothing could take this backup in: "
+            if members <= 1 else "it can only be restored into a surviving member of the group; "
+        )
+        warn(
+            f"this backup cannot rebuild this device on a new machine (no identity in it): {alone}"
+            "make one with --with-identity (sealed under a passphrase) for that"
+        )
+    print_result(result)
 
 
 @backup.command(name="restore")

@@ -11,6 +11,7 @@ import click
 if TYPE_CHECKING:
     from peer.device import Device
 from ._app import cli, common_options, with_device
+from ._input import file_argument
 from ._output import print_result, stage_progress, warn
 
 
@@ -21,7 +22,7 @@ def bundle() -> None:
 
 
 @bundle.command(name="export")
-@click.argument("file", metavar="FILE")
+@file_argument
 @click.option("--for", "for_device", metavar="DEVICE", default=None,
               help="The device the bundle is for (its name or a unique id prefix; default: the only other one).")
 @click.option("--project", default=None, help="Only memories of this project (a partial bundle).")
@@ -52,7 +53,7 @@ def bundle_export(file: str, for_device: str | None, project: str | None, full: 
 
 
 @bundle.command(name="import")
-@click.argument("file", metavar="FILE")
+@file_argument
 @click.option("--dry-run", is_flag=True, help="Verify FILE and say what it would add; change nothing.")
 @common_options
 def bundle_import(file: str, dry_run: bool) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ._app import address_option, cli, common_options, home_arg, run, ttl_option
-from ._output import print_result
+from ._output import print_result, warn
 
 if TYPE_CHECKING:
     from peer.home import Home
@@ -44,7 +44,37 @@ def invite(ttl: str | None, address: str | None, file: str | None, name: str | N
     if name is not None and file is None:
         raise click.UsageError("--name names the device an invite file makes; use it with --file")
     home = Home.locate(home_arg())
-    print_result(run(lambda: invite_command(home, ttl=ttl, address=address, file=file, name=name)))
+    result = run(lambda: invite_command(home, ttl=ttl, address=address, file=file, name=name))
+    if file is None:
+        warning = agent_reachability_warning(home)
+        if warning:
+            warn(warning)
+    print_result(result)
+
+
+def agent_reachability_warning(home: Home) -> str | None:
+    """Why a network invite cannot work as things stand here: no agent, or one other machines cannot reach."""
+    import ipaddress
+
+    from peer.sync import read_status
+
+    status = read_status(home)
+    if status is None:
+        return (
+            "no agent is running on this device now: the code works only while `peer agent` runs here,"
+            " so start it before the other device joins"
+        )
+    host = str(status.get("listen", "")).rpartition(":")[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return (
+            f"the agent listens on {status.get('listen')} (loopback only), which no other machine can reach:"
+            " restart it with `peer agent --listen 0.0.0.0:7847` (or [agent] listen) to pair another machine"
+        )
+    return None
 
 
 @cli.command()

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from protocol import PeerError
+
 from ._app import check_kind, cli, common_options, json_mode, since_option, with_device
+from ._input import file_argument
 from ._output import print_json, progress_callback, warn
 
 if TYPE_CHECKING:
@@ -31,14 +34,15 @@ DOOR_CHECK_LIMIT = 200
 
 
 @cli.command(name="export")
-@click.argument("file", metavar="FILE")
+@file_argument
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @click.option("--project", help="Only memories of this project.")
 @click.option("--kind", callback=check_kind, help="Only memories of this kind.")
 @click.option(
     "--since", callback=since_option, metavar="WHEN", help="Only memories changed since a date (2026-01-31) or for a duration (7d)."
 )
 @common_options
-def export(file: str, project: str | None, kind: str | None, since: float | None) -> None:
+def export(file: str, force: bool, project: str | None, kind: str | None, since: float | None) -> None:
     """Write the memories to FILE (`-` for stdout) as NDJSON: a header line, then one memory per line.
 
     Every field is written and ids are kept, so `peer import` on another
@@ -46,8 +50,13 @@ def export(file: str, project: str | None, kind: str | None, since: float | None
     the losing versions of a conflict are not exported. The file holds the
     memories in plain text; it is created readable by its owner only.
     """
+    from pathlib import Path
+
     from peer.files import atomic_output
     from peer.interop import export_memories
+
+    if file != "-" and not force and Path(file).exists():
+        raise PeerError(f"{file} exists; give another file name, or --force to replace it (it was left as it is)")
 
     started = time.monotonic()
     update, close = progress_callback("exporting")
@@ -82,7 +91,7 @@ def export(file: str, project: str | None, kind: str | None, since: float | None
 
 
 @cli.command(name="import")
-@click.argument("file", metavar="FILE")
+@file_argument
 @click.option(
     "--format",
     "fmt",
@@ -112,6 +121,8 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
     from peer.interop import ImportReport, apply_import, plan_import, read_import_file
 
     started = time.monotonic()
+    if fmt == "auto" and file != "-":
+        _refuse_peer_files(file)
     parsed: ImportFile = read_import_file(file, fmt, stdin=sys.stdin.buffer)
     update, close = progress_callback("embedding")
 
@@ -154,6 +165,24 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
         if similar:
             warn(f"{len(similar):,} imported memories look like ones this store held (similarity >= 0.9);"
                  " `peer consolidate` shows them and can merge them")
+
+
+def _refuse_peer_files(file: str) -> None:
+    """peer's own bundles and backups are not import files: name the command that reads them."""
+    from peer.backup import BACKUP_MAGIC
+    from protocol import BUNDLE_MAGIC
+
+    try:
+        with open(file, "rb") as f:
+            start = f.read(max(len(BACKUP_MAGIC), len(BUNDLE_MAGIC)))
+    except OSError:
+        return  # read_import_file says what is wrong with it
+    if start.startswith(BACKUP_MAGIC):
+        raise PeerError(f"{file} is a peer backup, not an import file: restore it with `peer backup restore --file {file}`;"
+                        " nothing was imported")
+    if start.startswith(BUNDLE_MAGIC):
+        raise PeerError(f"{file} is a peer bundle, not an import file: apply it with `peer bundle import {file}`;"
+                        " nothing was imported")
 
 
 def _with_seconds(report: ImportReport, seconds: float) -> ImportReport:

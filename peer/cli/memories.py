@@ -10,9 +10,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from protocol import PeerError, valid_kind
+from peer.units import plural
+from protocol import PeerError
 
 from ._app import peer_error_in
+from ._input import BULK_FORMATS, Interrupted, interrupted, read_bulk, read_stdin_text
 
 if TYPE_CHECKING:
     from peer.consolidate import SimilarMemory
@@ -46,6 +48,9 @@ from ._output import (
 #: little work and the progress bar moves.
 BULK_BATCH = 256
 
+#: `peer list` at a terminal without --limit: the most recent this many.
+TERMINAL_LIST_LIMIT = 50
+
 
 @cli.command()
 @click.option("--name", default=None, help="A name for this device (default: the host name).")
@@ -68,7 +73,7 @@ def init(name: str | None) -> None:
 
 def _read_text(text: str) -> str:
     if text == "-":
-        text = sys.stdin.read()
+        text = read_stdin_text()
         if text.endswith("\n"):
             text = text[:-1]
     if not text.strip():
@@ -78,7 +83,9 @@ def _read_text(text: str) -> str:
 
 @cli.command()
 @click.argument("text", required=False)
-@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Bulk add: NDJSON or one memory per line (`-` is stdin).")
+@click.option("--file", "file", type=click.File("rb"), help="Bulk add: NDJSON or one memory per line (`-` is stdin).")
+@click.option("--format", "fmt", type=click.Choice(BULK_FORMATS), default="auto", show_default=True,
+              help="With --file: how lines are read (text: every line is plain text, even one starting with `{`).")
 @kind_option
 @project_option
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
@@ -88,7 +95,8 @@ def _read_text(text: str) -> str:
 @common_options
 def add(
     text: str | None,
-    file: IO[str] | None,
+    file: IO[bytes] | None,
+    fmt: str,
     kind: str | None,
     project: str | None,
     tags: tuple[str, ...],
@@ -103,7 +111,7 @@ def add(
         if text is not None:
             raise click.UsageError("give either TEXT or --file, not both")
         defaults = Draft(content="", kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance)
-        _bulk_add(file, defaults)
+        _bulk_add(file, defaults, fmt)
         return
     if text is None:
         raise click.UsageError("missing TEXT (or `-` to read it from stdin, or --file for many)")
@@ -139,64 +147,10 @@ def add(
              " `peer consolidate` can merge them")
 
 
-def _draft_from_line(line: str, number: int, defaults: Draft) -> Draft:
-    """One line of a bulk file: a JSON object, or plain text (the whole line is the memory)."""
-    import dataclasses
-
-    stripped = line.strip()
-    if not stripped.startswith("{"):
-        return dataclasses.replace(defaults, content=stripped)
-    try:
-        obj = json.loads(stripped)
-    except json.JSONDecodeError as e:
-        raise PeerError(f"line {number}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise PeerError(f"line {number}: expected a JSON object")
-    unknown = set(obj) - {"content", "text", "kind", "project", "tags", "metadata", "importance", "id", "created_at"}
-    if unknown:
-        raise PeerError(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
-    content = obj.get("content", obj.get("text"))
-    if not isinstance(content, str) or not content.strip():
-        raise PeerError(f"line {number}: \"content\" must be a non-empty string")
-    tags = obj.get("tags", defaults.tags)
-    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-        raise PeerError(f"line {number}: \"tags\" must be a list of strings")
-    metadata = obj.get("metadata", defaults.metadata)
-    if not isinstance(metadata, dict):
-        raise PeerError(f"line {number}: \"metadata\" must be an object")
-    for name, types in (("kind", str), ("project", str), ("id", str), ("importance", (int, float)), ("created_at", (int, float))):
-        if obj.get(name) is not None and not isinstance(obj[name], types):
-            raise PeerError(f"line {number}: \"{name}\" has the wrong type")
-    kind = obj.get("kind") or defaults.kind
-    if not valid_kind(kind):
-        raise PeerError(f"line {number}: {kind!r} is not a kind")
-    return dataclasses.replace(
-        defaults,
-        content=content,
-        kind=kind,
-        project=obj.get("project", defaults.project),
-        tags=tuple(tags),
-        metadata=metadata,
-        importance=obj.get("importance", defaults.importance),
-        id=obj.get("id"),
-        created_at=obj.get("created_at"),
-    )
-
-
-def _read_drafts(file: IO[str], defaults: Draft) -> list[Draft]:
-    """Every memory of a bulk file, all checked before anything is added (bad input changes nothing)."""
-    drafts: list[Draft] = []
-    for number, line in enumerate(file, start=1):
-        if line.strip():
-            try:
-                drafts.append(_draft_from_line(line, number, defaults))
-            except PeerError as e:
-                raise PeerError(f"{e.message}; nothing was added") from None
-    return drafts
-
-
-def _bulk_add(file: IO[str], defaults: Draft) -> None:
-    drafts = _read_drafts(file, defaults)
+def _bulk_add(file: IO[bytes], defaults: Draft, fmt: str) -> None:
+    name = "stdin" if file.name in ("-", "<stdin>") else click.format_filename(file.name)
+    numbered = read_bulk(file, name, defaults, fmt)
+    drafts = [draft for _, draft in numbered]
     if not drafts:
         raise PeerError("the file holds no memories (no non-empty lines)")
     ids: list[str] = []
@@ -219,6 +173,11 @@ def _bulk_add(file: IO[str], defaults: Draft) -> None:
     try:
         with_device(body)
     except BaseException as e:
+        if interrupted(e):
+            # Batches are committed in order: everything before the first
+            # draft not added is in, everything from it on is not.
+            rest = f"; the rest starts at line {numbered[len(ids)][0]}" if len(ids) < len(drafts) else ""
+            raise Interrupted(f"interrupted: {len(ids):,} of {len(drafts):,} added{rest}") from None
         error = peer_error_in(e)
         if error is not None and ids:
             # Say what is already in, so the user can resume after it.
@@ -228,7 +187,7 @@ def _bulk_add(file: IO[str], defaults: Draft) -> None:
     if json_mode():
         print_json({"added": len(ids), "ids": ids, "seconds": round(seconds, 3)})
     else:
-        click.echo(f"added {len(ids)} memories in {seconds:.1f} s")
+        click.echo(f"added {plural(len(ids), 'memory', 'memories')} in {seconds:.1f} s")
 
 
 def _version_json(info: VersionInfo) -> dict[str, Any]:
@@ -283,7 +242,7 @@ def show(memory_id: str, versions: bool) -> None:
     elif memory.deleted:
         rows.append(("state", "forgotten"))
     if memory.siblings:
-        rows.append(("conflict", f"{memory.siblings} other live version(s); see `peer conflicts`"))
+        rows.append(("conflict", f"{plural(memory.siblings, 'other live version')}; see `peer conflicts`"))
     print_fields(rows)
     if not memory.deleted:
         click.echo()
@@ -300,20 +259,33 @@ def show(memory_id: str, versions: bool) -> None:
 @kind_option
 @click.option("--tag", help="Only memories with this tag.")
 @click.option("--since", callback=since_option, metavar="WHEN", help="Changed since a date (2026-01-31) or for a duration (12h, 7d).")
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many (newest first).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"At most this many (newest first; 0: all). At a terminal the default is {TERMINAL_LIST_LIMIT}.")
 @common_options
 def list_(project: str | None, kind: str | None, tag: str | None, since: float | None, limit: int | None) -> None:
     """List memories, most recently changed first."""
+    # A person at a terminal wants the recent ones, not 2,000 lines; a
+    # script or an assistant (stdout piped, or --json) gets everything.
+    capped = limit is None and not json_mode() and sys.stdout.isatty()
+    wanted = TERMINAL_LIST_LIMIT + 1 if capped else (None if limit == 0 else limit)
 
     async def body(device: Device) -> list[Memory]:
-        return await device.store.list(project=project, kind=kind, tag=tag, since=since, limit=limit)
+        return await device.store.list(project=project, kind=kind, tag=tag, since=since, limit=wanted)
 
     memories = with_device(body)
     if json_mode():
         print_json([m.to_json() for m in memories])
         return
-    for memory in memories:
-        click.echo(memory_line(memory))
+    more = capped and len(memories) > TERMINAL_LIST_LIMIT
+    for memory in memories[:TERMINAL_LIST_LIMIT] if more else memories:
+        click.echo(memory_line(memory, dated=True))
+    if more:
+        async def count(device: Device) -> int:
+            return len(await device.store.list(project=project, kind=kind, tag=tag, since=since))
+
+        total = with_device(count)
+        click.echo(f"showing the {TERMINAL_LIST_LIMIT} most recent of {plural(total, 'memory', 'memories')};"
+                   " --limit N for more (0: all)", err=True)
     if not memories:
         click.echo("no memories", err=True)
 
@@ -384,13 +356,24 @@ def forget(memory_id: str) -> None:
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many results.")
 @project_option
 @kind_option
+@click.option("--tag", help="Only memories with this tag.")
+@click.option("--since", callback=since_option, metavar="WHEN", help="Changed since a date (2026-01-31) or for a duration (12h, 7d).")
 @click.option(
     "--min-score", "min_score", type=click.FloatRange(-1.0, 1.0), default=None, metavar="S",
     help="Show results the keywords did not find down to this similarity (default: the calibrated cut-off).",
 )
 @click.option("--all", "show_all", is_flag=True, help="Show the k best whatever their similarity (no cut-off).")
 @common_options
-def search(query: str, k: int, project: str | None, kind: str | None, min_score: float | None, show_all: bool) -> None:
+def search(
+    query: str,
+    k: int,
+    project: str | None,
+    kind: str | None,
+    tag: str | None,
+    since: float | None,
+    min_score: float | None,
+    show_all: bool,
+) -> None:
     """Find memories by meaning and by keywords (hybrid search).
 
     Results the keywords did not find and that are not close in meaning are
@@ -411,7 +394,9 @@ def search(query: str, k: int, project: str | None, kind: str | None, min_score:
                 warn(warning)
         finally:
             close()
-        return await device.search(query, k=k, project=project, kind=kind, min_similarity=min_similarity)
+        return await device.search(
+            query, k=k, project=project, kind=kind, tag=tag, since=since, min_similarity=min_similarity
+        )
 
     results = with_device(body)
     if json_mode():

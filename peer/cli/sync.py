@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from peer.home import Home
 
 from ._app import cli, common_options, home_arg, json_mode, run, with_device
+from ._input import Interrupted, interrupted
 from ._output import print_result, sync_progress, warn
 
 
@@ -32,6 +33,13 @@ def sync(address: str, timeout: float | None) -> None:
     update, close = sync_progress()
     try:
         summary = with_device(lambda device: device.sync_with(host, port, progress=update, **limits))
+    except BaseException as e:
+        if interrupted(e):
+            # Versions are applied in committed batches: what arrived stays.
+            raise Interrupted(
+                f"interrupted: the versions received so far are kept; run `peer sync {address}` again for the rest"
+            ) from None
+        raise
     finally:
         close()
     for warning in summary.warnings:

@@ -107,8 +107,29 @@ def sniff_format(data: bytes) -> str:
             return "ai-mem"
         if "content" in first:
             return "ndjson"
+    elif head.startswith(b"{") and re.search(rb'"observations"\s*:', head[:1 << 20]):
+        return "ai-mem"  # `ai-mem snapshot export -f json`: {"snapshot", "observations"}
     elif head.startswith(b"{") and re.search(rb'"memories"\s*:', head[:1 << 20]):
         return "claude-memory"  # one JSON document over many lines
+    elif head.startswith(b"["):
+        # A bare array: ai-mem's `export x.json`, or a list of Claude memories.
+        start = head[: 1 << 16]
+        if re.search(rb'"(session_id|importance_score|content_hash)"\s*:', start):
+            return "ai-mem"
+        if re.search(rb'"(category|context_level|project_name)"\s*:', start):
+            return "claude-memory"
+    if not head.startswith((b"{", b"[")):
+        try:
+            head[: 1 << 16].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            # Text that is not JSON: most likely notes, one per line.
+            raise ImportFormatError(
+                "cannot tell the format of this file: it is plain text, not an export of peer or another memory"
+                " tool; to add one memory per line, use `peer add --file FILE` (or pass --format ndjson,"
+                " claude-memory or ai-mem); nothing was imported"
+            )
     raise ImportFormatError(
         "cannot tell the format of this file; pass --format ndjson, claude-memory or ai-mem"
     )

@@ -1,9 +1,14 @@
 """Claude Memory (the Claude Memory RAG Server): its JSON export and its .tar.gz backup with .npz vectors.
 
 The JSON export is one document: ``{"memories": [...], "memory_count": N,
-"embedding_model": ...}`` (or a bare list of memories). The backup is a
-.tar.gz holding ``memories.json``, ``embeddings.npz`` (vectors by memory
-id), ``manifest.json`` and ``checksums.sha256``. It is read from memory,
+...}`` (or a bare list of memories). The backup is a .tar.gz holding, at
+its root, ``memories.json`` (each memory with its ``embedding`` inline),
+``embeddings.npz``, ``manifest.json`` and ``checksums.sha256``. The tool's
+``embeddings.npz`` holds ONE array, ``embeddings`` (N rows, float64), whose
+row i belongs to ``memories[i]``: there are no ids, so the row count must
+equal the memory count, and a memory without an inline vector takes its
+row. (Arrays ``ids`` + ``embeddings``, or one array per memory id, are read
+too.) The embedding model is named by each memory, not by the manifest. It is read from memory,
 never extracted: every entry is checked (no unsafe path, no link, a known
 name within its size limit, a matching checksum) before it is parsed, and
 each .npz array's header before numpy reads the array.
@@ -22,7 +27,7 @@ import math
 import re
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from peer.errors import ImportFormatError
@@ -87,7 +92,9 @@ _CLAUDE_EXTRAS = (
 )
 
 
-def _claude_record(obj: Mapping[str, Any], vectors: Mapping[str, bytes | None], default_model: str | None) -> Record:
+def _claude_record(
+    obj: Mapping[str, Any], vectors: Mapping[str, bytes | None], default_model: str | None, row: bytes | None = None
+) -> Record:
     memory_id, original = check_foreign_id(obj.get("id"), "claude-memory")
     created = check_timestamp(obj.get("created_at"), "created_at")
     updated = check_timestamp(obj.get("updated_at"), "updated_at")
@@ -100,7 +107,7 @@ def _claude_record(obj: Mapping[str, Any], vectors: Mapping[str, bytes | None], 
     model = check_optional_text(obj.get("embedding_model"), "embedding_model", 256) or default_model
     vector = check_vector(obj.get("embedding"))
     if vector is None:
-        vector = vectors.get(str(obj.get("id")))
+        vector = vectors.get(str(obj.get("id")), row)
     return Record(
         id=memory_id,
         content=check_content(obj.get("content")),
@@ -113,11 +120,17 @@ def _claude_record(obj: Mapping[str, Any], vectors: Mapping[str, bytes | None], 
         importance=check_importance(obj.get("importance")),
         embedding_model=model,
         vector=vector,
+        tool="claude_memory",
     )
 
 
 def _claude_memories(
-    doc: Any, name: str, prefix: str, vectors: Mapping[str, bytes | None] | None = None, model: str | None = None
+    doc: Any,
+    name: str,
+    prefix: str,
+    vectors: Mapping[str, bytes | None] | None = None,
+    model: str | None = None,
+    rows: Sequence[bytes | None] | None = None,
 ) -> ImportFile:
     if isinstance(doc, dict):
         memories = doc.get("memories")
@@ -135,6 +148,12 @@ def _claude_memories(
         memories = doc
     else:
         refuse(name, prefix or "at the top", 'expected an object with a "memories" list (a Claude Memory export)')
+    if rows is not None and len(rows) != len(memories):
+        refuse(
+            name,
+            "embeddings.npz",
+            f"holds {len(rows):,} rows for {len(memories):,} memories (row i belongs to memory i, so the two must match)",
+        )
     records: list[Record] = []
     for number, obj in enumerate(memories, start=1):
         where = f"{prefix + ' ' if prefix else ''}memory {number}"
@@ -143,7 +162,7 @@ def _claude_memories(
         if isinstance(obj.get("id"), str):
             where += f" (id {obj['id'][:40]})"
         try:
-            records.append(_claude_record(obj, vectors or {}, model))
+            records.append(_claude_record(obj, vectors or {}, model, rows[number - 1] if rows is not None else None))
         except BadValue as e:
             refuse(name, where, str(e))
     unique, duplicates = dedupe(records)
@@ -247,8 +266,12 @@ def _verify_checksums(files: Mapping[str, bytes], name: str) -> None:
             refuse(name, base, "listed in checksums.sha256 but missing from the archive")
 
 
-def _npz_vectors(data: bytes, name: str) -> dict[str, bytes | None]:
-    """Vectors by memory id from embeddings.npz: arrays "ids" and "embeddings", or one array per id.
+def _npz_vectors(data: bytes, name: str) -> tuple[dict[str, bytes | None], list[bytes | None] | None]:
+    """Vectors from embeddings.npz: (by memory id, by row).
+
+    The tool writes one 2-D array ``embeddings`` whose rows follow the
+    memories' order (by row); ``ids`` with ``embeddings``, or one 1-D array
+    per memory id, give vectors by id.
 
     Each array's header is read and its size checked before the array is,
     so a small file cannot make numpy allocate gigabytes.
@@ -278,6 +301,17 @@ def _npz_vectors(data: bytes, name: str) -> dict[str, bytes | None]:
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         refuse(name, "embeddings.npz", f"not a readable .npz file ({e})")
     vectors: dict[str, bytes | None] = {}
+    if "ids" not in arrays and set(arrays) <= {"embeddings", "vectors"} and len(arrays) == 1:
+        (matrix,) = arrays.values()
+        if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
+            refuse(name, "embeddings.npz", '"embeddings" must be a 2-D array of numbers (one row per memory)')
+        by_row: list[bytes | None] = []
+        for number, row in enumerate(matrix, start=1):
+            try:
+                by_row.append(unit_float32(row))
+            except BadValue as e:
+                refuse(name, "embeddings.npz", f"row {number}: {e}")
+        return vectors, by_row
     if "ids" in arrays and ("embeddings" in arrays or "vectors" in arrays):
         ids = arrays["ids"]
         matrix = arrays["embeddings"] if "embeddings" in arrays else arrays["vectors"]
@@ -293,7 +327,7 @@ def _npz_vectors(data: bytes, name: str) -> dict[str, bytes | None]:
             vectors[key] = unit_float32(row)
         except BadValue as e:
             refuse(name, "embeddings.npz", f"the vector of {key[:40]}: {e}")
-    return vectors
+    return vectors, None
 
 
 def read_claude_archive(data: bytes, name: str) -> ImportFile:
@@ -308,6 +342,6 @@ def read_claude_archive(data: bytes, name: str) -> ImportFile:
             refuse(name, "manifest.json", "expected a JSON object")
         if isinstance(manifest.get("embedding_model"), str):
             model = manifest["embedding_model"]
-    vectors = _npz_vectors(files["embeddings.npz"], name) if "embeddings.npz" in files else {}
+    vectors, rows = _npz_vectors(files["embeddings.npz"], name) if "embeddings.npz" in files else ({}, None)
     doc = _parse_json_document(files["memories.json"], name, "memories.json")
-    return _claude_memories(doc, name, "memories.json", vectors, model)
+    return _claude_memories(doc, name, "memories.json", vectors, model, rows)

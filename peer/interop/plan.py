@@ -25,6 +25,14 @@ supersedes every live local version (a forgotten memory comes back).
   written (skipped);
 - the file names the version it was exported at and that version is still
   the local winner: only the file changed, so the import supersedes it;
+- likewise for a tool whose records keep one fixed time across its own
+  edits (ai-mem's ``created_at``): a local winner with exactly that time is
+  still what an earlier import wrote (a local edit stamps the edit's time),
+  so the tool's edit supersedes it, with no conflict; and for a tool whose
+  records carry their own ``updated_at`` (Claude Memory), a newer record
+  supersedes a memory held in one version only that carries the tool's
+  fields: that version is what an earlier import wrote, never changed
+  since (any change, here or synced, leaves a superseded version);
 - otherwise both sides changed: the import is written *concurrent* with
   the local winner (its context names only the version it was exported
   from, when this store holds it), so both stay, as siblings that
@@ -137,6 +145,21 @@ def _plan_one(record: Record, versions: Sequence[tuple[str, Memory]], strategy: 
         return Step(record, Action.SKIPPED)
     held = {m.version for _, m in versions}
     base = record.version if record.version in held else None
+    if record.fixed_time and winner.updated_at == record.updated_at:
+        # The local winner is still what an earlier import of this record
+        # wrote (a local edit would carry the edit's time): only the tool's
+        # side changed, so its edit supersedes the stale copy.
+        base = winner.version
+    elif (
+        record.tool is not None
+        and len(versions) == 1
+        and isinstance(winner.metadata.get(record.tool), dict)
+        and record.updated_at > winner.updated_at
+    ):
+        # The only version ever held, with the tool's fields: what an earlier
+        # import wrote, untouched here and everywhere (an edit or a sync of
+        # one would leave a superseded version). The tool's newer edit wins.
+        base = winner.version
     if base == winner.version:
         return Step(record, Action.UPDATED, expected=winner.version, supersedes=(base,))
     return Step(
@@ -188,6 +211,7 @@ class ImportReport:
             "vectors_reused": self.vectors_reused,
             "embedded": self.embedded,
             "seconds": round(self.seconds, 3),
+            "notes": list(self.plan.file.notes),
         }
 
     def describe(self) -> str:
@@ -198,6 +222,7 @@ class ImportReport:
         lines = [head if self.dry_run else f"{head} in {self.seconds:.1f} s"]
         if file.duplicates:
             lines.append(f"{file.duplicates:,} earlier occurrence(s) of repeated ids were dropped (the last one counts)")
+        lines.extend(file.notes)
         if counts[Action.CONFLICT.value]:
             lines.append("memories changed on both sides are kept as siblings: see `peer conflicts`")
         return "\n".join(lines)

@@ -82,6 +82,15 @@ class Record:
     version: str | None = None  # the version a peer export was taken at
     embedding_model: str | None = None
     vector: bytes | None = field(default=None, repr=False)  # little-endian float32, unit length
+    #: The tool keeps ``updated_at`` fixed across its own edits (ai-mem has only
+    #: ``created_at``), so a local version with this same time was written by an
+    #: earlier import of this record and never changed here (a local edit stamps
+    #: the time of the edit): see the merge rules in :mod:`.plan`.
+    fixed_time: bool = False
+    #: The metadata key under which the tool's own fields are kept ("claude_memory"):
+    #: a held memory with that key and a single version was written by an import
+    #: and never changed since, anywhere (any change leaves a superseded version).
+    tool: str | None = None
 
     def same_memory(self, memory: Memory) -> bool:
         """Whether ``memory`` says the same (timestamps aside)."""
@@ -116,6 +125,8 @@ class ImportFile:
     format: str
     records: tuple[Record, ...]
     duplicates: int = 0
+    #: What the reader left out or changed on the way, for the person (say it, never silently).
+    notes: tuple[str, ...] = ()
 
 
 class BadValue(Exception):

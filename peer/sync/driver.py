@@ -51,7 +51,7 @@ from peer.aio import (
     ssh_transport,
 )
 from peer.store import ApplyPipeline, ApplyResult, Store
-from peer.units import human_size
+from peer.units import human_size, plural
 from protocol import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
@@ -126,7 +126,7 @@ class SyncSummary:
         """One line for people: ``sent 3, received 5 versions (2.1 kB) in 0.4 s``."""
         total = self.bytes_sent + self.bytes_received
         return (
-            f"sent {self.sent:,}, received {self.received:,} versions ({human_size(total)}) in {self.seconds:.1f} s"
+            f"sent {self.sent:,}, received {plural(self.received, 'version')} ({human_size(total)}) in {self.seconds:.1f} s"
             f" with device {format_device_id(self.peer_device_id)}"
         )
 
@@ -456,7 +456,10 @@ class Syncer:
         peer = format_device_id(stream.peer_device_id)
         log.debug("sync with device %s started", peer)
         summary = await sync_over(stream, self.store)
-        log.info("synced: %s", summary.describe())
+        # As for the sessions this device opens: one INFO line per session
+        # that moved versions; the periodic no-change ones only with --verbose.
+        moved = summary.sent or summary.received
+        log.log(logging.INFO if moved else logging.DEBUG, "synced: %s", summary.describe())
         await self._after(summary)
 
     async def _after(self, summary: SyncSummary) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from peer.home import Home
 from peer.relay import relay_status
 from peer.sync.status_file import read_status
+from peer.units import plural
 from protocol import VersionVector, format_device_id
 
 __all__ = ["PeerStatus", "StatusReport", "status_report"]
@@ -125,7 +126,7 @@ class StatusReport:
             elif p.lacks is None:
                 lines.append("  lacks: unknown (never synced)")
             else:
-                lines.append(f"  lacks: {p.lacks:,} versions of this device's store" + (
+                lines.append(f"  lacks: {plural(p.lacks, 'version')} of this device's store" + (
                     "; it has versions this device lacks" if p.ahead else ""))
         for r in self.relays:
             if r["reachable"] is None:

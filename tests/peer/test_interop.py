@@ -344,7 +344,7 @@ async def test_claude_export_fields_and_vectors(tmp_path: Path, aio_loop: object
         assert first.metadata["source"] == "chat"
         assert first.metadata["claude_memory"] == {
             "category": "preference", "context_level": "PROJECT_CONTEXT", "scope": "project",
-            "last_accessed": "2025-06-03T08:00:00Z", "lifecycle_state": "ACTIVE", "embedding_model": "hash-384",
+            "last_accessed": "2025-06-03T08:00:00+00:00", "lifecycle_state": "ACTIVE", "embedding_model": "hash-384",
             "provenance": {"source": "user_statement", "confidence": 0.9, "created_by": "claude"},
         }
         assert first.created_at == 1_748_779_200.0  # 2025-06-01T12:00:00Z

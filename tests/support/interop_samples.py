@@ -1,15 +1,33 @@
-"""Sample files in the formats `peer import` reads, made the way the other tools write them.
+"""Sample files in the formats `peer import` reads, laid out the way the other tools' own code writes them.
 
-Claude Memory RAG Server: a JSON export (``{"version", "schema_version",
-"export_date", "export_type", "filters", "memory_count", "memories"}``) and
-a ``.tar.gz`` backup (``memories.json``, ``embeddings.npz``,
-``manifest.json``, ``checksums.sha256``). ai-mem: an NDJSON snapshot whose
-first line is ``{"snapshot": {...}}``, then one observation per line.
+Claude Memory RAG Server (``src/backup/exporter.py``): ``export_to_json``
+writes ``{"version", "schema_version", "export_date", "export_type",
+"filters", "memory_count", "memories"}``; ``create_portable_archive``
+writes a ``.tar.gz`` whose members sit at the archive root, in this order:
+``memories.json`` (``{"version", "schema_version", "export_date",
+"memory_count", "memories"}``, each memory with its ``embedding`` inline),
+``embeddings.npz`` (``np.savez_compressed`` of ONE array, ``embeddings``,
+float64, shape (N, 384), row i belonging to ``memories[i]``; no ids),
+``manifest.json`` (``version``, ``schema_version``, ``export_date``,
+``export_type``, ``memory_count``, ``projects``, ``includes_embeddings``,
+``compression``, ``encryption``; no embedding model) and
+``checksums.sha256`` (``sha256  name`` lines).
 
-Texts mix scripts on purpose: emoji (with joiners and skin tones),
-right-to-left Hebrew and Arabic, CJK, combining accents, and the Unicode
-line and paragraph separators, which a reader splitting lines with
-``str.splitlines`` would cut.
+ai-mem (``src/ai_mem/cli.py``): ``export x.json`` writes a JSON array of
+observations (``json.dump(..., indent=2)``), ``export x.jsonl`` one per
+line; ``snapshot export`` writes a ``{"snapshot": meta}`` line then one
+observation per line, or with ``-f json`` one object ``{"snapshot": meta,
+"observations": [...]}``; ``meta`` holds ``snapshot_id``, ``created_at``,
+filters and ``count``. An observation is the pydantic model dumped whole:
+``project`` is usually the absolute path of the working directory, and
+``assets`` a list of ``{"id", "observation_id", "type", "name", "path",
+"content", "metadata", "created_at"}``.
+
+This module writes such files itself from those layouts (no code of
+either tool is used). Texts mix scripts on purpose: emoji (with joiners
+and skin tones), right-to-left Hebrew and Arabic, CJK, combining accents,
+and the Unicode line and paragraph separators, which a reader splitting
+lines with ``str.splitlines`` would cut.
 """
 
 from __future__ import annotations
@@ -85,11 +103,52 @@ def drop() -> Any:
 
 def ai_mem_snapshot(observations: Sequence[Mapping[str, Any]], *, raw_lines: Mapping[int, str] | None = None) -> bytes:
     """The snapshot file; ``raw_lines`` replaces given 1-based lines (the snapshot header is line 1) verbatim."""
-    lines = [json.dumps({"snapshot": {"version": 1, "created_at": 1_760_000_000.0, "count": len(observations)}})]
-    lines += [json.dumps(o, ensure_ascii=False) for o in observations]
+    lines = [json.dumps({"snapshot": snapshot_meta(observations)}, ensure_ascii=True)]
+    lines += [json.dumps(o, ensure_ascii=True) for o in observations]
     for number, text in (raw_lines or {}).items():
         lines[number - 1] = text
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def snapshot_meta(observations: Sequence[Mapping[str, Any]], **fields: Any) -> dict[str, Any]:
+    """The ``snapshot`` object ai-mem's ``snapshot export`` writes."""
+    meta: dict[str, Any] = {
+        "snapshot_id": str(uuid.UUID(int=len(observations) + 99, version=4)),
+        "created_at": 1_760_100_000.5,
+        "project": None,
+        "session_id": None,
+        "obs_type": None,
+        "since": None,
+        "limit": None,
+        "note": None,
+        "last_observation": observations[-1]["created_at"] if observations else None,
+        "count": len(observations),
+    }
+    meta.update(fields)
+    return meta
+
+
+def ai_mem_json_export(observations: Sequence[Mapping[str, Any]]) -> bytes:
+    """``ai-mem export x.json``: a JSON array, indented, ASCII-escaped."""
+    return json.dumps(list(observations), indent=2).encode("utf-8")
+
+
+def ai_mem_json_snapshot(observations: Sequence[Mapping[str, Any]], **meta: Any) -> bytes:
+    """``ai-mem snapshot export x.json -f json``: ``{"snapshot": meta, "observations": [...]}``."""
+    return json.dumps({"snapshot": snapshot_meta(observations, **meta), "observations": list(observations)}, indent=2).encode()
+
+
+def ai_mem_asset(observation_id: str, content: str, name: str = "notes.txt") -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, observation_id + name)),
+        "observation_id": observation_id,
+        "type": "file",
+        "name": name,
+        "path": f"/home/dev/work/{name}",
+        "content": content,
+        "metadata": {},
+        "created_at": 1_760_000_500.0,
+    }
 
 
 # Claude Memory RAG Server -------------------------------------------------------------
@@ -106,8 +165,8 @@ def claude_memory(i: int, *, vector: list[float] | None = None, **fields: Any) -
         "importance": 0.5 + (i % 5) / 10,
         "embedding_model": "all-MiniLM-L6-v2",
         "created_at": "2025-06-01T12:00:00+00:00",
-        "updated_at": f"2025-06-02T12:{i % 60:02d}:00Z",
-        "last_accessed": "2025-06-03T08:00:00Z",
+        "updated_at": f"2025-06-02T12:{i % 60:02d}:00+00:00",
+        "last_accessed": "2025-06-03T08:00:00+00:00",
         "lifecycle_state": "ACTIVE",
         "tags": ["claude", f"c{i % 4}"],
         "metadata": {"source": "chat", "i": i},
@@ -125,11 +184,11 @@ def claude_memory(i: int, *, vector: list[float] | None = None, **fields: Any) -
 
 def claude_export(memories: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
-        "version": "4.0.0",
+        "version": "1.0.0",
         "schema_version": "3.0.0",
-        "export_date": "2025-06-04T10:00:00Z",
+        "export_date": "2025-06-04T10:00:00.123456+00:00",
         "export_type": "full",
-        "filters": {},
+        "filters": {"project_name": None, "category": None, "context_level": None, "since_date": None, "until_date": None},
         "memory_count": len(memories),
         "memories": list(memories),
     }
@@ -142,24 +201,49 @@ def claude_backup(
     *,
     tamper: str | None = None,
     extra: Mapping[str, bytes] | None = None,
+    inline: bool = True,
 ) -> Path:
-    """A .tar.gz backup; ``tamper`` names a member whose bytes change after its checksum was taken."""
+    """A ``.tar.gz`` as ``create_portable_archive`` lays it out (see the module's docstring).
+
+    ``vectors`` by memory id: each goes inline into its memory (as the tool
+    writes it) and into row i of ``embeddings.npz``. ``tamper`` names a
+    member whose bytes change after its checksum was taken; ``extra`` adds
+    members (after the real ones). ``inline=False`` leaves the vectors
+    only in ``embeddings.npz`` (so a reader must line its rows up).
+    """
     import numpy as np
 
-    buf = io.BytesIO()
-    ids = list(vectors)
-    np.savez(
-        buf,
-        ids=np.array(ids),
-        embeddings=np.array([vectors[i] for i in ids], dtype=np.float32).reshape(len(ids), -1),
-    )
-    files = {
-        "memories.json": json.dumps(claude_export(memories), ensure_ascii=False, indent=2).encode("utf-8"),
-        "embeddings.npz": buf.getvalue(),
-        "manifest.json": json.dumps(
-            {"backup_type": "full", "memory_count": len(memories), "embedding_model": "all-MiniLM-L6-v2"}
-        ).encode(),
+    rows = [dict(m, embedding=vectors[m["id"]]) if inline and m["id"] in vectors else dict(m) for m in memories]
+    files: dict[str, bytes] = {
+        "memories.json": json.dumps(
+            {
+                "version": "1.0.0",
+                "schema_version": "3.0.0",
+                "export_date": "2025-06-04T10:00:00.123456+00:00",
+                "memory_count": len(rows),
+                "memories": rows,
+            },
+            indent=2,  # the tool writes it ASCII-escaped (json.dump's default)
+        ).encode("utf-8"),
     }
+    if vectors:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, embeddings=np.array([vectors[m["id"]] for m in memories], dtype=np.float64))
+        files["embeddings.npz"] = buf.getvalue()
+    files["manifest.json"] = json.dumps(
+        {
+            "version": "1.0.0",
+            "schema_version": "3.0.0",
+            "export_date": "2025-06-04T10:00:00.123456+00:00",
+            "export_type": "full",
+            "memory_count": len(rows),
+            "projects": sorted({m["project_name"] for m in memories if m.get("project_name")}),
+            "includes_embeddings": bool(vectors),
+            "compression": "gzip",
+            "encryption": "none",
+        },
+        indent=2,
+    ).encode()
     sums = "".join(f"{hashlib.sha256(body).hexdigest()}  {name}\n" for name, body in files.items())
     files["checksums.sha256"] = sums.encode()
     if tamper is not None:
@@ -167,7 +251,9 @@ def claude_backup(
     files.update(extra or {})
     with tarfile.open(path, "w:gz") as archive:
         for name, body in files.items():
-            info = tarfile.TarInfo(f"backup_20250604/{name}" if not name.startswith(("/", "..")) else name)
+            info = tarfile.TarInfo(name)  # at the archive root, as the tool's arcname= puts them
             info.size = len(body)
+            info.mode = 0o644
+            info.mtime = 1_749_031_200
             archive.addfile(info, io.BytesIO(body))
     return path

@@ -52,7 +52,8 @@ def test_sync_both_ways_with_the_agent(pair: tuple[Path, Path], agent: Agent) ->
     assert agent.listening["device_id"] == Home(first).identity().device_id
     assert agent.stop() == 0
     log = agent.log.read_text()
-    assert log.count("synced: ") == 2 and "SIGTERM received: shutting down" in log
+    # One INFO line for the session that moved versions; the no-change one is DEBUG (docs/cli.md, issue 11).
+    assert log.count("synced: ") == 1 and "SIGTERM received: shutting down" in log
 
 
 def test_a_stranger_is_told_the_agent_is_not_a_member(pair: tuple[Path, Path], agent: Agent, tmp_path: Path) -> None:
