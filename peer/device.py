@@ -37,7 +37,7 @@ from peer.search.fusion import (
     relevant,
 )
 from peer.search.sidecar import Coverage, IndexState, index_state
-from peer.store import KEEP, SCHEMA_VERSION, Store, StoreStats
+from peer.store import KEEP, SCHEMA_VERSION, Store, StoreStats, check_content
 from peer.sync import BUSY_ATTEMPTS, ProgressCallback, Syncer, SyncSummary
 from peer.units import fields_text, human_size
 from protocol import PeerBusy, PeerError, StoreError, format_device_id
@@ -222,6 +222,8 @@ class Device:
         for draft in drafts:
             if not draft.content.strip():
                 raise StoreError("a memory needs some content")
+        # Every limit first: the model takes minutes on a text that would be refused anyway.
+        self.store.check_drafts(drafts)
         vectors = await self.embed([d.content for d in drafts])
         return await self.store.add_many(list(zip(drafts, vectors, strict=True)), self.embedder.id)
 
@@ -248,6 +250,7 @@ class Device:
             return await self.store.edit(current.id, content=content)
         merged = None if metadata is None else {**current.metadata, **metadata}
         if content is not None and content != current.content:
+            check_content(content)  # before the model runs on it
             (vector,) = await self.embed([content])
             return await self.store.edit(
                 current.id,

@@ -30,6 +30,13 @@ from protocol import (
 )
 
 
+class StoreDamaged(StoreError):
+    """The store file is damaged (SQLite finds it malformed, or it is not a database at all).
+
+    ``peer doctor`` then reads what it can of it instead of opening it.
+    """
+
+
 class ConfigError(PeerError):
     """``config.toml`` cannot be read, or holds an unknown key or a value of the wrong type."""
 
@@ -92,6 +99,7 @@ __all__ = [
     "TransportError",
     "PeerBusy",
     "ConfigError",
+    "StoreDamaged",
     "DiscoveryError",
     "ImportFormatError",
     "EmbedderError",

@@ -109,14 +109,20 @@ from .membership import (
 from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, state_of, winner_key
 from .records import (
     DEFAULT_KIND,
+    EMBEDDING_ROOM,
     FORMAT_VERSION,
     KINDS,
+    MAX_BODY_BYTES,
     MAX_CONTENT_BYTES,
+    MAX_EMBEDDER_BYTES,
     MAX_EMBEDDING_BYTES,
     MAX_FIELD_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_TAGS,
     MemoryBody,
     VersionHeader,
     canonical_json,
+    check_body_size,
     valid_kind,
 )
 from .relay import (
@@ -271,6 +277,12 @@ __all__ = [
     "DEFAULT_KIND",
     "FORMAT_VERSION",
     "KINDS",
+    "EMBEDDING_ROOM",
+    "MAX_BODY_BYTES",
+    "MAX_EMBEDDER_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_TAGS",
+    "check_body_size",
     "MAX_CONTENT_BYTES",
     "MAX_EMBEDDING_BYTES",
     "MAX_FIELD_BYTES",

@@ -28,6 +28,7 @@ __all__ = [
     "VersionHeader",
     "canonical_json",
     "valid_kind",
+    "check_body_size",
 ]
 
 #: Version of the header/body encodings; a reader refuses anything newer.
@@ -50,6 +51,15 @@ MAX_CONTENT_BYTES = 1 << 20
 MAX_FIELD_BYTES = 1 << 16
 MAX_CONTEXT = 4096
 MAX_EMBEDDING_BYTES = 4 * 4096
+MAX_TAGS = 4096
+MAX_METADATA_BYTES = MAX_CONTENT_BYTES
+MAX_EMBEDDER_BYTES = 256
+_MAX_KIND_BYTES = 64
+#: The largest encoded body that still fits a sealed box (sealing.MAX_SEALED_BYTES,
+#: less the nonce and the AEAD tag). Kept here because sealing imports this module.
+MAX_BODY_BYTES = (4 << 20) - 12 - 16
+#: What a check made before embedding keeps free for the vector still to come.
+EMBEDDING_ROOM = MAX_EMBEDDING_BYTES + MAX_EMBEDDER_BYTES + 16
 
 
 def valid_kind(kind: str) -> bool:
@@ -108,6 +118,10 @@ class MemoryBody:
             raise LocalProtocolError("metadata is not valid JSON") from e
         if not isinstance(parsed, dict):
             raise LocalProtocolError("metadata must be a JSON object")
+        # Every limit a reader enforces (decode_from below, and the sealed box)
+        # is enforced here too: a body this side can build, every member can read.
+        _check_lengths(self)
+        check_body_size(self)
 
     @property
     def metadata_dict(self) -> dict[str, Any]:
@@ -132,16 +146,16 @@ class MemoryBody:
     @classmethod
     def decode_from(cls, r: Reader) -> MemoryBody:
         content = r.str(MAX_CONTENT_BYTES)
-        kind = r.str(64)
+        kind = r.str(_MAX_KIND_BYTES)
         project = r.str(MAX_FIELD_BYTES) or None
-        tags = tuple(r.str(MAX_FIELD_BYTES) for _ in range(r.uvarint(limit=4096)))
-        metadata = r.str(MAX_CONTENT_BYTES)
+        tags = tuple(r.str(MAX_FIELD_BYTES) for _ in range(r.uvarint(limit=MAX_TAGS)))
+        metadata = r.str(MAX_METADATA_BYTES)
         created_at = r.f64()
         updated_at = r.f64()
         has_importance = r.bool()
         importance = r.f64()
         deleted = r.bool()
-        embedder = r.str(256)
+        embedder = r.str(MAX_EMBEDDER_BYTES)
         embedding = r.bytes(MAX_EMBEDDING_BYTES)
         # Compare the bits: -0.0 == 0.0, and only +0.0 is the canonical "no importance".
         if not has_importance and struct.pack("<d", importance) != bytes(8):
@@ -158,6 +172,52 @@ class MemoryBody:
             deleted=deleted,
             embedder=embedder,
             embedding=embedding,
+        )
+
+
+def _utf8_len(text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        # A lone surrogate cannot be encoded, so no device could ever read it back.
+        raise LocalProtocolError("text holds characters that are not valid Unicode (a lone surrogate)") from e
+
+
+def _check_lengths(body: MemoryBody) -> None:
+    def over(what: str, size: int, limit: int) -> LocalProtocolError:
+        return LocalProtocolError(f"{what} is limited to {limit:,} bytes (this one has {size:,})")
+
+    if (n := _utf8_len(body.content)) > MAX_CONTENT_BYTES:
+        raise over("a memory's content", n, MAX_CONTENT_BYTES)
+    if _utf8_len(body.kind) > _MAX_KIND_BYTES:
+        raise LocalProtocolError(f"invalid kind {body.kind!r}")
+    if body.project is not None and (n := _utf8_len(body.project)) > MAX_FIELD_BYTES:
+        raise over("a project name", n, MAX_FIELD_BYTES)
+    if len(body.tags) > MAX_TAGS:
+        raise LocalProtocolError(f"a memory can have at most {MAX_TAGS:,} tags (this one has {len(body.tags):,})")
+    for tag in body.tags:
+        if (n := _utf8_len(tag)) > MAX_FIELD_BYTES:
+            raise over("a tag", n, MAX_FIELD_BYTES)
+    if (n := _utf8_len(body.metadata)) > MAX_METADATA_BYTES:
+        raise over("the metadata (as JSON)", n, MAX_METADATA_BYTES)
+    if (n := _utf8_len(body.embedder)) > MAX_EMBEDDER_BYTES:
+        raise over("an embedder id", n, MAX_EMBEDDER_BYTES)
+    if len(body.embedding) > MAX_EMBEDDING_BYTES:
+        raise over("an embedding", len(body.embedding), MAX_EMBEDDING_BYTES)
+
+
+def check_body_size(body: MemoryBody, *, reserve: int = 0) -> None:
+    """Refuse a body whose encoding (plus ``reserve`` bytes still to come) would not fit a sealed box.
+
+    Each field may be within its own limit and the whole still too big (4,096
+    tags of 1 KiB and 1 MiB of content): readers refuse the box, so writers must.
+    ``reserve`` is :data:`EMBEDDING_ROOM` for a check made before the vector exists.
+    """
+    size = len(body.encode()) + reserve
+    if size > MAX_BODY_BYTES:
+        raise LocalProtocolError(
+            f"a memory is limited to {MAX_BODY_BYTES:,} bytes in all (content, tags, project, metadata"
+            f" and vector; this one needs {size:,})"
         )
 
 

@@ -38,7 +38,7 @@ from .errors import (
     WrongGroup,
 )
 from .ids import device_id_of
-from .records import MemoryBody, VersionHeader
+from .records import MAX_BODY_BYTES, MemoryBody, VersionHeader
 
 __all__ = [
     "SealedVersion",
@@ -53,6 +53,8 @@ __all__ = [
 MAX_SEALED_BYTES = 4 << 20
 _NONCE_BYTES = 12
 _SIGNATURE_BYTES = 64
+# records.py refuses any body that would not fit a box (it cannot import this module).
+assert MAX_BODY_BYTES == MAX_SEALED_BYTES - _NONCE_BYTES - 16
 _SIGN_LABEL = b"peer/v1/sealed-version\x00"
 _KDF_LABEL = b"peer/v1/version-key\x00"
 

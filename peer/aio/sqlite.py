@@ -25,7 +25,7 @@ import aiosqlite
 import trio
 import trio_asyncio
 
-from ..errors import StoreError
+from ..errors import StoreDamaged, StoreError
 
 __all__ = ["Database", "Row", "translate_sqlite_error"]
 
@@ -46,9 +46,12 @@ def translate_sqlite_error(error: sqlite3.Error, path: Path) -> StoreError:
             f"the store at {path} is busy: another peer process holds it for too long; try again"
         )
     if "file is not a database" in lowered or "file is encrypted" in lowered:
-        return StoreError(f"{path} is not a peer store (it is not a SQLite database)")
+        return StoreDamaged(f"{path} is not a peer store (it is not a SQLite database)")
     if "malformed" in lowered or "corrupt" in lowered:
-        return StoreError(f"the store at {path} is damaged ({text}); run `peer doctor`, or restore a backup")
+        return StoreDamaged(
+            f"the store at {path} is damaged ({text}); `peer doctor` shows what can still be read"
+            " and `peer doctor --salvage NEW_HOME` copies it out, or restore a backup"
+        )
     if "disk is full" in lowered or "database or disk is full" in lowered:
         return StoreError(f"the disk holding {path} is full; free some space and try again")
     if "readonly" in lowered or "read-only" in lowered:

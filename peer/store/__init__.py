@@ -7,6 +7,7 @@ keyword-query building.
 """
 
 from .pipeline import ApplyPipeline
+from .rows import check_content
 from .schema import SCHEMA_VERSION
 from .store import (
     KEEP,
@@ -22,6 +23,7 @@ from .store import (
 )
 
 __all__ = [
+    "check_content",
     "KEEP",
     "SCHEMA_VERSION",
     "ApplyPipeline",

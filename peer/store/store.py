@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
 from protocol import (
+    EMBEDDING_ROOM,
     MAX_INCARNATION,
     DecodeError,
     Dot,
@@ -66,6 +67,7 @@ from protocol import (
     VersionMeta,
     VersionState,
     VersionVector,
+    check_body_size,
     context_for_new_version,
     device_id_of,
     device_of,
@@ -762,6 +764,21 @@ class Store:
             )
         except LocalProtocolError as e:
             raise StoreError(f"cannot store this memory: {e}") from e
+
+    def check_drafts(self, drafts: Sequence[Draft]) -> None:
+        """Refuse, before anything is embedded, a draft that could not be stored or read by another member.
+
+        The same checks as :meth:`add_many` (every limit a receiving device
+        enforces), with room kept for the vector the embedder will add: the
+        model never runs on a text that would be refused after minutes of work.
+        """
+        now = self._now_ms() / 1000
+        for draft in drafts:
+            body = self._draft_body(draft, None, "", now)
+            try:
+                check_body_size(body, reserve=EMBEDDING_ROOM)
+            except LocalProtocolError as e:
+                raise StoreError(f"cannot store this memory: {e}") from e
 
     async def add(self, draft: Draft, embedding: bytes | None = None, embedder: str = "") -> str:
         """Add one memory; returns its id."""

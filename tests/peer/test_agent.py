@@ -41,7 +41,9 @@ async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, 
             await wait_until_async(indexed, 60, "the agent's index to hold the synced memories")
             nursery.cancel_scope.cancel()
         async with await Device.open(first) as device:
-            hits = await device.search("which linter do we use", k=1)
+            # What is checked here is that the received memory is in the index, not the relevance
+            # cut-off (this pair is 0.15 apart, as close as gibberish: see docs/performance.md).
+            hits = await device.search("which linter do we use", k=1, min_similarity=None)
     assert summary.sent == len(texts)
     assert index_state(first.index_dir, 0).embedder == device.embedder.id
     assert [h.memory.id for h in hits] == [ids[1]]

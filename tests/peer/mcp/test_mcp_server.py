@@ -220,6 +220,9 @@ async def test_the_default_project_comes_from_the_workspace(home: Path, tmp_path
     (repo / "src").mkdir()
     workspace = tmp_path / "billing"
     workspace.mkdir()
+    # Another project's memory about dev ports: what the search below may widen to (search shows
+    # only results close in meaning or holding every keyword, so an unrelated one would not do).
+    ok(home, "add", "the billing service's dev server listens on port 9090", "--project", "billing-dev")
     with trio.fail_after(120):
         # No roots from the client: the git repository of the working directory.
         async with mcp_session(home, cwd=repo / "src") as session:
