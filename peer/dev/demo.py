@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 __all__ = ["main"]
 
@@ -56,6 +56,10 @@ SYNC_WAIT_S = 30.0
 
 #: How long a stopped agent may take to close its sessions and its store before it is killed.
 AGENT_STOP_S = 10.0
+
+
+#: What the demo prints of an MCP tool's result.
+SHOWN_FIELDS = ("id", "score", "project", "kind", "snippet", "similar")
 
 
 def _say(text: str = "") -> None:
@@ -169,6 +173,34 @@ class Demo:
             _say(f"    ({time.monotonic() - started:.1f} s)")
             _say()
         return done.stdout
+
+    def mcp(self, device: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """One tool call through ``peer mcp`` on ``device``, with the MCP SDK's stdio client; prints it."""
+        import anyio
+        from mcp import ClientSession, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "peer", "--home", str(self.root / device), "mcp"], env=self.env
+        )
+
+        async def call() -> Any:
+            async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                return await session.call_tool(tool, arguments)
+
+        _say(f"$ (assistant on {device}) {tool} {json.dumps(arguments, ensure_ascii=False)}")
+        started = time.monotonic()
+        result = anyio.run(call)
+        if result.is_error or not isinstance(result.structured_content, dict):
+            raise DemoFailed(f"the MCP tool {tool} failed on {device}: {result.content}")
+        out: dict[str, Any] = result.structured_content
+        shown = out.get("results", [out])[:2] if tool == "search" else [out]
+        for item in shown:
+            _say(f"    {json.dumps({k: v for k, v in item.items() if k in SHOWN_FIELDS}, ensure_ascii=False)}")
+        _say(f"    ({time.monotonic() - started:.1f} s, starting the server included)")
+        _say()
+        return out
 
     def start_agent(self, device: str) -> Agent:
         """Start ``peer agent`` for ``device`` on a free loopback port; wait with :meth:`Agent.wait_listening`."""
@@ -298,6 +330,19 @@ def run(demo: Demo) -> None:
         if demo.peer(device, "conflicts", show=device == "laptop").strip() != "no conflicts":
             raise DemoFailed(f"the conflict is still listed on {device} after resolve")
     demo.peer("work", "show", shared[:8])
+
+    _heading("7. An assistant on desktop remembers through MCP; one on work finds it")
+    _say("    (each side is `peer mcp` driven by the MCP SDK's own stdio client, as Claude Code or")
+    _say("    Cursor would; the agents carry the memory across, nothing typed in between)")
+    _say()
+    remembered = demo.mcp("desktop", "remember", {
+        "content": "Deploys go out with `make release`; never push tags by hand.",
+        "kind": "procedure", "project": "shop",
+    })
+    demo.wait_same(("laptop", "desktop", "work"))
+    found = demo.mcp("work", "search", {"query": "how do we ship a release", "project": "shop"})
+    if not found["results"] or found["results"][0]["id"] != remembered["id"]:
+        raise DemoFailed("the memory remembered through MCP on desktop was not found through MCP on work")
 
 
 def _roles(conflicts_text: str) -> dict[str, list[str]]:
