@@ -19,7 +19,6 @@ from protocol import PeerError
 
 __all__ = [
     "DURATION_HELP",
-    "count_of",
     "fields_text",
     "human_size",
     "local_minute",
@@ -63,11 +62,6 @@ def parse_since(text: str, *, now: float | None = None) -> float:
         raise PeerError(
             f"{text!r} is neither a duration ({DURATION_HELP}) nor a date (2026-01-31, 2026-01-31T09:00)"
         ) from None
-
-
-def count_of(n: int, word: str, plural: str | None = None) -> str:
-    """``1 version``, ``12,345 versions``, ``2 memories`` (with ``plural``)."""
-    return f"{n:,} {word if n == 1 else plural or word + 's'}"
 
 
 def human_size(n: int) -> str:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import PeerError, format_device_id, group_folder
 
 from ..store import NowMs, Store, wall_clock_ms
-from ..units import count_of, human_size
+from ..units import human_size, plural
 from .config import (
     RelayMemory,
     RelaySpec,
@@ -175,7 +175,7 @@ class RelayStatus:
             held = "?" if m.bytes_held is None else human_size(m.bytes_held)
             lines.append(f"  last read {when(m.last_read)}, last write {when(m.last_write)}, holds {held}")
         for device, seen in sorted(m.seen.items()):
-            lacks = f"lacks {count_of(seen.lacks, 'version')}" if seen.lacks else "has everything this device holds"
+            lacks = f"lacks {plural(seen.lacks, 'version')}" if seen.lacks else "has everything this device holds"
             lines.append(f"  device {format_device_id(device)}: {lacks}")
         lines += [f"  warning: {p}" for p in m.problems]
         return "\n".join(lines)

@@ -59,7 +59,7 @@ from protocol import (
 
 from ..bundles import BundleSource, Trust, apply_bundle, scan_bundle, write_bundle
 from ..store import NowMs, Store, wall_clock_ms
-from ..units import count_of, human_size
+from ..units import human_size, plural
 from .config import DeviceSeen, RelayMemory
 from .store import RelayFileGone, RelayStore
 
@@ -120,18 +120,18 @@ class ExchangeResult:
     def describe(self) -> str:
         parts = []
         if self.versions_added or self.new_members:
-            parts.append(f"read {count_of(self.versions_added, 'new version')} from {count_of(self.segments_read, 'segment')}")
+            parts.append(f"read {plural(self.versions_added, 'new version')} from {plural(self.segments_read, 'segment')}")
         if self.segment_written:
-            parts.append(f"wrote {count_of(self.segment_written, 'version')} ({human_size(self.bytes_written)})")
+            parts.append(f"wrote {plural(self.segment_written, 'version')} ({human_size(self.bytes_written)})")
         if self.compacted:
             parts.append("compacted this device's segments")
         if self.removed:
-            parts.append(f"removed {count_of(self.removed, 'segment')} every device holds")
+            parts.append(f"removed {plural(self.removed, 'segment')} every device holds")
         text = f"relay {self.relay} ({self.location}): " + ("; ".join(parts) if parts else "nothing new either way")
         text += f"; the relay holds {human_size(self.bytes_held)}"
         for device, seen in sorted(self.devices.items()):
             if seen.lacks:
-                text += f"\n  device {format_device_id(device)} lacks {count_of(seen.lacks, 'version')} this device holds"
+                text += f"\n  device {format_device_id(device)} lacks {plural(seen.lacks, 'version')} this device holds"
         for problem in self.problems:
             text += f"\nwarning: {problem}"
         return text
