@@ -201,7 +201,14 @@ class Database:
         async with self._lock:
             self._owner = task
             try:
-                await self._bridge(self._statement, "BEGIN IMMEDIATE")
+                try:
+                    await self._bridge(self._statement, "BEGIN IMMEDIATE")
+                except BaseException:
+                    # A cancelled BEGIN may still run on the database thread after this task gave up
+                    # on it; the ROLLBACK queued behind it ends that transaction, or finds none.
+                    with trio.CancelScope(shield=True):
+                        await self._rollback()
+                    raise
                 try:
                     yield
                 except BaseException:

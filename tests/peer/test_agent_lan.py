@@ -262,16 +262,9 @@ def test_an_agent_killed_during_traffic_restarts_and_nothing_is_lost(site: Site)
     assert sum(c.startswith("bulk memory") for c in contents(site.homes[2])) == 600
     assert "written on host 2 just before the crash" in contents(site.homes[2])
     print(f"converged {took:.1f} s after the restart")
-    # The agents index what arrived after it arrived; `peer doctor` checks the index once they are done
-    # (a doctor reading the index while an agent saves it can see the new graph with the old sidecar).
-    states: list[str] = []
-
-    def indexed() -> bool:
-        states[:] = [ok_json(h, "stats")["index"]["state"] for h in site.homes]
-        return all(state in ("current", "missing") for state in states)  # missing: never built, nothing to keep
-
-    wait_until(indexed, 60, "every host's index to cover its store (or not exist)", interval=0.5,
-               detail=lambda: str(states))
+    # The index files are saved and loaded under a lock (peer/search/index.py), so `peer doctor` reads a
+    # whole save even while an agent writes one; an index behind the store is healthy (the next search
+    # catches it up), so there is nothing to wait for.
     for home in site.homes:
         report = ok_json(home, "doctor")
         assert report["healthy"], report
