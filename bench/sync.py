@@ -49,13 +49,13 @@ sys.path.insert(0, str(ROOT))
 from peer.aio import SYNC_SUBSYSTEM
 from peer.aio.ssh import connect, serve  # noqa: E402
 from peer.dev.corpus import paragraphs  # noqa: E402
+from peer.dev.groups import admit as admit_device
 from peer.device import Device  # noqa: E402
 from peer.home import Home  # noqa: E402
 from peer.memory import Draft, Memory  # noqa: E402
 from peer.search.embedder import MINILM_ID  # noqa: E402
 from peer.store import Store  # noqa: E402
 from peer.sync import Syncer, SyncSummary, sync_over  # noqa: E402
-from protocol.membership import Membership  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 DIM = 384
@@ -87,27 +87,7 @@ async def fill(store: Store, count: int, label: str, seed: int) -> None:
 
 async def admit(inviter: Home, path: Path) -> Home:
     """Device B joins A's group: the membership records pairing would exchange, written directly."""
-    home = Home(path)
-    newcomer = home.ensure_identity()
-    sponsor = inviter.identity()
-    async with await inviter.open_store() as store:
-        membership = Membership(store.group_id)
-        membership.add_all(store.membership.records())
-        added = membership.add_member(
-            sponsor.signing_key,
-            sponsor.kex_key,
-            device_public_key=newcomer.public_key,
-            kex_public_key=newcomer.kex_public_key,
-            name="b",
-            now_ms=time.time_ns() // 1_000_000,
-            epoch_keys=store.group_keys,
-        )
-        await store.apply_membership(added)
-        group_id = store.group_id
-        records = membership.records()
-    keys = membership.epoch_keys(newcomer.device_id, newcomer.kex_key)
-    await home.create_store(group_id=group_id, records=records, group_keys=keys)
-    return home
+    return await admit_device(inviter, path, "b")
 
 
 @dataclass

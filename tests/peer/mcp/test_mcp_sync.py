@@ -78,8 +78,7 @@ async def test_remembered_on_one_device_found_on_the_other_with_no_sync_typed(tm
     finally:
         agent_a.stop()
         agent_b.stop()
-    print(f"remembered on A, found through B's server after {took:.2f} s")
-    assert took < 20
+    print(f"remembered on A, found through B's server after {took:.2f} s (deadline 20 s in wait_found)")
     assert synced["asked"] == 1 and synced["peers"][0]["last_result"].startswith("ok")
     assert status["agent_running"] and status["agent_reachable"]
     (peer_status,) = status["peers"]
