@@ -107,7 +107,9 @@ def test_deeply_nested_metadata_is_one_error_line(home: Path, tmp_path: Path) ->
 
 def test_ctrl_c_during_a_bulk_add_says_what_was_kept_and_exits_130(home: Path, tmp_path: Path) -> None:
     before = live(home)
-    total = 1200
+    # Far more than the add gets through before the signal (it lands after the first 256-memory
+    # batch, within a fraction of a second), so the check never depends on the machine's speed.
+    total = 20_000
     path = tmp_path / "bulk.txt"
     path.write_text("".join(f"bulk line {n} about topic {n % 17}\n" for n in range(total)), encoding="utf-8")
     process = subprocess.Popen(
@@ -128,8 +130,7 @@ def test_ctrl_c_during_a_bulk_add_says_what_was_kept_and_exits_130(home: Path, t
             process.kill()
             process.wait()
     added = live(home) - before
-    if added == total:
-        pytest.skip("the bulk add finished before Ctrl-C arrived (machine too fast for this check)")
+    assert 0 < added < total, f"Ctrl-C did not interrupt the bulk add ({added} of {total} added)"
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines() == [
