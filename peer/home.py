@@ -180,7 +180,7 @@ class Home:
         await self.create_store(group_id=group_id, records=records, group_keys={0: group_key}, now_ms=now_ms)
         return InitResult(device_id=identity.device_id, group_id=group_id.hex())
 
-    async def check_joinable(self, *, now_ms: NowMs = wall_clock_ms) -> None:
+    async def check_joinable(self, *, now_ms: NowMs = wall_clock_ms, inviter: str | None = None) -> None:
         """Refuse (before anything is sent or written) if joining a group would leave memories behind.
 
         A home with no store, or with a store that holds no versions (made by
@@ -191,6 +191,13 @@ class Home:
         async with await self.open_store(now_ms=now_ms) as store:
             held = (await store.stats()).versions
             group = store.group_id.hex()
+            same_group = inviter is not None and store.membership.is_member(inviter)
+        if same_group:
+            # Running the same `peer join` twice: the first one worked; say so rather than blame another group.
+            raise StoreError(
+                f"this device is already a member of group {group}, the inviter's group; nothing to do"
+                " (to add another device, run `peer join` on it, or pass another --home)"
+            )
         if held:
             raise StoreError(
                 f"this device already holds {held} versions of memories in group {group}; joining another group"

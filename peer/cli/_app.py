@@ -33,6 +33,9 @@ def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     # command's share; the command's callback runs last, so it wins, but
     # only when the option was actually given there.
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if key == _HOME_KEY and isinstance(value, str) and not value.strip():
+            # An empty --home (often an unset shell variable) must not quietly mean the default home.
+            raise click.BadParameter("is empty: give a directory, or leave --home out to use the default home")
         if value not in (None, False):
             ctx.meta[key] = value
         return value
@@ -127,6 +130,8 @@ def parse_since(text: str, *, now: float | None = None) -> float:
 
 
 def check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Kinds are lowercase words; `--kind FACT` means fact, not an error.
+    value = None if value is None else value.lower()
     if value is not None and not valid_kind(value):
         raise click.BadParameter(f"{value!r} is not a kind: use a short lowercase word such as fact, procedure, note")
     return value

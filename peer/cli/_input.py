@@ -167,7 +167,7 @@ def _draft_from_json(text: str, number: int, defaults: Draft) -> Draft:
     for name, types in (("kind", str), ("project", str), ("id", str), ("importance", (int, float)), ("created_at", (int, float))):
         if obj.get(name) is not None and not isinstance(obj[name], types):
             raise InputError(f"line {number}: \"{name}\" has the wrong type")
-    kind = obj.get("kind") or defaults.kind
+    kind = (obj.get("kind") or defaults.kind).lower()
     if not valid_kind(kind):
         raise InputError(f"line {number}: {kind!r} is not a kind")
     try:

@@ -142,8 +142,8 @@ def systemd_unit_text(home: Home, executable: str, options: Sequence[str] = ()) 
     command = shlex.join([str(program), "agent", f"--home={home.path.resolve()}", *options])
     return f"""[Unit]
 Description=peer agent: keeps this device's memories in sync with the group's other devices
-After=network-online.target
-Wants=network-online.target
+# No After=network-online.target: a user unit cannot order itself after a system target.
+# The agent needs no network to start; it finds the other devices whenever the network comes up.
 
 [Service]
 Type=simple

@@ -135,6 +135,7 @@ def _page_size(limit: int | None, default: int) -> int:
 def _kind(kind: str | None) -> str | None:
     if kind is None or kind == "":
         return None
+    kind = kind.lower()
     if not valid_kind(kind):
         raise BadArgument(f"{kind!r} is not a kind: use a short lowercase word such as fact, procedure, note")
     return kind

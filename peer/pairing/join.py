@@ -270,7 +270,7 @@ async def join(
             f"this invite code expired {expires_text(code.expires_at, now_ms() / 1000)} by this device's clock;"
             " ask for a new one (or, if this device's clock is wrong, set it right)"
         )
-    await home.check_joinable()
+    await home.check_joinable(inviter=code.device_id)
     identity = home.ensure_identity()
     if identity.device_id == code.device_id:
         raise PeerError("this invite was made on this device; run `peer join` on the device that should join")
