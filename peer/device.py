@@ -248,7 +248,9 @@ class Device:
         if current.deleted:
             # Let the store word this one: it knows how to bring it back.
             return await self.store.edit(current.id, content=content)
-        merged = None if metadata is None else {**current.metadata, **metadata}
+        # Merged by the store inside its write transaction: a merge made here,
+        # from a read before it, would drop a key another process adds meanwhile.
+        merged = None if metadata is None else dict(metadata)
         if content is not None and content != current.content:
             check_content(content)  # before the model runs on it
             (vector,) = await self.embed([content])
@@ -258,7 +260,7 @@ class Device:
                 kind=kind,
                 project=project,
                 tags=tags,
-                metadata=merged,
+                merge_metadata=merged,
                 importance=KEEP if importance is None else importance,
                 embedding=vector,
                 embedder=self.embedder.id,
@@ -268,7 +270,7 @@ class Device:
             kind=kind,
             project=project,
             tags=tags,
-            metadata=merged,
+            merge_metadata=merged,
             importance=KEEP if importance is None else importance,
         )
 

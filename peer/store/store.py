@@ -100,9 +100,11 @@ from .rows import (
 from .schema import (
     FTS_NEW_ROWS,
     INFO_COLUMNS,
-    INSERT_VERSION,
+    INSERT_VERSION_AT,
+    LABEL_FLOOR,
     LAST_ROW_ID,
     LIVE,
+    MAX_SEQ,
     MEMORY_COLUMNS,
     MERGE_ROWS,
     MERGE_VECTOR,
@@ -110,11 +112,13 @@ from .schema import (
     META_GROUP_ID,
     META_HLC,
     META_INCARNATION,
+    META_LABEL_FLOOR,
     META_LAST_COUNTER,
     META_MEMBERSHIP_REV,
     META_NEXT_SEQ,
     META_STORE_ID,
     PUT_META,
+    RAISE_LABEL_FLOOR,
     UPDATE_STATE,
     configure,
     migrate,
@@ -569,6 +573,7 @@ class Store:
         await self._db.execute(
             "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (json_list(r[0] for r in dropped),)
         )
+        await self._raise_label_floor(max(r[0] for r in dropped))
         for origin in limits:
             top = await self._db.fetchvalue("SELECT max(counter) FROM versions WHERE origin = ?", (origin,))
             if top is None:
@@ -932,11 +937,15 @@ class Store:
         importance: float | None | _Keep = KEEP,
         embedding: bytes | None | _Keep = KEEP,
         embedder: str = "",
+        merge_metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Write a new version of a memory that supersedes all its live versions; returns the memory id.
 
         Fields left at None keep their value (``project=""`` clears the
-        project, ``tags=()`` the tags). Without a new ``embedding`` the old
+        project, ``tags=()`` the tags). ``merge_metadata`` keys are merged
+        into the winner's metadata as read inside the write transaction, so
+        two concurrent merges both keep their keys (a merge made from a read
+        before it would drop the other's key). Without a new ``embedding`` the old
         one is kept when the content is unchanged and dropped otherwise (the
         index then embeds the new text).
         """
@@ -960,6 +969,9 @@ class Store:
             else:
                 assert not isinstance(embedding, _Keep)
                 vector, vector_embedder = check_embedding(embedding, embedder)
+            if merge_metadata is not None:
+                base = metadata if metadata is not None else json.loads(old_metadata)
+                metadata = {**base, **merge_metadata}
             try:
                 body = MemoryBody(
                     content=new_content,
@@ -1247,9 +1259,16 @@ class Store:
         are final when inserted, so one statement indexes the live winners
         among them (schema step 3 took the per-row FTS insert out of the trigger).
         """
-        last = int(await self._db.fetchvalue(LAST_ROW_ID))
-        await self._db.executemany(INSERT_VERSION, rows)
+        # Ids above every label ever handed out, dropped rows' included: SQLite
+        # would give a deleted highest id out again, and the search index would
+        # then take the new memory for the dropped one (its label, its vector).
+        last = max(int(await self._db.fetchvalue(LAST_ROW_ID)), int(await self._db.fetchvalue(LABEL_FLOOR) or 0))
+        await self._db.executemany(INSERT_VERSION_AT, [(last + 1 + i, *row) for i, row in enumerate(rows)])
         await self._db.execute(FTS_NEW_ROWS, (last,))
+
+    async def _raise_label_floor(self, label: int) -> None:
+        """Inside a transaction that deletes version rows: their labels (row ids) are never handed out again."""
+        await self._db.execute(RAISE_LABEL_FLOOR, (META_LABEL_FLOOR, label))
 
     async def start_new_incarnation(self) -> str:
         """Write from now on as a new replica (``DEVICEID.N``); returns its id.
@@ -1525,7 +1544,10 @@ class Store:
         ]
 
     async def max_seq(self) -> int:
-        return int(await self._db.fetchvalue("SELECT coalesce(max(seq), 0) FROM versions"))
+        # From the seq counter too, not only the rows: deleting a revoked
+        # device's versions must not move the store's change number back (the
+        # index would take itself for ahead of the store).
+        return int(await self._db.fetchvalue(MAX_SEQ))
 
     async def all_live_embeddings(self, batch_size: int = 1000) -> AsyncIterator[builtins.list[IndexChange]]:
         """Every live winner, in label order and batches, for rebuilding the index.
