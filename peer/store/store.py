@@ -52,7 +52,12 @@ from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
 from protocol import (
     EMBEDDING_ROOM,
+    MAX_BODY_BYTES,
+    MAX_CONTENT_BYTES,
+    MAX_FIELD_BYTES,
     MAX_INCARNATION,
+    MAX_METADATA_BYTES,
+    MAX_TAGS,
     DecodeError,
     Dot,
     HybridLogicalClock,
@@ -67,6 +72,7 @@ from protocol import (
     VersionMeta,
     VersionState,
     VersionVector,
+    canonical_json,
     check_body_size,
     context_for_new_version,
     device_id_of,
@@ -331,6 +337,7 @@ class Store:
         self._group_keys: dict[int, bytes] = {}
         self._membership_rev = -1
         self._txn_task: trio.lowlevel.Task | None = None  # the task inside transaction(), if any
+        self._with_records_cache: tuple[Membership, tuple[bytes, ...], Membership, dict[int, bytes]] | None = None
 
     @property
     def path(self) -> Path:
@@ -565,6 +572,14 @@ class Store:
             )
         if not dropped:
             return 0
+        await self._delete_versions(dropped, limits)
+        return len(dropped)
+
+    async def _delete_versions(self, dropped: Sequence[Row], origins: Iterable[str]) -> _Txn:
+        """Delete version rows (id, memory id, state, deleted) of ``origins``; their memories are merged again.
+
+        Inside a write transaction; returns the transaction state, already saved.
+        """
         # The FTS triggers cover inserts and state changes only.
         await self._db.executemany(
             "DELETE FROM fts WHERE rowid = ?",
@@ -574,7 +589,7 @@ class Store:
             "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (json_list(r[0] for r in dropped),)
         )
         await self._raise_label_floor(max(r[0] for r in dropped))
-        for origin in limits:
+        for origin in origins:
             top = await self._db.fetchvalue("SELECT max(counter) FROM versions WHERE origin = ?", (origin,))
             if top is None:
                 await self._db.execute("DELETE FROM origins WHERE origin = ?", (origin,))
@@ -592,7 +607,7 @@ class Store:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
         await self._db.executemany(UPDATE_STATE, updates)
         await self._end(txn)
-        return len(dropped)
+        return txn
 
     async def save_group_keys(self, keys: Mapping[int, bytes]) -> None:
         """Keep group keys this device made (``Membership.rotate``/``revoke`` return the new one)."""
@@ -1134,7 +1149,12 @@ class Store:
         return await self.store_checked(await self.check_received(versions, strict=strict), progress=progress)
 
     async def check_received(
-        self, versions: Sequence[SealedVersion], *, strict: bool = True, refresh: bool = True
+        self,
+        versions: Sequence[SealedVersion],
+        *,
+        strict: bool = True,
+        refresh: bool = True,
+        records: Sequence[bytes] = (),
     ) -> CheckedBatch:
         """Verify and open received versions (no write): the CPU half of :meth:`apply`.
 
@@ -1143,6 +1163,12 @@ class Store:
         Raises like :meth:`apply` when ``strict``. Without ``refresh`` it
         touches no database (the caller ran :meth:`refresh` just before),
         so it may run while another task holds a transaction.
+
+        ``records`` are membership records not stored yet, trusted for this
+        check as :meth:`apply_membership` would (a bundle's, whose versions
+        are all checked before anything of it is written): versions signed
+        by the devices, or sealed under the key epochs, they introduce open.
+        The batch must then be stored after those records.
         """
         if not versions:
             return CheckedBatch({}, (), 0, self._membership)
@@ -1152,6 +1178,8 @@ class Store:
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
         membership, group_keys = self._membership, dict(self._group_keys)
+        if records:
+            membership, group_keys = self._with_records(tuple(records))
 
         def check() -> None:
             nonlocal in_batch_duplicates
@@ -1173,6 +1201,20 @@ class Store:
 
         await _cpu_bound(check, len(versions))
         return CheckedBatch(opened, tuple(rejected), in_batch_duplicates, membership)
+
+    def _with_records(self, records: tuple[bytes, ...]) -> tuple[Membership, dict[int, bytes]]:
+        """The membership and group keys :meth:`apply_membership` would make of ``records`` (nothing written).
+
+        The last answer is kept: a bundle's batches all ask with the same records.
+        """
+        cache = self._with_records_cache
+        if cache is None or cache[0] is not self._membership or cache[1] != records:
+            membership = Membership(self.group_id)
+            membership.add_all(self._membership.records())
+            membership.add_all(records)
+            keys = {**self._group_keys, **membership.epoch_keys(self.device_id, self._kex_key)}
+            cache = self._with_records_cache = (self._membership, records, membership, keys)
+        return cache[2], dict(cache[3])
 
     async def store_checked(self, batch: CheckedBatch, *, progress: VersionVector | None = None) -> ApplyResult:
         """Store a checked batch in one transaction (with ``progress``, as :meth:`apply` does): the write half."""
@@ -1634,6 +1676,45 @@ class Store:
             vector=vector.as_dict(),
         )
 
+    async def oversized_versions(self) -> builtins.list[tuple[str, str, str]]:
+        """Versions held here that no member can read: (memory id, version, why), for ``peer doctor``.
+
+        Only a store written before every receive limit was also enforced on
+        write can hold one (received versions were always checked): its
+        sync, bundles and backups then fail on it, for every member.
+        """
+        return [(r[1], str(Dot(r[4], r[5])), why) for r, why in await self._oversized_rows()]
+
+    async def _oversized_rows(self) -> builtins.list[tuple[Row, str]]:
+        out: builtins.list[tuple[Row, str]] = []
+        for row in await self._db.fetchall(_OVERSIZED_CANDIDATES):
+            why = _unreadable_because(row)
+            if why is not None:
+                out.append((row, why))
+        return out
+
+    async def repair_oversized(self) -> int:
+        """Remove the versions :meth:`oversized_versions` finds; a memory they were the live winner of is written again.
+
+        The new version keeps what fits (content cut at the limit, tags and a
+        project over their limits left out, metadata over its limit
+        replaced) and says in its metadata key ``peer_doctor_cut`` what was
+        cut. Returns how many versions were removed. Nothing else changes.
+        """
+        now = self._now_ms() / 1000
+        async with self._db.transaction():
+            bad = await self._oversized_rows()
+            if not bad:
+                return 0
+            rows = [row for row, _ in bad]
+            txn = await self._delete_versions([r[:4] for r in rows], {r[4] for r in rows})
+            lost = {r[1]: r for r in rows if r[2] == int(VersionState.WINNER) and not r[3]}
+            prior = await self._merge_rows(lost)
+            items = [(memory_id, _trimmed_body(row, now), prior[memory_id]) for memory_id, row in lost.items()]
+            if items:
+                await self._write_local(items, txn)
+        return len(bad)
+
     async def integrity_check(self) -> builtins.list[str]:
         """Problems found in the store file and its derived data; empty when all is well."""
         problems = [
@@ -1654,6 +1735,76 @@ class Store:
         for (memory_id,) in bad:
             problems.append(f"memory {memory_id} does not have exactly one winner")
         return problems
+
+
+# Versions that may be over a receive limit (each then checked exactly by _unreadable_because).
+_OVERSIZED_CANDIDATES = (
+    "SELECT id, memory_id, state, deleted, origin, counter, content, kind, project, tags, metadata, created_at,"
+    " updated_at, importance, embedder, embedding, sealed FROM versions"
+    f" WHERE length(sealed) > {MAX_BODY_BYTES} OR length(CAST(content AS BLOB)) > {MAX_CONTENT_BYTES}"
+    f" OR length(CAST(project AS BLOB)) > {MAX_FIELD_BYTES} OR json_array_length(tags) > {MAX_TAGS}"
+    f" OR length(CAST(metadata AS BLOB)) > {MAX_METADATA_BYTES}"
+    f" OR EXISTS (SELECT 1 FROM json_each(versions.tags) WHERE length(CAST(value AS BLOB)) > {MAX_FIELD_BYTES})"
+)
+
+
+def _unreadable_because(row: Row) -> str | None:
+    """Why no member can read this stored version (what its receive check raises), or None."""
+    (_, _, _, deleted, _, _, content, kind, project, tags, metadata, created_at, updated_at, importance, embedder,
+     embedding, sealed) = row  # fmt: skip
+    try:
+        SealedVersion.decode(bytes(sealed))
+        MemoryBody(
+            content=content, kind=kind, project=project, tags=tuple(json.loads(tags)), metadata=metadata,
+            created_at=created_at, updated_at=updated_at, importance=importance, deleted=bool(deleted),
+            embedder=embedder, embedding=bytes(embedding),
+        )  # fmt: skip
+    except (DecodeError, LocalProtocolError) as e:
+        return str(e)
+    return None
+
+
+def _trimmed_body(row: Row, now: float) -> MemoryBody:
+    """What fits of an unreadable version, as a new version's body (see Store.repair_oversized)."""
+    (_, _, _, _, _, _, content, kind, project, tags_json, metadata, created_at, _, importance, _, _, _) = row
+    cut: list[str] = []
+    data = content.encode("utf-8")
+    if len(data) > MAX_CONTENT_BYTES:
+        content = data[:MAX_CONTENT_BYTES].decode("utf-8", errors="ignore")
+        cut.append(f"content cut from {len(data):,} bytes")
+    all_tags: list[str] = json.loads(tags_json)
+    tags = [t for t in all_tags if len(t.encode("utf-8")) <= MAX_FIELD_BYTES]
+    if len(tags) < len(all_tags):
+        cut.append(f"tags over {MAX_FIELD_BYTES:,} bytes left out")
+    if len(tags) > MAX_TAGS:
+        tags = tags[:MAX_TAGS]
+        cut.append(f"only the first {MAX_TAGS:,} tags kept")
+    if project is not None and len(project.encode("utf-8")) > MAX_FIELD_BYTES:
+        project = None
+        cut.append(f"project name over {MAX_FIELD_BYTES:,} bytes left out")
+    meta: dict[str, Any] = {}
+    if len(metadata.encode("utf-8")) <= MAX_METADATA_BYTES:
+        meta = json.loads(metadata)
+    else:
+        cut.append("metadata over 1 MiB left out")
+    for attempt in range(2):
+        note = canonical_json({**meta, "peer_doctor_cut": "; ".join(cut)})
+        size = len(content.encode("utf-8")) + sum(len(t.encode("utf-8")) + 4 for t in tags) + len(note.encode())
+        if size + EMBEDDING_ROOM + 1024 <= MAX_BODY_BYTES:
+            return MemoryBody(
+                content=content,
+                kind=kind,
+                project=project,
+                tags=tuple(tags),
+                metadata=note,
+                created_at=created_at,
+                updated_at=now,
+                importance=importance,
+            )
+        if attempt == 0:
+            tags = []
+            cut.append("every tag left out (together they were too big)")
+    raise StoreError("a version could not be cut down to the limits; restore the store from a backup")
 
 
 def _written_by_revoked(membership: Membership, sealed: SealedVersion, error: Exception) -> bool:
