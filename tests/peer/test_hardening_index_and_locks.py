@@ -23,7 +23,7 @@ import trio
 import peer.bundles as bundles
 import peer.store.store as store_module
 import protocol.records
-from peer.bundles import PartlyImported, export_bundle, import_bundle
+from peer.bundles import export_bundle, import_bundle
 from peer.device import Device
 from peer.home import Home
 from peer.memory import Draft
@@ -351,7 +351,7 @@ async def test_a_write_failing_part_way_says_what_was_kept_and_the_rest_follows(
     async with await b_home.open_store() as b:
         with monkeypatch.context() as m:
             m.setattr(Store, "store_checked", full_disk_on_the_third_batch)
-            with pytest.raises(PartlyImported) as failed:
+            with pytest.raises(bundles.PartlyImported) as failed:
                 await import_bundle(b, tmp_path / "big.bundle")
         print(failed.value.message)
         assert "is full" in failed.value.message
