@@ -28,7 +28,7 @@ from peer.device import Device
 from peer.home import Home
 from peer.memory import Draft
 from peer.search.embedder import HashEmbedder
-from peer.search.index import SearchIndex, _Graph, _load
+from peer.search.index import _Graph, _load
 from peer.search.sidecar import Coverage, index_state
 from peer.store import CheckedBatch, Store
 from protocol import StoreError
