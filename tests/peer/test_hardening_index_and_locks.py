@@ -192,7 +192,7 @@ async def test_concurrent_metadata_merges_keep_both_keys(aio_loop: object, tmp_p
             await second.edit(memory_id, metadata={"b": 2})
             return current
 
-        first.store.get = get_then_let_the_other_edit  # type: ignore[method-assign]
+        first.store.get = get_then_let_the_other_edit  # type: ignore[method-assign,assignment]
         await first.edit(memory_id, metadata={"a": 1})
         first.store.get = real_get  # type: ignore[method-assign]
         assert (await first.store.get(memory_id)).metadata == {"base": 0, "a": 1, "b": 2}
@@ -259,7 +259,7 @@ async def test_a_bundle_import_verifies_outside_the_write_lock_and_writes_in_sho
         finally:
             other.close()
 
-    real_open_version = store_module.open_version
+    real_open_version = store_module.open_version  # type: ignore[attr-defined]
 
     def open_version_while_another_writes(*args: Any, **kwargs: Any) -> Any:
         opening.append(another_writer_gets_in())
