@@ -546,9 +546,9 @@ class SearchIndex:
                     )
                     self._needs_rebuild = True
             if self._needs_rebuild:
-                return await self._rebuild(store, progress)
+                return await self._rebuild(store, progress, best_effort=True)
             start = self._watermark
-            result = await self._catch_up(store, progress)
+            result = await self._catch_up(store, progress, best_effort=True)
             if self._watermark == start:
                 live = await store.count_live()
                 if live != len(self) and await store.max_seq() == self._watermark:
@@ -556,7 +556,7 @@ class SearchIndex:
                     # with nothing to catch up, before and after the count: a
                     # count taken while another process writes may differ for no harm.
                     log.warning("search index holds %d vectors, the store %d live memories; rebuilding", len(self), live)
-                    return await self._rebuild(store, progress)
+                    return await self._rebuild(store, progress, best_effort=True)
             return result
 
     async def rebuild(
@@ -573,8 +573,16 @@ class SearchIndex:
             raise ValueError(f"index made for {self._embedder.id!r} given embedder {embedder.id!r}")
 
     async def _catch_up(
-        self, store: IndexFeed, progress: Progress | None, *, force_save: bool = False
+        self, store: IndexFeed, progress: Progress | None, *, force_save: bool = False, best_effort: bool = False
     ) -> CatchUpResult:
+        """Apply the changes after the watermark, saving as it goes.
+
+        With ``best_effort`` (a search's catch-up) a save that fails (a full
+        disk) is logged and left for the next catch-up: the index in memory
+        is whole, and the files on disk stay the last complete save, so the
+        search still answers. A rebuild asked for (``peer reindex``,
+        ``doctor --repair``) raises instead.
+        """
         start = self._watermark
         total = max(await store.max_seq() - start, 0)
         done = added = removed = embedded = 0
@@ -591,9 +599,8 @@ class SearchIndex:
             total = max(total, done)
             if progress is not None:
                 progress(done, total)
-            if unsaved >= SAVE_EVERY:
-                await self._save()
-                unsaved = 0
+            if unsaved >= SAVE_EVERY and await self._save_now(best_effort):
+                self._unsaved, unsaved = 0, 0
             if len(changes) < BATCH:
                 break
         if self._should_compact():
@@ -602,12 +609,25 @@ class SearchIndex:
             unsaved += 1
         self._unsaved += unsaved
         if force_save or (self._unsaved and self._unsaved >= self.save_threshold):
-            await self._save()
+            await self._save_now(best_effort)
         if progress is not None:
             progress(total, total)
         return CatchUpResult(added, removed, embedded, self._watermark, rebuilt=False)
 
-    async def _rebuild(self, store: IndexFeed, progress: Progress | None) -> CatchUpResult:
+    async def _save_now(self, best_effort: bool) -> bool:
+        """Save; with ``best_effort`` a failure is logged, not raised. Returns whether the files were written."""
+        try:
+            await self._save()
+        except SearchIndexError as e:
+            if not best_effort:
+                raise
+            log.warning("%s; searching with the index in memory, the next catch-up saves again", e.message)
+            return False
+        return True
+
+    async def _rebuild(
+        self, store: IndexFeed, progress: Progress | None, *, best_effort: bool = False
+    ) -> CatchUpResult:
         # Noted before reading: whatever changes while the winners are read
         # has a higher seq and is replayed by the catch-up below.
         watermark = await store.max_seq()
@@ -625,7 +645,7 @@ class SearchIndex:
                 progress(done, total)
         self._watermark = watermark
         self._needs_rebuild = False
-        after = await self._catch_up(store, None, force_save=True)
+        after = await self._catch_up(store, None, force_save=True, best_effort=best_effort)
         return CatchUpResult(
             added + after.added, after.removed, embedded + after.embedded, self._watermark, rebuilt=True
         )

@@ -118,6 +118,45 @@ async def test_doctor_and_stats_see_a_graph_its_sidecar_vouches_for_but_that_is_
             assert len(await device.search("memory number 7", k=3)) == 3
 
 
+def _small_files_only() -> None:
+    """In the child, before exec: no file may grow past 50 kB (what a full disk does to hnswlib's writes)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal; inherited across exec
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, hard))
+
+
+def test_a_search_on_a_full_disk_answers_and_leaves_the_index_whole(tmp_path: Path) -> None:
+    """B7: on a full disk the search failed (rc 1), or saved a short graph that every later command rebuilt."""
+    import subprocess
+
+    from tests.support.cli_runner import PEER, env
+
+    home = tmp_path / "h"
+    assert peer(home, "init", "--name", "laptop").returncode == 0
+    lines = "".join(f"note {i}: the quarterly report draft number {i} is due on friday\n" for i in range(60))
+    assert peer(home, "add", "--file", "-", input=lines).returncode == 0
+    assert peer(home, "search", "quarterly report").returncode == 0  # builds and saves the index (about 100 kB)
+    more = "".join(f"later note {i}: the budget review meeting moved to room {i}\n" for i in range(20))
+    assert peer(home, "add", "--file", "-", input=more).returncode == 0
+    saved = (home / "index" / "index.json").read_bytes()
+
+    done = subprocess.run(
+        [*PEER, "--home", str(home), "--json", "search", "budget review meeting"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+        preexec_fn=_small_files_only,
+    )
+    assert done.returncode == 0, done.stderr
+    assert any("budget review" in hit["content"] for hit in json.loads(done.stdout)), done.stdout
+    # The last complete save is still what is on disk, and it is whole.
+    assert (home / "index" / "index.json").read_bytes() == saved
+    assert not [p.name for p in (home / "index").iterdir() if p.name.endswith(".tmp")]
+    doctor = peer(home, "doctor")
+    assert doctor.returncode == 0, doctor.stdout
+
+
 # Item 4 (hostile B6): labels are never reused after a revocation drops versions ---------------
 
 
