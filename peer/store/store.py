@@ -1648,7 +1648,7 @@ class Store:
                 " (SELECT count(*) FROM versions),"
                 " (SELECT count(*) FROM versions WHERE deleted = 1),"
                 " (SELECT count(DISTINCT memory_id) FROM versions INDEXED BY versions_siblings WHERE state = 1),"
-                " (SELECT coalesce(max(seq), 0) FROM versions)"
+                " (" + MAX_SEQ + ")"
             )
             or (0, 0, 0, 0, 0, 0)
         )
