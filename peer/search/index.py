@@ -79,7 +79,7 @@ from peer.errors import SearchIndexError
 from peer.files import fsync_path, write_atomic
 from peer.memory import IndexChange
 from peer.search.embedder import Embedder
-from peer.search.sidecar import GRAPH_FILE, SIDECAR_FILE, graph_file_problem
+from peer.search.sidecar import GRAPH_FILE, LOCK_FILE, SIDECAR_FILE, graph_file_problem
 
 __all__ = [
     "IndexFeed",
@@ -189,12 +189,11 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-#: Held while the index files are written (exclusive) or read (shared): several
-#: processes keep their own index of one home (the agent, `peer mcp` servers,
-#: `peer search`) and each saves it; without the lock two saves interleave their
-#: temporary files and renames, and a reader can see one save's graph with
-#: another's sidecar.
-LOCK_FILE = "lock"
+# LOCK_FILE is held while the index files are written (exclusive) or read (shared): several
+# processes keep their own index of one home (the agent, `peer mcp` servers,
+# `peer search`) and each saves it; without the lock two saves interleave their
+# temporary files and renames, and a reader can see one save's graph with
+# another's sidecar.
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ write (a full disk), so neither can be asked whether a file is whole.
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 import struct
@@ -26,6 +27,8 @@ __all__ = ["SIDECAR_FILE", "GRAPH_FILE", "IndexState", "Coverage", "index_state"
 SIDECAR_FILE: Final = "index.json"
 #: hnswlib's graph file, in the index directory.
 GRAPH_FILE: Final = "hnsw.bin"
+#: Held while the index files are written (exclusive) or read (shared); see peer.search.index.
+LOCK_FILE: Final = "lock"
 
 # hnswlib's saveIndex header (hnswalg.h): six size_t (offsetLevel0, max_elements,
 # cur_element_count, size_data_per_element, label_offset, offsetData), an int
@@ -114,6 +117,20 @@ class IndexState:
 
 def index_state(index_dir: os.PathLike[str] | str, store_seq: int) -> IndexState:
     """What the saved index in ``index_dir`` covers, against a store at change ``store_seq``."""
+    # Under the index's lock (shared), as a load: a save that runs meanwhile
+    # would show a new sidecar beside an old graph, which is no damage.
+    try:
+        fd = os.open(os.path.join(index_dir, LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return _index_state(index_dir, store_seq)  # never saved (or saved by a peer without the lock)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return _index_state(index_dir, store_seq)
+    finally:
+        os.close(fd)
+
+
+def _index_state(index_dir: os.PathLike[str] | str, store_seq: int) -> IndexState:
     path = os.path.join(index_dir, SIDECAR_FILE)
     try:
         with open(path, "rb") as f:
