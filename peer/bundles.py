@@ -16,22 +16,34 @@ and revocations must travel too.
 Import trusts nothing before the reader has seen the end of the file.
 Pass one reads and verifies the whole file (entry count, digest, the
 sender's signature, nothing after it) without touching the store. Pass
-two reads it again inside ONE store transaction: it adds the membership
-records, applies the versions batch by batch (each verified and decrypted
-by :meth:`Store.apply`), merges the sender's vector only if the bundle
-*completes* what this device held (not partial, and this device's vector
-dominated the base when the import began), and records the sender's
-vector as what the sender holds, replacing what was known of it (merging
-would keep claiming what a sender restored from a backup has lost, and
-the next bundle to it would leave that out; an old bundle imported again
-only makes the next one carry more than needed). The transaction commits only after the
-second reader verified the end again (the file may have changed in
-between); any failure rolls everything back, so a bad bundle changes
-nothing. A bundle with nothing new (a replay, an acknowledgement) is not
+two reads it again (or takes what pass one parsed, for a small file) and
+verifies and decrypts every new version (:meth:`Store.check_received`,
+against the membership the bundle's own records would make), still
+without writing, and checks the end again (the file may have changed in
+between). So a bad bundle, or a bad version anywhere in one, changes
+nothing. Only then does the import write, in short transactions, so that
+other writers (``peer add``, the agent's syncs) are never kept waiting
+past their busy timeout by a long import (hostile report B9): the
+membership records, then one transaction per batch of versions
+(:meth:`Store.store_checked`), then the vectors: the sender's vector is
+merged only if the bundle *completes* what this device held (not
+partial, and this device's vector dominated the base when the import
+began), and recorded as what the sender holds, replacing what was known
+of it (merging would keep claiming what a sender restored from a backup
+has lost, and the next bundle to it would leave that out; an old bundle
+imported again only makes the next one carry more than needed). A write
+that fails part way (a full disk) keeps the batches written, which are
+verified versions, as an interrupted sync does, and says so
+(:class:`PartlyImported`); the vectors are not learnt, so importing the
+bundle again brings the rest. The opened versions of a bundle up to
+:data:`KEEP_CHECKED_BYTES` are held in memory between checking and
+writing; a bigger one is read and checked a third time as it is written
+(batch N+1 checked while batch N is written, :class:`ApplyPipeline`).
+
+A bundle with nothing new (a replay, an acknowledgement) is not
 read again: its header, verified by pass one, is all there is to use.
 Versions the store's vector covers are not verified again either: the
-store holds them. Reading twice never holds a whole bundle in memory, and the
-store's write lock is held only for the second pass.
+store holds them.
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from peer.store import ApplyPipeline, ApplyResult, NowMs, Store, wall_clock_ms
+from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
     END_OF_STREAM,
@@ -115,6 +127,10 @@ APPLY_BATCH_BYTES: Final = 4 << 20
 #: pass two does not read and parse the same bytes again (parsing was a
 #: quarter of an import's CPU). Larger bundles are read twice, as before.
 KEEP_PARSED_BYTES: Final = 64 << 20
+#: Bundles up to this size keep their opened (verified, decrypted) versions in
+#: memory between checking and writing, about three times the file; bigger ones
+#: are read and checked once more while they are written.
+KEEP_CHECKED_BYTES: Final = 128 << 20
 #: Exports restart when the member list changed meanwhile; this many tries.
 _EXPORT_ATTEMPTS: Final = 3
 _DIGEST_AND_SIGNATURE: Final = 96
@@ -559,11 +575,13 @@ async def apply_bundle(
     allow_own: bool = False,
     progress: Progress | None = None,
 ) -> tuple[ApplyResult, int, bool]:
-    """Pass two, in ONE store transaction: records, versions, vector, the sender's vector.
+    """Pass two: verify and open every new version, then write records, versions and vectors in short transactions.
 
     Returns (what applying the versions did, new membership records,
     whether the sender's vector was merged). Raises, with nothing
-    changed, if anything fails, the file's end included.
+    changed, if anything fails before the writing starts (a bad version,
+    the file's end); a failure while writing (a full disk) raises
+    :class:`PartlyImported`, which says what was kept.
     """
     await store.refresh()
     trust = Trust.of(store)
@@ -574,69 +592,138 @@ async def apply_bundle(
                 # Nothing to read again (a replay, an acknowledgement): pass one
                 # verified the header, which is all that is left to use.
                 return ApplyResult(duplicates=scan.versions), 0, await _learn(store, scan.header, start_vector)
+    header = scan.header
+    start_vector = await store.vector()
+    records: list[bytes] = []
+    reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
+    # Every new version is verified and opened before anything is written, against
+    # the membership the bundle's records would make (they come before the versions).
+    keep = scan.size <= KEEP_CHECKED_BYTES
+    checked: list[CheckedBatch] = []
+    checked_count = held = 0
+    batch: list[SealedVersion] = []
+    batch_bytes = 0
+
+    async def check() -> None:
+        nonlocal batch, batch_bytes, checked_count
+        opened = await store.check_received(batch, records=records)
+        if keep:
+            checked.append(opened)
+        checked_count += len(batch)
+        batch, batch_bytes = [], 0
+        if progress is not None:
+            progress("applying", (checked_count + held) // 2, scan.versions)
+        await trio.sleep(0)
+
+    for event in _pass_two(source, reader, scan, trust):
+        if isinstance(event, BundleHeader):
+            _check_sender(event, trust, allow_own)
+            if event != header:
+                raise _changed()
+        elif isinstance(event, BundleMemberRecord):
+            records.append(event.record)
+        elif isinstance(event, BundleVersion):
+            if start_vector.covers(event.version.header.dot):
+                # Held already (the vector covers only what the store holds):
+                # not worth verifying again. Replays cost a read, not a minute.
+                held += 1
+                continue
+            batch.append(event.version)
+            batch_bytes += len(event.version.header_bytes) + len(event.version.box)
+            if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
+                await check()
+        elif isinstance(event, BundleEnd):
+            if (event.members, event.versions) != (scan.members, scan.versions):
+                raise _changed()
+    if batch:
+        await check()
+
+    # Everything verified: now short write transactions, the records first.
+    async with store.transaction():
+        new_records = await store.apply_membership(records)
+    result = ApplyResult(duplicates=held)
+    try:
+        if keep:
+            for part in checked:
+                result += await store.store_checked(part)
+                if progress is not None:
+                    progress("applying", (checked_count + held + result.added + result.duplicates) // 2, scan.versions)
+        else:
+            result += await _write_again(store, source, trust, scan, start_vector, allow_own, progress)
+    except PeerError as e:
+        raise PartlyImported(
+            f"{e.message}; {result.added:,} new {'version was' if result.added == 1 else 'versions were'} imported"
+            " before that and are kept (all verified); import the bundle again for the rest"
+        ) from e
+    if progress is not None:
+        progress("applying", scan.versions, scan.versions)
+    async with store.transaction():
+        merged = await _learn(store, header, start_vector)
+    return result, len(new_records), merged
+
+
+async def _write_again(
+    store: Store,
+    source: BundleSource,
+    trust: Trust,
+    scan: BundleScan,
+    start_vector: VersionVector,
+    allow_own: bool,
+    progress: Progress | None,
+) -> ApplyResult:
+    """A bundle too big to hold its opened versions: read it a third time, check and write batch by batch.
+
+    Every version verified in the pass before, so this one fails only if the
+    file changed meanwhile or a write fails. Each batch is its own transaction.
+    """
     records: list[bytes] = []
     reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
     result = ApplyResult()
-    new_records: list[bytes] | None = None
     batch: list[SealedVersion] = []
     batch_bytes = 0
     applied = 0
-    held = 0
-    header = scan.header
-    async with store.transaction():
-        start_vector = await store.vector()
-        # Batch N+1 is verified (worker thread) while batch N is written, in this
-        # task and transaction; a failure is carried out of the nursery by hand
-        # (trio would wrap it in an ExceptionGroup).
-        failed: list[Exception] = []
-        async with trio.open_nursery() as checks:
-            pipeline = ApplyPipeline(store, checks)
-            try:
-                for event in _pass_two(source, reader, scan, trust):
-                    if isinstance(event, BundleHeader):
-                        _check_sender(event, trust, allow_own)
-                        if event != header:
-                            raise _changed()
-                    elif isinstance(event, BundleMemberRecord):
-                        records.append(event.record)
-                    elif isinstance(event, BundleVersion):
-                        if new_records is None:
-                            # Before any version: they may be signed by devices, or sealed
-                            # under key epochs, that only these records introduce.
-                            new_records = await store.apply_membership(records)
-                        if start_vector.covers(event.version.header.dot):
-                            # Held already (the vector covers only what the store holds):
-                            # not worth verifying again. Replays cost a read, not a minute.
-                            held += 1
-                            continue
-                        batch.append(event.version)
-                        batch_bytes += len(event.version.header_bytes) + len(event.version.box)
-                        if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
-                            result += await pipeline.submit(batch)
-                            applied += len(batch)
-                            batch, batch_bytes = [], 0
-                            if progress is not None:
-                                progress("applying", applied + held, scan.versions)
-                    elif isinstance(event, BundleEnd):
-                        if (event.members, event.versions) != (scan.members, scan.versions):
-                            raise _changed()
-                if new_records is None:
-                    new_records = await store.apply_membership(records)
-                if batch:
-                    result += await pipeline.submit(batch)
-                    applied += len(batch)
-                result += await pipeline.drain()
-            except Exception as e:
-                failed.append(e)
-                checks.cancel_scope.cancel()
-        if failed:
-            raise failed[0]
-        assert new_records is not None  # set before the first version, or after the loop
-        if progress is not None:
-            progress("applying", applied + held, scan.versions)
-        result += ApplyResult(duplicates=held)
-        merged = await _learn(store, header, start_vector)
-    return result, len(new_records), merged
+    # Batch N+1 is checked (worker thread) while batch N is written; a failure is
+    # carried out of the nursery by hand (trio would wrap it in an ExceptionGroup).
+    failed: list[Exception] = []
+    async with trio.open_nursery() as checks:
+        pipeline = ApplyPipeline(store, checks)
+        try:
+            for event in _events_of(source, reader):
+                if isinstance(event, BundleHeader):
+                    if event != scan.header:
+                        raise _changed()
+                elif isinstance(event, BundleVersion):
+                    if start_vector.covers(event.version.header.dot):
+                        continue
+                    batch.append(event.version)
+                    batch_bytes += len(event.version.header_bytes) + len(event.version.box)
+                    if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
+                        result += await pipeline.submit(batch)
+                        applied += len(batch)
+                        batch, batch_bytes = [], 0
+                        if progress is not None:
+                            progress("applying", (scan.versions + applied) // 2, scan.versions)
+                elif isinstance(event, BundleEnd):
+                    if (event.members, event.versions) != (scan.members, scan.versions):
+                        raise _changed()
+            if batch:
+                result += await pipeline.submit(batch)
+            result += await pipeline.drain()
+        except Exception as e:
+            failed.append(e)
+            checks.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return result
+
+
+def _events_of(source: BundleSource, reader: BundleReader) -> Iterator[BundleEvent]:
+    for event, _ in _events(source, reader):
+        yield event
+
+
+class PartlyImported(BundleError):
+    """A bundle import failed part way through writing verified versions; those written are kept."""
 
 
 async def _learn(store: Store, header: BundleHeader, start_vector: VersionVector) -> bool:
@@ -750,7 +837,7 @@ async def import_bundle(
     allow_own: bool = False,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """``peer bundle import``: verify the whole file, then apply it in one transaction (or only report, dry run)."""
+    """``peer bundle import``: verify the whole file, then apply it in short transactions (or only report, dry run)."""
     started = time.monotonic()
     if not isinstance(source, BundleSource):
         source = BundleSource(Path(source))
@@ -775,6 +862,8 @@ async def import_bundle(
                 seconds=time.monotonic() - started,
             )
         result, new_members, merged = await apply_bundle(store, source, scan, allow_own=allow_own, progress=progress)
+    except PartlyImported:
+        raise  # it says what was kept
     except PeerError as e:
         raise _unchanged(e, "nothing was changed" if dry_run else "nothing was imported") from None
     return ImportResult(

@@ -248,7 +248,9 @@ class Device:
         if current.deleted:
             # Let the store word this one: it knows how to bring it back.
             return await self.store.edit(current.id, content=content)
-        merged = None if metadata is None else {**current.metadata, **metadata}
+        # Merged by the store inside its write transaction: a merge made here,
+        # from a read before it, would drop a key another process adds meanwhile.
+        merged = None if metadata is None else dict(metadata)
         if content is not None and content != current.content:
             check_content(content)  # before the model runs on it
             (vector,) = await self.embed([content])
@@ -258,7 +260,7 @@ class Device:
                 kind=kind,
                 project=project,
                 tags=tags,
-                metadata=merged,
+                merge_metadata=merged,
                 importance=KEEP if importance is None else importance,
                 embedding=vector,
                 embedder=self.embedder.id,
@@ -268,7 +270,7 @@ class Device:
             kind=kind,
             project=project,
             tags=tags,
-            metadata=merged,
+            merge_metadata=merged,
             importance=KEEP if importance is None else importance,
         )
 
@@ -512,6 +514,7 @@ class Device:
                   "restore the store from a backup, or sync a fresh store from another device" if problems else "")
         )
         checks.append(Check("schema", True, f"version {SCHEMA_VERSION}"))
+        checks.append(await self._limits_check(repair))
 
         try:
             loader = getattr(self.embedder, "load", None)
@@ -542,6 +545,29 @@ class Device:
         except ConfigError as e:
             return Check("config.toml", False, e.message, f"edit {path} (the keys are in docs/cli.md, `config.toml`)")
         return Check("config.toml", True, "valid" if path.exists() else "none (every setting at its default)")
+
+    async def _limits_check(self, repair: bool) -> Check:
+        """Versions no member can read (written before every receive limit was enforced on write)."""
+        oversized = await self.store.oversized_versions()
+        if not oversized:
+            return Check("versions within limits", True, "ok")
+        if repair:
+            removed = await self.store.repair_oversized()
+            return Check(
+                "versions within limits",
+                True,
+                f"removed {removed} version(s) no other device could read; their memories were written again"
+                " within the limits (their metadata key peer_doctor_cut says what was cut)",
+            )
+        memory_id, version, why = oversized[0]
+        return Check(
+            "versions within limits",
+            False,
+            f"{len(oversized)} version(s) no other device can read, so sync, bundles and backups fail on them"
+            f" (memory {memory_id[:8]}, version {version}: {why})",
+            "run `peer doctor --repair`: it removes them and writes those memories again within the limits,"
+            " keeping everything else",
+        )
 
     async def _index_check(self, repair: bool, progress: Progress | None) -> Check:
         """The saved index against the store: readable, built by this embedder, not ahead, same size."""

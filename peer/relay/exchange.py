@@ -8,8 +8,8 @@ full, read-only, or edited behind our back by a file-sync engine, so:
   (a no-change exchange lists the folder and reads those small files);
 * a segment is a bundle, fetched into a scratch file in the home and
   imported with :func:`peer.bundles.scan_bundle` and
-  :func:`peer.bundles.apply_bundle`: verified whole, then applied in one
-  store transaction, or not at all;
+  :func:`peer.bundles.apply_bundle`: verified whole (every version
+  too) before anything of it is written;
 * a segment that fails is named in this device's state record as damaged,
   so every device stops counting it and the next writer writes what it
   held again (the author drops it from its chain);

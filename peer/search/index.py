@@ -32,8 +32,20 @@ two other files. Files are written to a temporary name, fsynced and renamed,
 the sidecar last, so a crash leaves either the old complete set or a sidecar
 whose checksums no longer match. hnswlib's loader trusts its input (a
 damaged file can crash the process), so a file is only given to it after
-its checksum verified; anything that does not verify, or was built by
-another embedder, is rebuilt from the store, with a warning saying why.
+its checksum verified and its structure adds up to its size
+(:func:`~peer.search.sidecar.graph_file_problem`); anything that does not
+verify, or was built by another embedder, is rebuilt from the store, with a
+warning saying why. hnswlib's saver does not report a short write (a full
+disk), so a save walks the file it wrote the same way before any checksum
+is taken: a sidecar never vouches for a file that is not whole, and the
+save fails instead, leaving the previous files in place.
+
+The index holds one element per live winner, so its size must equal the
+store's live count. Rows the store deletes (the versions of a revoked
+device) leave no change record behind; their labels would stay live here
+(never returned: the store never hands a label out again). A catch-up with
+nothing new that finds the counts apart therefore rebuilds (from the stored
+vectors, without the model).
 
 Concurrency: hnswlib is not safe for an add and a query at the same time.
 A :class:`SearchIndex` belongs to one trio task (the agent's index task, or
@@ -46,6 +58,7 @@ threads through ``trio.to_thread.run_sync``, one call at a time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -66,7 +79,7 @@ from peer.errors import SearchIndexError
 from peer.files import fsync_path, write_atomic
 from peer.memory import IndexChange
 from peer.search.embedder import Embedder
-from peer.search.sidecar import SIDECAR_FILE
+from peer.search.sidecar import GRAPH_FILE, LOCK_FILE, SIDECAR_FILE, graph_file_problem
 
 __all__ = [
     "IndexFeed",
@@ -80,7 +93,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
-GRAPH_FILE = "hnsw.bin"
 DELETED_FILE = "deleted.i64"
 
 # Graph parameters. M=16 links per node (32 on the bottom layer) is the
@@ -177,12 +189,11 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-#: Held while the index files are written (exclusive) or read (shared): several
-#: processes keep their own index of one home (the agent, `peer mcp` servers,
-#: `peer search`) and each saves it; without the lock two saves interleave their
-#: temporary files and renames, and a reader can see one save's graph with
-#: another's sidecar.
-LOCK_FILE = "lock"
+# LOCK_FILE is held while the index files are written (exclusive) or read (shared): several
+# processes keep their own index of one home (the agent, `peer mcp` servers,
+# `peer search`) and each saves it; without the lock two saves interleave their
+# temporary files and renames, and a reader can see one save's graph with
+# another's sidecar.
 
 
 @contextlib.contextmanager
@@ -281,12 +292,20 @@ class _Graph:
     def _save(self, directory: Path, sidecar: dict[str, Any]) -> None:
         graph = directory / GRAPH_FILE
         tmp = graph.with_name(GRAPH_FILE + ".tmp")
-        self.hnsw.save_index(str(tmp))
-        fsync_path(tmp)
-        # Hashed from the file as written (read back from the page cache), so
-        # the checksum covers exactly what the next load will read.
-        graph_sha, graph_size = _sha256_file(tmp)
-        os.replace(tmp, graph)
+        try:
+            self.hnsw.save_index(str(tmp))
+            fsync_path(tmp)
+            problem = graph_file_problem(tmp, len(self.present))
+            if problem is not None:
+                # hnswlib ignores short writes; the usual cause is a full disk.
+                raise OSError(errno.ENOSPC, f"the graph file was not written whole ({problem})")
+            # Hashed from the file as written (read back from the page cache), so
+            # the checksum covers exactly what the next load will read.
+            graph_sha, graph_size = _sha256_file(tmp)
+            os.replace(tmp, graph)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         graph_stat = _fingerprint(graph)
 
         deleted_bytes = np.array(sorted(self.deleted), dtype="<i8").tobytes()
@@ -375,6 +394,13 @@ def _load_files(directory: Path, embedder_id: str, dim: int, *, full_check: bool
         return path
 
     graph_path = verify(GRAPH_FILE, graph_meta)
+    try:
+        problem = graph_file_problem(graph_path, elements)
+    except OSError as e:
+        raise _Unusable(f"{GRAPH_FILE} cannot be read ({e.strerror or e})") from e
+    if problem is not None:
+        # A sidecar written before saves checked this may vouch for a short file (a full disk).
+        raise _Unusable(f"{GRAPH_FILE} is not whole: {problem}")
     deleted_raw = verify(DELETED_FILE, deleted_meta).read_bytes()
     if len(deleted_raw) % 8:
         raise _Unusable(f"{DELETED_FILE} is inconsistent")
@@ -519,8 +545,18 @@ class SearchIndex:
                     )
                     self._needs_rebuild = True
             if self._needs_rebuild:
-                return await self._rebuild(store, progress)
-            return await self._catch_up(store, progress)
+                return await self._rebuild(store, progress, best_effort=True)
+            start = self._watermark
+            result = await self._catch_up(store, progress, best_effort=True)
+            if self._watermark == start:
+                live = await store.count_live()
+                if live != len(self) and await store.max_seq() == self._watermark:
+                    # Rows the store deleted (see the module docstring). Only
+                    # with nothing to catch up, before and after the count: a
+                    # count taken while another process writes may differ for no harm.
+                    log.warning("search index holds %d vectors, the store %d live memories; rebuilding", len(self), live)
+                    return await self._rebuild(store, progress, best_effort=True)
+            return result
 
     async def rebuild(
         self, store: IndexFeed, embedder: Embedder | None = None, progress: Progress | None = None
@@ -536,8 +572,16 @@ class SearchIndex:
             raise ValueError(f"index made for {self._embedder.id!r} given embedder {embedder.id!r}")
 
     async def _catch_up(
-        self, store: IndexFeed, progress: Progress | None, *, force_save: bool = False
+        self, store: IndexFeed, progress: Progress | None, *, force_save: bool = False, best_effort: bool = False
     ) -> CatchUpResult:
+        """Apply the changes after the watermark, saving as it goes.
+
+        With ``best_effort`` (a search's catch-up) a save that fails (a full
+        disk) is logged and left for the next catch-up: the index in memory
+        is whole, and the files on disk stay the last complete save, so the
+        search still answers. A rebuild asked for (``peer reindex``,
+        ``doctor --repair``) raises instead.
+        """
         start = self._watermark
         total = max(await store.max_seq() - start, 0)
         done = added = removed = embedded = 0
@@ -554,9 +598,8 @@ class SearchIndex:
             total = max(total, done)
             if progress is not None:
                 progress(done, total)
-            if unsaved >= SAVE_EVERY:
-                await self._save()
-                unsaved = 0
+            if unsaved >= SAVE_EVERY and await self._save_now(best_effort):
+                self._unsaved, unsaved = 0, 0
             if len(changes) < BATCH:
                 break
         if self._should_compact():
@@ -565,12 +608,25 @@ class SearchIndex:
             unsaved += 1
         self._unsaved += unsaved
         if force_save or (self._unsaved and self._unsaved >= self.save_threshold):
-            await self._save()
+            await self._save_now(best_effort)
         if progress is not None:
             progress(total, total)
         return CatchUpResult(added, removed, embedded, self._watermark, rebuilt=False)
 
-    async def _rebuild(self, store: IndexFeed, progress: Progress | None) -> CatchUpResult:
+    async def _save_now(self, best_effort: bool) -> bool:
+        """Save; with ``best_effort`` a failure is logged, not raised. Returns whether the files were written."""
+        try:
+            await self._save()
+        except SearchIndexError as e:
+            if not best_effort:
+                raise
+            log.warning("%s; searching with the index in memory, the next catch-up saves again", e.message)
+            return False
+        return True
+
+    async def _rebuild(
+        self, store: IndexFeed, progress: Progress | None, *, best_effort: bool = False
+    ) -> CatchUpResult:
         # Noted before reading: whatever changes while the winners are read
         # has a higher seq and is replayed by the catch-up below.
         watermark = await store.max_seq()
@@ -588,7 +644,7 @@ class SearchIndex:
                 progress(done, total)
         self._watermark = watermark
         self._needs_rebuild = False
-        after = await self._catch_up(store, None, force_save=True)
+        after = await self._catch_up(store, None, force_save=True, best_effort=best_effort)
         return CatchUpResult(
             added + after.added, after.removed, embedded + after.embedded, self._watermark, rebuilt=True
         )

@@ -28,8 +28,13 @@ __all__ = [
     "META_NEXT_SEQ",
     "META_MEMBERSHIP_REV",
     "META_STORE_ID",
+    "META_LABEL_FLOOR",
     "VERSION_COLUMNS",
     "INSERT_VERSION",
+    "INSERT_VERSION_AT",
+    "LABEL_FLOOR",
+    "RAISE_LABEL_FLOOR",
+    "MAX_SEQ",
     "UPDATE_STATE",
     "LAST_ROW_ID",
     "FTS_NEW_ROWS",
@@ -134,6 +139,8 @@ META_HLC = "hlc"
 META_NEXT_SEQ = "next_seq"
 META_MEMBERSHIP_REV = "membership_rev"
 META_STORE_ID = "store_id"
+#: The highest version row id (search-index label) ever deleted: never handed out again.
+META_LABEL_FLOOR = "label_floor"
 
 # SQL the store runs -----------------------------------------------------------------------------
 
@@ -142,12 +149,23 @@ VERSION_COLUMNS = (
     " importance, tags, metadata, embedder, content, embedding, sealed"
 )
 INSERT_VERSION = f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+#: INSERT_VERSION with the row id given (first parameter): see Store._insert_versions.
+INSERT_VERSION_AT = f"INSERT INTO versions (id, {VERSION_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 UPDATE_STATE = "UPDATE versions SET state = ?, seq = ? WHERE id = ?"
 #: The highest row id, read before a batch of inserts (FTS_NEW_ROWS's parameter).
 LAST_ROW_ID = "SELECT coalesce(max(id), 0) FROM versions"
 #: Keyword-index the live winners among the rows inserted after row id ``?``,
 #: in one statement per batch (the writers run it after INSERT_VERSION).
 FTS_NEW_ROWS = f"INSERT INTO fts (rowid, content) SELECT id, content FROM versions WHERE id > ? AND {LIVE}"
+LABEL_FLOOR = f"SELECT value FROM meta WHERE key = '{META_LABEL_FLOOR}'"
+RAISE_LABEL_FLOOR = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)"
+)
+#: The store's change number: the highest seq handed out, even if its row was deleted since.
+MAX_SEQ = (
+    "SELECT max((SELECT coalesce(max(seq), 0) FROM versions),"
+    f" coalesce((SELECT value FROM meta WHERE key = '{META_NEXT_SEQ}'), 1) - 1)"
+)
 PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 MERGE_VECTOR = (
     "INSERT INTO vector (replica, counter) VALUES (?, ?)"

@@ -52,7 +52,12 @@ from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
 from protocol import (
     EMBEDDING_ROOM,
+    MAX_BODY_BYTES,
+    MAX_CONTENT_BYTES,
+    MAX_FIELD_BYTES,
     MAX_INCARNATION,
+    MAX_METADATA_BYTES,
+    MAX_TAGS,
     DecodeError,
     Dot,
     HybridLogicalClock,
@@ -67,6 +72,7 @@ from protocol import (
     VersionMeta,
     VersionState,
     VersionVector,
+    canonical_json,
     check_body_size,
     context_for_new_version,
     device_id_of,
@@ -100,9 +106,11 @@ from .rows import (
 from .schema import (
     FTS_NEW_ROWS,
     INFO_COLUMNS,
-    INSERT_VERSION,
+    INSERT_VERSION_AT,
+    LABEL_FLOOR,
     LAST_ROW_ID,
     LIVE,
+    MAX_SEQ,
     MEMORY_COLUMNS,
     MERGE_ROWS,
     MERGE_VECTOR,
@@ -110,11 +118,13 @@ from .schema import (
     META_GROUP_ID,
     META_HLC,
     META_INCARNATION,
+    META_LABEL_FLOOR,
     META_LAST_COUNTER,
     META_MEMBERSHIP_REV,
     META_NEXT_SEQ,
     META_STORE_ID,
     PUT_META,
+    RAISE_LABEL_FLOOR,
     UPDATE_STATE,
     configure,
     migrate,
@@ -327,6 +337,7 @@ class Store:
         self._group_keys: dict[int, bytes] = {}
         self._membership_rev = -1
         self._txn_task: trio.lowlevel.Task | None = None  # the task inside transaction(), if any
+        self._with_records_cache: tuple[Membership, tuple[bytes, ...], Membership, dict[int, bytes]] | None = None
 
     @property
     def path(self) -> Path:
@@ -561,6 +572,14 @@ class Store:
             )
         if not dropped:
             return 0
+        await self._delete_versions(dropped, limits)
+        return len(dropped)
+
+    async def _delete_versions(self, dropped: Sequence[Row], origins: Iterable[str]) -> _Txn:
+        """Delete version rows (id, memory id, state, deleted) of ``origins``; their memories are merged again.
+
+        Inside a write transaction; returns the transaction state, already saved.
+        """
         # The FTS triggers cover inserts and state changes only.
         await self._db.executemany(
             "DELETE FROM fts WHERE rowid = ?",
@@ -569,7 +588,8 @@ class Store:
         await self._db.execute(
             "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (json_list(r[0] for r in dropped),)
         )
-        for origin in limits:
+        await self._raise_label_floor(max(r[0] for r in dropped))
+        for origin in origins:
             top = await self._db.fetchvalue("SELECT max(counter) FROM versions WHERE origin = ?", (origin,))
             if top is None:
                 await self._db.execute("DELETE FROM origins WHERE origin = ?", (origin,))
@@ -587,7 +607,7 @@ class Store:
                     updates.append((int(state.states[r.meta.dot]), txn.take_seq(), r.id))
         await self._db.executemany(UPDATE_STATE, updates)
         await self._end(txn)
-        return len(dropped)
+        return txn
 
     async def save_group_keys(self, keys: Mapping[int, bytes]) -> None:
         """Keep group keys this device made (``Membership.rotate``/``revoke`` return the new one)."""
@@ -932,11 +952,15 @@ class Store:
         importance: float | None | _Keep = KEEP,
         embedding: bytes | None | _Keep = KEEP,
         embedder: str = "",
+        merge_metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Write a new version of a memory that supersedes all its live versions; returns the memory id.
 
         Fields left at None keep their value (``project=""`` clears the
-        project, ``tags=()`` the tags). Without a new ``embedding`` the old
+        project, ``tags=()`` the tags). ``merge_metadata`` keys are merged
+        into the winner's metadata as read inside the write transaction, so
+        two concurrent merges both keep their keys (a merge made from a read
+        before it would drop the other's key). Without a new ``embedding`` the old
         one is kept when the content is unchanged and dropped otherwise (the
         index then embeds the new text).
         """
@@ -960,6 +984,9 @@ class Store:
             else:
                 assert not isinstance(embedding, _Keep)
                 vector, vector_embedder = check_embedding(embedding, embedder)
+            if merge_metadata is not None:
+                base = metadata if metadata is not None else json.loads(old_metadata)
+                metadata = {**base, **merge_metadata}
             try:
                 body = MemoryBody(
                     content=new_content,
@@ -1122,7 +1149,12 @@ class Store:
         return await self.store_checked(await self.check_received(versions, strict=strict), progress=progress)
 
     async def check_received(
-        self, versions: Sequence[SealedVersion], *, strict: bool = True, refresh: bool = True
+        self,
+        versions: Sequence[SealedVersion],
+        *,
+        strict: bool = True,
+        refresh: bool = True,
+        records: Sequence[bytes] = (),
     ) -> CheckedBatch:
         """Verify and open received versions (no write): the CPU half of :meth:`apply`.
 
@@ -1131,6 +1163,12 @@ class Store:
         Raises like :meth:`apply` when ``strict``. Without ``refresh`` it
         touches no database (the caller ran :meth:`refresh` just before),
         so it may run while another task holds a transaction.
+
+        ``records`` are membership records not stored yet, trusted for this
+        check as :meth:`apply_membership` would (a bundle's, whose versions
+        are all checked before anything of it is written): versions signed
+        by the devices, or sealed under the key epochs, they introduce open.
+        The batch must then be stored after those records.
         """
         if not versions:
             return CheckedBatch({}, (), 0, self._membership)
@@ -1140,6 +1178,8 @@ class Store:
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
         membership, group_keys = self._membership, dict(self._group_keys)
+        if records:
+            membership, group_keys = self._with_records(tuple(records))
 
         def check() -> None:
             nonlocal in_batch_duplicates
@@ -1161,6 +1201,20 @@ class Store:
 
         await _cpu_bound(check, len(versions))
         return CheckedBatch(opened, tuple(rejected), in_batch_duplicates, membership)
+
+    def _with_records(self, records: tuple[bytes, ...]) -> tuple[Membership, dict[int, bytes]]:
+        """The membership and group keys :meth:`apply_membership` would make of ``records`` (nothing written).
+
+        The last answer is kept: a bundle's batches all ask with the same records.
+        """
+        cache = self._with_records_cache
+        if cache is None or cache[0] is not self._membership or cache[1] != records:
+            membership = Membership(self.group_id)
+            membership.add_all(self._membership.records())
+            membership.add_all(records)
+            keys = {**self._group_keys, **membership.epoch_keys(self.device_id, self._kex_key)}
+            cache = self._with_records_cache = (self._membership, records, membership, keys)
+        return cache[2], dict(cache[3])
 
     async def store_checked(self, batch: CheckedBatch, *, progress: VersionVector | None = None) -> ApplyResult:
         """Store a checked batch in one transaction (with ``progress``, as :meth:`apply` does): the write half."""
@@ -1247,9 +1301,16 @@ class Store:
         are final when inserted, so one statement indexes the live winners
         among them (schema step 3 took the per-row FTS insert out of the trigger).
         """
-        last = int(await self._db.fetchvalue(LAST_ROW_ID))
-        await self._db.executemany(INSERT_VERSION, rows)
+        # Ids above every label ever handed out, dropped rows' included: SQLite
+        # would give a deleted highest id out again, and the search index would
+        # then take the new memory for the dropped one (its label, its vector).
+        last = max(int(await self._db.fetchvalue(LAST_ROW_ID)), int(await self._db.fetchvalue(LABEL_FLOOR) or 0))
+        await self._db.executemany(INSERT_VERSION_AT, [(last + 1 + i, *row) for i, row in enumerate(rows)])
         await self._db.execute(FTS_NEW_ROWS, (last,))
+
+    async def _raise_label_floor(self, label: int) -> None:
+        """Inside a transaction that deletes version rows: their labels (row ids) are never handed out again."""
+        await self._db.execute(RAISE_LABEL_FLOOR, (META_LABEL_FLOOR, label))
 
     async def start_new_incarnation(self) -> str:
         """Write from now on as a new replica (``DEVICEID.N``); returns its id.
@@ -1525,7 +1586,10 @@ class Store:
         ]
 
     async def max_seq(self) -> int:
-        return int(await self._db.fetchvalue("SELECT coalesce(max(seq), 0) FROM versions"))
+        # From the seq counter too, not only the rows: deleting a revoked
+        # device's versions must not move the store's change number back (the
+        # index would take itself for ahead of the store).
+        return int(await self._db.fetchvalue(MAX_SEQ))
 
     async def all_live_embeddings(self, batch_size: int = 1000) -> AsyncIterator[builtins.list[IndexChange]]:
         """Every live winner, in label order and batches, for rebuilding the index.
@@ -1584,7 +1648,7 @@ class Store:
                 " (SELECT count(*) FROM versions),"
                 " (SELECT count(*) FROM versions WHERE deleted = 1),"
                 " (SELECT count(DISTINCT memory_id) FROM versions INDEXED BY versions_siblings WHERE state = 1),"
-                " (SELECT coalesce(max(seq), 0) FROM versions)"
+                " (" + MAX_SEQ + ")"
             )
             or (0, 0, 0, 0, 0, 0)
         )
@@ -1612,6 +1676,45 @@ class Store:
             vector=vector.as_dict(),
         )
 
+    async def oversized_versions(self) -> builtins.list[tuple[str, str, str]]:
+        """Versions held here that no member can read: (memory id, version, why), for ``peer doctor``.
+
+        Only a store written before every receive limit was also enforced on
+        write can hold one (received versions were always checked): its
+        sync, bundles and backups then fail on it, for every member.
+        """
+        return [(r[1], str(Dot(r[4], r[5])), why) for r, why in await self._oversized_rows()]
+
+    async def _oversized_rows(self) -> builtins.list[tuple[Row, str]]:
+        out: builtins.list[tuple[Row, str]] = []
+        for row in await self._db.fetchall(_OVERSIZED_CANDIDATES):
+            why = _unreadable_because(row)
+            if why is not None:
+                out.append((row, why))
+        return out
+
+    async def repair_oversized(self) -> int:
+        """Remove the versions :meth:`oversized_versions` finds; a memory they were the live winner of is written again.
+
+        The new version keeps what fits (content cut at the limit, tags and a
+        project over their limits left out, metadata over its limit
+        replaced) and says in its metadata key ``peer_doctor_cut`` what was
+        cut. Returns how many versions were removed. Nothing else changes.
+        """
+        now = self._now_ms() / 1000
+        async with self._db.transaction():
+            bad = await self._oversized_rows()
+            if not bad:
+                return 0
+            rows = [row for row, _ in bad]
+            txn = await self._delete_versions([r[:4] for r in rows], {r[4] for r in rows})
+            lost = {r[1]: r for r in rows if r[2] == int(VersionState.WINNER) and not r[3]}
+            prior = await self._merge_rows(lost)
+            items = [(memory_id, _trimmed_body(row, now), prior[memory_id]) for memory_id, row in lost.items()]
+            if items:
+                await self._write_local(items, txn)
+        return len(bad)
+
     async def integrity_check(self) -> builtins.list[str]:
         """Problems found in the store file and its derived data; empty when all is well."""
         problems = [
@@ -1632,6 +1735,76 @@ class Store:
         for (memory_id,) in bad:
             problems.append(f"memory {memory_id} does not have exactly one winner")
         return problems
+
+
+# Versions that may be over a receive limit (each then checked exactly by _unreadable_because).
+_OVERSIZED_CANDIDATES = (
+    "SELECT id, memory_id, state, deleted, origin, counter, content, kind, project, tags, metadata, created_at,"
+    " updated_at, importance, embedder, embedding, sealed FROM versions"
+    f" WHERE length(sealed) > {MAX_BODY_BYTES} OR length(CAST(content AS BLOB)) > {MAX_CONTENT_BYTES}"
+    f" OR length(CAST(project AS BLOB)) > {MAX_FIELD_BYTES} OR json_array_length(tags) > {MAX_TAGS}"
+    f" OR length(CAST(metadata AS BLOB)) > {MAX_METADATA_BYTES}"
+    f" OR EXISTS (SELECT 1 FROM json_each(versions.tags) WHERE length(CAST(value AS BLOB)) > {MAX_FIELD_BYTES})"
+)
+
+
+def _unreadable_because(row: Row) -> str | None:
+    """Why no member can read this stored version (what its receive check raises), or None."""
+    (_, _, _, deleted, _, _, content, kind, project, tags, metadata, created_at, updated_at, importance, embedder,
+     embedding, sealed) = row  # fmt: skip
+    try:
+        SealedVersion.decode(bytes(sealed))
+        MemoryBody(
+            content=content, kind=kind, project=project, tags=tuple(json.loads(tags)), metadata=metadata,
+            created_at=created_at, updated_at=updated_at, importance=importance, deleted=bool(deleted),
+            embedder=embedder, embedding=bytes(embedding),
+        )  # fmt: skip
+    except (DecodeError, LocalProtocolError) as e:
+        return str(e)
+    return None
+
+
+def _trimmed_body(row: Row, now: float) -> MemoryBody:
+    """What fits of an unreadable version, as a new version's body (see Store.repair_oversized)."""
+    (_, _, _, _, _, _, content, kind, project, tags_json, metadata, created_at, _, importance, _, _, _) = row
+    cut: list[str] = []
+    data = content.encode("utf-8")
+    if len(data) > MAX_CONTENT_BYTES:
+        content = data[:MAX_CONTENT_BYTES].decode("utf-8", errors="ignore")
+        cut.append(f"content cut from {len(data):,} bytes")
+    all_tags: list[str] = json.loads(tags_json)
+    tags = [t for t in all_tags if len(t.encode("utf-8")) <= MAX_FIELD_BYTES]
+    if len(tags) < len(all_tags):
+        cut.append(f"tags over {MAX_FIELD_BYTES:,} bytes left out")
+    if len(tags) > MAX_TAGS:
+        tags = tags[:MAX_TAGS]
+        cut.append(f"only the first {MAX_TAGS:,} tags kept")
+    if project is not None and len(project.encode("utf-8")) > MAX_FIELD_BYTES:
+        project = None
+        cut.append(f"project name over {MAX_FIELD_BYTES:,} bytes left out")
+    meta: dict[str, Any] = {}
+    if len(metadata.encode("utf-8")) <= MAX_METADATA_BYTES:
+        meta = json.loads(metadata)
+    else:
+        cut.append("metadata over 1 MiB left out")
+    for attempt in range(2):
+        note = canonical_json({**meta, "peer_doctor_cut": "; ".join(cut)})
+        size = len(content.encode("utf-8")) + sum(len(t.encode("utf-8")) + 4 for t in tags) + len(note.encode())
+        if size + EMBEDDING_ROOM + 1024 <= MAX_BODY_BYTES:
+            return MemoryBody(
+                content=content,
+                kind=kind,
+                project=project,
+                tags=tuple(tags),
+                metadata=note,
+                created_at=created_at,
+                updated_at=now,
+                importance=importance,
+            )
+        if attempt == 0:
+            tags = []
+            cut.append("every tag left out (together they were too big)")
+    raise StoreError("a version could not be cut down to the limits; restore the store from a backup")
 
 
 def _written_by_revoked(membership: Membership, sealed: SealedVersion, error: Exception) -> bool:
