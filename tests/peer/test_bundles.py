@@ -322,7 +322,7 @@ async def test_who_a_bundle_is_for(tmp_path: Path, aio_loop: object) -> None:
             await import_bundle(b, tmp_path / "mine.bundle")
 
 
-async def test_an_import_is_one_transaction(
+async def test_a_version_that_fails_late_leaves_the_store_unchanged(
     tmp_path: Path, aio_loop: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A version that fails late, after records and earlier batches were applied, rolls all of them back."""
