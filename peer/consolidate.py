@@ -137,16 +137,20 @@ won't don't doesn't isn't aren't can't cannot there's that's
 """.split())
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "`": '"', "\u2014": "-"})
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
-#: Tokens that may be marks: words with code shapes, numbers, signed names, operators, symbol runs.
-_TOKEN = re.compile(
-    r"[A-Za-z_]\w*(?:\.\w+)*\(?|\d+(?:[.,]\d+)*|(?<![\w-])[-+](?=[A-Za-z])[A-Za-z]\w*"
+#: Marks that are tokens (one C-level scan; a plain word matches no branch): signed names, code-shaped
+#: words (dotted, called, with a digit or underscore, camelCase, ALLCAPS), numbers, operators, symbol runs.
+_MARK = re.compile(
+    r"(?<![\w-])[-+](?=[A-Za-z])[A-Za-z]\w*"
+    r"|(?<![\w.])(?:[A-Za-z_]\w*(?:\.\w+)+|[A-Za-z_]\w*(?=\()|_\w*|[A-Za-z]\w*?[\d_]\w*"
+    r"|[A-Za-z]*[a-z][A-Z]\w*|[A-Z][A-Z0-9]+|\d+(?:[.,]\d+)*)(?!\w)"
     r"|<=|>=|==|!=|(?<![<>=-])[<>](?![<>=])|(?!-+(?:\s|$))[-+*@#=~^]{2,}"
 )
+#: Digit runs: the first, cheapest look at the marks (two texts with other numbers have other marks).
+_DIGITS = re.compile(r"\d+")
 #: Quoted or emphasised terms: "x", 'x', *x* (backticks are folded into double quotes).
 _QUOTED = re.compile(r'"([^"\n]{1,40})"|\*([^*\s][^*]{0,38})\*|\'([^\'\s][^\']{0,38})\'')
 #: A capitalised word inside a sentence (after a lowercase word or a comma): a name.
 _NAME = re.compile(r"(?<=[a-z,] )[A-Z][a-z]+\b")
-_CAMEL = re.compile(r"[a-z][A-Z]")
 _ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "cf", "vs", "aka"})
 #: Rule 4: similarity needed per share of words not shared.
 _REWORDING_COST = 0.15
@@ -156,27 +160,22 @@ def _folded(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(_QUOTES)
 
 
-def _is_mark(token: str) -> bool:
-    bare = token.rstrip("(")
-    if bare.casefold() in _ABBREVIATIONS:
-        return False
-    return (
-        token.endswith("(")
-        or not bare[0].isalnum()
-        or any(c.isdigit() or c in "_." for c in bare)
-        or bool(_CAMEL.search(bare))
-        or (len(bare) > 1 and bare.isupper())
-    )
+def _numbers(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_DIGITS.findall(_folded(text))))
 
 
 def _marks(text: str) -> list[str]:
-    """The text's marks (see the section's comment), each once, in order of first appearance."""
+    """The text's marks (see the section's comment), each once, in order of first appearance.
+
+    Every digit run is a mark, so texts whose :func:`_numbers` differ have different marks.
+    """
     folded = _folded(text)
     found: list[tuple[int, str]] = [
-        (m.start(), m.group().rstrip("(")) for m in _TOKEN.finditer(folded) if _is_mark(m.group())
+        (m.start(), m.group()) for m in _MARK.finditer(folded) if m.group().casefold() not in _ABBREVIATIONS
     ]
     found += [(m.start(), next(g for g in m.groups() if g).strip().casefold()) for m in _QUOTED.finditer(folded)]
     found += [(m.start(), m.group()) for m in _NAME.finditer(folded)]
+    found += [(m.start(), "#" + m.group()) for m in _DIGITS.finditer(folded)]
     return list(dict.fromkeys(token for _, token in sorted(found)))
 
 
@@ -386,21 +385,41 @@ def _same_subject(
 ) -> list[tuple[int, int, float, bool]]:
     """The near pairs whose texts pass the lexical checks, each with whether their wording is the same.
 
-    Each text is read once, and only if it is in a pair.
+    Each text is read at most once for its marks and once for its words,
+    and only when a pair needs them: most template pairs differ in their
+    marks, so their words are never read.
     """
-    seen: dict[int, Lexical] = {}
+    marks: dict[int, tuple[str, ...]] = {}
+    words: dict[int, tuple[str, ...]] = {}
 
-    def of(slot: int) -> Lexical:
-        found = seen.get(slot)
+    def marks_of(slot: int) -> tuple[str, ...]:
+        found = marks.get(slot)
         if found is None:
-            found = seen[slot] = lexical(texts[slot])
+            found = marks[slot] = tuple(_marks(texts[slot]))
         return found
 
-    return [
-        (i, j, s, same_wording(of(i), of(j)))
-        for i, j, s in pairs
-        if subjects_differ(of(i), of(j), s, threshold) is None
-    ]
+    def words_of(slot: int) -> tuple[str, ...]:
+        found = words.get(slot)
+        if found is None:
+            found = words[slot] = _words(texts[slot])
+        return found
+
+    numbers: dict[int, tuple[str, ...]] = {}
+
+    def numbers_of(slot: int) -> tuple[str, ...]:
+        found = numbers.get(slot)
+        if found is None:
+            found = numbers[slot] = _numbers(texts[slot])
+        return found
+
+    kept: list[tuple[int, int, float, bool]] = []
+    for i, j, similarity in pairs:
+        if numbers_of(i) != numbers_of(j) or marks_of(i) != marks_of(j):
+            continue
+        a, b = (marks_of(i), words_of(i)), (marks_of(j), words_of(j))
+        if subjects_differ(a, b, similarity, threshold) is None:
+            kept.append((i, j, similarity, same_wording(a, b)))
+    return kept
 
 
 def _survivor_order(memory: Memory) -> tuple[int, float, str]:
@@ -457,7 +476,7 @@ async def find_duplicates(
             vectors[slot] = vector
     slots = list(by_text.values())
     matrix = (
-        np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(vectors), -1).astype(np.float32)
+        np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(vectors), -1).astype(np.float32, copy=False)
         if vectors else np.zeros((0, 1), dtype=np.float32)
     )
     del vectors
