@@ -4,12 +4,21 @@ Theory of operation. *Finding* reads every live memory's text and vector
 once. Exact duplicates share their normalized text (case, spacing and
 Unicode forms folded). Near duplicates are found among one representative
 per distinct text: a throw-away hnswlib graph of those vectors is asked for
-each vector's few nearest neighbours in one batch call, and pairs at or
-above the threshold are joined with union-find. That is O(n log n), not a
-comparison of every pair, and needs no model (the vectors are the ones the
-store holds; only memories stored without one are embedded). A group's
-similarity is its weakest link: the lowest similarity among the pairs that
-joined it, so "0.97" means every join was at least that close.
+each vector's few nearest neighbours in one batch call on every core.
+Pairs at or above the threshold whose texts also pass the lexical checks
+(same marks, no swapped subject word, no added clause, closer the more
+reworded: "Telling subjects apart" below) are joined with union-find. That
+is O(n log n), not a comparison of every pair, and needs no model (the
+vectors are the ones the store holds; only memories stored without one are
+embedded). A group's similarity is its weakest link: the lowest similarity
+among the pairs that joined it, so "0.97" means every join was at least
+that close. ``--auto-merge`` takes near groups only above 0.95 and worded
+alike (:func:`same_wording`).
+
+*At the door* (``peer add``, ``add --file``, ``import``): exact re-adds are
+found by reading each project's texts once (:func:`exact_duplicates`), and
+look-alikes by one batch query of the search index with the vectors the
+store holds (:func:`similar_to`).
 
 *Merging* a group keeps one memory, the *survivor* (the longest text, then
 the oldest), and writes, in one store transaction:
