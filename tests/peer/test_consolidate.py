@@ -1,9 +1,10 @@
 """``peer consolidate``, ``merge`` and ``unmerge`` as a user runs them, on 2,000 real paragraphs.
 
-The store holds 2,000 documentation paragraphs (peer.dev.corpus), 30 exact
-duplicates of some of them (spacing and case changed, other tags) and 30
-paraphrases of others, written here by hand, plus the pytest note that
-search must still find. Everything is embedded once per module by the real
+The store holds the first 2,000 short documentation paragraphs of
+peer.dev.corpus as they are (templates about different subjects and the
+corpus's own repeats included), 30 exact duplicates of some of them
+(spacing and case changed, other tags) and 30 paraphrases of others,
+written here by hand, plus the pytest note that search must still find. Everything is embedded once per module by the real
 model and added to a real store in one transaction, then copied to two
 more devices of the same group by a bundle; each test that changes
 anything works on copies of the three homes.
