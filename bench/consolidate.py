@@ -9,11 +9,15 @@ The store is filled as bench/store.py fills it: the first 10,000 corpus
 paragraphs with their (cached) vectors, and beyond that numbered variants
 whose vectors are the paragraph's plus Gaussian noise (cosine about 0.93 to
 it): at 100,000 memories every paragraph has nine near duplicates, a
-harder case for grouping than a real store. Timed: :func:`find_duplicates`
+harder case for the graph than a real store. The variants' texts differ in
+their number, so the lexical checks (peer/consolidate.py) part them: each
+near pair costs a look at the texts' numbers. Timed: :func:`find_duplicates`
 (reading every live text and vector from SQLite, exact grouping, the
-hnswlib graph and its neighbour queries, union-find, reading the groups'
-memories), next to the same run's raw hnswlib build and batch query of the
-same vectors, and the load average (two cores shared with other work).
+hnswlib graph and its batch neighbour query on every core, the lexical
+checks, union-find, reading the groups' memories), next to the same run's
+raw hnswlib build and batch query of the same vectors with the same
+parameters, and the load average before and after (two cores shared with
+other work).
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ def raw_hnswlib(vectors: NDArray[np.float32]) -> float:
     started = time.perf_counter()
     graph = hnswlib.Index(space="cosine", dim=vectors.shape[1])
     graph.init_index(max_elements=len(vectors), M=8, ef_construction=48)
-    graph.add_items(vectors, np.arange(len(vectors)))
+    graph.add_items(vectors, np.arange(len(vectors)), num_threads=os.cpu_count() or 1)
     graph.set_ef(32)
-    graph.knn_query(vectors, k=9)
+    graph.knn_query(vectors, k=9, num_threads=os.cpu_count() or 1)
     return time.perf_counter() - started
 
 
@@ -67,6 +71,7 @@ async def run_size(root: Path, size: int, texts: list[str], vectors: NDArray[np.
         load = os.getloadavg()[0]
         found = await find_duplicates(device)
         raw = raw_hnswlib(data_vectors)
+        load_after = os.getloadavg()[0]
     finally:
         await device.close()
     exact = sum(g.exact for g in found.groups)
@@ -74,7 +79,7 @@ async def run_size(root: Path, size: int, texts: list[str], vectors: NDArray[np.
     print(
         f"[{size:,}] consolidate: {found.seconds:.1f} s ({len(found.groups):,} groups, {exact:,} exact,"
         f" largest {biggest}) | raw hnswlib build + 9-NN of the same vectors: {raw:.1f} s"
-        f" | load average {load:.2f}",
+        f" | load average {load:.2f} before, {load_after:.2f} after",
         flush=True,
     )
 

@@ -51,7 +51,8 @@ def _remember_kept(device: Device, kept: set[tuple[str, ...]]) -> None:
 @click.option("--threshold", type=click.FloatRange(0.5, 1.0), default=0.9, show_default=True,
               help="Similarity at or above which two memories are near duplicates.")
 @click.option("--dry-run", is_flag=True, help="Only show the groups (the default without --auto-merge or --review).")
-@click.option("--auto-merge", is_flag=True, help="Merge exact groups and groups above 0.95; list the rest.")
+@click.option("--auto-merge", is_flag=True,
+              help="Merge exact groups and groups above 0.95 worded alike; list the rest.")
 @click.option("--review", is_flag=True, help="On a terminal, walk the groups: merge, keep both, or skip.")
 @common_options
 def consolidate(
@@ -95,7 +96,7 @@ def consolidate(
         click.echo()
     click.echo(found.describe() + (f"; merged {len(merged)} group(s)" if auto_merge else ""))
     if not auto_merge and found.groups:
-        click.echo("merge with `peer consolidate --auto-merge` (exact and > 0.95 only) or `--review`;"
+        click.echo("merge with `peer consolidate --auto-merge` (exact, and > 0.95 worded alike) or `--review`;"
                    " undo a merge with `peer unmerge ID`")
 
 

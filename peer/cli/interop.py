@@ -28,10 +28,6 @@ __all__ = ["export", "import_"]
 
 #: Exports and imports smaller than this draw no progress bar.
 _BAR_FROM = 1000
-#: Imports of up to this many new memories compare each with the store
-#: (embedding it once more); bigger ones leave that to `peer consolidate`.
-DOOR_CHECK_LIMIT = 200
-
 
 @cli.command(name="export")
 @file_argument
@@ -110,8 +106,10 @@ def export(file: str, force: bool, project: str | None, kind: str | None, since:
     " file's, merge keeps the newer and, when both changed, the other as a sibling (`peer conflicts`).",
 )
 @click.option("--dry-run", is_flag=True, help="Change nothing; report what the import would do.")
+@click.option("--allow-duplicate", is_flag=True,
+              help="Import a new record even when a memory of its project already has the same text.")
 @common_options
-def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
+def import_(file: str, fmt: str, strategy: str, dry_run: bool, allow_duplicate: bool) -> None:
     """Import memories from FILE (`-` for stdin): peer's own export or another memory tool's.
 
     Ids are kept; importing the same file again changes nothing. The whole
@@ -131,12 +129,24 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
             update(done, total)
 
     similar: dict[str, list[SimilarMemory]] = {}
+    repeated: dict[str, str] = {}  # record id -> the memory (or earlier record) whose text it repeats
 
     async def body(device: Device) -> ImportReport:
-        from peer.consolidate import similar_to
+        from peer.consolidate import exact_duplicates, similar_to
         from peer.interop import Action
 
         plan = await plan_import(device.store, parsed, strategy)
+        if not allow_duplicate:
+            # Duplicates at the door, as for `peer add`: a new record with the
+            # text of a live memory of its project is not written.
+            new_steps = [at for at, step in enumerate(plan.steps) if step.action is Action.NEW]
+            drafts = [plan.steps[at].record.draft() for at in new_steps]
+            repeats = await exact_duplicates(device, drafts)
+            if repeats:
+                plan = plan.with_repeats({new_steps[i] for i in repeats})
+                repeated.update(
+                    (str(drafts[i].id), to if isinstance(to, str) else str(drafts[to].id)) for i, to in repeats.items()
+                )
         if dry_run:
             return ImportReport(plan, dry_run=True, seconds=time.monotonic() - started)
         try:
@@ -144,11 +154,9 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
         finally:
             close()
         new = [step.record.id for step in plan.steps if step.action is Action.NEW]
-        if 0 < len(new) <= DOOR_CHECK_LIMIT:
-            # Duplicates at the door: each new memory against what was here (not the file's own others).
-            fresh = set(new)
-            found = await similar_to(device, new)
-            similar.update((m, [s for s in hits if s.memory.id not in fresh]) for m, hits in found.items())
+        # Look-alikes at the door: every new memory against what was here (not
+        # the file's own others), in one batch query of the index.
+        similar.update(await similar_to(device, new))
         return report
 
     report = with_device(body)
@@ -159,6 +167,8 @@ def import_(file: str, fmt: str, strategy: str, dry_run: bool) -> None:
         out = report.to_json()
         if similar:
             out["similar"] = {m: [s.to_json() for s in hits] for m, hits in similar.items()}
+        if repeated:
+            out["repeats"] = repeated
         print_json(out)
     else:
         click.echo(report.describe())

@@ -111,7 +111,7 @@ def add(
         if text is not None:
             raise click.UsageError("give either TEXT or --file, not both")
         defaults = Draft(content="", kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance)
-        _bulk_add(file, defaults, fmt)
+        _bulk_add(file, defaults, fmt, allow_duplicate)
         return
     if text is None:
         raise click.UsageError("missing TEXT (or `-` to read it from stdin, or --file for many)")
@@ -147,28 +147,39 @@ def add(
              " `peer consolidate` can merge them")
 
 
-def _bulk_add(file: IO[bytes], defaults: Draft, fmt: str) -> None:
+def _bulk_add(file: IO[bytes], defaults: Draft, fmt: str, allow_duplicate: bool) -> None:
     name = "stdin" if file.name in ("-", "<stdin>") else click.format_filename(file.name)
     numbered = read_bulk(file, name, defaults, fmt)
     drafts = [draft for _, draft in numbered]
     if not drafts:
         raise PeerError("the file holds no memories (no non-empty lines)")
-    ids: list[str] = []
+    added: list[str] = []  # ids of the drafts added, in the order of `fresh`
+    fresh: list[int] = []  # the drafts to add (indexes): not repeats of a memory or an earlier line
+    repeats: dict[int, str | int] = {}
+    similar: dict[str, list[SimilarMemory]] = {}
     started = time.monotonic()
     show_bar = not json_mode() and sys.stderr.isatty()
 
     async def body(device: Device) -> None:
-        progress = ProgressBar("adding", len(drafts)) if show_bar else None
+        from peer.consolidate import exact_duplicates, similar_to
+
+        if not allow_duplicate:
+            # Duplicates at the door, as for one add: one read of the projects' texts.
+            repeats.update(await exact_duplicates(device, drafts))
+        fresh.extend(at for at in range(len(drafts)) if at not in repeats)
+        progress = ProgressBar("adding", len(fresh)) if show_bar and fresh else None
         try:
-            for at in range(0, len(drafts), BULK_BATCH):
+            for at in range(0, len(fresh), BULK_BATCH):
                 # One transaction per batch: a bulk add that is killed keeps
                 # every batch committed before, in input order.
-                ids.extend(await device.add(drafts[at : at + BULK_BATCH]))
+                added.extend(await device.add([drafts[i] for i in fresh[at : at + BULK_BATCH]]))
                 if progress is not None:
-                    progress.update(len(ids), len(drafts))
+                    progress.update(len(added), len(fresh))
         finally:
             if progress is not None:
                 progress.close()
+        # Look-alikes: every new memory against the index in one batch query.
+        similar.update(await similar_to(device, added))
 
     try:
         with_device(body)
@@ -176,18 +187,36 @@ def _bulk_add(file: IO[bytes], defaults: Draft, fmt: str) -> None:
         if interrupted(e):
             # Batches are committed in order: everything before the first
             # draft not added is in, everything from it on is not.
-            rest = f"; the rest starts at line {numbered[len(ids)][0]}" if len(ids) < len(drafts) else ""
-            raise Interrupted(f"interrupted: {len(ids):,} of {len(drafts):,} added{rest}") from None
+            rest = f"; the rest starts at line {numbered[fresh[len(added)]][0]}" if len(added) < len(fresh) else ""
+            raise Interrupted(f"interrupted: {len(added):,} of {len(fresh) or len(drafts):,} added{rest}") from None
         error = peer_error_in(e)
-        if error is not None and ids:
+        if error is not None and added:
             # Say what is already in, so the user can resume after it.
-            raise PeerError(f"{error.message} (the first {len(ids)} memories were added)") from e
+            raise PeerError(f"{error.message} (the first {len(added)} memories were added)") from e
         raise
     seconds = time.monotonic() - started
+    new_id = dict(zip(fresh, added, strict=True))
+
+    def id_of(at: int) -> str:
+        to = repeats.get(at, at)
+        return to if isinstance(to, str) else new_id[to]
+
+    ids = [id_of(at) for at in range(len(drafts))]
     if json_mode():
-        print_json({"added": len(ids), "ids": ids, "seconds": round(seconds, 3)})
-    else:
-        click.echo(f"added {plural(len(ids), 'memory', 'memories')} in {seconds:.1f} s")
+        out: dict[str, Any] = {"added": len(added), "ids": ids, "seconds": round(seconds, 3)}
+        if repeats:
+            out["duplicates"] = [{"line": numbered[at][0], "id": ids[at]} for at in sorted(repeats)]
+        if similar:
+            out["similar"] = {m: [s.to_json() for s in hits] for m, hits in similar.items()}
+        print_json(out)
+        return
+    click.echo(f"added {plural(len(added), 'memory', 'memories')} in {seconds:.1f} s")
+    if repeats:
+        warn(f"{plural(len(repeats), 'line')} repeated a memory of the same project (or an earlier line);"
+             " nothing was added for them (--allow-duplicate adds them)")
+    if similar:
+        warn(f"{plural(len(similar), 'added memory', 'added memories')} look like existing ones"
+             " (similarity >= 0.9); `peer consolidate` shows them and can merge them")
 
 
 def _version_json(info: VersionInfo) -> dict[str, Any]:

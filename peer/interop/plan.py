@@ -92,6 +92,8 @@ class Action(enum.Enum):
     UNCHANGED = "unchanged"
     SKIPPED = "skipped"
     CONFLICT = "conflicts"  # written as a sibling of the local version
+    #: A new record whose text a live memory of its project (or an earlier record) already holds: not written.
+    REPEATED = "repeated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,14 @@ class ImportPlan:
         for step in self.steps:
             out[step.action.value] += 1
         return out
+
+    def with_repeats(self, indexes: set[int]) -> ImportPlan:
+        """The plan with these new records (indexes into steps) not written: they repeat a memory's text."""
+        steps = tuple(
+            Step(step.record, Action.REPEATED) if at in indexes and step.action is Action.NEW else step
+            for at, step in enumerate(self.steps)
+        )
+        return ImportPlan(self.file, self.strategy, steps)
 
 
 def _plan_one(record: Record, versions: Sequence[tuple[str, Memory]], strategy: str) -> Step:
@@ -216,13 +226,16 @@ class ImportReport:
 
     def describe(self) -> str:
         counts = self.plan.counts()
-        what = ", ".join(f"{counts[a.value]:,} {a.value}" for a in Action)
+        what = ", ".join(f"{counts[a.value]:,} {a.value}" for a in Action if a is not Action.REPEATED)
         file = self.plan.file
         head = f"{'would import' if self.dry_run else 'imported'} {file.name} ({file.format}): {what}"
         lines = [head if self.dry_run else f"{head} in {self.seconds:.1f} s"]
         if file.duplicates:
             lines.append(f"{file.duplicates:,} earlier occurrence(s) of repeated ids were dropped (the last one counts)")
         lines.extend(file.notes)
+        if counts[Action.REPEATED.value]:
+            lines.append(f"{counts[Action.REPEATED.value]:,} new record(s) repeat the text of a memory of their project"
+                         " (or an earlier record): not imported (--allow-duplicate imports them)")
         if counts[Action.CONFLICT.value]:
             lines.append("memories changed on both sides are kept as siblings: see `peer conflicts`")
         return "\n".join(lines)

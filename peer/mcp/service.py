@@ -319,6 +319,11 @@ class MemoryService:
         for memory_id in ids:
             memory = await self.store.get(memory_id)
             if memory.deleted:
+                from ..consolidate import merged_into
+
+                if (target := merged_into(memory)) is not None:
+                    raise BadArgument(f"memory {memory.id} was merged into {target}: `get` that one,"
+                                      " or `unmerge` this one to bring it back")
                 raise BadArgument(f"memory {memory.id} was forgotten; `peer show {memory.id} --versions` shows its past")
             if memory.id not in {m.id for m in memories}:
                 memories.append(memory)
@@ -462,6 +467,93 @@ class MemoryService:
         result = await resolve(self.store, memory_id, keep.strip())
         self._written()
         return result.to_json()
+
+    async def consolidate(
+        self,
+        *,
+        project: str | None,
+        kind: str | None,
+        threshold: float | None,
+        limit: int | None,
+        cursor: str | None,
+        all_projects: bool,
+        default_project: str | None,
+    ) -> dict[str, Any]:
+        """Suggested groups of duplicates (what `peer consolidate --dry-run` shows); writes nothing."""
+        from ..consolidate import DEFAULT_THRESHOLD, find_duplicates
+
+        size = _page_size(limit, 10)
+        offset = _offset(cursor)
+        kind = _kind(kind)
+        if threshold is not None and not 0.5 <= threshold <= 1.0:
+            raise BadArgument(f"threshold must be between 0.5 and 1 (got {threshold})")
+        scoped = None if all_projects else self.scope(project, default_project)
+        await self.fresh()
+        found = await find_duplicates(
+            self.device, project=scoped, kind=kind, threshold=DEFAULT_THRESHOLD if threshold is None else threshold
+        )
+        items: list[dict[str, Any]] = []
+        for group in found.groups[offset : offset + size]:
+            items.append({
+                "kind": "exact" if group.exact else "near",
+                "similarity": round(group.similarity, 4),
+                "auto_merge": group.auto_mergeable,
+                "keep": group.members[0].id,
+                "members": [
+                    {
+                        "id": m.id,
+                        "kind": m.kind,
+                        "project": m.project,
+                        "tags": list(m.tags),
+                        "snippet": snippet(m.content),
+                        "chars": len(m.content),
+                        "updated": _iso(m.updated_at),
+                        "created": _iso(m.created_at),
+                    }
+                    for m in group.members
+                ],
+            })
+        out: dict[str, Any] = {
+            "groups": items,
+            "total": len(found.groups),
+            "scanned": found.scanned,
+            "project": scoped,
+            "next_cursor": None,
+        }
+        shown = _fit(items, out)
+        out["groups"] = items[:shown]
+        if shown < len(items) or len(found.groups) > offset + size:
+            out["next_cursor"] = str(offset + shown)
+        if found.groups:
+            out["hint"] = (
+                "Suggestions only: read the members (`get`), and `merge` a group only if its memories say the same"
+                " thing; `keep` is the one a merge keeps. `unmerge` undoes a merge."
+            )
+        return out
+
+    async def merge(self, ids: Sequence[str], keep: str | None) -> dict[str, Any]:
+        from ..consolidate import merge
+
+        if len(ids) < 2:
+            raise BadArgument("give at least two ids to merge (the memories that say the same thing)")
+        if len(ids) > MAX_PAGE:
+            raise BadArgument(f"merge takes at most {MAX_PAGE} ids at once")
+        await self.fresh()
+        result = await merge(self.device, ids, keep=keep or None)
+        self._written()
+        return {
+            "id": result.survivor,
+            "merged": list(result.merged),
+            "hint": "Each merged memory keeps its text in its history; `unmerge` with its id brings it back.",
+        }
+
+    async def unmerge(self, memory_id: str) -> dict[str, Any]:
+        from ..consolidate import unmerge
+
+        await self.fresh()
+        result = await unmerge(self.device, memory_id)
+        self._written()
+        return {"id": result.merged[0], "was_merged_into": result.survivor}
 
     async def status(self) -> dict[str, Any]:
         from ..sync.report import status_report

@@ -46,7 +46,8 @@ peer is this user's long-term memory, shared by their assistants on all their de
 Search it (`search`) before answering questions about the user's projects, preferences,
 procedures or past decisions; `remember` what is worth keeping across sessions (one
 self-contained fact, decision or procedure per memory, with its project and tags);
-`update` a memory instead of adding a near-duplicate (`remember` shows similar ones).
+`update` a memory instead of adding a near-duplicate (`remember` shows similar ones);
+`consolidate` suggests duplicates already stored, and `merge` joins those that repeat one fact.
 Results list snippets: `get` the ids you need in full. Memories are scoped to the current
 project by default; pass all_projects=true to look everywhere."""
 
@@ -64,7 +65,7 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
     "all_projects": ("search_all_projects", "global", "everywhere"),
     "metadata": ("meta", "extra"),
     "cursor": ("page_token", "next_cursor", "offset_cursor"),
-    "keep": ("version", "winner", "keep_version"),
+    "keep": ("version", "winner", "keep_version", "survivor", "into"),
     "project": ("project_name", "workspace", "repo"),
 }
 
@@ -174,6 +175,45 @@ class ResolveOut(BaseModel):
     id: str
     version: str
     kept: str
+
+
+class GroupMember(BaseModel):
+    id: str
+    kind: str
+    project: str | None
+    tags: list[str]
+    snippet: str
+    chars: int
+    created: str
+    updated: str
+
+
+class DuplicateGroup(BaseModel):
+    kind: str = Field(description="exact (same text once case and spacing are folded) or near (same meaning).")
+    similarity: float = Field(description="The weakest link between members (1.0 for exact).")
+    auto_merge: bool = Field(description="Safe to merge without asking: exact, or above 0.95 and worded alike.")
+    keep: str = Field(description="The member a merge keeps (the longest, then the oldest).")
+    members: list[GroupMember]
+
+
+class ConsolidateOut(BaseModel):
+    groups: list[DuplicateGroup]
+    total: int
+    scanned: int
+    project: str | None
+    next_cursor: str | None
+    hint: str | None = None
+
+
+class MergeOut(BaseModel):
+    id: str = Field(description="The surviving memory: it now has every member's tags and metadata.")
+    merged: list[str] = Field(description="The memories merged into it (each can come back with `unmerge`).")
+    hint: str | None = None
+
+
+class UnmergeOut(BaseModel):
+    id: str
+    was_merged_into: str
 
 
 class StatusOut(BaseModel):
@@ -381,6 +421,35 @@ def build_server(
         """Settle a conflict by keeping one version; the others stop being live on every device."""
         return await _call(service.resolve(id, keep))
 
+    async def consolidate(
+        ctx: Context,
+        project: ProjectArg = None,
+        kind: KindArg = None,
+        threshold: Annotated[float | None, Field(description="Similarity from which two memories are near duplicates (0.5-1, default 0.9).")] = None,
+        limit: LimitArg = None,
+        cursor: CursorArg = None,
+        all_projects: Annotated[bool, Field(description="Every project, not only the current one.")] = False,
+    ) -> Annotated[CallToolResult, ConsolidateOut]:
+        """Find duplicate memories (exact copies and near ones that say the same thing) and suggest groups to merge. Changes nothing: read the members, then `merge` the groups that really repeat one fact."""
+        default = await session.default_project(ctx)
+        return await _call(service.consolidate(
+            project=project, kind=kind, threshold=threshold, limit=limit, cursor=cursor,
+            all_projects=all_projects, default_project=default,
+        ))
+
+    async def merge(
+        ids: Annotated[list[str] | str, Field(description="Two or more ids (or unique prefixes): a list or a comma-separated string.")],
+        keep: Annotated[str | None, Field(description="The id that survives (default: the longest text, then the oldest).")] = None,
+    ) -> Annotated[CallToolResult, MergeOut]:
+        """Merge memories that say the same thing into one, on every device: the survivor gets all their tags and metadata; the others leave search and lists but keep their text in their history. `unmerge` undoes it."""
+        return await _call(service.merge(_tags(ids), keep))
+
+    async def unmerge(
+        id: Annotated[str, Field(description="The id of a memory that was merged into another.")],
+    ) -> Annotated[CallToolResult, UnmergeOut]:
+        """Undo a merge: bring a merged-away memory back exactly as it was, and take what it brought off the survivor."""
+        return await _call(service.unmerge(id))
+
     async def status() -> Annotated[CallToolResult, StatusOut]:
         """This device, its agent, and the group's other devices: last sync and how many versions each lacks."""
         return await _call(service.status())
@@ -407,6 +476,9 @@ def build_server(
         (list_, "list", annotations("List memories", read_only=True)),
         (conflicts, "conflicts", annotations("Conflicts", read_only=True)),
         (resolve, "resolve", annotations("Resolve a conflict", read_only=False, destructive=True)),
+        (consolidate, "consolidate", annotations("Find duplicates", read_only=True)),
+        (merge, "merge", annotations("Merge duplicates", read_only=False, destructive=True)),
+        (unmerge, "unmerge", annotations("Undo a merge", read_only=False)),
         (status, "status", annotations("Sync status", read_only=True)),
         (sync, "sync", annotations("Sync now", read_only=False, idempotent=True, open_world=True)),
     )

@@ -285,6 +285,23 @@ class _Graph:
             ]
         return []
 
+    def query_many(self, vectors: NDArray[np.float32], fetch: int) -> list[list[tuple[int, float]]]:
+        """:meth:`query` for many vectors in one hnswlib call on every core (one by one if it balks)."""
+        fetch = min(fetch, self.live_count)
+        if fetch <= 0 or len(vectors) == 0:
+            return [[] for _ in range(len(vectors))]
+        self.hnsw.set_ef(max(EF_SEARCH, fetch))
+        try:
+            labels, distances = self.hnsw.knn_query(vectors, k=fetch, num_threads=_threads())
+        except RuntimeError:
+            return [self.query(vectors[i : i + 1], fetch) for i in range(len(vectors))]
+        finally:
+            self.hnsw.set_ef(EF_SEARCH)
+        return [
+            [(int(label), 1.0 - float(distance)) for label, distance in zip(row_labels, row_distances, strict=True)]
+            for row_labels, row_distances in zip(labels.tolist(), distances.tolist(), strict=True)
+        ]
+
     def save(self, directory: Path, sidecar: dict[str, Any]) -> None:
         with _files_locked(directory, exclusive=True):
             self._save(directory, sidecar)
@@ -718,6 +735,16 @@ class SearchIndex:
         return added + len(to_embed) + len(to_revive), len(to_remove), len(to_embed)
 
     # --- searching -----------------------------------------------------------
+
+    async def query_many(self, vectors: NDArray[np.float32], k: int) -> list[list[tuple[int, float]]]:
+        """The ``k`` nearest live labels to each of ``vectors`` (rows), in one batch call; best first."""
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self._embedder.dim)
+        if k <= 0:
+            return [[] for _ in range(len(matrix))]
+        async with self._lock:
+            graph = self._graph
+            found = await trio.to_thread.run_sync(graph.query_many, matrix, k)
+            return [[(label, s) for label, s in row if label not in graph.deleted] for row in found]
 
     async def query(
         self, vector: NDArray[np.float32] | Sequence[float], k: int, accept: Callable[[int], bool] | None = None

@@ -1613,6 +1613,28 @@ class Store:
             ]
             after = rows[-1][1]
 
+    async def live_embeddings_of(self, memory_ids: Iterable[str]) -> builtins.list[IndexChange]:
+        """The live winners of these memories, with their vectors (to compare them with the index)."""
+        wanted = list(dict.fromkeys(memory_ids))
+        if not wanted:
+            return []
+        rows = await self._db.fetchall(
+            "SELECT seq, id, memory_id, content, embedder, embedding FROM versions"
+            f" WHERE memory_id IN (SELECT value FROM json_each(?)) AND {LIVE}",
+            (json_list(wanted),),
+        )
+        return [
+            IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=bytes(emb))
+            for s, label, m, c, e, emb in rows
+        ]
+
+    async def live_texts(self, project: str | None) -> builtins.list[tuple[str, str]]:
+        """(memory id, content) of every live memory of ``project`` (None: those without a project)."""
+        rows = await self._db.fetchall(
+            f"SELECT memory_id, content FROM versions WHERE {LIVE} AND project IS ?", (project,)
+        )
+        return [(m, c) for m, c in rows]
+
     def live_winners(self, batch_size: int = 1000) -> AsyncIterator[builtins.list[IndexChange]]:
         """The name the index's feed uses for :meth:`all_live_embeddings`."""
         return self.all_live_embeddings(batch_size)

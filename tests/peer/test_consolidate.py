@@ -1,9 +1,10 @@
 """``peer consolidate``, ``merge`` and ``unmerge`` as a user runs them, on 2,000 real paragraphs.
 
-The store holds 2,000 documentation paragraphs (peer.dev.corpus), 30 exact
-duplicates of some of them (spacing and case changed, other tags) and 30
-paraphrases of others, written here by hand, plus the pytest note that
-search must still find. Everything is embedded once per module by the real
+The store holds the first 2,000 short documentation paragraphs of
+peer.dev.corpus as they are (templates about different subjects and the
+corpus's own repeats included), 30 exact duplicates of some of them
+(spacing and case changed, other tags) and 30 paraphrases of others,
+written here by hand, plus the pytest note that search must still find. Everything is embedded once per module by the real
 model and added to a real store in one transaction, then copied to two
 more devices of the same group by a bundle; each test that changes
 anything works on copies of the three homes.
@@ -83,25 +84,21 @@ def _duplicate(text: str, n: int) -> str:
     return ("  " + text.replace(" ", "  ", 3) + " ") if n % 2 else text.upper()
 
 
-def _background(candidates: list[str], vectors: NDArray[np.float32], first: list[str]) -> list[int]:
-    """2,000 paragraphs, none a near duplicate (>= 0.9) of another, ``first`` among them.
+#: Sentences the corpus itself says twice (a comment and a docstring, a missing
+#: article or comma): the same fact said again, which consolidate should find
+#: and a person would merge. Judged by reading them; each is the start of both
+#: members' texts (after a leading "# "). Every other unplanted group is false.
+CORPUS_REPEATS = [
+    ("The result from localeconv()['grouping']",),
+    ("Constants related to the hash implementation; hash(x) is based on the reduction of x modulo",),
+    ("Delay the initialization of",),
+    ("- Return code object if the command is complete", "- Return a code object if the command is complete"),
+    ("Return the timezone offset as timedelta",),
+]
 
-    The corpus itself holds such pairs (about 70 among its first 2,000 short
-    paragraphs: the same docstring in two modules, or templates such as the
-    IncrementalEncoder and IncrementalDecoder docstrings at 0.987). They are
-    left out so that every group found is one the test planted or a false
-    one; the report of the issue names them.
-    """
-    similarity = vectors @ vectors.T
-    order = [candidates.index(t) for t in first] + [i for i, t in enumerate(candidates) if t not in first]
-    taken: list[int] = []
-    for i in order:
-        if not taken or similarity[i, taken].max() < 0.9:
-            taken.append(i)
-        if len(taken) == 2000:
-            break
-    assert len(taken) == 2000 and all(candidates.index(t) in taken for t in first)
-    return taken
+
+def _corpus_repeat(texts: list[str]) -> bool:
+    return any(all(t.lstrip("# ").startswith(starts) for t in texts) for starts in CORPUS_REPEATS)
 
 
 async def _build(root: Path, items: list[dict[str, Any]], given: list[bytes]) -> list[str]:
@@ -131,17 +128,17 @@ def _embed(texts: list[str]) -> NDArray[np.float32]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     root = tmp_path_factory.mktemp("consolidate") / "group"
-    candidates = [p for p in paragraphs() if len(p) <= 300][:2300]
-    originals_of = {sub: next(t for t in candidates if t.startswith(sub) or sub in t) for sub, _ in PARAPHRASES}
-    vectors = _embed(candidates)
-    chosen = _background(candidates, vectors, list(originals_of.values()))
-    texts = [candidates[i] for i in chosen]
+    # The first 2,000 short paragraphs as they are: templates (the IncrementalEncoder
+    # and IncrementalDecoder docstrings at 0.987) and the corpus's own repeats included.
+    texts = [p for p in paragraphs() if len(p) <= 300][:2000]
+    originals_of = {sub: next(t for t in texts if t.startswith(sub) or sub in t) for sub, _ in PARAPHRASES}
     copied = [t for t in texts if t not in originals_of.values()][100:1900:60][:30]
     items: list[dict[str, Any]] = [{"content": t, "kind": "fact", "project": "pydocs", "tags": ["docs"]} for t in texts]
     items += [{"content": _duplicate(t, n), "kind": "fact", "project": "pydocs", "tags": [f"copy{n}"]} for n, t in enumerate(copied)]
     items += [{"content": p, "kind": "fact", "project": "pydocs", "tags": ["reworded"]} for _, p in PARAPHRASES]
     items.append({"content": TARGET, "kind": "procedure", "project": "app", "tags": ["testing"]})
-    ids = trio.run(_build, root, items, [vectors[i].astype("<f4").tobytes() for i in chosen])
+    vectors = _embed(texts)
+    ids = trio.run(_build, root, items, [v.astype("<f4").tobytes() for v in vectors])
     assert len(ids) == len(items) == 2061
     by_text = dict(zip(texts, ids[:2000], strict=True))
     exact = [(by_text[t], ids[2000 + n]) for n, t in enumerate(copied)]
@@ -175,8 +172,11 @@ def test_dry_run_finds_every_exact_group_and_the_paraphrases(corpus: Corpus, tmp
     caught = [pair for pair in corpus.paraphrased if any(set(pair) <= g for g in near)]
     assert len(caught) >= 25, f"only {len(caught)} of 30 paraphrase pairs found"
     planted = [frozenset(p) for p in corpus.exact + corpus.paraphrased]
-    false_groups = [g for g in groups if not any(p <= g for p in planted)]
+    unplanted = [g for g in groups if not any(p <= g for p in planted)]
+    false_groups = [g for g in unplanted if not _corpus_repeat([corpus.originals[m] for m in g])]
     assert len(false_groups) <= 3, [[corpus.originals.get(m, m)[:60] for m in g] for g in false_groups]
+    # Without the lexical checks the raw corpus gives 67 groups; they leave a handful.
+    assert len(unplanted) <= 3 + len(CORPUS_REPEATS), len(unplanted)
     # Each group shows what a person decides with.
     member = found_["groups"][0]["members"][0]
     assert {"id", "project", "tags", "created_at", "updated_at", "content"} <= set(member)
@@ -218,9 +218,13 @@ def test_auto_merge_merges_only_exact_and_above_095_and_unmerge_restores(corpus:
     planned = _consolidate(first, "--dry-run")["groups"]
     done = _consolidate(first, "--auto-merge")
     merged_survivors = {m["id"] for m in done["merged"]}
-    auto = [g for g in planned if g["kind"] == "exact" or g["similarity"] > 0.95]
+    auto = [g for g in planned if g["auto_merge"]]
     assert merged_survivors == {g["keep"] for g in auto}
-    assert all(g["auto_merge"] == (g in auto) for g in planned)
+    # Only exact groups and groups above 0.95 (worded alike: a template pair
+    # such as "levels up"/"levels down" at 0.994 stays a suggestion).
+    assert all(g["kind"] == "exact" or (g["similarity"] > 0.95 and g["same_wording"]) for g in auto)
+    assert {frozenset(pair) for pair in corpus.exact} <= {frozenset(m["id"] for m in g["members"]) for g in auto}
+    assert any(g["kind"] == "near" for g in auto)
     merged_away = {m for r in done["merged"] for m in r["merged"]}
     # One new version per memory involved: the survivor's and each tombstone.
     assert _version_count(first) == before + len(merged_away) + len(merged_survivors)
@@ -238,7 +242,7 @@ def test_auto_merge_merges_only_exact_and_above_095_and_unmerge_restores(corpus:
     assert shown["deleted"] is True and shown["merged_into"] == group["keep"]
     assert group["members"][1]["content"] in {v["content"] for v in shown["versions"]}
     assert f"merged into {group['keep']}" in ok(first, "show", group["members"][1]["id"])
-    # The near groups between 0.9 and 0.95 are suggestions only.
+    # The other groups are suggestions only.
     for group in planned:
         if group not in auto:
             assert {m["id"] for m in group["members"]} <= listed
@@ -253,7 +257,11 @@ def test_auto_merge_merges_only_exact_and_above_095_and_unmerge_restores(corpus:
     assert [r["id"] for r in survivor["metadata"]["peer.merged"]] == [copy]
     assert survivor["created_at"] == min(m["created_at"] for m in members.values())
     # A merged-away paraphrase no longer turns up in search; its survivor does.
-    kept, gone = next((g["keep"], g["members"][1]) for g in auto if g["kind"] == "near")
+    kept, gone = next(
+        (g["keep"], g["members"][1])
+        for g in auto
+        if g["kind"] == "near" and not g["members"][1]["content"].startswith("-")  # not read as an option
+    )
     hits = [r["id"] for r in ok_json(first, "search", gone["content"], "-k", "5")]
     assert gone["id"] not in hits and kept in hits
 

@@ -52,6 +52,9 @@ EXPECTED_TOOLS = {
     "resolve": (False, True, False),
     "status": (True, None, None),
     "sync": (False, False, True),
+    "consolidate": (True, None, None),
+    "merge": (False, True, False),
+    "unmerge": (False, False, False),
 }
 
 
