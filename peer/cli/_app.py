@@ -7,9 +7,10 @@ through :mod:`._output`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -99,6 +100,39 @@ def with_device(fn: Callable[[Device], Awaitable[T]]) -> T:
             await device.close()
 
     return run(body)
+
+
+#: Set (to anything) to run every command in process even when an agent runs (benchmarks compare both ways).
+NO_AGENT_ENV = "PEER_NO_AGENT"
+
+
+def ask_agent(method: str, params: dict[str, Any], *, lost: Literal["rerun", "fail"]) -> Any:
+    """The running agent's answer to ``method`` (see :mod:`peer.agent_client`), or None: run it in process.
+
+    An error the agent answers is this command's error (the same ``error:``
+    line as in process). When the agent goes away mid-request, ``lost``
+    says what the command does: ``"rerun"`` it in process (a read, or an add
+    that carries its own id), or ``"fail"`` with one line saying what to check.
+    """
+    if os.environ.get(NO_AGENT_ENV):
+        return None
+    from peer.agent_client import AgentLost, AgentRefused, NoAgent, home_directory
+    from peer.agent_client import ask_agent as ask
+
+    try:
+        return ask(home_directory(home_arg()), method, params)
+    except NoAgent as e:
+        if e.warning:
+            click.echo(f"warning: {e.reason}", err=True)
+        return None
+    except AgentRefused as e:
+        raise PeerError(e.message) from None
+    except AgentLost as e:
+        if lost == "fail":
+            raise PeerError(f"{e}, so this change may or may not have been made: check with `peer show ID`,"
+                            " then run the command again if it is missing") from None
+        click.echo(f"warning: {e}; the command ran without the agent", err=True)
+        return None
 
 
 def parse_meta(items: Sequence[str]) -> dict[str, Any]:
