@@ -254,10 +254,11 @@ class WarmCommands:
 
         def counted(name: str, method: Callable[[dict[str, Any]], Awaitable[Any]]) -> Callable[[dict[str, Any]], Awaitable[Any]]:
             async def answer(params: dict[str, Any]) -> Any:
-                await self._fresh()
-                result = await method(params)
-                self.answered[name] += 1
-                return result
+                try:
+                    await self._fresh()
+                    return await method(params)
+                finally:
+                    self.answered[name] += 1
 
             return answer
 

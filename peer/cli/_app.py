@@ -121,6 +121,12 @@ def ask_agent(method: str, params: dict[str, Any], *, lost: Literal["rerun", "fa
 
     try:
         return ask(home_directory(home_arg()), method, params)
+    except KeyboardInterrupt:
+        from ._input import Interrupted
+
+        # As in process (where trio hands main() the interrupt): the agent cancels the request when the
+        # connection closes, so nothing more is done. click would print "error: interrupted" instead.
+        raise Interrupted("interrupted: nothing more was done") from None
     except NoAgent as e:
         if e.warning:
             click.echo(f"warning: {e.reason}", err=True)
