@@ -4,22 +4,18 @@ Everything that travels between devices is defined here; ``peer/`` only
 moves these bytes and stores them. This module is the package's one face:
 ``peer/`` imports ``from protocol import X``, never from the submodules,
 and ``__all__`` below is the one list of what it may use.
+
+Loading it lazily. Importing every module here costs tens of milliseconds,
+which a one-shot ``peer search`` answered by the agent should not pay
+before it knows it needs any of them. So only the error tree is imported
+eagerly; any other name is imported from its module on first use
+(:func:`__getattr__`, PEP 562), found in the import list below, which type
+checkers and import-linter read as ordinary imports. Add new exports to
+that list (and ``__all__``) as before.
 """
 
-from .bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_MAGIC,
-    BundleEnd,
-    BundleEvent,
-    BundleHeader,
-    BundleMemberRecord,
-    BundleReader,
-    BundleVersion,
-    BundleWriter,
-    SenderKeyLookup,
-)
-from .clock import MAX_COUNTER, Dot, HybridLogicalClock, Ordering, VersionVector, hlc_pack, hlc_unpack, next_counter
-from .codec import Reader, Writer, decode_whole
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BadSignature,
     BundleError,
@@ -39,129 +35,145 @@ from .errors import (
     UnsupportedFormat,
     WrongGroup,
 )
-from .frames import (
-    DEFAULT_MAX_FRAME_SIZE,
-    END_OF_STREAM,
-    FLAG_ORDERED,
-    NEED_DATA,
-    PROTOCOL_VERSION,
-    Done,
-    EndOfStream,
-    ErrorCode,
-    ErrorFrame,
-    Frame,
-    FrameDecoder,
-    Hello,
-    JoinAccept,
-    JoinReject,
-    JoinRequest,
-    Members,
-    NeedData,
-    VersionsBatch,
-    decode_frame,
-    encode_frame,
-    frame_name,
-    join_proof,
-)
-from .ids import (
-    MAX_INCARNATION,
-    device_id_for,
-    device_id_of,
-    device_of,
-    format_device_id,
-    is_device_id,
-    is_replica_id,
-    normalize_device_id,
-    raw_public_key,
-    replica_id,
-)
-from .invite import (
-    INVITE_ID_BYTES,
-    SECRET_BYTES,
-    InviteCode,
-    MistypedCode,
-    decode_code,
-    encode_code,
-    verifier_for,
-)
-from .join import (
-    JOIN_MAX_FRAME_SIZE,
-    JoinAccepted,
-    JoinEvent,
-    JoinRejected,
-    JoinRequested,
-    JoinRole,
-    JoinSession,
-    JoinState,
-)
-from .membership import (
-    KeyEpochRecord,
-    MemberInfo,
-    MemberRecord,
-    Membership,
-    MembershipRecord,
-    RevocationRecord,
-    UnknownSigner,
-    decode_membership_record,
-    found_group,
-    group_id_for,
-)
-from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, state_of, winner_key
-from .records import (
-    DEFAULT_KIND,
-    EMBEDDING_ROOM,
-    FORMAT_VERSION,
-    KINDS,
-    MAX_BODY_BYTES,
-    MAX_CONTENT_BYTES,
-    MAX_EMBEDDER_BYTES,
-    MAX_EMBEDDING_BYTES,
-    MAX_FIELD_BYTES,
-    MAX_METADATA_BYTES,
-    MAX_TAGS,
-    MemoryBody,
-    VersionHeader,
-    canonical_json,
-    check_body_size,
-    valid_kind,
-)
-from .relay import (
-    RELAY_FORMAT,
-    RELAY_STATE_MAGIC,
-    RelayName,
-    RelayState,
-    SegmentRef,
-    check_segment,
-    group_folder,
-    next_sequence,
-    open_state,
-    parse_relay_name,
-    prunable,
-    relay_coverage,
-    seal_state,
-    segment_name,
-    state_name,
-    temporary_name,
-    vector_meet,
-)
-from .sealing import AuthorKeyLookup, MemberKeyLookup, SealedVersion, open_version, seal, verify_version
-from .session import (
-    DEFAULT_BATCH_BYTES,
-    DEFAULT_BATCH_SIZE,
-    PAUSED,
-    ConnectionClosed,
-    HelloReceived,
-    MembersReceived,
-    PeerDone,
-    SessionComplete,
-    SessionState,
-    SyncSession,
-    VersionSource,
-    VersionsReceived,
-    batches,
-    error_frame_for,
-    outgoing,
-)
+
+if TYPE_CHECKING:
+    from .bundle import (
+        BUNDLE_FORMAT,
+        BUNDLE_MAGIC,
+        BundleEnd,
+        BundleEvent,
+        BundleHeader,
+        BundleMemberRecord,
+        BundleReader,
+        BundleVersion,
+        BundleWriter,
+        SenderKeyLookup,
+    )
+    from .clock import MAX_COUNTER, Dot, HybridLogicalClock, Ordering, VersionVector, hlc_pack, hlc_unpack, next_counter
+    from .codec import Reader, Writer, decode_whole
+    from .frames import (
+        DEFAULT_MAX_FRAME_SIZE,
+        END_OF_STREAM,
+        FLAG_ORDERED,
+        NEED_DATA,
+        PROTOCOL_VERSION,
+        Done,
+        EndOfStream,
+        ErrorCode,
+        ErrorFrame,
+        Frame,
+        FrameDecoder,
+        Hello,
+        JoinAccept,
+        JoinReject,
+        JoinRequest,
+        Members,
+        NeedData,
+        VersionsBatch,
+        decode_frame,
+        encode_frame,
+        frame_name,
+        join_proof,
+    )
+    from .ids import (
+        MAX_INCARNATION,
+        device_id_for,
+        device_id_of,
+        device_of,
+        format_device_id,
+        is_device_id,
+        is_replica_id,
+        normalize_device_id,
+        raw_public_key,
+        replica_id,
+    )
+    from .invite import (
+        INVITE_ID_BYTES,
+        SECRET_BYTES,
+        InviteCode,
+        MistypedCode,
+        decode_code,
+        encode_code,
+        verifier_for,
+    )
+    from .join import (
+        JOIN_MAX_FRAME_SIZE,
+        JoinAccepted,
+        JoinEvent,
+        JoinRejected,
+        JoinRequested,
+        JoinRole,
+        JoinSession,
+        JoinState,
+    )
+    from .membership import (
+        KeyEpochRecord,
+        MemberInfo,
+        MemberRecord,
+        Membership,
+        MembershipRecord,
+        RevocationRecord,
+        UnknownSigner,
+        decode_membership_record,
+        found_group,
+        group_id_for,
+    )
+    from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, state_of, winner_key
+    from .records import (
+        DEFAULT_KIND,
+        EMBEDDING_ROOM,
+        FORMAT_VERSION,
+        KINDS,
+        MAX_BODY_BYTES,
+        MAX_CONTENT_BYTES,
+        MAX_EMBEDDER_BYTES,
+        MAX_EMBEDDING_BYTES,
+        MAX_FIELD_BYTES,
+        MAX_METADATA_BYTES,
+        MAX_TAGS,
+        MemoryBody,
+        VersionHeader,
+        canonical_json,
+        check_body_size,
+        valid_kind,
+    )
+    from .relay import (
+        RELAY_FORMAT,
+        RELAY_STATE_MAGIC,
+        RelayName,
+        RelayState,
+        SegmentRef,
+        check_segment,
+        group_folder,
+        next_sequence,
+        open_state,
+        parse_relay_name,
+        prunable,
+        relay_coverage,
+        seal_state,
+        segment_name,
+        state_name,
+        temporary_name,
+        vector_meet,
+    )
+    from .sealing import AuthorKeyLookup, MemberKeyLookup, SealedVersion, open_version, seal, verify_version
+    from .session import (
+        DEFAULT_BATCH_BYTES,
+        DEFAULT_BATCH_SIZE,
+        PAUSED,
+        ConnectionClosed,
+        HelloReceived,
+        MembersReceived,
+        PeerDone,
+        SessionComplete,
+        SessionState,
+        SyncSession,
+        VersionSource,
+        VersionsReceived,
+        batches,
+        error_frame_for,
+        outgoing,
+    )
 
 __all__ = [
     "INVITE_ID_BYTES",
@@ -332,3 +344,45 @@ __all__ = [
     "temporary_name",
     "vector_meet",
 ]
+
+
+_SOURCES: dict[str, str] = {}
+
+
+def _source_of(name: str) -> str | None:
+    """The module (relative to this package) that the import list above takes ``name`` from."""
+    if not _SOURCES:
+        import ast
+        import importlib
+
+        # The import system hands over this module's source (as it does to show a traceback):
+        # the import list above is then the one table, for type checkers and for this lookup alike.
+        loader = getattr(__spec__, "loader", None)
+        source = loader.get_source(__name__) if hasattr(loader, "get_source") else None
+        if source is None:  # installed without sources: every module, as the eager face did
+            import pkgutil
+
+            for module in pkgutil.iter_modules(__path__):
+                for exported in getattr(importlib.import_module(f".{module.name}", __name__), "__all__", ()):
+                    _SOURCES.setdefault(exported, module.name)
+        else:
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                    for alias in node.names:
+                        _SOURCES[alias.asname or alias.name] = node.module
+    return _SOURCES.get(name)
+
+
+if not TYPE_CHECKING:
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        source = _source_of(name) if name in __all__ else None
+        if source is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{source}", __name__), name)
+        globals()[name] = value  # once found, an ordinary attribute
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

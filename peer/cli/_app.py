@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from protocol import PeerError, valid_kind
+from protocol import PeerError
 
 if TYPE_CHECKING:
     from peer.device import Device
@@ -167,7 +167,11 @@ def parse_since(text: str, *, now: float | None = None) -> float:
 
 
 def check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not valid_kind(value):
+    if value is None:
+        return None
+    from protocol import valid_kind  # here, not at the top: it loads the records module (start-up time)
+
+    if not valid_kind(value):
         raise click.BadParameter(f"{value!r} is not a kind: use a short lowercase word such as fact, procedure, note")
     return value
 
