@@ -357,8 +357,8 @@ def _source_of(name: str) -> str | None:
 
         # The import system hands over this module's source (as it does to show a traceback):
         # the import list above is then the one table, for type checkers and for this lookup alike.
-        loader = getattr(__spec__, "loader", None)
-        source = loader.get_source(__name__) if hasattr(loader, "get_source") else None
+        get_source = getattr(getattr(__spec__, "loader", None), "get_source", None)
+        source = get_source(__name__) if get_source is not None else None
         if source is None:  # installed without sources: every module, as the eager face did
             import pkgutil
 
