@@ -11,9 +11,12 @@ before it knows it needs any of them. So only the error tree is imported
 eagerly; any other name is imported from its module on first use
 (:func:`__getattr__`, PEP 562), found in the import list below, which type
 checkers and import-linter read as ordinary imports. Add new exports to
-that list (and ``__all__``) as before.
+that list (and ``__all__``) as before; a new module also gets its branch in
+:func:`_module` and a place in ``_MODULES`` (tests/protocol/test_lazy_face.py
+fails until it has them).
 """
 
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -349,22 +352,80 @@ __all__ = [
 _SOURCES: dict[str, str] = {}
 
 
+def _module(name: str) -> ModuleType:
+    """The submodule ``name``, imported by a plain import statement (which the no-I/O checks read)."""
+    if name == "bundle":
+        from . import bundle
+
+        return bundle
+    if name == "clock":
+        from . import clock
+
+        return clock
+    if name == "codec":
+        from . import codec
+
+        return codec
+    if name == "errors":
+        from . import errors
+
+        return errors
+    if name == "frames":
+        from . import frames
+
+        return frames
+    if name == "ids":
+        from . import ids
+
+        return ids
+    if name == "invite":
+        from . import invite
+
+        return invite
+    if name == "join":
+        from . import join
+
+        return join
+    if name == "membership":
+        from . import membership
+
+        return membership
+    if name == "merge":
+        from . import merge
+
+        return merge
+    if name == "records":
+        from . import records
+
+        return records
+    if name == "relay":
+        from . import relay
+
+        return relay
+    if name == "sealing":
+        from . import sealing
+
+        return sealing
+    if name == "session":
+        from . import session
+
+        return session
+    raise AttributeError(f"protocol has no module {name!r}")
+
+
 def _source_of(name: str) -> str | None:
     """The module (relative to this package) that the import list above takes ``name`` from."""
     if not _SOURCES:
         import ast
-        import importlib
 
         # The import system hands over this module's source (as it does to show a traceback):
         # the import list above is then the one table, for type checkers and for this lookup alike.
         get_source = getattr(getattr(__spec__, "loader", None), "get_source", None)
         source = get_source(__name__) if get_source is not None else None
         if source is None:  # installed without sources: every module, as the eager face did
-            import pkgutil
-
-            for module in pkgutil.iter_modules(__path__):
-                for exported in getattr(importlib.import_module(f".{module.name}", __name__), "__all__", ()):
-                    _SOURCES.setdefault(exported, module.name)
+            for module_name in _MODULES:
+                for exported in getattr(_module(module_name), "__all__", ()):
+                    _SOURCES.setdefault(exported, module_name)
         else:
             for node in ast.walk(ast.parse(source)):
                 if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
@@ -373,14 +434,15 @@ def _source_of(name: str) -> str | None:
     return _SOURCES.get(name)
 
 
+_MODULES = ("bundle", "clock", "codec", "errors", "frames", "ids", "invite", "join", "membership", "merge", "records", "relay", "sealing", "session")
+
 if not TYPE_CHECKING:
-    import importlib
 
     def __getattr__(name: str) -> Any:
         source = _source_of(name) if name in __all__ else None
         if source is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{source}", __name__), name)
+        value = getattr(_module(source), name)
         globals()[name] = value  # once found, an ordinary attribute
         return value
 
