@@ -432,3 +432,29 @@ def test_an_agent_serves_commands_while_its_client_was_interrupted(homes: tuple[
     assert words not in {m["content"] for m in ok_json(home, "list")}
     assert answered(home).get("list", 0) == before + 1
     assert agent.process.poll() is None
+
+
+HEAVY = ("trio", "trio_asyncio", "numpy", "hnswlib", "onnxruntime", "tokenizers", "aiosqlite", "asyncssh", "zeroconf",
+         "cryptography", "sqlite3", "rich", "protocol.session", "protocol.sealing", "peer.device", "peer.store",
+         "peer.search.index", "peer.search.embedder", "peer.warm")
+
+
+def test_a_command_the_agent_answers_imports_nothing_heavy(homes: tuple[Path, Path, Agent]) -> None:
+    home, _, _ = homes
+
+    def imported(*extra: str, in_process: bool = False) -> set[str]:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "peer", "--home", str(home), *extra],
+                              capture_output=True, text=True, timeout=300,
+                              env={**env(), **({"PEER_NO_AGENT": "1"} if in_process else {})})
+        assert done.returncode == 0, done.stderr
+        return {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+    def heavy(modules: set[str]) -> list[str]:
+        return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+    for argv in (["search", "fox"], ["add", "imported nothing heavy", "--tag", "t"], ["list", "--json"]):
+        loaded = imported(*argv)
+        assert "peer.agent_client" in loaded, argv
+        assert heavy(loaded) == [], argv
+    # The same probe sees them when the command runs in process: it can fail.
+    assert {"trio", "peer.device", "hnswlib"} <= set(heavy(imported("search", "fox", in_process=True)))
