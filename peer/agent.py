@@ -713,6 +713,7 @@ async def run_agent(
             agent.add_static_peers()
             nursery.start_soon(agent.watch)
             agent.warm = await WarmCommands.start(home, device, agent.index_lock)
+            nursery.start_soon(agent.warm.keep_index_saved)
             if home.index_dir.exists():
                 # A device that has searched before: load the model and the index now, not on the first command.
                 nursery.start_soon(agent.warm.warm)

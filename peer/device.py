@@ -346,6 +346,17 @@ class Device:
         assert self._index is not None
         return self._index
 
+    @property
+    def unsaved_index_changes(self) -> int:
+        """Changes the open index holds that its files lack (0 when no index is open)."""
+        return 0 if self._index is None else self._index.unsaved
+
+    async def save_index(self) -> None:
+        """Write the open index's files now if they lack changes (long-lived processes, when idle)."""
+        index = self._index
+        if index is not None and index.unsaved:
+            await index.save()
+
     async def reindex(self, progress: Progress | None = None) -> ReindexResult:
         """Rebuild the index from the store's vectors (embedding only what has none)."""
         from peer.search.index import SearchIndex

@@ -60,6 +60,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The agent writes its index's files once no change has come for this long (seconds).
+INDEX_IDLE_SAVE_S: Final = 1.0
+
 #: The commands the agent answers, by local API method name.
 #: (``status_report`` is ``peer status``; the agent's own ``status`` method is its status dict.)
 WARM_METHODS: Final = ("add", "show", "list", "edit", "forget", "search", "status_report", "context")
@@ -230,8 +233,9 @@ class WarmCommands:
     async def start(cls, home: Home, device: Device, index_lock: trio.Lock) -> WarmCommands:
         from peer.mcp.service import INDEX_SAVE_EVERY
 
-        # As in `peer mcp`: a save writes the whole graph (about a second at 100,000 memories), so the
-        # long-lived agent saves every INDEX_SAVE_EVERY changes and when it stops, not after each catch-up.
+        # A save writes the whole graph (about a second at 100,000 memories): not inside a command
+        # after each catch-up, but every INDEX_SAVE_EVERY changes (as `peer mcp`), when changes stop
+        # for a moment (keep_index_saved) and when the agent stops.
         device.index_save_threshold = INDEX_SAVE_EVERY
         return cls(home, device, await StoreWatch.start(device.store), index_lock)
 
@@ -240,6 +244,20 @@ class WarmCommands:
         async with self.index_lock:
             await self.device.prepare_index()
         await trio.to_thread.run_sync(self.device.embedder.embed, ["warm up"])
+
+    async def keep_index_saved(self) -> None:
+        """Write the index's files once changes stop coming for a moment (not on every command, see start)."""
+        seen = 0
+        while True:
+            await trio.sleep(INDEX_IDLE_SAVE_S)
+            unsaved = self.device.unsaved_index_changes
+            if unsaved and unsaved == seen:
+                try:
+                    await self.device.save_index()
+                except PeerError as e:
+                    log.warning("%s (retrying in %g s)", e, INDEX_IDLE_SAVE_S)
+                unsaved = self.device.unsaved_index_changes
+            seen = unsaved
 
     async def _fresh(self) -> None:
         if await self.watch.changed():
