@@ -16,6 +16,9 @@ mDNS). Then, round after round, interleaved so that both see the same load:
 * the same-run references: ``python -c pass`` (interpreter start) and
   ``python -c "import peer.cli"`` (what a thin client cannot avoid).
 
+Beside each wall time, the process's own CPU time (user + system, not the
+agent's): it moves less with the load than wall time does.
+
 Every sample is the wall time of the whole process, as a user or an
 assistant sees it. The script prints p50/p90 for each, the ratio of in
 process to agent, and the 1-minute load average (min-max over the
@@ -31,6 +34,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -70,16 +74,21 @@ def pct(values: list[float], q: float) -> float:
 class Samples:
     def __init__(self) -> None:
         self.times: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
         self.loads: dict[str, list[float]] = {}
 
     def timed(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         load = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True, env=env)
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv[:4])} failed: {done.stderr}")
         self.times.setdefault(name, []).append(elapsed)
+        # CPU time of the process itself (not the agent's): less at the mercy of the load than wall time.
+        self.cpu.setdefault(name, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         self.loads.setdefault(name, []).append(load)
 
     def row(self, name: str, reference: str | None = None) -> str:
@@ -89,7 +98,8 @@ class Samples:
         if reference is not None:
             ratio = f"{pct(self.times[reference], 0.5) / pct(values, 0.5):5.1f}x"
         return (f"  {name:<28} p50 {pct(values, 0.5) * 1000:7.0f} ms  p90 {pct(values, 0.9) * 1000:7.0f} ms"
-                f"  {ratio:>6}  load {min(loads):.1f}-{max(loads):.1f}")
+                f"  {ratio:>6}  own CPU p50 {pct(self.cpu[name], 0.5) * 1000:5.0f} ms"
+                f"  load {min(loads):.1f}-{max(loads):.1f}")
 
 
 def build(root: Path, size: int, store_bench: Any) -> Home:
