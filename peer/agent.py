@@ -84,6 +84,7 @@ from .config import AgentConfig, BackupConfig
 from .device import Device
 from .home import Home
 from .relay.worker import RelayWorker
+from .warm import WarmCommands
 from .watch import StoreWatch
 
 if TYPE_CHECKING:
@@ -199,6 +200,8 @@ class _Agent:
         self.listen: tuple[str, int] | None = None
         self.membership = b""
         self.nursery: trio.Nursery | None = None
+        #: The everyday commands answered on the local API (peer.warm); set before it serves.
+        self.warm: WarmCommands | None = None
         self.syncer = Syncer(
             self.store, self.identity.signing_key, after_sync=self._after_sync, connect_timeout=AGENT_CONNECT_TIMEOUT_S
         )
@@ -574,8 +577,17 @@ class _Agent:
     def local_methods(self) -> dict[str, Any]:
         """The methods ``HOME/agent.sock`` answers (see :mod:`peer.localapi`)."""
 
+        warm = self.warm.methods() if self.warm is not None else {}
+
         async def ping(params: dict[str, Any]) -> dict[str, Any]:
             return {"pid": os.getpid(), "device_id": self.store.device_id}
+
+        async def hello(params: dict[str, Any]) -> dict[str, Any]:
+            # What this agent answers, so a client tells an older agent before it asks (peer.agent_client),
+            # and how many of the commands it answered (tests check the agent really did).
+            return {"pid": os.getpid(), "device_id": self.store.device_id,
+                    "methods": ["ping", "hello", "status", "sync_now", *warm],
+                    "answered": dict(self.warm.answered) if self.warm is not None else {}}
 
         async def status(params: dict[str, Any]) -> dict[str, Any]:
             return self.status()
@@ -601,7 +613,7 @@ class _Agent:
                     await trio.sleep(0.05)
             return {"asked": len(peers), "peers": [p.to_json() for p in peers]}
 
-        return {"ping": ping, "status": status, "sync_now": sync_now}
+        return {**warm, "ping": ping, "hello": hello, "status": status, "sync_now": sync_now}
 
     async def serve_local_api(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The local API, unless the platform refuses the socket: then the agent runs on without it."""
@@ -700,6 +712,11 @@ async def run_agent(
                 await nursery.start(agent.discover, finder or _mdns_finder)
             agent.add_static_peers()
             nursery.start_soon(agent.watch)
+            agent.warm = await WarmCommands.start(home, device, agent.index_lock)
+            nursery.start_soon(agent.warm.keep_index_saved)
+            if home.index_dir.exists():
+                # A device that has searched before: load the model and the index now, not on the first command.
+                nursery.start_soon(agent.warm.warm)
             await nursery.start(agent.serve_local_api)
             nursery.start_soon(agent.publish_status)
             await nursery.start(agent.relays.run)

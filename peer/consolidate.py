@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from peer.device import Device
-from peer.memory import Draft, Memory
+from peer.memory import Draft, Memory, SimilarMemory
 from protocol import StoreError
 
 if TYPE_CHECKING:
@@ -636,19 +636,6 @@ async def unmerge(device: Device, memory_id: str) -> MergeResult:
 
 
 # At the door ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SimilarMemory:
-    memory: Memory
-    similarity: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.memory.id, "similarity": round(self.similarity, 4), "project": self.memory.project,
-                "content": self.memory.content}
-
-    def describe(self) -> str:
-        return f"looks like {self.memory.id[:8]} (similarity {self.similarity:.2f})"
 
 
 async def exact_duplicate(device: Device, draft: Draft) -> Memory | None:

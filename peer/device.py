@@ -29,7 +29,7 @@ import trio
 from peer.aio import CONNECT_TIMEOUT_S, DEFAULT_PORT, READ_TIMEOUT_S
 from peer.search.fusion import (
     MIN_SIMILARITY,
-    SearchHit,
+    SearchResult,
     candidate_count,
     fuse,
     keyword_coverage,
@@ -55,23 +55,6 @@ log = logging.getLogger(__name__)
 
 #: ``progress(done, total)``, called from the trio thread as work advances.
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult:
-    """One answer of :meth:`Device.search`: the fused ranks and the memory they point at."""
-
-    hit: SearchHit
-    memory: Memory
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.memory.id, "score": round(self.hit.score, 6), "content": self.memory.content}
-        out.update((k, v) for k, v in self.memory.to_json().items() if k not in out)
-        out["similarity"] = None if self.hit.similarity is None else round(self.hit.similarity, 6)
-        out["keyword_match"] = self.hit.keyword_match
-        out["vector_rank"] = self.hit.vector_rank
-        out["keyword_rank"] = self.hit.keyword_rank
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +347,17 @@ class Device:
         await self.prepare_index()
         assert self._index is not None
         return self._index
+
+    @property
+    def unsaved_index_changes(self) -> int:
+        """Changes the open index holds that its files lack (0 when no index is open)."""
+        return 0 if self._index is None else self._index.unsaved
+
+    async def save_index(self) -> None:
+        """Write the open index's files now if they lack changes (long-lived processes, when idle)."""
+        index = self._index
+        if index is not None and index.unsaved:
+            await index.save()
 
     async def reindex(self, progress: Progress | None = None) -> ReindexResult:
         """Rebuild the index from the store's vectors (embedding only what has none)."""

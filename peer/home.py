@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -40,12 +39,12 @@ from cryptography.hazmat.primitives.serialization import (
 from peer.store import NowMs, Store, wall_clock_ms
 from protocol import device_id_for, found_group, raw_public_key
 
+from .agent_client import HOME_ENV, home_directory
 from .errors import StoreError
 from .files import fsync_path, write_secret
 
 __all__ = ["Home", "Identity", "InitResult", "HOME_ENV"]
 
-HOME_ENV = "PEER_HOME"
 DEVICE_KEY = "device.key"
 KEX_KEY = "kex.key"
 STORE_FILE = "peer.db"
@@ -88,9 +87,7 @@ class Home:
     @classmethod
     def locate(cls, home: str | os.PathLike[str] | None = None) -> Home:
         """``--home DIR`` if given, else ``$PEER_HOME``, else the platform's user data directory."""
-        if home is None or str(home) == "":
-            home = os.environ.get(HOME_ENV) or platformdirs.user_data_dir("peer")
-        return cls(Path(home).expanduser().absolute())
+        return cls(home_directory(home))
 
     def __repr__(self) -> str:
         return f"Home({str(self.path)!r})"

@@ -13,9 +13,17 @@ commands later) ask it things over ``HOME/agent.sock``:
   ``{"id": 1, "result": {...}}`` or ``{"id": 1, "error": {"type", "message"}}``;
 * the methods are a table (:class:`Methods`) the agent fills; a method is
   an async function of the params returning JSON. ``ping``, ``status`` and
-  ``sync_now`` exist now; search/add/show answered by the agent's warm model
-  are meant to be added the same way (a client must treat an
-  ``unknown_method`` error as "this agent is older: do it in process").
+  ``sync_now`` are the agent's own; the commands it answers warm (``peer
+  search``, ``add``, ...: :mod:`peer.warm`) are added the same way, and
+  ``ping`` lists the methods, so a client can tell an older agent (it must
+  treat a missing method, or an ``unknown_method`` error, as "this agent is
+  older: do it in process");
+* a request never kills the agent: a line longer than :data:`MAX_LINE` ends
+  that connection, a method that fails with anything but a
+  :class:`PeerError` is logged with its traceback and answered with an
+  ``internal`` error;
+* a client that hangs up while its request runs (Ctrl-C, a killed process)
+  cancels the request, as Ctrl-C would cancel the same work in process.
 
 An error raised by a method as a :class:`PeerError` travels as its message
 and is raised again on the client's side as :class:`AgentError` with the
@@ -141,6 +149,31 @@ async def _answer(methods: Methods, line: bytes) -> dict[str, Any]:
         return {"id": request_id, "result": await method(params)}
     except PeerError as e:
         return _error(request_id, "peer_error", e.message)
+    except Exception as e:
+        # A bug in one method must not take the agent (and every sync it runs) down.
+        log.exception("local API method %r failed", request["method"])
+        return _error(request_id, "internal", f"{e.__class__.__name__}: {e}")
+
+
+async def _answer_while_connected(methods: Methods, line: bytes, lines: _Lines) -> dict[str, Any] | None:
+    """The answer to ``line``, or None when the client hung up first (the request is then cancelled)."""
+    answer: dict[str, Any] | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            # Reads what the client sends meanwhile (kept for the next request); EOF means it is gone.
+            while len(lines.buffer) <= MAX_LINE:
+                chunk = await lines.stream.receive_some(1 << 16)
+                if not chunk:
+                    nursery.cancel_scope.cancel()
+                    return
+                lines.buffer += chunk
+            await trio.sleep_forever()  # no more reading until this request is answered
+
+        nursery.start_soon(watch)
+        answer = await _answer(methods, line)
+        nursery.cancel_scope.cancel()
+    return answer
 
 
 async def _serve_connection(methods: Methods, stream: trio.SocketStream) -> None:
@@ -154,7 +187,11 @@ async def _serve_connection(methods: Methods, stream: trio.SocketStream) -> None
         try:
             while (line := await lines.receive()) is not None:
                 if line.strip():
-                    await lines.send(await _answer(methods, line))
+                    answer = await _answer_while_connected(methods, line, lines)
+                    if answer is None:
+                        log.debug("a local API client hung up before its answer: its request was cancelled")
+                        return
+                    await lines.send(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away mid-answer: nothing to clean up
         except PeerError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Memory", "Draft", "IndexChange", "VersionInfo"]
+__all__ = ["Memory", "Draft", "IndexChange", "VersionInfo", "SimilarMemory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,21 @@ class Memory:
             "version": self.version,
             "siblings": self.siblings,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarMemory:
+    """Another memory that looks like the one at hand (what `peer add` warns about)."""
+
+    memory: Memory
+    similarity: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.memory.id, "similarity": round(self.similarity, 4), "project": self.memory.project,
+                "content": self.memory.content}
+
+    def describe(self) -> str:
+        return f"looks like {self.memory.id[:8]} (similarity {self.similarity:.2f})"
 
 
 @dataclass(frozen=True, slots=True)

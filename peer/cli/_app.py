@@ -7,13 +7,14 @@ through :mod:`._output`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from protocol import PeerError, valid_kind
+from protocol import PeerError
 
 if TYPE_CHECKING:
     from peer.device import Device
@@ -104,6 +105,45 @@ def with_device(fn: Callable[[Device], Awaitable[T]]) -> T:
     return run(body)
 
 
+#: Set (to anything) to run every command in process even when an agent runs (benchmarks compare both ways).
+NO_AGENT_ENV = "PEER_NO_AGENT"
+
+
+def ask_agent(method: str, params: dict[str, Any], *, lost: Literal["rerun", "fail"]) -> Any:
+    """The running agent's answer to ``method`` (see :mod:`peer.agent_client`), or None: run it in process.
+
+    An error the agent answers is this command's error (the same ``error:``
+    line as in process). When the agent goes away mid-request, ``lost``
+    says what the command does: ``"rerun"`` it in process (a read, or an add
+    that carries its own id), or ``"fail"`` with one line saying what to check.
+    """
+    if os.environ.get(NO_AGENT_ENV):
+        return None
+    from peer.agent_client import AgentLost, AgentRefused, NoAgent, home_directory
+    from peer.agent_client import ask_agent as ask
+
+    try:
+        return ask(home_directory(home_arg()), method, params)
+    except KeyboardInterrupt:
+        from ._input import Interrupted
+
+        # As in process (where trio hands main() the interrupt): the agent cancels the request when the
+        # connection closes, so nothing more is done. click would print "error: interrupted" instead.
+        raise Interrupted("interrupted: nothing more was done") from None
+    except NoAgent as e:
+        if e.warning:
+            click.echo(f"warning: {e.reason}", err=True)
+        return None
+    except AgentRefused as e:
+        raise PeerError(e.message) from None
+    except AgentLost as e:
+        if lost == "fail":
+            raise PeerError(f"{e}, so this change may or may not have been made: check with `peer show ID`,"
+                            " then run the command again if it is missing") from None
+        click.echo(f"warning: {e}; the command ran without the agent", err=True)
+        return None
+
+
 def parse_meta(items: Sequence[str]) -> dict[str, Any]:
     """``K=V`` pairs as metadata; V is typed when it reads as a JSON number, boolean or null."""
     metadata: dict[str, Any] = {}
@@ -130,9 +170,12 @@ def parse_since(text: str, *, now: float | None = None) -> float:
 
 
 def check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    # Kinds are lowercase words; `--kind FACT` means fact, not an error.
-    value = None if value is None else value.lower()
-    if value is not None and not valid_kind(value):
+    if value is None:
+        return None
+    value = value.lower()  # kinds are lowercase words; `--kind FACT` means fact, not an error
+    from protocol import valid_kind  # here, not at the top: it loads the records module (start-up time)
+
+    if not valid_kind(value):
         raise click.BadParameter(f"{value!r} is not a kind: use a short lowercase word such as fact, procedure, note")
     return value
 

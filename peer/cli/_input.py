@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from protocol import PeerError, valid_kind
+from protocol import PeerError
 
 if TYPE_CHECKING:
     from peer.memory import Draft
@@ -168,6 +168,8 @@ def _draft_from_json(text: str, number: int, defaults: Draft) -> Draft:
         if obj.get(name) is not None and not isinstance(obj[name], types):
             raise InputError(f"line {number}: \"{name}\" has the wrong type")
     kind = (obj.get("kind") or defaults.kind).lower()
+    from protocol import valid_kind  # here, not at the top: it loads the records module (start-up time)
+
     if not valid_kind(kind):
         raise InputError(f"line {number}: {kind!r} is not a kind")
     try:

@@ -7,11 +7,10 @@ prints there itself except for ``--print-config``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
 
-from ._app import cli, common_options, home_arg, json_mode, run
+from ._app import ask_agent, cli, common_options, home_arg, json_mode, run
 from ._output import print_json
 
 __all__ = ["mcp", "context"]
@@ -56,22 +55,20 @@ def mcp(project: str | None, print_config: str | None, verbose: bool) -> None:
 @common_options
 def context(project: str | None, all_projects: bool, tokens: int) -> None:
     """Print what an assistant should know when a session starts here (a SessionStart hook)."""
-    from peer.home import Home
-    from peer.mcp.context import ContextBlock, context_block
-    from peer.mcp.scope import project_of
+    from peer.answers import Rendered
 
-    home = Home.locate(home_arg())
-    if all_projects:
-        project = None
-    elif project is None:
-        project = project_of(Path(os.getcwd()), git_only=True)
+    cwd = os.getcwd()
+    answer = ask_agent("context", {"project": project, "all_projects": all_projects, "cwd": cwd, "tokens": tokens},
+                       lost="rerun")
+    if answer is not None:
+        block = Rendered.from_wire(answer)
+    else:
+        from peer.home import Home
+        from peer.warm import context as context_of
 
-    async def body() -> ContextBlock:
-        async with await home.open_store() as store:
-            return await context_block(store, project, tokens=tokens)
-
-    block = run(body)
+        home = Home.locate(home_arg())
+        block = run(lambda: context_of(home, project=project, all_projects=all_projects, cwd=cwd, tokens=tokens))
     if json_mode():
         print_json(block.to_json())
     else:
-        click.echo(block.text())
+        click.echo(block.describe())

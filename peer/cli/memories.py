@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -17,10 +18,10 @@ from ._app import peer_error_in
 from ._input import BULK_FORMATS, Interrupted, interrupted, read_bulk, read_stdin_text
 
 if TYPE_CHECKING:
-    from peer.consolidate import SimilarMemory
-    from peer.device import Device, SearchResult
-    from peer.memory import Draft, Memory, VersionInfo
+    from peer.device import Device
+    from peer.memory import Draft, VersionInfo
 from ._app import (
+    ask_agent,
     cli,
     common_options,
     home_arg,
@@ -115,21 +116,26 @@ def add(
         return
     if text is None:
         raise click.UsageError("missing TEXT (or `-` to read it from stdin, or --file for many)")
+    # The id is chosen here, so that an add the agent may have made before it died is
+    # recognised when it runs again in process (never added twice, never lost).
     draft = Draft(
-        content=_read_text(text), kind=kind or "note", project=project, tags=tags, metadata=metadata, importance=importance
+        content=_read_text(text), kind=kind or "note", project=project, tags=tags, metadata=metadata,
+        importance=importance, id=str(uuid.uuid4()),
     )
+    from peer.answers import Added
 
-    async def body(device: Device) -> tuple[str, bool, list[SimilarMemory]]:
-        from peer.consolidate import exact_duplicate, similar_to
+    answer = ask_agent("add", {
+        "id": draft.id, "content": draft.content, "kind": draft.kind, "project": draft.project,
+        "tags": list(draft.tags), "metadata": draft.metadata, "importance": draft.importance,
+        "allow_duplicate": allow_duplicate,
+    }, lost="rerun")
+    if answer is not None:
+        result = Added.from_wire(answer)
+    else:
+        from peer.warm import add_memory
 
-        if not allow_duplicate and draft.content.strip():
-            existing = await exact_duplicate(device, draft)
-            if existing is not None:
-                return existing.id, True, []
-        (memory_id,) = await device.add([draft])
-        return memory_id, False, (await similar_to(device, [memory_id])).get(memory_id, [])
-
-    memory_id, duplicate, similar = with_device(body)
+        result = with_device(lambda device: add_memory(device, draft, allow_duplicate=allow_duplicate, retry=True))
+    memory_id, duplicate, similar = result.id, result.duplicate, result.similar
     if json_mode():
         out: dict[str, Any] = {"id": memory_id}
         if duplicate:
@@ -239,15 +245,16 @@ def _version_json(info: VersionInfo) -> dict[str, Any]:
 @common_options
 def show(memory_id: str, versions: bool) -> None:
     """Show one memory (ID or a unique prefix of it)."""
+    from peer.answers import Shown
 
-    async def body(device: Device) -> tuple[Memory, list[VersionInfo]]:
-        memory = await device.store.get(memory_id)
-        return memory, (await device.store.versions(memory.id) if versions else [])
+    answer = ask_agent("show", {"id": memory_id, "versions": versions}, lost="rerun")
+    if answer is not None:
+        shown = Shown.from_wire(answer)
+    else:
+        from peer.warm import show_memory
 
-    memory, infos = with_device(body)
-    from peer.consolidate import merged_into
-
-    moved = merged_into(memory)
+        shown = with_device(lambda device: show_memory(device, memory_id, versions=versions))
+    memory, infos, moved = shown.memory, shown.versions, shown.merged_into
     if json_mode():
         out = memory.to_json()
         out["deleted"] = memory.deleted
@@ -298,10 +305,22 @@ def list_(project: str | None, kind: str | None, tag: str | None, since: float |
     capped = limit is None and not json_mode() and sys.stdout.isatty()
     wanted = TERMINAL_LIST_LIMIT + 1 if capped else (None if limit == 0 else limit)
 
-    async def body(device: Device) -> list[Memory]:
-        return await device.store.list(project=project, kind=kind, tag=tag, since=since, limit=wanted)
+    from peer.answers import Listed
 
-    memories = with_device(body)
+    answer = ask_agent("list", {
+        "project": project, "kind": kind, "tag": tag, "since": since, "limit": wanted,
+        "count_above": TERMINAL_LIST_LIMIT if capped else None,
+    }, lost="rerun")
+    if answer is not None:
+        listed = Listed.from_wire(answer)
+    else:
+        from peer.warm import list_memories
+
+        listed = with_device(lambda device: list_memories(
+            device, project=project, kind=kind, tag=tag, since=since, limit=wanted,
+            count_above=TERMINAL_LIST_LIMIT if capped else None,
+        ))
+    memories = listed.memories
     if json_mode():
         print_json([m.to_json() for m in memories])
         return
@@ -309,10 +328,7 @@ def list_(project: str | None, kind: str | None, tag: str | None, since: float |
     for memory in memories[:TERMINAL_LIST_LIMIT] if more else memories:
         click.echo(memory_line(memory, dated=True))
     if more:
-        async def count(device: Device) -> int:
-            return len(await device.store.list(project=project, kind=kind, tag=tag, since=since))
-
-        total = with_device(count)
+        total = listed.total or 0
         click.echo(f"showing the {TERMINAL_LIST_LIMIT} most recent of {plural(total, 'memory', 'memories')};"
                    " --limit N for more (0: all)", err=True)
     if not memories:
@@ -346,18 +362,22 @@ def edit(
     if content is None and kind is None and project is None and not tags and not clear_tags and not metadata and importance is None:
         raise click.UsageError("nothing to change: give --text, --kind, --project, --tag, --meta or --importance")
 
-    async def body(device: Device) -> str:
-        return await device.edit(
-            memory_id,
-            content=content,
-            kind=kind,
-            project=project,
-            tags=() if clear_tags else (tags or None),
-            metadata=metadata or None,
-            importance=importance,
-        )
+    new_tags = () if clear_tags else (tags or None)
+    from peer.answers import Changed
 
-    changed = with_device(body)
+    answer = ask_agent("edit", {
+        "id": memory_id, "content": content, "kind": kind, "project": project,
+        "tags": None if new_tags is None else list(new_tags), "metadata": metadata or None, "importance": importance,
+    }, lost="fail")
+    if answer is not None:
+        changed = Changed.from_wire(answer).id
+    else:
+        from peer.warm import edit_memory
+
+        changed = with_device(lambda device: edit_memory(
+            device, memory_id, content=content, kind=kind, project=project, tags=new_tags,
+            metadata=metadata or None, importance=importance,
+        )).id
     if json_mode():
         print_json({"id": changed})
     else:
@@ -370,10 +390,15 @@ def edit(
 def forget(memory_id: str) -> None:
     """Delete a memory (a tombstone version that syncs like any change)."""
 
-    async def body(device: Device) -> str:
-        return await device.store.forget(memory_id)
+    from peer.answers import Changed
 
-    gone = with_device(body)
+    answer = ask_agent("forget", {"id": memory_id}, lost="fail")
+    if answer is not None:
+        gone = Changed.from_wire(answer).id
+    else:
+        from peer.warm import forget_memory
+
+        gone = with_device(lambda device: forget_memory(device, memory_id)).id
     if json_mode():
         print_json({"id": gone})
     else:
@@ -415,19 +440,25 @@ def search(
     if show_all and min_score is not None:
         raise click.UsageError("give --min-score or --all, not both")
     min_similarity = None if show_all else (MIN_SIMILARITY if min_score is None else min_score)
-    update, close = progress_callback("indexing")
+    from peer.answers import Found
 
-    async def body(device: Device) -> list[SearchResult]:
-        try:
-            for warning in await device.prepare_index(progress=update):
-                warn(warning)
-        finally:
-            close()
-        return await device.search(
-            query, k=k, project=project, kind=kind, tag=tag, since=since, min_similarity=min_similarity
-        )
+    answer = ask_agent("search", {
+        "query": query, "k": k, "project": project, "kind": kind, "tag": tag, "since": since,
+        "min_similarity": min_similarity,
+    }, lost="rerun")
+    if answer is not None:
+        found = Found.from_wire(answer)
+    else:
+        from peer.warm import search as run_search
 
-    results = with_device(body)
+        update, close = progress_callback("indexing")
+        found = with_device(lambda device: run_search(
+            device, query, k=k, project=project, kind=kind, tag=tag, since=since, min_similarity=min_similarity,
+            progress=update, closed=close,
+        ))
+    for warning in found.warnings:
+        warn(warning)
+    results = found.results
     if json_mode():
         print_json([r.to_json() for r in results])
         return

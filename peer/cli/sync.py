@@ -14,7 +14,7 @@ import click
 if TYPE_CHECKING:
     from peer.home import Home
 
-from ._app import cli, common_options, home_arg, json_mode, run, with_device
+from ._app import ask_agent, cli, common_options, home_arg, json_mode, run, with_device
 from ._input import Interrupted, interrupted
 from ._output import print_result, sync_progress, warn
 
@@ -128,10 +128,16 @@ def agent(
 @common_options
 def status() -> None:
     """The agent and the group's devices: addresses, last sync and its result, what each lacks."""
-    from peer.home import Home
-    from peer.sync.report import status_report
+    from peer.answers import Rendered
 
-    print_result(run(lambda: status_report(Home.locate(home_arg()))))
+    answer = ask_agent("status_report", {}, lost="rerun")
+    if answer is not None:
+        print_result(Rendered.from_wire(answer))
+        return
+    from peer.home import Home
+    from peer.warm import status as status_of
+
+    print_result(run(lambda: status_of(Home.locate(home_arg()))))
 
 
 def systemd_unit_text(home: Home, executable: str, options: Sequence[str] = ()) -> str:

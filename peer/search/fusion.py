@@ -53,8 +53,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "fuse", "candidate_count", "keyword_query", "keyword_coverage", "relevant"]
+from peer.memory import Memory
+
+__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "SearchResult", "fuse", "candidate_count", "keyword_query", "keyword_coverage", "relevant"]
 
 RRF_K = 60
 
@@ -100,6 +103,23 @@ class SearchHit:
     def keyword_match(self) -> bool:
         """Whether the keyword search found this memory."""
         return self.keyword_rank is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One answer of :meth:`Device.search`: the fused ranks and the memory they point at."""
+
+    hit: SearchHit
+    memory: Memory
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.memory.id, "score": round(self.hit.score, 6), "content": self.memory.content}
+        out.update((k, v) for k, v in self.memory.to_json().items() if k not in out)
+        out["similarity"] = None if self.hit.similarity is None else round(self.hit.similarity, 6)
+        out["keyword_match"] = self.hit.keyword_match
+        out["vector_rank"] = self.hit.vector_rank
+        out["keyword_rank"] = self.hit.keyword_rank
+        return out
 
 
 def _folded_words(text: str) -> set[str]:

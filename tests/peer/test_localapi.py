@@ -30,8 +30,8 @@ async def test_the_agent_answers_ping_status_and_sync_now_on_a_private_socket(tm
             pong = await localapi.call(home.path, "ping")
             status = await localapi.call(home.path, "status")
             synced = await localapi.call(home.path, "sync_now", wait=1)
-            with pytest.raises(localapi.AgentError, match="no method 'search'"):
-                await localapi.call(home.path, "search", query="x")
+            with pytest.raises(localapi.AgentError, match="no method 'teleport'"):
+                await localapi.call(home.path, "teleport", query="x")
             with pytest.raises(localapi.AgentError, match="wait must be"):
                 await localapi.call(home.path, "sync_now", wait="soon")
             # A malformed line gets an error answer, and the connection goes on serving.
