@@ -19,7 +19,7 @@ from ._input import BULK_FORMATS, Interrupted, interrupted, read_bulk, read_stdi
 
 if TYPE_CHECKING:
     from peer.device import Device
-    from peer.memory import Draft, VersionInfo
+    from peer.memory import Draft, SimilarMemory, VersionInfo
 from ._app import (
     ask_agent,
     cli,
