@@ -54,13 +54,30 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RRF_K", "MIN_SIMILARITY", "SearchHit", "fuse", "candidate_count", "keyword_query", "keyword_coverage", "relevant"]
+__all__ = [
+    "RRF_K",
+    "MIN_SIMILARITY",
+    "COVERAGE_WEIGHT",
+    "SearchHit",
+    "fuse",
+    "candidate_count",
+    "keyword_query",
+    "keyword_coverage",
+    "stem",
+    "stemmed_coverage",
+    "relevant",
+]
 
 RRF_K = 60
 
 #: The cosine similarity (all-MiniLM-L6-v2) below which a result the keyword
 #: search did not find is not shown by default; calibrated by bench/quality.py.
-MIN_SIMILARITY = 0.35
+MIN_SIMILARITY = 0.45
+
+#: How much keyword evidence lowers the similarity a hit needs: a memory
+#: holding half the query's words (in some form) needs MIN_SIMILARITY - 0.05.
+#: Calibrated with MIN_SIMILARITY by bench/quality.py.
+COVERAGE_WEIGHT = 0.1
 
 
 # Function words of English questions. Any word may match in the keyword
@@ -119,20 +136,87 @@ def keyword_coverage(query: str, content: str) -> float:
     return len(wanted & _folded_words(content)) / len(wanted)
 
 
-def relevant(hit: SearchHit, min_similarity: float | None = MIN_SIMILARITY, coverage: float = 1.0) -> bool:
-    """Whether a hit is worth showing: every keyword of the query matched, or semantically close enough.
+def stem(word: str) -> str:
+    """A crude English stem of one folded word, so "linter", "linting" and "lints" compare equal.
+
+    Only common inflection and agent suffixes go, and only from words of
+    five letters or more that keep three: enough for the keyword evidence of
+    :func:`stemmed_coverage`, which asks "does the memory hold this word in
+    some form", not for ranking. Words with digits (codes, versions) stay whole.
+    """
+    if len(word) < 5 or not word.isalpha():
+        return word
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            base = word[: -len(suffix)]
+            if suffix == "ies":
+                return base + "y"
+            if len(base) >= 4 and base[-1] == base[-2] and base[-1] not in "lsz":
+                base = base[:-1]  # running -> runn -> run
+            word = base
+            break
+    if len(word) >= 5 and word.endswith("e"):
+        word = word[:-1]  # database(s) -> databas, like its plural
+    return word
+
+
+_SUFFIXES = ("ingly", "ings", "ing", "ers", "er", "ies", "ed", "es", "s")
+#: A query word this long or longer also matches words it begins (postgres, PostgreSQL).
+_PREFIX_CHARS = 4
+
+
+def stemmed_coverage(query: str, content: str) -> float:
+    """Like :func:`keyword_coverage`, but a query word matches any form of it in ``content``.
+
+    Two words match when their stems (:func:`stem`) are equal or the query
+    word's stem begins a word of the content. This is what a porter or
+    prefix tokenizer would give the keyword index, done on the query side
+    for the hits already found, so the store's FTS table (unicode61, no
+    stemming) needs no migration.
+    """
+    wanted = {stem(w) for w in _folded_words(keyword_query(query))}
+    if not wanted:
+        return 0.0
+    have = _folded_words(content)
+    stems = {stem(w) for w in have}
+    found = 0
+    for w in wanted:
+        if w in stems or (len(w) >= _PREFIX_CHARS and any(h.startswith(w) for h in have)):
+            found += 1
+    return found / len(wanted)
+
+
+def relevant(
+    hit: SearchHit,
+    min_similarity: float | None = MIN_SIMILARITY,
+    coverage: float = 1.0,
+    evidence: float | None = None,
+    *,
+    weight: float = COVERAGE_WEIGHT,
+) -> bool:
+    """Whether a hit is worth showing: keyword evidence for every query word, or close enough in meaning.
 
     The keyword search matches any one word of the query, so a question
     with no answer still finds memories that share one of its words ("the
-    capital of France" finds "capital letters"); a keyword hit counts on its
-    own only when it holds all of them (``coverage``, from
-    :func:`keyword_coverage`). ``None`` keeps every hit (``peer search --all``).
+    capital of France" finds "capital letters"); a keyword match counts on
+    its own only when it holds all of them (``coverage``, from
+    :func:`keyword_coverage`). ``evidence`` is the calibrated rule's
+    keyword evidence, :func:`stemmed_coverage` of the hit's content: all
+    query words in some form keep the hit; some of them lower the
+    similarity it needs by ``weight`` times their share. Without it
+    (``peer search --min-score``) the similarity alone must reach
+    ``min_similarity``. ``None`` keeps every hit (``peer search --all``).
     """
     if min_similarity is None:
         return True
     if hit.keyword_match and coverage >= 1.0:
         return True
-    return hit.similarity is not None and hit.similarity >= min_similarity
+    if evidence is not None and evidence >= 1.0:
+        return True
+    if hit.similarity is None:
+        return False
+    bonus = weight * evidence if evidence is not None else 0.0
+    return hit.similarity + bonus >= min_similarity
 
 
 def candidate_count(k: int) -> int:
