@@ -74,6 +74,7 @@ from peer.search.fusion import (  # noqa: E402
     COVERAGE_WEIGHT,
     MIN_SIMILARITY,
     RRF_K,
+    UNKNOWN_WORDS_PENALTY,
     SearchHit,
     keyword_coverage,
     relevant,
@@ -168,12 +169,12 @@ class Rule:
 
     ``family`` "old": a keyword match holding every query word exactly, or
     similarity >= threshold (the rule before calibration, and what
-    ``--min-score`` still does). "calibrated": :func:`relevant` with stemmed
-    keyword evidence and ``weight``: what the code does. Two alternatives are
-    tried, each on top of "calibrated": "background" adds ``a`` times the
-    hit's margin over the query's BACKGROUND_RANK-th neighbour to its
-    similarity; "vocabulary" asks 0.1 more of a query none of whose words
-    the store holds (gibberish detection).
+    ``--min-score`` still does). "evidence": :func:`relevant` with stemmed
+    keyword evidence and ``weight``. "calibrated", what the code does:
+    "evidence" asking UNKNOWN_WORDS_PENALTY more of a query none of whose
+    words the store holds (gibberish detection). "background": "evidence"
+    plus ``a`` times the hit's margin over the query's BACKGROUND_RANK-th
+    neighbour.
     """
 
     threshold: float | None  # None: no cut-off
@@ -191,18 +192,17 @@ class Rule:
         if self.family == "old":
             return relevant(h.hit, self.threshold, h.exact_coverage)
         threshold = self.threshold
-        if self.family == "vocabulary" and not run.known_words:
-            threshold += 0.1
         if self.family == "background" and h.hit.similarity is not None and run.background is not None:
             threshold -= self.a * (h.hit.similarity - run.background)
-        return relevant(h.hit, threshold, h.exact_coverage, h.stemmed, weight=self.weight)
+        known = run.known_words or self.family != "calibrated"
+        return relevant(h.hit, threshold, h.exact_coverage, h.stemmed, weight=self.weight, known_words=known)
 
     def describe(self) -> str:
         if self.threshold is None:
             return "no cut-off"
         if self.family == "old":
             return f"old: similarity >= {self.threshold:.3f}"
-        extra = {"calibrated": "", "vocabulary": ", +0.1 for unknown words",
+        extra = {"evidence": "", "calibrated": f", +{UNKNOWN_WORDS_PENALTY} for unknown words",
                  "background": f", + {self.a} x margin over rank {BACKGROUND_RANK}"}[self.family]
         return f"{self.family}: similarity + {self.weight} x evidence >= {self.threshold:.3f}{extra}"
 
@@ -291,8 +291,8 @@ def table(sets: dict[str, list[Run]], rules: dict[str, Rule], keyword_weight: fl
 
 def candidates() -> list[Rule]:
     out = [Rule(t) for t in THRESHOLDS]
+    out += [Rule(t, "evidence", w) for t in THRESHOLDS for w in WEIGHTS]
     out += [Rule(t, "calibrated", w) for t in THRESHOLDS for w in WEIGHTS]
-    out += [Rule(t, "vocabulary", w) for t in THRESHOLDS for w in WEIGHTS]
     out += [Rule(t, "background", w, a) for t in THRESHOLDS for w in WEIGHTS for a in MARGIN_FACTORS]
     return out
 
@@ -312,7 +312,7 @@ def choose(calibration: list[Run], rules: Sequence[Rule]) -> Rule:
     n_none = sum(not r.query.answers for r in calibration) or 1
     best = max(f["none"] for f, _ in within)
     near = [r for f, r in within if f["none"] >= best - 1 / n_none - 1e-9]
-    order = {"old": 0, "calibrated": 1, "vocabulary": 2, "background": 3}
+    order = {"old": 0, "evidence": 1, "calibrated": 2, "background": 3}
     return min(near, key=lambda r: (r.threshold or 0, order[r.family], r.weight, r.a))
 
 
@@ -371,7 +371,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print("| rule | recall@5 | MRR | no-answer precision | wrongly cut |")
     print("|---|---:|---:|---:|---:|")
     rules = candidates()
-    for family in ("old", "calibrated", "vocabulary", "background"):
+    for family in ("old", "evidence", "calibrated", "background"):
         best = choose(calibration, [r for r in rules if r.family == family])
         for t in THRESHOLDS if family in ("old", "calibrated") else [best.threshold]:
             shown = Rule(t, family, best.weight, best.a) if family != "old" else Rule(t)

@@ -466,7 +466,7 @@ class Device:
                 continue
             coverage = keyword_coverage(query, memory.content) if hit.keyword_match else 0.0
             evidence = stemmed_coverage(query, memory.content) if calibrated else None
-            if not relevant(hit, min_similarity, coverage, evidence):
+            if not relevant(hit, min_similarity, coverage, evidence, known_words=bool(keyword)):
                 continue
             results.append(SearchResult(hit, memory))
             if len(results) == k:

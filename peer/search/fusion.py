@@ -47,13 +47,14 @@ of at most 1% of the answerable ones) is 0.45; the default is 0.40, one
 notch lower, because the labelled notes hold few questions that share no
 word with their note, and such a question sits near 0.40 ("a bird of prey
 hunting above the road" for a note about a kestrel hovering over a
-motorway verge: 0.402). Two other signals were measured and left out
-because they did not help on that data: the hit's margin over the query's
-10th neighbour (the "background" of the query: plausible questions about
-things the store mentions but does not answer stand out from it as much as
-right answers do) and whether any query word occurs in the store at all
-(gibberish is already far below the cut-off; the real model puts it under
-0.40 even among 10,000 paragraphs).
+motorway verge: 0.402). The hit's margin over the query's 10th neighbour
+(the query's "background") was measured and left out: it did not help,
+since plausible questions about things the store mentions but does not
+answer stand out from their background as much as right answers do.
+Whether any query word occurs in the store is used although it changes
+nothing on the labelled data at 10,000 memories: a query none of whose
+words the store holds needs 0.1 more, because among 100,000 (synthetic)
+memories gibberish comes as close as 0.48 to its nearest.
 
 This module is pure: the device hub (:mod:`peer.device`) gathers the
 candidate lists, filters them to live memories and calls :func:`fuse`.
@@ -71,6 +72,7 @@ __all__ = [
     "RRF_K",
     "MIN_SIMILARITY",
     "COVERAGE_WEIGHT",
+    "UNKNOWN_WORDS_PENALTY",
     "SearchHit",
     "fuse",
     "candidate_count",
@@ -92,6 +94,12 @@ MIN_SIMILARITY = 0.40
 #: holding half the query's words (in some form) needs MIN_SIMILARITY - 0.05.
 #: Calibrated with MIN_SIMILARITY by bench/quality.py.
 COVERAGE_WEIGHT = 0.1
+
+#: How much more similarity a query needs when none of its words occurs in
+#: the store. Free on the labelled data at 10,000 memories (no answerable
+#: query there lacks every word and needs it); at 100,000 synthetic memories
+#: gibberish reaches 0.48, which this keeps out.
+UNKNOWN_WORDS_PENALTY = 0.1
 
 
 # Function words of English questions. Any word may match in the keyword
@@ -209,6 +217,7 @@ def relevant(
     evidence: float | None = None,
     *,
     weight: float = COVERAGE_WEIGHT,
+    known_words: bool = True,
 ) -> bool:
     """Whether a hit is worth showing: keyword evidence for every query word, or close enough in meaning.
 
@@ -219,9 +228,11 @@ def relevant(
     :func:`keyword_coverage`). ``evidence`` is the calibrated rule's
     keyword evidence, :func:`stemmed_coverage` of the hit's content: all
     query words in some form keep the hit; some of them lower the
-    similarity it needs by ``weight`` times their share. Without it
-    (``peer search --min-score``) the similarity alone must reach
-    ``min_similarity``. ``None`` keeps every hit (``peer search --all``).
+    similarity it needs by ``weight`` times their share, and a query none
+    of whose words occur anywhere in the store (``known_words`` false:
+    gibberish, mostly) needs :data:`UNKNOWN_WORDS_PENALTY` more. Without
+    ``evidence`` (``peer search --min-score``) the similarity alone must
+    reach ``min_similarity``. ``None`` keeps every hit (``peer search --all``).
     """
     if min_similarity is None:
         return True
@@ -231,8 +242,10 @@ def relevant(
         return True
     if hit.similarity is None:
         return False
-    bonus = weight * evidence if evidence is not None else 0.0
-    return hit.similarity + bonus >= min_similarity
+    if evidence is None:
+        return hit.similarity >= min_similarity
+    needed = min_similarity + (0.0 if known_words else UNKNOWN_WORDS_PENALTY)
+    return hit.similarity + weight * evidence >= needed
 
 
 def candidate_count(k: int) -> int:

@@ -39,3 +39,12 @@ def test_gibberish_close_to_nothing_is_dropped() -> None:
     # The figures of "qwxz flurb zzkq" against a store of notes: no word in common, similarity under 0.2.
     nearest = SearchHit("a", 1.0, vector_rank=1, similarity=0.154)
     assert not relevant(nearest, evidence=stemmed_coverage("qwxz flurb zzkq", "we use ruff for linting"))
+
+
+def test_a_query_whose_words_the_store_lacks_needs_more_similarity() -> None:
+    # Among 100,000 memories gibberish comes close to something by chance; none of its words is in the store.
+    close_by_chance = SearchHit("a", 1.0, vector_rank=1, similarity=MIN_SIMILARITY + 0.05)
+    assert relevant(close_by_chance, evidence=0.0, known_words=True)
+    assert not relevant(close_by_chance, evidence=0.0, known_words=False)
+    assert relevant(close_by_chance, None, evidence=0.0, known_words=False)  # --all
+    assert relevant(close_by_chance, known_words=False)  # --min-score: the similarity alone
