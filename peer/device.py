@@ -35,6 +35,7 @@ from peer.search.fusion import (
     keyword_coverage,
     keyword_query,
     relevant,
+    stemmed_coverage,
 )
 from peer.search.sidecar import Coverage, IndexState, index_state
 from peer.store import KEEP, SCHEMA_VERSION, Store, StoreStats, check_content
@@ -380,6 +381,7 @@ class Device:
         min_similarity: float | None = MIN_SIMILARITY,
         tag: str | None = None,
         since: float | None = None,
+        calibrated: bool = True,
     ) -> list[SearchResult]:
         """Hybrid search: the query's nearest vectors and its keyword matches, fused (see :mod:`peer.search`).
 
@@ -388,7 +390,11 @@ class Device:
         whole index) so a selective filter still finds its k answers.
         Results the keywords did not find and whose similarity is below
         ``min_similarity`` are dropped (None keeps them all), so a query
-        with no answer returns nothing.
+        with no answer returns nothing. With ``calibrated`` (the default
+        rule), keyword evidence counts in any form of the query's words and
+        partial evidence lowers the similarity needed (see
+        :func:`peer.search.fusion.relevant`); without, a hit needs every
+        query word exactly or ``min_similarity`` (``peer search --min-score``).
         """
         if k <= 0 or not query.strip():
             return []
@@ -455,7 +461,8 @@ class Device:
             if memory is None or memory.deleted or not wanted_memory(memory):
                 continue
             coverage = keyword_coverage(query, memory.content) if hit.keyword_match else 0.0
-            if not relevant(hit, min_similarity, coverage):
+            evidence = stemmed_coverage(query, memory.content) if calibrated else None
+            if not relevant(hit, min_similarity, coverage, evidence, known_words=bool(keyword)):
                 continue
             results.append(SearchResult(hit, memory))
             if len(results) == k:

@@ -131,7 +131,7 @@ async def forget_memory(device: Device, memory_id: str) -> Changed:
 
 async def search(
     device: Device, query: str, *, k: int, project: str | None, kind: str | None, tag: str | None,
-    since: float | None, min_similarity: float | None, progress: Progress | None = None,
+    since: float | None, min_similarity: float | None, calibrated: bool = True, progress: Progress | None = None,
     closed: Callable[[], None] | None = None,
 ) -> Found:
     """``peer search``: the index brought up to date (``closed()`` ends its progress), then the search."""
@@ -141,7 +141,8 @@ async def search(
         if closed is not None:
             closed()
     results = await device.search(
-        query, k=k, project=project, kind=kind, tag=tag, since=since, min_similarity=min_similarity
+        query, k=k, project=project, kind=kind, tag=tag, since=since, min_similarity=min_similarity,
+        calibrated=calibrated,
     )
     return Found(tuple(results), tuple(warnings))
 
@@ -353,6 +354,7 @@ class WarmCommands:
                 tag=_get(params, "tag", (str,), optional=True),
                 since=_number(params, "since", -math.inf, math.inf),
                 min_similarity=_number(params, "min_similarity", -1.0, 1.0),
+                calibrated=_get(params, "calibrated", (bool,), optional=True) is not False,
             )
         return result.to_wire()
 

@@ -414,7 +414,7 @@ def forget(memory_id: str) -> None:
 @click.option("--since", callback=since_option, metavar="WHEN", help="Changed since a date (2026-01-31) or for a duration (12h, 7d).")
 @click.option(
     "--min-score", "min_score", type=click.FloatRange(-1.0, 1.0), default=None, metavar="S",
-    help="Show results the keywords did not find down to this similarity (default: the calibrated cut-off).",
+    help="Show results the keywords did not find down to this similarity (default: the calibrated rule).",
 )
 @click.option("--all", "show_all", is_flag=True, help="Show the k best whatever their similarity (no cut-off).")
 @common_options
@@ -444,7 +444,7 @@ def search(
 
     answer = ask_agent("search", {
         "query": query, "k": k, "project": project, "kind": kind, "tag": tag, "since": since,
-        "min_similarity": min_similarity,
+        "min_similarity": min_similarity, "calibrated": min_score is None,
     }, lost="rerun")
     if answer is not None:
         found = Found.from_wire(answer)
@@ -454,7 +454,7 @@ def search(
         update, close = progress_callback("indexing")
         found = with_device(lambda device: run_search(
             device, query, k=k, project=project, kind=kind, tag=tag, since=since, min_similarity=min_similarity,
-            progress=update, closed=close,
+            calibrated=min_score is None, progress=update, closed=close,
         ))
     for warning in found.warnings:
         warn(warning)
