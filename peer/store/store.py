@@ -86,6 +86,7 @@ from .rows import (
     check_embedding,
     check_importance,
     check_kind,
+    embedding_of,
     fts_query,
     fts_words,
     info_from_row,
@@ -98,6 +99,7 @@ from .rows import (
     version_row,
 )
 from .schema import (
+    FTS_DELETE,
     FTS_NEW_ROWS,
     INFO_COLUMNS,
     INSERT_VERSION,
@@ -557,14 +559,16 @@ class Store:
         dropped: list[Row] = []
         for origin, limit in limits.items():
             dropped += await self._db.fetchall(
-                "SELECT id, memory_id, state, deleted FROM versions WHERE origin = ? AND counter > ?", (origin, limit)
+                "SELECT id, memory_id, state, deleted, content FROM versions WHERE origin = ? AND counter > ?",
+                (origin, limit),
             )
         if not dropped:
             return 0
         # The FTS triggers cover inserts and state changes only.
         await self._db.executemany(
-            "DELETE FROM fts WHERE rowid = ?",
-            [(rowid,) for rowid, _, state, deleted in dropped if state == int(VersionState.WINNER) and not deleted],
+            FTS_DELETE,
+            [(rowid, text) for rowid, _, state, deleted, text in dropped
+             if state == int(VersionState.WINNER) and not deleted],
         )
         await self._db.execute(
             "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (json_list(r[0] for r in dropped),)
@@ -912,13 +916,17 @@ class Store:
 
     async def _winner_row(self, memory_id: str) -> Row:
         row = await self._db.fetchone(
-            "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding"
+            "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, sealed"
             " FROM versions WHERE memory_id = ? AND state = 2",
             (memory_id,),
         )
         if row is None:
             raise StoreError(f"no memory {memory_id}")
-        return row
+        return self._with_embedding(row)
+
+    def _with_embedding(self, row: Row) -> Row:
+        """A row whose last column is a version's sealed bytes, with its vector in their place."""
+        return (*row[:-1], embedding_of(row[-1], self._group_keys))
 
     async def edit(
         self,
@@ -1015,13 +1023,15 @@ class Store:
             txn = await self._begin()
             prior = (await self._merge_rows([memory_id]))[memory_id]
             row = await self._db.fetchone(
-                "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding"
+                "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, sealed"
                 " FROM versions WHERE memory_id = ? AND origin = ? AND counter = ?",
                 (memory_id, dot.origin, dot.counter),
             )
             if row is None:
                 raise StoreError(f"memory {memory_id} has no version {dot}; `peer conflicts` lists the siblings")
-            content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding = row
+            content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding = (
+                self._with_embedding(row)
+            )
             body = MemoryBody(
                 content=content,
                 kind=kind,
@@ -1513,16 +1523,26 @@ class Store:
             "SELECT seq, id, memory_id, state = 2 AND deleted = 0 AS live,"
             " CASE WHEN state = 2 AND deleted = 0 THEN content ELSE '' END,"
             " CASE WHEN state = 2 AND deleted = 0 THEN embedder ELSE '' END,"
-            " CASE WHEN state = 2 AND deleted = 0 THEN embedding ELSE x'' END"
+            " CASE WHEN state = 2 AND deleted = 0 THEN sealed ELSE x'' END"
             " FROM versions WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         )
+        vectors = await self._embeddings([sealed for *_, sealed in rows])
         return [
-            IndexChange(
-                seq=s, label=label, memory_id=m, live=bool(live), content=c, embedder=e, embedding=bytes(emb)
-            )
-            for s, label, m, live, c, e, emb in rows
+            IndexChange(seq=s, label=label, memory_id=m, live=bool(live), content=c, embedder=e, embedding=emb)
+            for (s, label, m, live, c, e, _), emb in zip(rows, vectors)
         ]
+
+    async def _embeddings(self, sealed: Sequence[bytes]) -> builtins.list[bytes]:
+        """The vectors inside stored sealed versions (b"" for b""): decrypted in a worker thread when many."""
+        keys = dict(self._group_keys)
+        out: builtins.list[bytes] = []
+
+        def work() -> None:
+            out.extend(embedding_of(blob, keys) if blob else b"" for blob in sealed)
+
+        await _cpu_bound(work, len(sealed))
+        return out
 
     async def max_seq(self) -> int:
         return int(await self._db.fetchvalue("SELECT coalesce(max(seq), 0) FROM versions"))
@@ -1537,15 +1557,16 @@ class Store:
         after = 0
         while True:
             rows = await self._db.fetchall(
-                "SELECT seq, id, memory_id, content, embedder, embedding FROM versions"
+                "SELECT seq, id, memory_id, content, embedder, sealed FROM versions"
                 f" WHERE id > ? AND {LIVE} ORDER BY id LIMIT ?",
                 (after, batch_size),
             )
             if not rows:
                 return
+            vectors = await self._embeddings([sealed for *_, sealed in rows])
             yield [
-                IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=bytes(emb))
-                for s, label, m, c, e, emb in rows
+                IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=emb)
+                for (s, label, m, c, e, _), emb in zip(rows, vectors)
             ]
             after = rows[-1][1]
 
@@ -1622,7 +1643,8 @@ class Store:
         except StoreError as e:
             problems.append(f"the keyword index is damaged: {e}")
         live, indexed = await self._db.fetchone(
-            f"SELECT (SELECT count(*) FROM versions WHERE {LIVE}), (SELECT count(*) FROM fts)"
+            # fts_docsize has one row per indexed text (a count of fts itself would read live_content).
+            f"SELECT (SELECT count(*) FROM versions WHERE {LIVE}), (SELECT count(*) FROM fts_docsize)"
         ) or (0, 0)
         if live != indexed:
             problems.append(f"the keyword index holds {indexed} entries for {live} live memories")
