@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shutil
 import statistics
 import sys
@@ -180,6 +181,14 @@ async def main_async(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             print(f"N={n:,} round {r + 1}:", flush=True)
             rows.append(await round_(n, sb, pair, OUT / "receive-work"))
+        (OUT / f"receive-results-{n}.json").write_text(json.dumps({
+            "n": n,
+            "import_s": [row["import_s"] for row in rows],
+            "sync_s": [row["sync_s"] for row in rows],
+            "floors": [row["floor"].to_json() for row in rows],
+            "machine": floor.machine(),
+            "load_end": floor.load(),
+        }, indent=1))
         for what in ("import_s", "sync_s"):
             ratios1 = [row[what] / n / row["floor"].one_core for row in rows]
             ratios2 = [row[what] / n / row["floor"].two_core for row in rows]
@@ -190,6 +199,45 @@ async def main_async(args: argparse.Namespace) -> None:
                 f" vs 2-core floor {min(ratios2):.2f} / {statistics.median(ratios2):.2f}"
             )
     print(f"end: {load()}")
+    if args.plot:
+        plot(Path(args.plot))
+        print(f"plot written to {args.plot} (every size measured so far: bench/out/receive-results-*.json)")
+
+
+def plot(path: Path) -> None:
+    """Receive throughput per size beside the same-run floors (median of rounds; whiskers: best and worst)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(p.read_text()) for p in OUT.glob("receive-results-*.json")]
+    results.sort(key=lambda r: r["n"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    width = 0.2
+    for i, r in enumerate(results):
+        n = r["n"]
+        one = [1 / f["one_core"] for f in r["floors"]]
+        two = [1 / f["two_core"] for f in r["floors"]]
+        series = [
+            ("bundle import", [n / s for s in r["import_s"]], "tab:blue"),
+            ("first sync (SSH, loopback)", [n / s for s in r["sync_s"]], "tab:orange"),
+            ("1-core floor, same run", one, "tab:gray"),
+            ("2-core floor, same run", two, "lightgray"),
+        ]
+        for j, (label, rates, color) in enumerate(series):
+            mid = statistics.median(rates)
+            bar = ax.bar(i + (j - 1.5) * width, mid, width, color=color, label=label if i == 0 else None,
+                         yerr=[[mid - min(rates)], [max(rates) - mid]], capsize=3)
+            ax.bar_label(bar, labels=[f"{mid:,.0f}"], fontsize=7, padding=2)
+    ax.set_xticks(range(len(results)), [f"N = {r['n']:,}\n({len(r['import_s'])} rounds; {r['load_end']})"
+                                        for r in results], fontsize=8)
+    ax.set_ylabel("versions per second (median; whiskers: best, worst)")
+    ax.set_title(f"Receiving versions vs the floor measured in the same run\n{results[0]['machine']}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -197,7 +245,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--resume", action="store_true", help="Cut a first sync at half its bytes, then sync again.")
-    trio_asyncio.run(main_async, parser.parse_args())
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "receive-vs-floor.png"),
+                        help="Draw every size measured so far here ('' for none).")
+    parser.add_argument("--plot-only", action="store_true", help="Redraw the plot from bench/out/receive-results-*.json.")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(Path(args.plot))
+        return
+    trio_asyncio.run(main_async, args)
 
 
 if __name__ == "__main__":
