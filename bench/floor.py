@@ -31,6 +31,7 @@ is the only big part that releases the GIL).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sqlite3
@@ -210,9 +211,9 @@ async def measure(sample: int = 2000, work: Path | None = None) -> Floor:
         started = time.perf_counter()
         for at in range(0, n, BATCH):
             db.execute("BEGIN IMMEDIATE")
-            last = db.execute(schema.LAST_ROW_ID).fetchone()[0]
-            db.executemany(schema.INSERT_VERSION, rows[at : at + BATCH])
-            db.execute(schema.FTS_NEW_ROWS, (last,))
+            batch = rows[at : at + BATCH]
+            db.executemany(schema.INSERT_VERSION, batch)
+            db.execute(schema.FTS_NEW_ROWS, (json.dumps([row[4] for row in batch]),))
             db.execute("COMMIT")
         sql = _per(n, started)
     finally:

@@ -31,7 +31,6 @@ __all__ = [
     "VERSION_COLUMNS",
     "INSERT_VERSION",
     "UPDATE_STATE",
-    "LAST_ROW_ID",
     "FTS_NEW_ROWS",
     "FTS_DELETE",
     "PAGE_SIZE",
@@ -174,13 +173,15 @@ VERSION_COLUMNS = (
 )
 INSERT_VERSION = f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 UPDATE_STATE = "UPDATE versions SET state = ?, seq = ? WHERE id = ?"
-#: The highest row id, read before a batch of inserts (FTS_NEW_ROWS's parameter).
-LAST_ROW_ID = "SELECT coalesce(max(id), 0) FROM versions"
 #: Remove a row from the keyword index (external content: it needs the text the row was indexed with).
 FTS_DELETE = "INSERT INTO fts (fts, rowid, content) VALUES ('delete', ?, ?)"
-#: Keyword-index the live winners among the rows inserted after row id ``?``,
-#: in one statement per batch (the writers run it after INSERT_VERSION).
-FTS_NEW_ROWS = f"INSERT INTO fts (rowid, content) SELECT id, content FROM versions WHERE id > ? AND {LIVE}"
+#: Keyword-index the live winners among the rows just inserted, named by their
+#: seqs (a JSON list), in one statement per batch (the writers run it after
+#: INSERT_VERSION, in the same round trip: nothing to read first).
+FTS_NEW_ROWS = (
+    "INSERT INTO fts (rowid, content) SELECT id, content FROM versions"
+    f" WHERE seq IN (SELECT value FROM json_each(?)) AND {LIVE}"
+)
 PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 MERGE_VECTOR = (
     "INSERT INTO vector (replica, counter) VALUES (?, ?)"

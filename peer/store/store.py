@@ -103,7 +103,6 @@ from .schema import (
     FTS_NEW_ROWS,
     INFO_COLUMNS,
     INSERT_VERSION,
-    LAST_ROW_ID,
     LIVE,
     MEMORY_COLUMNS,
     MERGE_ROWS,
@@ -692,9 +691,11 @@ class Store:
         return _Txn(last_counter=int(meta[META_LAST_COUNTER]), hlc=int(meta[META_HLC]), next_seq=int(meta[META_NEXT_SEQ]))
 
     async def _end(self, txn: _Txn) -> None:
-        await self._db.executemany(
-            PUT_META, [(META_LAST_COUNTER, txn.last_counter), (META_HLC, txn.hlc), (META_NEXT_SEQ, txn.next_seq)]
-        )
+        await self._db.executemany(PUT_META, self._meta_rows(txn))
+
+    @staticmethod
+    def _meta_rows(txn: _Txn) -> list[tuple[str, int]]:
+        return [(META_LAST_COUNTER, txn.last_counter), (META_HLC, txn.hlc), (META_NEXT_SEQ, txn.next_seq)]
 
     async def _merge_rows(self, memory_ids: Iterable[str]) -> dict[str, list[MergeRow]]:
         ids = list(dict.fromkeys(memory_ids))
@@ -745,10 +746,10 @@ class Store:
             txn.hlc = clock.last
 
         await _cpu_bound(prepare, len(items))
-        await self._db.executemany(UPDATE_STATE, updates)
-        await self._insert_versions(inserts)
-        await self._db.execute(MERGE_VECTOR, (self.replica_id, txn.last_counter))
-        await self._end(txn)
+        await self._db.run_batch(
+            [*self._version_steps(updates, inserts), (MERGE_VECTOR, [(self.replica_id, txn.last_counter)]),
+             (PUT_META, self._meta_rows(txn))]
+        )
         return dots
 
     def _draft_body(self, draft: Draft, embedding: bytes | None, embedder: str, now: float) -> MemoryBody:
@@ -1246,20 +1247,24 @@ class Store:
                 # Our own version coming back (e.g. written before a crash
                 # that lost the tail of the log): never reuse its counter.
                 txn.last_counter = max(txn.last_counter, header.dot.counter)
-        await self._db.executemany(UPDATE_STATE, updates)
-        await self._insert_versions(inserts)
-        await self._end(txn)
+        await self._db.run_batch([*self._version_steps(updates, inserts), (PUT_META, self._meta_rows(txn))])
 
-    async def _insert_versions(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert version rows (after the state updates of the same batch), then their keyword-index rows.
+    @staticmethod
+    def _version_steps(
+        updates: Sequence[tuple[int, int, int]], inserts: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[str, Sequence[tuple[Any, ...]]]]:
+        """A batch's state changes, new version rows, then their keyword-index rows (for one round trip).
 
-        The new rows get ids above the highest before them, and their states
-        are final when inserted, so one statement indexes the live winners
-        among them (schema step 3 took the per-row FTS insert out of the trigger).
+        The new rows' states are final when inserted, so one statement
+        indexes the live winners among them, named by their seqs (column 5
+        of a version row; schema step 3 took the per-row FTS insert out of
+        the trigger).
         """
-        last = int(await self._db.fetchvalue(LAST_ROW_ID))
-        await self._db.executemany(INSERT_VERSION, rows)
-        await self._db.execute(FTS_NEW_ROWS, (last,))
+        return [
+            (UPDATE_STATE, updates),
+            (INSERT_VERSION, inserts),
+            (FTS_NEW_ROWS, [(json_list(row[4] for row in inserts),)] if inserts else []),
+        ]
 
     async def start_new_incarnation(self) -> str:
         """Write from now on as a new replica (``DEVICEID.N``); returns its id.

@@ -15,8 +15,8 @@ import json
 import shutil
 import sqlite3
 import sys
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
