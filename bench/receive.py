@@ -229,13 +229,13 @@ def plot(path: Path) -> None:
             mid = statistics.median(rates)
             bar = ax.bar(i + (j - 1.5) * width, mid, width, color=color, label=label if i == 0 else None,
                          yerr=[[mid - min(rates)], [max(rates) - mid]], capsize=3)
-            ax.bar_label(bar, labels=[f"{mid:,.0f}"], fontsize=7, padding=2)
+            ax.bar_label(bar, labels=[f"{mid:,.0f}"], fontsize=7, padding=2, label_type="center")
     ax.set_xticks(range(len(results)), [f"N = {r['n']:,}\n({len(r['import_s'])} rounds; {r['load_end']})"
                                         for r in results], fontsize=8)
     ax.set_ylabel("versions per second (median; whiskers: best, worst)")
     ax.set_title(f"Receiving versions vs the floor measured in the same run\n{results[0]['machine']}", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.25)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.35)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

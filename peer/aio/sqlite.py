@@ -180,8 +180,12 @@ class Database:
 
         async def run() -> None:
             for sql, rows in work:
-                async with conn.executemany(sql, rows):
-                    pass
+                if len(rows) == 1:
+                    async with conn.execute(sql, rows[0]):
+                        pass
+                else:
+                    async with conn.executemany(sql, rows):
+                        pass
 
         await self._call(run)
 
