@@ -230,7 +230,7 @@ def plot(path: Path) -> None:
             bar = ax.bar(i + (j - 1.5) * width, mid, width, color=color, label=label if i == 0 else None,
                          yerr=[[mid - min(rates)], [max(rates) - mid]], capsize=3)
             ax.bar_label(bar, labels=[f"{mid:,.0f}"], fontsize=7, padding=2, label_type="center")
-    ax.set_xticks(range(len(results)), [f"N = {r['n']:,}\n({len(r['import_s'])} rounds; {r['load_end']})"
+    ax.set_xticks(range(len(results)), [f"N = {r['n']:,}\n({len(r['import_s'])} round{'s' if len(r['import_s']) > 1 else ''}; {r['load_end']})"
                                         for r in results], fontsize=8)
     ax.set_ylabel("versions per second (median; whiskers: best, worst)")
     ax.set_title(f"Receiving versions vs the floor measured in the same run\n{results[0]['machine']}", fontsize=9)
