@@ -10,7 +10,10 @@ process on loopback; they find each other by mDNS on 127.0.0.1 (or, with
 through the store, as ``peer add`` does from another process, and polls
 B with ``Device.search`` (the real model, hybrid search) every 20 ms until
 the new memory is among the hits: the time from A's commit to B's hit is
-one sample. Changes are spaced 0.5 s apart.
+one sample. Changes are spaced 0.5 s apart. Beside p50/p90 it prints the
+same-run floor: B's own search for the memory once it is there plus
+bench/floor.py's one-core cost of receiving one version (what any
+propagation must pay), the machine and the load average.
 
 *idle*: two agents on copies of the cached 100k-memory pair that
 bench/sync.py builds (bench/out/sync-pair-100000; run that first), syncing
@@ -41,6 +44,7 @@ import trio_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import floor  # noqa: E402
 from peer.dev.corpus import paragraphs  # noqa: E402
 from peer.device import Device  # noqa: E402
 from peer.home import Home  # noqa: E402
@@ -115,6 +119,9 @@ async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
     relay = Relay()
     agents = start_pair(a.path, b.path, work, find, relay)
     samples: list[float] = []
+    searches: list[float] = []
+    fl = await floor.measure()
+    print(fl.describe(), file=sys.stderr)
     try:
         async with await Device.open(a) as on_a, await Device.open(b) as on_b:
             await on_b.prepare_index()
@@ -126,6 +133,11 @@ async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
                     while memory_id not in {hit.memory.id for hit in await on_b.search(text, k=3)}:
                         await trio.sleep(0.02)
                 samples.append(time.perf_counter() - committed)
+                # The search B has to run anyway, timed once the memory is there: with the
+                # receive floor of one version, the least a propagation can take.
+                started = time.perf_counter()
+                await on_b.search(text, k=3)
+                searches.append(time.perf_counter() - started)
                 if (i + 1) % 20 == 0:
                     print(f"  {i + 1}/{len(texts)} changes, last {samples[-1] * 1000:.0f} ms", file=sys.stderr)
                 await trio.sleep(0.5)
@@ -134,9 +146,16 @@ async def propagation(changes: int, work: Path, find: str) -> dict[str, Any]:
             agent.stop()
         relay.close()
     samples.sort()
+    reference = statistics.median(searches) + fl.one_core
     return {
         "find": find,
         "changes": len(samples),
+        "p90_s": round(samples[int(0.90 * (len(samples) - 1))], 3),
+        "floor_s": round(reference, 4),
+        "p50_vs_floor": round(statistics.median(samples) / reference, 1),
+        "machine": floor.machine(),
+        "load_start": fl.load,
+        "load_end": floor.load(),
         "p50_s": round(statistics.median(samples), 3),
         "p95_s": round(samples[int(0.95 * (len(samples) - 1))], 3),
         "max_s": round(samples[-1], 3),
@@ -180,6 +199,8 @@ def idle(minutes: float, size: int, work: Path, find: str) -> dict[str, Any]:
         "rss_mb_peak": round(peak, 1),
         "rss_mb_median": round(statistics.median(rss), 1),
         "syncs_seen": [p["last_result"] for p in status["peers"]],
+        "machine": floor.machine(),
+        "load_end": floor.load(),
     }
 
 

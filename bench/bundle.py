@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import time
@@ -39,6 +38,7 @@ import trio_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import floor  # noqa: E402
 from peer.bundles import BundleSource, Trust, export_bundle, import_bundle, scan_bundle  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -69,6 +69,9 @@ async def measure(n: int, delta: int, sync_bench: Any) -> dict[str, Any]:
     a_id, c_id = a_home.identity().device_id, c_home.identity().device_id  # B of the cached pair is a member too
     full_file, delta_file, ack_file = work / "full.bundle", work / "delta.bundle", work / "ack.bundle"
     row: dict[str, Any] = {"n": n, "delta": delta}
+    fl = await floor.measure(work=work)
+    row["floor"] = fl.to_json()
+    print(f"  N={n:,}: {fl.describe()}", flush=True)
     async with await a_home.open_store() as a:
         started = time.monotonic()
         exported = await export_bundle(a, key_a, full_file, device=c_id)
@@ -96,7 +99,8 @@ async def measure(n: int, delta: int, sync_bench: Any) -> dict[str, Any]:
         await export_bundle(c, key_c, ack_file, device=a_id)
     print(f"  N={n:,}: verify {row['verify_s']:.1f} s, dry run {row['dry_run_s']:.1f} s, import"
           f" {row['import_s']:.1f} s ({rate(row['versions'], row['bytes'], row['import_s'])}),"
-          f" again {row['reimport_s']:.1f} s", flush=True)
+          f" again {row['reimport_s']:.1f} s; import {fl.versus(row['import_s'], row['versions'])};"
+          f" {floor.load()}", flush=True)
     async with await a_home.open_store() as a:
         await import_bundle(a, ack_file)
         await sync_bench.fill_delta(a, n, delta)
@@ -122,13 +126,16 @@ async def measure(n: int, delta: int, sync_bench: Any) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]]) -> None:
     print()
-    print("| N | bundle | export | verify only | import (verify + apply) | import again | dry run |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| N | bundle | export | verify only | import (verify + apply) | vs 1-core / 2-core floor | import again"
+          " | dry run |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['n']:,} | {r['bytes'] / 1e6:.1f} MB | {r['export_s']:.1f} s ({rate(r['versions'], r['bytes'], r['export_s'])})"
             f" | {r['verify_s']:.1f} s ({rate(r['versions'], r['bytes'], r['verify_s'])})"
             f" | {r['import_s']:.1f} s ({rate(r['versions'], r['bytes'], r['import_s'])})"
+            f" | {r['import_s'] / r['versions'] / r['floor']['one_core']:.2f}x /"
+            f" {r['import_s'] / r['versions'] / r['floor']['two_core']:.2f}x"
             f" | {r['reimport_s']:.1f} s | {r['dry_run_s']:.1f} s |"
         )
     print()
@@ -153,10 +160,10 @@ def main() -> None:
         rows = []
         async with trio_asyncio.open_loop():
             for n in args.sizes:
-                print(f"N={n:,}: load average {os.getloadavg()}", flush=True)
+                print(f"N={n:,}: {floor.context()}", flush=True)
                 rows.append(await measure(n, args.delta, sync_bench))
                 (OUT / f"bundle-results-{n}.json").write_text(json.dumps(rows[-1], indent=1))
-        print(f"load average at the end {os.getloadavg()}")
+        print(f"at the end: {floor.context()}")
         report(rows)
 
     trio.run(run)

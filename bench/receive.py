@@ -6,13 +6,11 @@ Device A is bench/sync.py's cached store of N memories (built under
 bench/out/ on first use). Every round, interleaved so that a busy machine
 weighs on all figures alike:
 
-* floor: on up to 5,000 of A's own sealed versions, the raw primitives of
-  receiving one, in this process: Ed25519 verify (``verify_version``), the
-  rest of opening it (HKDF, ChaCha20-Poly1305, body decode), and SQLite
-  inserts of the store's rows with the store's current schema (fresh file,
-  WAL, 256 rows a transaction, keyword-index rows per batch). The one-core
-  floor is their sum; the two-core floor puts verify on the other core:
-  max(verify, the rest);
+* floor: bench/floor.py's primitives of receiving one version, measured
+  in this process in this round (Ed25519 verify, HKDF, ChaCha20-Poly1305,
+  decoding, SQLite inserts with the store's current schema, hnswlib add).
+  The one-core floor is their sum; the two-core floor puts verify on the
+  other core: max(verify, the rest);
 * bundle import: A's full bundle for a freshly admitted device C, imported
   into C's empty store (``import_bundle``: pass one, then the apply);
 * first sync: a fresh C syncs with A over SSH on loopback, both in this
@@ -31,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import platform
+import json
 import shutil
-import sqlite3
 import statistics
 import sys
 import time
@@ -51,20 +47,13 @@ sys.path.insert(0, str(ROOT))
 from peer.aio import ByteStream  # noqa: E402
 from peer.aio.ssh import connect  # noqa: E402
 from peer.bundles import export_bundle, import_bundle  # noqa: E402
-from peer.store import schema  # noqa: E402
-from peer.store.rows import version_row  # noqa: E402
 from peer.sync import Syncer, sync_over  # noqa: E402
 from protocol import (  # noqa: E402
     PeerError,
-    SealedVersion,
     TransportError,
-    VersionState,
-    open_version,
-    verify_version,
 )
 
 OUT = ROOT / "bench" / "out"
-FLOOR_SAMPLE = 5000
 
 
 def _sync_bench() -> Any:
@@ -76,69 +65,28 @@ def _sync_bench() -> Any:
     return module
 
 
+def _floor_module() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_floor", ROOT / "bench" / "floor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+floor = _floor_module()
+
+
 def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} CPUs"
-
-
-async def floor(a_home: Any, work: Path) -> dict[str, float]:
-    """Per-version µs of the primitives, on A's own versions (see the module docstring)."""
-    with sqlite3.connect(a_home.store_path) as conn:
-        blobs = [b for (b,) in conn.execute("SELECT sealed FROM versions ORDER BY id LIMIT ?", (FLOOR_SAMPLE,))]
-    versions = [SealedVersion.decode(b) for b in blobs]
-    async with await a_home.open_store() as a:
-        group_id, keys, author_key = a.group_id, dict(a.group_keys), a.membership.author_key
-    n = len(versions)
-    started = time.perf_counter()
-    for v in versions:
-        verify_version(v, group_id=group_id, author_key=author_key)
-    verify = (time.perf_counter() - started) / n
-    started = time.perf_counter()
-    bodies = [open_version(v, group_id=group_id, group_keys=keys, author_key=author_key) for v in versions]
-    opened = (time.perf_counter() - started) / n
-    rows = [version_row(v, b, VersionState.WINNER, i + 1) for i, (v, b) in enumerate(zip(versions, bodies))]
-    path = work / "floor.db"
-    path.unlink(missing_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    for step in schema.MIGRATIONS:
-        for statement in step:
-            conn.execute(statement)
-    # Run from an older tree (to compare), the schema there indexes through its trigger.
-    fts_new_rows: str | None = getattr(schema, "FTS_NEW_ROWS", None)
-    started = time.perf_counter()
-    for at in range(0, n, 256):
-        conn.execute("BEGIN IMMEDIATE")
-        last = conn.execute("SELECT coalesce(max(id), 0) FROM versions").fetchone()[0]
-        conn.executemany(schema.INSERT_VERSION, rows[at : at + 256])
-        if fts_new_rows is not None:
-            conn.execute(fts_new_rows, (last,))
-        conn.execute("COMMIT")
-    sql = (time.perf_counter() - started) / n
-    conn.close()
-    rest = opened - verify + sql
-    return {"verify": verify, "open": opened, "sql": sql, "one_core": opened + sql, "two_core": max(verify, rest)}
-
-
-def versus(seconds: float, n: int, fl: dict[str, float]) -> str:
-    per = seconds / n
-    return (
-        f"{seconds:.2f} s, {n / seconds:,.0f} versions/s; {per / fl['one_core']:.2f}x the 1-core floor"
-        f" ({1 / fl['one_core']:,.0f}/s), {per / fl['two_core']:.2f}x the 2-core floor ({1 / fl['two_core']:,.0f}/s)"
-    )
+    return str(floor.load())
 
 
 async def round_(n: int, sb: Any, pair: Path, work: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     a_home = sb.copy_home(pair / "a", work / "a")
-    fl = await floor(a_home, work)
-    print(
-        f"  floor: verify {fl['verify'] * 1e6:.0f} µs, open (verify+HKDF+AEAD+decode) {fl['open'] * 1e6:.0f} µs,"
-        f" SQLite {fl['sql'] * 1e6:.0f} µs per version; {load()}",
-        flush=True,
-    )
+    fl = await floor.measure(work=work)
+    print(f"  {fl.describe()}", flush=True)
     row: dict[str, Any] = {"floor": fl}
     c_home = await sb.admit(a_home, work / "c")
     bundle = work / "full.bundle"
@@ -149,7 +97,7 @@ async def round_(n: int, sb: Any, pair: Path, work: Path) -> dict[str, Any]:
         imported = await import_bundle(c, bundle)
         row["import_s"] = time.monotonic() - started
     assert imported.added == n, imported
-    print(f"  bundle import: {versus(row['import_s'], n, fl)}; {load()}", flush=True)
+    print(f"  bundle import: {fl.versus(row['import_s'], n)}; {load()}", flush=True)
     d_home = await sb.admit(a_home, work / "d")
     async with await a_home.open_store() as a, await d_home.open_store() as d, trio.open_nursery() as nursery:
         port: int = await nursery.start(partial(Syncer(a, a_home.identity().signing_key).serve, "127.0.0.1", 0))
@@ -158,7 +106,7 @@ async def round_(n: int, sb: Any, pair: Path, work: Path) -> dict[str, Any]:
         row["sync_s"] = time.monotonic() - started
         nursery.cancel_scope.cancel()
     assert summary.received == n, summary
-    print(f"  first sync:    {versus(row['sync_s'], n, fl)}; {load()}", flush=True)
+    print(f"  first sync:    {fl.versus(row['sync_s'], n)}; {load()}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return row
 
@@ -223,7 +171,7 @@ async def resume(n: int, sb: Any, pair: Path, work: Path, full_bytes: int) -> No
 
 async def main_async(args: argparse.Namespace) -> None:
     sb = _sync_bench()
-    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, {load()}")
+    print(floor.context())
     for n in args.sizes:
         pair, initial = await sb.build_pair(n)
         if args.resume:
@@ -233,9 +181,17 @@ async def main_async(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             print(f"N={n:,} round {r + 1}:", flush=True)
             rows.append(await round_(n, sb, pair, OUT / "receive-work"))
+        (OUT / f"receive-results-{n}.json").write_text(json.dumps({
+            "n": n,
+            "import_s": [row["import_s"] for row in rows],
+            "sync_s": [row["sync_s"] for row in rows],
+            "floors": [row["floor"].to_json() for row in rows],
+            "machine": floor.machine(),
+            "load_end": floor.load(),
+        }, indent=1))
         for what in ("import_s", "sync_s"):
-            ratios1 = [row[what] / n / row["floor"]["one_core"] for row in rows]
-            ratios2 = [row[what] / n / row["floor"]["two_core"] for row in rows]
+            ratios1 = [row[what] / n / row["floor"].one_core for row in rows]
+            ratios2 = [row[what] / n / row["floor"].two_core for row in rows]
             rates = [n / row[what] for row in rows]
             print(
                 f"N={n:,} {what[:-2]}: {max(rates):,.0f} / {statistics.median(rates):,.0f} versions/s (best/median);"
@@ -243,6 +199,45 @@ async def main_async(args: argparse.Namespace) -> None:
                 f" vs 2-core floor {min(ratios2):.2f} / {statistics.median(ratios2):.2f}"
             )
     print(f"end: {load()}")
+    if args.plot:
+        plot(Path(args.plot))
+        print(f"plot written to {args.plot} (every size measured so far: bench/out/receive-results-*.json)")
+
+
+def plot(path: Path) -> None:
+    """Receive throughput per size beside the same-run floors (median of rounds; whiskers: best and worst)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(p.read_text()) for p in OUT.glob("receive-results-*.json")]
+    results.sort(key=lambda r: r["n"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    width = 0.2
+    for i, r in enumerate(results):
+        n = r["n"]
+        one = [1 / f["one_core"] for f in r["floors"]]
+        two = [1 / f["two_core"] for f in r["floors"]]
+        series = [
+            ("bundle import", [n / s for s in r["import_s"]], "tab:blue"),
+            ("first sync (SSH, loopback)", [n / s for s in r["sync_s"]], "tab:orange"),
+            ("1-core floor, same run", one, "tab:gray"),
+            ("2-core floor, same run", two, "lightgray"),
+        ]
+        for j, (label, rates, color) in enumerate(series):
+            mid = statistics.median(rates)
+            bar = ax.bar(i + (j - 1.5) * width, mid, width, color=color, label=label if i == 0 else None,
+                         yerr=[[mid - min(rates)], [max(rates) - mid]], capsize=3)
+            ax.bar_label(bar, labels=[f"{mid:,.0f}"], fontsize=7, padding=2, label_type="center")
+    ax.set_xticks(range(len(results)), [f"N = {r['n']:,}\n({len(r['import_s'])} round{'s' if len(r['import_s']) > 1 else ''}; {r['load_end']})"
+                                        for r in results], fontsize=8)
+    ax.set_ylabel("versions per second (median; whiskers: best, worst)")
+    ax.set_title(f"Receiving versions vs the floor measured in the same run\n{results[0]['machine']}", fontsize=9)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.35)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -250,7 +245,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--resume", action="store_true", help="Cut a first sync at half its bytes, then sync again.")
-    trio_asyncio.run(main_async, parser.parse_args())
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "receive-vs-floor.png"),
+                        help="Draw every size measured so far here ('' for none).")
+    parser.add_argument("--plot-only", action="store_true", help="Redraw the plot from bench/out/receive-results-*.json.")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(Path(args.plot))
+        return
+    trio_asyncio.run(main_async, args)
 
 
 if __name__ == "__main__":

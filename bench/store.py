@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import floor  # noqa: E402
 from peer.dev.corpus import paragraphs  # noqa: E402
 from peer.device import Device  # noqa: E402
 from peer.home import Home  # noqa: E402
@@ -163,6 +164,8 @@ def raw_hnswlib_seconds(vectors: NDArray[np.float32]) -> float:
 
 async def bench_size(root: Path, size: int, texts: list[str], vectors: NDArray[np.float32], queries: int) -> dict[str, Any]:
     data_texts, data_vectors = dataset(size, texts, vectors)
+    fl = await floor.measure()
+    print(f"[{size}] {fl.describe()}", flush=True)
     home = Home.locate(root / f"store-{size}")
     await home.init("bench")
     print(f"[{size}] filling the store ...", flush=True)
@@ -196,6 +199,7 @@ async def bench_size(root: Path, size: int, texts: list[str], vectors: NDArray[n
         await device.close()
 
     raw = raw_hnswlib_seconds(data_vectors)
+    sealed = _sealed_bytes(home)
 
     stats_times = []
     for _ in range(7):
@@ -215,12 +219,29 @@ async def bench_size(root: Path, size: int, texts: list[str], vectors: NDArray[n
         "query_embed_p50_ms": pct(embed_only, 0.5),
         "stats_wall_s": statistics.median(stats_times),
         "db_mb": os.path.getsize(home.store_path) / 1e6,
+        "db_bytes_per_memory": os.path.getsize(home.store_path) / size,
+        "sealed_bytes_per_memory": sealed / size,
+        # Adding with vectors given seals, signs and writes: the same primitives as receiving
+        # (sign ≈ verify), so the receive floor on one core is the reference.
+        "add_vs_one_core_floor": (1 / add_rate) / fl.one_core,
+        "raw_vs_floor_hnsw2": raw / size / fl.hnsw2,
+        "floor": fl.to_json(),
+        "load": floor.load(),
     }
+
+
+def _sealed_bytes(home: Home) -> int:
+    import sqlite3
+
+    with sqlite3.connect(home.store_path) as conn:
+        (total,) = conn.execute("SELECT coalesce(sum(length(sealed)), 0) FROM versions").fetchone()
+    return int(total)
 
 
 async def main_async(args: argparse.Namespace) -> None:
     texts = paragraphs()
     vectors = corpus_vectors(texts)
+    print(floor.context(), flush=True)
     root = Path(tempfile.mkdtemp(prefix="peer-bench-"))
     try:
         async with trio_asyncio.open_loop():
@@ -238,7 +259,9 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"index rebuild {row['rebuild_s']:.2f} s vs raw hnswlib {row['raw_hnswlib_s']:.2f} s "
                     f"({row['rebuild_s'] / row['raw_hnswlib_s']:.2f}x) | first catch-up {row['first_catch_up_s']:.2f} s | "
                     f"no-op catch-up {row['noop_catch_up_ms']:.1f} ms | `peer stats` {row['stats_wall_s']:.2f} s | "
-                    f"store {row['db_mb']:.0f} MB",
+                    f"store {row['db_mb']:.0f} MB ({row['db_bytes_per_memory']:,.0f} B per memory,"
+                    f" {row['db_bytes_per_memory'] / row['sealed_bytes_per_memory']:.2f}x the sealed bytes) | "
+                    f"add {row['add_vs_one_core_floor']:.2f}x the 1-core receive floor | {row['load']}",
                     flush=True,
                 )
     finally:
@@ -252,6 +275,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{row['search_p95_ms']:.1f} ms | {row['rebuild_s']:.2f} s | {row['raw_hnswlib_s']:.2f} s | "
             f"{row['stats_wall_s']:.2f} s |"
         )
+    print(f"end: {floor.context()}")
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -46,6 +45,7 @@ import trio_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import floor  # noqa: E402
 from peer.aio import SYNC_SUBSYSTEM
 from peer.aio.ssh import connect, serve  # noqa: E402
 from peer.dev.corpus import paragraphs  # noqa: E402
@@ -342,16 +342,20 @@ async def main_async(args: argparse.Namespace) -> None:
     rows: list[Row] = []
     initials: list[Initial] = []
     for n in args.sizes:
-        print(f"N={n:,}: load average {os.getloadavg()}", flush=True)
+        print(f"N={n:,}: {floor.context()}", flush=True)
         pair, initial = await build_pair(n)
         initials.append(initial)
         for d in args.deltas:
+            fl = await floor.measure()
+            print(f"  {fl.describe()}", flush=True)
             row = await measure(pair, n, d, OUT / "sync-work")
+            # A session that moves d versions cannot beat d times the receive floor (d = 0: no floor).
+            vs = f"; session {fl.versus(row.session_s, d)}" if d else ""
             print(f"  N={n:,} d={d:,}: session {row.session_s * 1000:.1f} ms ({row.protocol_bytes:,} B),"
                   f" handshake {row.handshake_s * 1000:.0f} ms, CLI {row.cli_s:.2f} s,"
-                  f" baseline {row.baseline_s:.2f} s ({row.json_bytes / 1e6:.1f} MB)", flush=True)
+                  f" baseline {row.baseline_s:.2f} s ({row.json_bytes / 1e6:.1f} MB){vs}; {floor.load()}", flush=True)
             rows.append(row)
-    print(f"load average at the end {os.getloadavg()}")
+    print(f"at the end: {floor.context()} (the initial sync figures are from when the cached pair was built)")
     report(rows, initials)
     for n in args.sizes:
         (OUT / f"sync-results-{n}.json").write_text(json.dumps(

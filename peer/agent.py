@@ -10,9 +10,12 @@ Theory of operation. One trio nursery runs, side by side:
   proved the other side holds a member's key;
 * the **watcher**, which notices versions written by other ``peer``
   processes on the same store (``peer add``, ``peer edit``...) through
-  SQLite's ``PRAGMA data_version``, polled every :data:`WATCH_INTERVAL_S`;
+  SQLite's ``PRAGMA data_version``, checked as soon as a file of the store
+  is written (inotify, :class:`peer.watch.FileWrites`) and every
+  :data:`WATCH_INTERVAL_S` anyway;
 * one **worker per peer** (discovered, or listed in ``[agent] peers``),
-  which syncs with it when it appears, after local changes (debounced),
+  which syncs with it when it appears, after local changes (at once after
+  a quiet spell, else ``debounce`` seconds after the previous session),
   and every ``sync_interval`` seconds (anti-entropy), with exponential
   backoff and jitter after failures;
 * the **relay task** (:mod:`peer.relay.worker`): one exchange with every
@@ -85,7 +88,7 @@ from .device import Device
 from .home import Home
 from .relay.worker import RelayWorker
 from .warm import WarmCommands
-from .watch import StoreWatch
+from .watch import FileWrites, StoreWatch
 
 if TYPE_CHECKING:
     from peer.sync.discovery import Finder
@@ -100,6 +103,8 @@ log = logging.getLogger(__name__)
 
 #: How often the watcher asks SQLite whether another process wrote.
 WATCH_INTERVAL_S: Final = 0.25
+#: After a file write that did not show as a commit yet: look again this soon (see watch).
+WATCH_RECHECK_S: Final = 0.02
 #: The first wait after a failure; it doubles with each further failure, up to ``backoff_max``.
 BACKOFF_BASE_S: Final = 1.0
 #: The longest wait before retrying a peer that did not answer: a peer that is still
@@ -137,6 +142,7 @@ class _Peer:
     dirty: bool = True  # a sync is wanted as soon as the backoff allows
     failures: int = 0
     not_before: float = 0.0  # monotonic: no attempt before this (backoff)
+    quiet_until: float = 0.0  # trio clock: a change is synced at once after this (debounce)
     next_periodic: float = 0.0  # monotonic: the next anti-entropy round
     last_attempt: float | None = None  # wall clock
     last_sync: float | None = None  # wall clock of the last complete sync
@@ -380,10 +386,18 @@ class _Agent:
                 peer.wake = trio.Event()
                 with trio.move_on_at(due):
                     await peer.wake.wait()
-                    # Debounce: let a burst of local writes settle into one session.
-                    await trio.sleep(self.config.debounce)
+                    # Debounce, leading edge: a change after a quiet spell is synced at once; one
+                    # within `debounce` seconds of the last session waits out the rest of that
+                    # time, so a burst of local writes settles into few sessions.
+                    await trio.sleep_until(peer.quiet_until)
 
     async def _attempt(self, peer: _Peer) -> None:
+        try:
+            await self._attempt_once(peer)
+        finally:
+            peer.quiet_until = trio.current_time() + self.config.debounce
+
+    async def _attempt_once(self, peer: _Peer) -> None:
         peer.dirty = False
         peer.last_attempt = time.time()
         interval = self.config.sync_interval
@@ -526,16 +540,27 @@ class _Agent:
         watch = await StoreWatch.start(self.store)
         seq = await self.store.last_seq()
         self.membership = await self.store.membership_digest()
-        while True:
-            await trio.sleep(WATCH_INTERVAL_S)
-            if not await watch.changed():
-                continue
-            await self._check_membership()
-            latest = await self.store.last_seq()
-            if latest != seq:
-                seq = latest
-                await self.store.refresh()
-                await self._changed()
+        writes = FileWrites(self.store.path.parent, self.store.path.name)
+        timeout = WATCH_INTERVAL_S
+        try:
+            while True:
+                # Woken by a write to the store's files, or after the poll interval anyway.
+                with trio.move_on_after(timeout) as scope:
+                    await writes.wait()
+                if not await watch.changed():
+                    # A write seen before its commit reached the shared WAL index: look once more
+                    # shortly (the index is memory-mapped, and its update raises no event).
+                    timeout = WATCH_RECHECK_S if not scope.cancelled_caught else WATCH_INTERVAL_S
+                    continue
+                timeout = WATCH_INTERVAL_S
+                await self._check_membership()
+                latest = await self.store.last_seq()
+                if latest != seq:
+                    seq = latest
+                    await self.store.refresh()
+                    await self._changed()
+        finally:
+            writes.close()
 
     async def discover(
         self, make_finder: FinderFactory, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -11,7 +11,7 @@ names it: a typo must not silently fall back to a default. Example::
     discovery = true                # mDNS on or off
     peers = ["nas.local:7847"]      # also sync with these, mDNS or not
     sync_interval = 60              # seconds between anti-entropy rounds per peer
-    debounce = 0.2                  # seconds to wait after a local change before syncing
+    debounce = 0.2                  # least seconds between two syncs driven by local changes
     backoff_max = 300               # the longest wait after repeated failures, seconds
 
     [backup]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from peer.device import Check, DoctorReport
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import ImportedVersion
+from peer.store.rows import embedding_of
 from protocol import PeerError, StoreError
 
 __all__ = ["SalvageResult", "diagnose_damaged", "readable_memories", "salvage"]
@@ -44,7 +45,7 @@ _FINDINGS = 20  # integrity_check lines kept: enough to see the extent, not a pa
 _MAX_SKIP = 1 << 20  # the largest jump over unreadable ids before the walk ends
 _COLUMNS = (
     "id, memory_id, state, deleted, content, kind, project, tags, metadata, created_at, updated_at,"
-    " importance, embedder, embedding"
+    " importance, embedder, embedding, sealed"
 )
 
 
@@ -103,7 +104,15 @@ def _rows(db: sqlite3.Connection) -> Iterator[tuple[Any, ...] | None]:
         at = int(row[0]) + 1
 
 
-def _salvaged(row: tuple[Any, ...]) -> Salvaged | None:
+def _group_keys(db: sqlite3.Connection) -> dict[int, bytes]:
+    """The group keys, if their table can still be read (to decrypt vectors from sealed versions)."""
+    try:
+        return {int(e): bytes(k) for e, k in db.execute("SELECT epoch, key FROM group_keys")}
+    except sqlite3.DatabaseError:
+        return {}
+
+
+def _salvaged(row: tuple[Any, ...], keys: Mapping[int, bytes]) -> Salvaged | None:
     (
         _,
         memory_id,
@@ -119,6 +128,7 @@ def _salvaged(row: tuple[Any, ...]) -> Salvaged | None:
         importance,
         embedder,
         emb,
+        sealed,
     ) = row
     if state != 2 or deleted:
         return None  # superseded, a sibling, or forgotten
@@ -133,9 +143,15 @@ def _salvaged(row: tuple[Any, ...]) -> Salvaged | None:
             id=str(memory_id),
             created_at=float(created),
         )
-        return Salvaged(draft, float(updated), str(embedder or ""), bytes(emb or b""))
     except (TypeError, ValueError):
         return None  # a row whose fields themselves are damaged
+    if not emb and embedder and sealed:
+        # Since schema step 4 the vector is kept only inside the sealed version.
+        try:
+            emb = embedding_of(bytes(sealed), keys)
+        except (PeerError, TypeError, ValueError):
+            emb = b""  # unreadable: the salvaged memory is embedded again
+    return Salvaged(draft, float(updated), str(embedder or ""), bytes(emb or b""))
 
 
 def readable_memories(path: Path) -> tuple[list[Salvaged], int]:
@@ -144,11 +160,12 @@ def readable_memories(path: Path) -> tuple[list[Salvaged], int]:
     try:
         found: dict[str, Salvaged] = {}
         skipped = 0
+        keys = _group_keys(db)
         for row in _rows(db):
             if row is None:
                 skipped += 1
                 continue
-            memory = _salvaged(row)
+            memory = _salvaged(row, keys)
             if memory is not None and memory.draft.id is not None:
                 found[memory.draft.id] = memory
         return list(found.values()), skipped

@@ -159,7 +159,15 @@ if TYPE_CHECKING:
         temporary_name,
         vector_meet,
     )
-    from .sealing import AuthorKeyLookup, MemberKeyLookup, SealedVersion, open_version, seal, verify_version
+    from .sealing import (
+        AuthorKeyLookup,
+        MemberKeyLookup,
+        SealedVersion,
+        open_version,
+        seal,
+        unseal_version,
+        verify_version,
+    )
     from .session import (
         DEFAULT_BATCH_BYTES,
         DEFAULT_BATCH_SIZE,
@@ -310,6 +318,7 @@ __all__ = [
     "MemberKeyLookup",
     "SealedVersion",
     "open_version",
+    "unseal_version",
     "seal",
     "verify_version",
     # session

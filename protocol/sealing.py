@@ -188,6 +188,14 @@ def open_version(
 ) -> MemoryBody:
     """Verify and decrypt; raises a :class:`TrustError` subclass or :class:`DecodeError`."""
     verify_version(sealed, group_id=group_id, member_key=member_key, author_key=author_key)
+    return unseal_version(sealed, group_keys)
+
+
+def unseal_version(sealed: SealedVersion, group_keys: Mapping[int, bytes]) -> MemoryBody:
+    """Decrypt and decode without checking the signature: for versions this device checked when it stored them.
+
+    Raises :class:`UnknownEpochKey`, :class:`DecryptionFailed` or :class:`DecodeError`.
+    """
     header = sealed.header
     group_key = group_keys.get(header.epoch)
     if group_key is None:

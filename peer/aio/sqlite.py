@@ -164,6 +164,31 @@ class Database:
 
         await self._call(run)
 
+    async def run_batch(self, steps: Sequence[tuple[str, Sequence[Params]]]) -> None:
+        """Run each statement once per parameter tuple, step after step, in ONE bridged call.
+
+        For a writer's several statements (in its transaction): every call
+        crosses from trio to asyncio to SQLite's thread and back, which costs
+        more than a small statement itself. Steps without parameter tuples
+        are skipped.
+        """
+        conn = self._conn
+        work = [(sql, list(rows)) for sql, rows in steps]
+        work = [(sql, rows) for sql, rows in work if rows]
+        if not work:
+            return
+
+        async def run() -> None:
+            for sql, rows in work:
+                if len(rows) == 1:
+                    async with conn.execute(sql, rows[0]):
+                        pass
+                else:
+                    async with conn.executemany(sql, rows):
+                        pass
+
+        await self._call(run)
+
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         conn = self._conn
 

@@ -652,13 +652,25 @@ class SearchIndex:
         self._watermark = 0
         self._needs_rebuild = True  # until the whole build is done
         done = added = embedded = 0
-        async for batch in store.live_winners(BATCH):
-            a, _, e = await self._apply(batch, done, total, progress)
-            added, embedded = added + a, embedded + e
-            done += len(batch)
-            total = max(total, done)
-            if progress is not None:
-                progress(done, total)
+        # The next batch is read (and its vectors decrypted from the sealed
+        # versions, in a worker thread) while hnswlib adds this one.
+        send, receive = trio.open_memory_channel[list[IndexChange]](1)
+
+        async def read() -> None:
+            async with send:
+                async for batch in store.live_winners(BATCH):
+                    await send.send(batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            async with receive:
+                async for batch in receive:
+                    a, _, e = await self._apply(batch, done, total, progress)
+                    added, embedded = added + a, embedded + e
+                    done += len(batch)
+                    total = max(total, done)
+                    if progress is not None:
+                        progress(done, total)
         self._watermark = watermark
         self._needs_rebuild = False
         after = await self._catch_up(store, None, force_save=True, best_effort=best_effort)

@@ -31,13 +31,13 @@ __all__ = [
     "META_LABEL_FLOOR",
     "VERSION_COLUMNS",
     "INSERT_VERSION",
-    "INSERT_VERSION_AT",
     "LABEL_FLOOR",
     "RAISE_LABEL_FLOOR",
     "MAX_SEQ",
     "UPDATE_STATE",
-    "LAST_ROW_ID",
     "FTS_NEW_ROWS",
+    "FTS_DELETE",
+    "PAGE_SIZE",
     "PUT_META",
     "MERGE_VECTOR",
     "MERGE_ROWS",
@@ -126,7 +126,36 @@ MIGRATIONS: list[list[str]] = [
                 ON CONFLICT (origin) DO UPDATE SET max_counter = max(max_counter, excluded.max_counter);
         END""",
     ],
+    [
+        # Nothing stored twice (about 5 kB per memory before, for 2 kB sealed).
+        # The vector was kept both inside the sealed version and decoded in
+        # `embedding`: readers now decrypt it from `sealed` (rows.embedding_of),
+        # and the column stays, always empty, so that rows keep their shape.
+        # The keyword index kept its own copy of every live text: it is now an
+        # external-content FTS5 table over the live rows (`live_content`), so
+        # it stores only the index; a row leaving it must be deleted with its
+        # old text (the 'delete' command), which the state trigger has.
+        "DROP TRIGGER versions_after_state",
+        "DROP TABLE fts",
+        "UPDATE versions SET embedding = x'' WHERE length(embedding) > 0",
+        f"CREATE VIEW live_content AS SELECT id, content FROM versions WHERE {LIVE}",
+        "CREATE VIRTUAL TABLE fts USING fts5 (content, content = 'live_content', content_rowid = 'id',"
+        " tokenize = 'unicode61 remove_diacritics 2')",
+        "INSERT INTO fts (fts) VALUES ('rebuild')",
+        """CREATE TRIGGER versions_after_state AFTER UPDATE OF state ON versions
+            WHEN (old.state = 2) != (new.state = 2) BEGIN
+            INSERT INTO fts (fts, rowid, content) SELECT 'delete', old.id, old.content
+                WHERE old.state = 2 AND old.deleted = 0;
+            INSERT INTO fts (rowid, content) SELECT new.id, new.content WHERE new.state = 2 AND new.deleted = 0;
+        END""",
+    ],
 ]
+
+#: Page size of new store files. A version row is about 2.4 kB (the sealed
+#: version and the fields decoded from it): 4 kB pages hold one row each and
+#: waste 40% of the file; 16 kB pages hold six. (An existing file keeps its
+#: page size: SQLite cannot change it in WAL mode without a VACUUM.)
+PAGE_SIZE = 16384
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -148,15 +177,27 @@ VERSION_COLUMNS = (
     "memory_id, origin, counter, state, seq, hlc, deleted, context, kind, project, created_at, updated_at,"
     " importance, tags, metadata, embedder, content, embedding, sealed"
 )
-INSERT_VERSION = f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-#: INSERT_VERSION with the row id given (first parameter): see Store._insert_versions.
-INSERT_VERSION_AT = f"INSERT INTO versions (id, {VERSION_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+#: A new version row. Its id (the search index's label) is above every id
+#: ever handed out, dropped rows' included: SQLite alone would give a deleted
+#: highest id out again, and the index would take the new memory for the
+#: dropped one. Both maxima are index lookups, and nothing is read first, so a
+#: batch stays one round trip.
+INSERT_VERSION = (
+    f"INSERT INTO versions (id, {VERSION_COLUMNS}) VALUES ("
+    "(SELECT max((SELECT coalesce(max(id), 0) FROM versions),"
+    f" coalesce((SELECT value FROM meta WHERE key = '{META_LABEL_FLOOR}'), 0)) + 1),"
+    f" {', '.join('?' * 19)})"
+)
 UPDATE_STATE = "UPDATE versions SET state = ?, seq = ? WHERE id = ?"
-#: The highest row id, read before a batch of inserts (FTS_NEW_ROWS's parameter).
-LAST_ROW_ID = "SELECT coalesce(max(id), 0) FROM versions"
-#: Keyword-index the live winners among the rows inserted after row id ``?``,
-#: in one statement per batch (the writers run it after INSERT_VERSION).
-FTS_NEW_ROWS = f"INSERT INTO fts (rowid, content) SELECT id, content FROM versions WHERE id > ? AND {LIVE}"
+#: Remove a row from the keyword index (external content: it needs the text the row was indexed with).
+FTS_DELETE = "INSERT INTO fts (fts, rowid, content) VALUES ('delete', ?, ?)"
+#: Keyword-index the live winners among the rows just inserted, named by their
+#: seqs (a JSON list), in one statement per batch (the writers run it after
+#: INSERT_VERSION, in the same round trip: nothing to read first).
+FTS_NEW_ROWS = (
+    "INSERT INTO fts (rowid, content) SELECT id, content FROM versions"
+    f" WHERE seq IN (SELECT value FROM json_each(?)) AND {LIVE}"
+)
 LABEL_FLOOR = f"SELECT value FROM meta WHERE key = '{META_LABEL_FLOOR}'"
 RAISE_LABEL_FLOOR = (
     "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)"
@@ -189,6 +230,8 @@ INFO_COLUMNS = "memory_id, origin, counter, state, deleted, hlc, content, kind, 
 
 async def configure(db: Database) -> None:
     """Set up a freshly opened connection: write-ahead logging, NORMAL sync, foreign keys."""
+    # Takes effect only on a file without tables yet (a store being created).
+    await db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     mode = await db.fetchvalue("PRAGMA journal_mode = WAL")
     if str(mode).lower() != "wal":
         raise StoreError(f"the store at {db.path} cannot use write-ahead logging (journal mode {mode})")

@@ -92,6 +92,7 @@ from .rows import (
     check_embedding,
     check_importance,
     check_kind,
+    embedding_of,
     fts_query,
     fts_words,
     info_from_row,
@@ -104,11 +105,10 @@ from .rows import (
     version_row,
 )
 from .schema import (
+    FTS_DELETE,
     FTS_NEW_ROWS,
     INFO_COLUMNS,
-    INSERT_VERSION_AT,
-    LABEL_FLOOR,
-    LAST_ROW_ID,
+    INSERT_VERSION,
     LIVE,
     MAX_SEQ,
     MEMORY_COLUMNS,
@@ -568,7 +568,8 @@ class Store:
         dropped: list[Row] = []
         for origin, limit in limits.items():
             dropped += await self._db.fetchall(
-                "SELECT id, memory_id, state, deleted FROM versions WHERE origin = ? AND counter > ?", (origin, limit)
+                "SELECT id, memory_id, state, deleted, content FROM versions WHERE origin = ? AND counter > ?",
+                (origin, limit),
             )
         if not dropped:
             return 0
@@ -576,14 +577,15 @@ class Store:
         return len(dropped)
 
     async def _delete_versions(self, dropped: Sequence[Row], origins: Iterable[str]) -> _Txn:
-        """Delete version rows (id, memory id, state, deleted) of ``origins``; their memories are merged again.
+        """Delete version rows (id, memory id, state, deleted, content) of ``origins``; their memories are merged again.
 
         Inside a write transaction; returns the transaction state, already saved.
         """
         # The FTS triggers cover inserts and state changes only.
         await self._db.executemany(
-            "DELETE FROM fts WHERE rowid = ?",
-            [(rowid,) for rowid, _, state, deleted in dropped if state == int(VersionState.WINNER) and not deleted],
+            FTS_DELETE,
+            [(rowid, text) for rowid, _, state, deleted, text in dropped
+             if state == int(VersionState.WINNER) and not deleted],
         )
         await self._db.execute(
             "DELETE FROM versions WHERE id IN (SELECT value FROM json_each(?))", (json_list(r[0] for r in dropped),)
@@ -708,9 +710,11 @@ class Store:
         return _Txn(last_counter=int(meta[META_LAST_COUNTER]), hlc=int(meta[META_HLC]), next_seq=int(meta[META_NEXT_SEQ]))
 
     async def _end(self, txn: _Txn) -> None:
-        await self._db.executemany(
-            PUT_META, [(META_LAST_COUNTER, txn.last_counter), (META_HLC, txn.hlc), (META_NEXT_SEQ, txn.next_seq)]
-        )
+        await self._db.executemany(PUT_META, self._meta_rows(txn))
+
+    @staticmethod
+    def _meta_rows(txn: _Txn) -> list[tuple[str, int]]:
+        return [(META_LAST_COUNTER, txn.last_counter), (META_HLC, txn.hlc), (META_NEXT_SEQ, txn.next_seq)]
 
     async def _merge_rows(self, memory_ids: Iterable[str]) -> dict[str, list[MergeRow]]:
         ids = list(dict.fromkeys(memory_ids))
@@ -761,10 +765,10 @@ class Store:
             txn.hlc = clock.last
 
         await _cpu_bound(prepare, len(items))
-        await self._db.executemany(UPDATE_STATE, updates)
-        await self._insert_versions(inserts)
-        await self._db.execute(MERGE_VECTOR, (self.replica_id, txn.last_counter))
-        await self._end(txn)
+        await self._db.run_batch(
+            [*self._version_steps(updates, inserts), (MERGE_VECTOR, [(self.replica_id, txn.last_counter)]),
+             (PUT_META, self._meta_rows(txn))]
+        )
         return dots
 
     def _draft_body(self, draft: Draft, embedding: bytes | None, embedder: str, now: float) -> MemoryBody:
@@ -932,13 +936,17 @@ class Store:
 
     async def _winner_row(self, memory_id: str) -> Row:
         row = await self._db.fetchone(
-            "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding"
+            "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, sealed"
             " FROM versions WHERE memory_id = ? AND state = 2",
             (memory_id,),
         )
         if row is None:
             raise StoreError(f"no memory {memory_id}")
-        return row
+        return self._with_embedding(row)
+
+    def _with_embedding(self, row: Row) -> Row:
+        """A row whose last column is a version's sealed bytes, with its vector in their place."""
+        return (*row[:-1], embedding_of(row[-1], self._group_keys))
 
     async def edit(
         self,
@@ -1042,13 +1050,15 @@ class Store:
             txn = await self._begin()
             prior = (await self._merge_rows([memory_id]))[memory_id]
             row = await self._db.fetchone(
-                "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding"
+                "SELECT content, kind, project, tags, metadata, created_at, importance, deleted, embedder, sealed"
                 " FROM versions WHERE memory_id = ? AND origin = ? AND counter = ?",
                 (memory_id, dot.origin, dot.counter),
             )
             if row is None:
                 raise StoreError(f"memory {memory_id} has no version {dot}; `peer conflicts` lists the siblings")
-            content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding = row
+            content, kind, project, tags, metadata, created_at, importance, deleted, embedder, embedding = (
+                self._with_embedding(row)
+            )
             body = MemoryBody(
                 content=content,
                 kind=kind,
@@ -1290,23 +1300,24 @@ class Store:
                 # Our own version coming back (e.g. written before a crash
                 # that lost the tail of the log): never reuse its counter.
                 txn.last_counter = max(txn.last_counter, header.dot.counter)
-        await self._db.executemany(UPDATE_STATE, updates)
-        await self._insert_versions(inserts)
-        await self._end(txn)
+        await self._db.run_batch([*self._version_steps(updates, inserts), (PUT_META, self._meta_rows(txn))])
 
-    async def _insert_versions(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert version rows (after the state updates of the same batch), then their keyword-index rows.
+    @staticmethod
+    def _version_steps(
+        updates: Sequence[tuple[int, int, int]], inserts: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[str, Sequence[tuple[Any, ...]]]]:
+        """A batch's state changes, new version rows, then their keyword-index rows (for one round trip).
 
-        The new rows get ids above the highest before them, and their states
-        are final when inserted, so one statement indexes the live winners
-        among them (schema step 3 took the per-row FTS insert out of the trigger).
+        The new rows' states are final when inserted, so one statement
+        indexes the live winners among them, named by their seqs (column 5
+        of a version row; schema step 3 took the per-row FTS insert out of
+        the trigger).
         """
-        # Ids above every label ever handed out, dropped rows' included: SQLite
-        # would give a deleted highest id out again, and the search index would
-        # then take the new memory for the dropped one (its label, its vector).
-        last = max(int(await self._db.fetchvalue(LAST_ROW_ID)), int(await self._db.fetchvalue(LABEL_FLOOR) or 0))
-        await self._db.executemany(INSERT_VERSION_AT, [(last + 1 + i, *row) for i, row in enumerate(rows)])
-        await self._db.execute(FTS_NEW_ROWS, (last,))
+        return [
+            (UPDATE_STATE, updates),
+            (INSERT_VERSION, inserts),
+            (FTS_NEW_ROWS, [(json_list(row[4] for row in inserts),)] if inserts else []),
+        ]
 
     async def _raise_label_floor(self, label: int) -> None:
         """Inside a transaction that deletes version rows: their labels (row ids) are never handed out again."""
@@ -1574,16 +1585,26 @@ class Store:
             "SELECT seq, id, memory_id, state = 2 AND deleted = 0 AS live,"
             " CASE WHEN state = 2 AND deleted = 0 THEN content ELSE '' END,"
             " CASE WHEN state = 2 AND deleted = 0 THEN embedder ELSE '' END,"
-            " CASE WHEN state = 2 AND deleted = 0 THEN embedding ELSE x'' END"
+            " CASE WHEN state = 2 AND deleted = 0 THEN sealed ELSE x'' END"
             " FROM versions WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         )
+        vectors = await self._embeddings([sealed for *_, sealed in rows])
         return [
-            IndexChange(
-                seq=s, label=label, memory_id=m, live=bool(live), content=c, embedder=e, embedding=bytes(emb)
-            )
-            for s, label, m, live, c, e, emb in rows
+            IndexChange(seq=s, label=label, memory_id=m, live=bool(live), content=c, embedder=e, embedding=emb)
+            for (s, label, m, live, c, e, _), emb in zip(rows, vectors)
         ]
+
+    async def _embeddings(self, sealed: Sequence[bytes]) -> builtins.list[bytes]:
+        """The vectors inside stored sealed versions (b"" for b""): decrypted in a worker thread when many."""
+        keys = dict(self._group_keys)
+        out: builtins.list[bytes] = []
+
+        def work() -> None:
+            out.extend(embedding_of(blob, keys) if blob else b"" for blob in sealed)
+
+        await _cpu_bound(work, len(sealed))
+        return out
 
     async def max_seq(self) -> int:
         # From the seq counter too, not only the rows: deleting a revoked
@@ -1601,15 +1622,16 @@ class Store:
         after = 0
         while True:
             rows = await self._db.fetchall(
-                "SELECT seq, id, memory_id, content, embedder, embedding FROM versions"
+                "SELECT seq, id, memory_id, content, embedder, sealed FROM versions"
                 f" WHERE id > ? AND {LIVE} ORDER BY id LIMIT ?",
                 (after, batch_size),
             )
             if not rows:
                 return
+            vectors = await self._embeddings([sealed for *_, sealed in rows])
             yield [
-                IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=bytes(emb))
-                for s, label, m, c, e, emb in rows
+                IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=emb)
+                for (s, label, m, c, e, _), emb in zip(rows, vectors)
             ]
             after = rows[-1][1]
 
@@ -1619,13 +1641,14 @@ class Store:
         if not wanted:
             return []
         rows = await self._db.fetchall(
-            "SELECT seq, id, memory_id, content, embedder, embedding FROM versions"
+            "SELECT seq, id, memory_id, content, embedder, sealed FROM versions"
             f" WHERE memory_id IN (SELECT value FROM json_each(?)) AND {LIVE}",
             (json_list(wanted),),
         )
+        vectors = await self._embeddings([sealed for *_, sealed in rows])
         return [
-            IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=bytes(emb))
-            for s, label, m, c, e, emb in rows
+            IndexChange(seq=s, label=label, memory_id=m, live=True, content=c, embedder=e, embedding=emb)
+            for (s, label, m, c, e, _), emb in zip(rows, vectors)
         ]
 
     async def live_texts(self, project: str | None) -> builtins.list[tuple[str, str]]:
@@ -1729,7 +1752,7 @@ class Store:
             if not bad:
                 return 0
             rows = [row for row, _ in bad]
-            txn = await self._delete_versions([r[:4] for r in rows], {r[4] for r in rows})
+            txn = await self._delete_versions([(*r[:4], r[6]) for r in rows], {r[4] for r in rows})
             lost = {r[1]: r for r in rows if r[2] == int(VersionState.WINNER) and not r[3]}
             prior = await self._merge_rows(lost)
             items = [(memory_id, _trimmed_body(row, now), prior[memory_id]) for memory_id, row in lost.items()]
@@ -1747,7 +1770,8 @@ class Store:
         except StoreError as e:
             problems.append(f"the keyword index is damaged: {e}")
         live, indexed = await self._db.fetchone(
-            f"SELECT (SELECT count(*) FROM versions WHERE {LIVE}), (SELECT count(*) FROM fts)"
+            # fts_docsize has one row per indexed text (a count of fts itself would read live_content).
+            f"SELECT (SELECT count(*) FROM versions WHERE {LIVE}), (SELECT count(*) FROM fts_docsize)"
         ) or (0, 0)
         if live != indexed:
             problems.append(f"the keyword index holds {indexed} entries for {live} live memories")

@@ -19,7 +19,7 @@ from peer.config import AgentConfig
 from peer.home import Home
 from peer.memory import Draft
 from peer.sync import read_status
-from peer.sync.report import status_report
+from peer.sync.report import StatusReport, status_report
 from tests.support.cli_runner import Agent, assert_error, ok, ok_json, peer
 from tests.support.groups import admit, found
 from tests.support.relay import Relay
@@ -71,7 +71,14 @@ async def test_a_memory_added_by_another_process_reaches_the_other_agent(tmp_pat
             await wait_until_async(partial(holds, a, second), 30, "B's new memory on A")
             took_back = trio.current_time() - started
             status_a = read_status(a)
-            report = await status_report(b)
+
+            async def settled() -> StatusReport | None:
+                # B records A's vector when the session that carried the memory ends, a moment
+                # after A has committed it: read B's report once that bookkeeping is done.
+                report = await status_report(b)
+                return report if report.peers and report.peers[0].lacks == 0 else None
+
+            report = await wait_until_async(settled, 30, "B's record of what A holds")
             nursery.cancel_scope.cancel()
     # Speed is bench/agent.py's to report (p50/p95); here the deadlines above only bound a broken run.
     print(f"propagation A->B {took:.2f} s, B->A {took_back:.2f} s")

@@ -25,7 +25,7 @@ async def test_a_store_made_before_step_3_opens_migrates_and_searches_the_same(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     current = list(schema_module.MIGRATIONS)
-    assert len(current) == 3, "this test starts from the schema just before step 3"
+    assert len(current) >= 3, "this test starts from the schema just before step 3"
     with monkeypatch.context() as old:
         # Exactly the schema the previous release wrote: the FTS insert is in the trigger.
         old.setattr(schema_module, "MIGRATIONS", current[:2])
@@ -61,7 +61,7 @@ async def test_a_store_made_before_step_3_opens_migrates_and_searches_the_same(
         assert ids[1] not in [m for m, _ in after["winter"]]
         assert await s.integrity_check() == []
     with sqlite3.connect(home.store_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_module.SCHEMA_VERSION
         (trigger,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'versions_after_insert'").fetchone()
         assert "fts" not in trigger
 
