@@ -10,7 +10,8 @@ with 2 and a one-line message. Anything else is a bug and keeps its
 traceback.
 
 One module per command group registers its commands on :data:`cli` when it
-is imported below; :mod:`._app` (options, running a command) and
+is imported, which happens when one of its commands is looked up
+(``_app.COMMAND_MODULES``); :mod:`._app` (options, running a command) and
 :mod:`._output` (printing, progress bars) are the API they share. This
 package is the only place with click and rich, and the only one that turns
 results into text.
@@ -29,11 +30,10 @@ from typing import NoReturn
 
 import click
 
-from . import backup, bundle, conflicts, consolidate, group, health, interop, mcp, memories, relay, sync
 from ._app import cli, parse_meta, parse_since, peer_error_in
 from ._input import Interrupted, check_argv, interrupted
 
-__all__ = ["cli", "main", "parse_meta", "parse_since", "backup", "bundle", "conflicts", "consolidate", "group", "health", "interop", "mcp", "memories", "relay", "sync"]
+__all__ = ["cli", "main", "parse_meta", "parse_since"]
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import click
 
@@ -194,7 +194,38 @@ kind_option = click.option("--kind", callback=check_kind, help="fact, decision, 
 project_option = click.option("--project", help="Project the memory belongs to.")
 
 
+#: Which module of this package registers each command. A command's module is
+#: imported when the command is looked up, not at start-up: `peer search`
+#: does not pay for backup's, relay's or interop's imports (assistants start
+#: `peer` once per call). tests/peer/cli/test_lazy_commands.py keeps the
+#: table true to what the modules register.
+COMMAND_MODULES: Final[dict[str, str]] = {
+    **dict.fromkeys(["add", "edit", "forget", "init", "list", "search", "show"], "peer.cli.memories"),
+    **dict.fromkeys(["agent", "status", "sync"], "peer.cli.sync"),
+    **dict.fromkeys(["context", "mcp"], "peer.cli.mcp"),
+    **dict.fromkeys(["devices", "invite", "join", "revoke"], "peer.cli.group"),
+    **dict.fromkeys(["doctor", "reindex", "stats"], "peer.cli.health"),
+    **dict.fromkeys(["export", "import"], "peer.cli.interop"),
+    **dict.fromkeys(["conflicts", "resolve"], "peer.cli.conflicts"),
+    **dict.fromkeys(["consolidate", "merge", "unmerge"], "peer.cli.consolidate"),
+    "backup": "peer.cli.backup",
+    "bundle": "peer.cli.bundle",
+    "relay": "peer.cli.relay",
+}
+
+
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            import importlib
+
+            importlib.import_module(module)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_paragraph()
         formatter.write_text("Run `peer COMMAND --help` for a command's options. Docs: docs/cli.md")
