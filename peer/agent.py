@@ -208,6 +208,8 @@ class _Agent:
         self.nursery: trio.Nursery | None = None
         #: The everyday commands answered on the local API (peer.warm); set before it serves.
         self.warm: WarmCommands | None = None
+        #: Set by :meth:`wrote`; read and cleared by :meth:`watch`.
+        self.own_writes = False
         self.syncer = Syncer(
             self.store, self.identity.signing_key, after_sync=self._after_sync, connect_timeout=AGENT_CONNECT_TIMEOUT_S
         )
@@ -547,7 +549,11 @@ class _Agent:
                 # Woken by a write to the store's files, or after the poll interval anyway.
                 with trio.move_on_after(timeout) as scope:
                     await writes.wait()
-                if not await watch.changed():
+                changed = await watch.changed()
+                if self.own_writes:
+                    # A command this agent answered wrote the store (its own connection: no data_version change).
+                    changed, self.own_writes = True, False
+                if not changed:
                     # A write seen before its commit reached the shared WAL index: look once more
                     # shortly (the index is memory-mapped, and its update raises no event).
                     timeout = WATCH_RECHECK_S if not scope.cancelled_caught else WATCH_INTERVAL_S
@@ -578,6 +584,10 @@ class _Agent:
                     self.appeared(advert.device_id, [(a, advert.port) for a in advert.addresses])
                 elif isinstance(event, Gone):
                     self.gone(event.device_id)
+
+    def wrote(self) -> None:
+        """A command answered by this agent wrote the store: the watch treats it as a change."""
+        self.own_writes = True
 
     def _status_changed(self) -> None:
         self.status_dirty.set()
@@ -738,6 +748,7 @@ async def run_agent(
             agent.add_static_peers()
             nursery.start_soon(agent.watch)
             agent.warm = await WarmCommands.start(home, device, agent.index_lock)
+            agent.warm.on_write = agent.wrote
             nursery.start_soon(agent.warm.keep_index_saved)
             if home.index_dir.exists():
                 # A device that has searched before: load the model and the index now, not on the first command.

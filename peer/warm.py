@@ -219,6 +219,10 @@ def _content(params: dict[str, Any], name: str, *, optional: bool) -> str | None
     return text
 
 
+#: The warm methods that may write the store.
+WRITE_METHODS: Final = frozenset({"add", "edit", "forget"})
+
+
 class WarmCommands:
     """The agent's answers to the everyday commands, on its open device."""
 
@@ -229,6 +233,10 @@ class WarmCommands:
         self.index_lock = index_lock
         #: Requests answered, by method: `ping` reports it (tests check the agent really answered).
         self.answered: Counter[str] = Counter()
+        #: Called after a command that may have written the store. The agent's watch sees other
+        #: processes' commits only (SQLite's data_version ignores the connection's own), so the
+        #: agent learns of these writes here and syncs them like any other change.
+        self.on_write: Callable[[], None] | None = None
 
     @classmethod
     async def start(cls, home: Home, device: Device, index_lock: trio.Lock) -> WarmCommands:
@@ -278,6 +286,8 @@ class WarmCommands:
                     return await method(params)
                 finally:
                     self.answered[name] += 1
+                    if name in WRITE_METHODS and self.on_write is not None:
+                        self.on_write()
 
             return answer
 
