@@ -149,9 +149,13 @@ class Demo:
     def _shown(self, device: str, args: tuple[str, ...]) -> str:
         return " ".join(_quote(a) for a in ("peer", "--home", f"$DEMO/{device}", *args))
 
-    def peer(self, device: str, *args: str, stdin: str | None = None, show: bool = True) -> str:
+    def peer(
+        self, device: str, *args: str, stdin: str | None = None, show: bool = True, env: dict[str, str] | None = None
+    ) -> str:
         home = self.root / device
         shown = self._shown(device, args)
+        if env:
+            shown = " ".join([*(f"{k}={v}" for k, v in env.items()), shown])
         if stdin is not None:
             shown = f"{shown} < {device}-notes.jsonl"
         if show:
@@ -162,7 +166,7 @@ class Demo:
             input=stdin,
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **(env or {})},
         )
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
@@ -343,6 +347,25 @@ def run(demo: Demo) -> None:
     found = demo.mcp("work", "search", {"query": "how do we ship a release", "project": "shop"})
     if not found["results"] or found["results"][0]["id"] != remembered["id"]:
         raise DemoFailed("the memory remembered through MCP on desktop was not found through MCP on work")
+
+    _heading("8. Everyday commands are answered by the running agent; duplicates and non-answers are caught")
+    _say("    (work's agent already holds the model and the index: `peer search` asks it over")
+    _say("    work/agent.sock; PEER_NO_AGENT=1 does the same search in the command's own process)")
+    _say()
+    query = ("search", "how do we ship a release", "-k", "1")
+    warm = demo.peer("work", *query)
+    cold = demo.peer("work", *query, env={"PEER_NO_AGENT": "1"})
+    if warm != cold:
+        raise DemoFailed("the agent's answer differs from the in-process one")
+    again = json.loads(demo.peer("work", "add", "Deploys go out with `make release`; never push tags by hand.",
+                                 "--kind", "procedure", "--project", "shop", "--json"))
+    if again["id"] != remembered["id"]:
+        raise DemoFailed("an exact re-add made a second memory")
+    if demo.peer("work", "search", "qwxz flurb zzkq", show=True).strip():
+        raise DemoFailed("a query with no answer returned results")
+    _say("    (nothing printed: no memory is close in meaning and none holds the words)")
+    _say()
+    demo.peer("work", "consolidate", "--dry-run")
 
 
 def _roles(conflicts_text: str) -> dict[str, list[str]]:
