@@ -131,6 +131,8 @@ KEEP_PARSED_BYTES: Final = 64 << 20
 #: memory between checking and writing, about three times the file; bigger ones
 #: are read and checked once more while they are written.
 KEEP_CHECKED_BYTES: Final = 128 << 20
+#: Batches of a bundle verified at once, each in its own worker thread (one per core here).
+CHECKS_AT_ONCE: Final = 2
 #: Exports restart when the member list changed meanwhile; this many tries.
 _EXPORT_ATTEMPTS: Final = 3
 _DIGEST_AND_SIGNATURE: Final = 96
@@ -599,44 +601,72 @@ async def apply_bundle(
     # Every new version is verified and opened before anything is written, against
     # the membership the bundle's records would make (they come before the versions).
     keep = scan.size <= KEEP_CHECKED_BYTES
-    checked: list[CheckedBatch] = []
+    checked: list[CheckedBatch | None] = []
     checked_count = held = 0
     batch: list[SealedVersion] = []
     batch_bytes = 0
+    # Batches are checked in worker threads, CHECKS_AT_ONCE at a time, while this
+    # task goes on reading the file: verification releases the GIL, so the cores
+    # share the work. The first failure stops the rest and is raised as it is.
+    in_flight = trio.Semaphore(CHECKS_AT_ONCE)
+    failure: list[BaseException] = []
 
-    async def check() -> None:
-        nonlocal batch, batch_bytes, checked_count
-        opened = await store.check_received(batch, records=records)
+    async def check(index: int, versions: list[SealedVersion], cancel: trio.CancelScope) -> None:
+        nonlocal checked_count
+        try:
+            opened = await store.check_received(versions, records=tuple(records))
+        except Exception as e:
+            failure.append(e)
+            cancel.cancel()
+            return
+        finally:
+            in_flight.release()
         if keep:
-            checked.append(opened)
-        checked_count += len(batch)
-        batch, batch_bytes = [], 0
+            checked[index] = opened
+        checked_count += len(versions)
         if progress is not None:
             progress("applying", (checked_count + held) // 2, scan.versions)
-        await trio.sleep(0)
 
-    for event in _pass_two(source, reader, scan, trust):
-        if isinstance(event, BundleHeader):
-            _check_sender(event, trust, allow_own)
-            if event != header:
-                raise _changed()
-        elif isinstance(event, BundleMemberRecord):
-            records.append(event.record)
-        elif isinstance(event, BundleVersion):
-            if start_vector.covers(event.version.header.dot):
-                # Held already (the vector covers only what the store holds):
-                # not worth verifying again. Replays cost a read, not a minute.
-                held += 1
-                continue
-            batch.append(event.version)
-            batch_bytes += len(event.version.header_bytes) + len(event.version.box)
-            if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
-                await check()
-        elif isinstance(event, BundleEnd):
-            if (event.members, event.versions) != (scan.members, scan.versions):
-                raise _changed()
-    if batch:
-        await check()
+    async def submit(nursery: trio.Nursery) -> None:
+        nonlocal batch, batch_bytes
+        await in_flight.acquire()
+        checked.append(None)
+        nursery.start_soon(check, len(checked) - 1, batch, nursery.cancel_scope)
+        batch, batch_bytes = [], 0
+
+    async def read_and_submit(nursery: trio.Nursery) -> None:
+        nonlocal held, batch_bytes
+        for event in _pass_two(source, reader, scan, trust):
+            if isinstance(event, BundleHeader):
+                _check_sender(event, trust, allow_own)
+                if event != header:
+                    raise _changed()
+            elif isinstance(event, BundleMemberRecord):
+                records.append(event.record)
+            elif isinstance(event, BundleVersion):
+                if start_vector.covers(event.version.header.dot):
+                    # Held already (the vector covers only what the store holds):
+                    # not worth verifying again. Replays cost a read, not a minute.
+                    held += 1
+                    continue
+                batch.append(event.version)
+                batch_bytes += len(event.version.header_bytes) + len(event.version.box)
+                if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
+                    await submit(nursery)
+            elif isinstance(event, BundleEnd):
+                if (event.members, event.versions) != (scan.members, scan.versions):
+                    raise _changed()
+        if batch:
+            await submit(nursery)
+
+    async with trio.open_nursery() as checks:
+        try:
+            await read_and_submit(checks)
+        except Exception as e:  # raised below as it is, not wrapped in the nursery's group
+            failure.insert(0, e)
+            checks.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
 
     # Everything verified: now short write transactions, the records first.
     async with store.transaction():
@@ -645,6 +675,7 @@ async def apply_bundle(
     try:
         if keep:
             for part in checked:
+                assert part is not None
                 result += await store.store_checked(part)
                 if progress is not None:
                     progress("applying", (checked_count + held + result.added + result.duplicates) // 2, scan.versions)

@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,19 @@ def test_concurrent_edit_meta_processes_keep_every_key(tmp_path: Path) -> None:
 # Item 5 (hostile B9): a long import locks nobody out -----------------------------------------
 
 
+def _begin_immediate_at_once(home: Home) -> bool:
+    """Whether another connection can start a write this instant (busy timeout 0)."""
+    other = sqlite3.connect(home.store_path, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # database is locked
+        return False
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize("held", [True, False], ids=["opened-versions-held", "bundle-read-again"])
 async def test_a_bundle_import_verifies_outside_the_write_lock_and_writes_in_short_transactions(
     abc: tuple[Home, Home, Home], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
@@ -289,16 +303,11 @@ async def test_a_bundle_import_verifies_outside_the_write_lock_and_writes_in_sho
     opening: list[bool] = []
     writing: list[bool] = []
 
+    probing = threading.Lock()  # batches are checked in two threads: one probe at a time, or they lock each other out
+
     def another_writer_gets_in() -> bool:
-        other = sqlite3.connect(b_home.store_path, timeout=0)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            other.execute("ROLLBACK")
-            return True
-        except sqlite3.OperationalError:  # database is locked
-            return False
-        finally:
-            other.close()
+        with probing:
+            return _begin_immediate_at_once(b_home)
 
     real_open_version = store_module.open_version  # type: ignore[attr-defined]
 
