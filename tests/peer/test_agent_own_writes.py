@@ -18,7 +18,7 @@ from peer.agent import run_agent
 from peer.agent_client import ask_agent
 from peer.config import AgentConfig
 from peer.home import Home
-from peer.sync import read_status
+from tests.support.agents import synced_with_every_peer
 from tests.support.groups import admit, found
 from tests.support.relay import Relay
 from tests.support.waiting import wait_until_async
@@ -30,10 +30,6 @@ async def text_of(home: Home, memory_id: str) -> str | None:
     async with await home.open_store() as store:
         return next((m.content for m in await store.list() if m.id == memory_id), None)
 
-
-def synced_with_every_peer(home: Home) -> bool:
-    status = read_status(home)
-    return status is not None and bool(status["peers"]) and all(p["last_sync"] is not None for p in status["peers"])
 
 
 async def ask(home: Home, method: str, params: dict[str, Any]) -> Any:

@@ -20,6 +20,7 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.sync import read_status
 from peer.sync.report import StatusReport, status_report
+from tests.support.agents import synced_with_every_peer
 from tests.support.cli_runner import Agent, assert_error, ok, ok_json, peer
 from tests.support.groups import admit, found
 from tests.support.relay import Relay
@@ -33,11 +34,6 @@ async def holds(home: Home, memory_id: str) -> bool:
     async with await home.open_store() as store:
         return memory_id in {m.id for m in await store.list()}
 
-
-def synced_with_every_peer(home: Home) -> bool:
-    """Whether ``home``'s running agent has completed a sync with each peer it knows (per its status file)."""
-    status = read_status(home)
-    return status is not None and bool(status["peers"]) and all(p["last_sync"] is not None for p in status["peers"])
 
 
 async def test_a_memory_added_by_another_process_reaches_the_other_agent(tmp_path: Path, aio_loop: object) -> None:
