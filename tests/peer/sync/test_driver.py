@@ -18,6 +18,7 @@ from protocol import Dot, VersionVector
 from protocol.errors import PeerError, TransportError, TrustError
 from tests.support.groups import Devices
 from tests.support.loopback import serve_on_loopback, ssh_server
+from tests.support.waiting import wait_until_async
 
 DEADLINE = 60
 
@@ -60,6 +61,14 @@ async def test_two_members_sync_both_ways_and_agree(homes: Devices) -> None:
                 await a.edit(shared, content="the deploy key lives in the team vault")
                 await b.edit(shared, content="the deploy key moved to sops")
                 second = await client(homes.second, b).sync_with("127.0.0.1", port)
+
+                async def served_session_recorded() -> bool:
+                    # The server records what the client holds once its side of the session
+                    # ends, a moment after the client's sync_with returns: not cancelled before.
+                    known = await a.known_peer(b.device_id)
+                    return known is not None and await a.count_missing_for(known.vector) == 0
+
+                await wait_until_async(served_session_recorded, 30, "A's record of the second session")
                 nursery.cancel_scope.cancel()
             left, right = await snapshot(a), await snapshot(b)
             # Each side now knows the other holds everything (what `peer status` and `bundle export --for` use).
