@@ -163,8 +163,12 @@ if TYPE_CHECKING:
         AuthorKeyLookup,
         MemberKeyLookup,
         SealedVersion,
+        SignatureJob,
+        bad_signature,
         open_version,
         seal,
+        signature_job,
+        signature_valid,
         unseal_version,
         verify_version,
     )
@@ -321,6 +325,10 @@ __all__ = [
     "unseal_version",
     "seal",
     "verify_version",
+    "SignatureJob",
+    "signature_job",
+    "signature_valid",
+    "bad_signature",
     # session
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",

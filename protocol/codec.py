@@ -25,7 +25,13 @@ _T = TypeVar("_T")
 MAX_VARINT_BYTES = 12
 
 
+# The one-byte encodings, which most lengths and counts are: a lookup, not a loop.
+_SMALL = tuple(bytes((i,)) for i in range(0x80))
+
+
 def encode_uvarint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]
     if value < 0:
         raise ValueError(f"uvarint cannot encode a negative number: {value}")
     out = bytearray()
@@ -48,7 +54,10 @@ class Writer:
         self._buf = bytearray()
 
     def uvarint(self, value: int) -> Writer:
-        self._buf += encode_uvarint(value)
+        if 0 <= value < 0x80:
+            self._buf.append(value)
+        else:
+            self._buf += encode_uvarint(value)
         return self
 
     def bool(self, value: bool) -> Writer:
@@ -60,7 +69,11 @@ class Writer:
         return self
 
     def bytes(self, data: bytes) -> Writer:
-        self.uvarint(len(data))
+        n = len(data)
+        if n < 0x80:
+            self._buf.append(n)
+        else:
+            self._buf += encode_uvarint(n)
         self._buf += data
         return self
 
@@ -98,6 +111,13 @@ class Reader:
         return DecodeError(f"malformed {self._what}: {why} at byte {self._pos}")
 
     def uvarint(self, limit: int | None = None) -> int:
+        pos = self._pos
+        if pos < len(self._data) and (byte := self._data[pos]) < 0x80:
+            # One byte, the common case: always minimal.
+            if limit is not None and byte > limit:
+                raise self._fail(f"number {byte} above limit {limit}")
+            self._pos = pos + 1
+            return byte
         result = 0
         shift = 0
         start = self._pos

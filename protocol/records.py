@@ -11,7 +11,6 @@ import json
 import math
 import re
 import struct
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +205,35 @@ def _check_lengths(body: MemoryBody) -> None:
         raise over("an embedding", len(body.embedding), MAX_EMBEDDING_BYTES)
 
 
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field(n: int) -> int:
+    """Bytes a length-prefixed field of ``n`` bytes takes (see :class:`Writer`)."""
+    return _varint_len(n) + n
+
+
+def encoded_size(body: MemoryBody) -> int:
+    """``len(body.encode())``, counted from the fields' lengths without encoding them (receiving checks every body)."""
+    tags = sum(_field(_utf8_len(tag)) for tag in body.tags)
+    return (
+        _field(_utf8_len(body.content))
+        + _field(_utf8_len(body.kind))
+        + _field(_utf8_len(body.project or ""))
+        + _varint_len(len(body.tags))
+        + tags
+        + _field(_utf8_len(body.metadata))
+        + 8
+        + 8
+        + 1
+        + 8
+        + 1  # created_at, updated_at, importance flag and value, deleted
+        + _field(_utf8_len(body.embedder))
+        + _field(len(body.embedding))
+    )
+
+
 def check_body_size(body: MemoryBody, *, reserve: int = 0) -> None:
     """Refuse a body whose encoding (plus ``reserve`` bytes still to come) would not fit a sealed box.
 
@@ -213,12 +241,22 @@ def check_body_size(body: MemoryBody, *, reserve: int = 0) -> None:
     tags of 1 KiB and 1 MiB of content): readers refuse the box, so writers must.
     ``reserve`` is :data:`EMBEDDING_ROOM` for a check made before the vector exists.
     """
-    size = len(body.encode()) + reserve
+    size = encoded_size(body) + reserve
     if size > MAX_BODY_BYTES:
         raise LocalProtocolError(
             f"a memory is limited to {MAX_BODY_BYTES:,} bytes in all (content, tags, project, metadata"
             f" and vector; this one needs {size:,})"
         )
+
+
+#: What ``str(uuid.UUID(...))`` gives, and nothing else: the one text of a memory id.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _uuid_text(raw: bytes) -> str:
+    """``str(uuid.UUID(bytes=raw))``, without building the UUID (every received version has one)."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,11 +285,8 @@ class VersionHeader:
             raise LocalProtocolError("a group id is 16 bytes")
         if not 0 <= self.epoch < 1 << 32:
             raise LocalProtocolError("key epoch out of range")
-        try:
-            if str(uuid.UUID(self.memory_id)) != self.memory_id:
-                raise ValueError
-        except ValueError as e:
-            raise LocalProtocolError(f"invalid memory id {self.memory_id!r}") from e
+        if not _CANONICAL_UUID.fullmatch(self.memory_id):
+            raise LocalProtocolError(f"invalid memory id {self.memory_id!r}")
         if tuple(sorted(set(self.context))) != self.context:
             raise LocalProtocolError("a version's context must be sorted and unique")
         if self.dot in self.context:
@@ -265,7 +300,7 @@ class VersionHeader:
 
     def encode_into(self, w: Writer) -> None:
         w.uvarint(self.format).raw(self.group_id).uvarint(self.epoch)
-        w.raw(uuid.UUID(self.memory_id).bytes)
+        w.raw(bytes.fromhex(self.memory_id.replace("-", "")))
         self.dot.encode_into(w)
         w.uvarint(len(self.context))
         for dot in self.context:
@@ -286,7 +321,7 @@ class VersionHeader:
             )
         group_id = r.raw(16)
         epoch = r.uvarint(limit=(1 << 32) - 1)
-        memory_id = str(uuid.UUID(bytes=r.raw(16)))
+        memory_id = _uuid_text(r.raw(16))
         dot = Dot.decode_from(r)
         context = tuple(Dot.decode_from(r) for _ in range(r.uvarint(limit=MAX_CONTEXT)))
         hlc = r.uvarint(limit=MAX_COUNTER << 16)

@@ -34,6 +34,7 @@ from protocol import (
 )
 from protocol.codec import MAX_VARINT_BYTES, Reader, Writer, encode_uvarint
 from protocol.membership import KeyEpochRecord, MemberRecord, RevocationRecord
+from protocol.records import encoded_size
 
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 device_ids = st.text(alphabet=B32, min_size=26, max_size=26)
@@ -102,6 +103,21 @@ def test_body_round_trip(b: MemoryBody) -> None:
     data = b.encode()
     again = MemoryBody.decode(data)
     assert again == b and again.encode() == data
+    assert encoded_size(b) == len(data)
+
+
+@settings(max_examples=50)
+@given(st.integers(0, 70_000), st.integers(0, 300), st.integers(0, 20_000), st.sampled_from(["é", "x", "😀"]))
+def test_body_size_is_counted_right_across_varint_widths(content: int, tags: int, metadata: int, char: str) -> None:
+    """The size check counts field lengths instead of encoding: it must agree at every varint width."""
+    b = MemoryBody(
+        content=char * content,
+        tags=tuple(sorted(f"t{i:04d}{char}" for i in range(tags))),
+        metadata=canonical_json({"k": "v" * metadata}),
+        embedder="e",
+        embedding=bytes(4 * (content % 500 + 1)),
+    )
+    assert encoded_size(b) == len(b.encode())
 
 
 @settings(max_examples=200)
@@ -203,7 +219,9 @@ def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
     header = VersionHeader(
         bytes(range(16)), 1, str(uuid.UUID(int=99)), Dot(author, 10), (Dot("B" * 26 + ".2", 3),), 10 << 16
     )
-    body = MemoryBody("hello", tags=("a", "b"), metadata='{"k":[1,2]}', importance=0.5, embedder="e", embedding=b"\0" * 8)
+    body = MemoryBody(
+        "hello", tags=("a", "b"), metadata='{"k":[1,2]}', importance=0.5, embedder="e", embedding=b"\0" * 8
+    )
     sealed = seal(header, body, signing_key=signing, group_key=bytes(32), nonce=bytes(12)).encode()
     group_id, records, key0 = found_group(signing, kex, name="laptop", now_ms=5, nonce=bytes(16))
     m = Membership(group_id)
@@ -221,7 +239,12 @@ def _samples() -> list[tuple[str, Callable[[bytes], object], bytes]]:
     )
     other_id = device_id_of(other)
     revocation, _ = m.revoke(
-        signing, kex, device_id=other_id, now_ms=7, epoch_keys={0: key0}, cutoff={other_id: 40, other_id + ".3": 9},
+        signing,
+        kex,
+        device_id=other_id,
+        now_ms=7,
+        epoch_keys={0: key0},
+        cutoff={other_id: 40, other_id + ".3": 9},
     )
     by_type = {type(decode_membership_record(r)): r for r in m.records()}
     return [
@@ -273,16 +296,28 @@ def test_membership_records_round_trip(data: st.DataObject) -> None:
 
     added_by = device_id_for(key) if nonce is not None else data.draw(device_ids)
     member = MemberRecord(
-        group_id, key, key[::-1], data.draw(st.text(max_size=40)), added_by, data.draw(st.integers(0, MAX_COUNTER)),
-        nonce, signature,
+        group_id,
+        key,
+        key[::-1],
+        data.draw(st.text(max_size=40)),
+        added_by,
+        data.draw(st.integers(0, MAX_COUNTER)),
+        nonce,
+        signature,
     )
     revoked = data.draw(device_ids)
     incarnations = data.draw(st.sets(st.integers(0, 999_999_999), max_size=4))
     cutoff = tuple(sorted((revoked if n == 0 else f"{revoked}.{n}", c) for n, c in zip(incarnations, range(1, 9))))
     revocation = RevocationRecord(group_id, revoked, data.draw(device_ids), 5, signature, cutoff)
     key_epoch = KeyEpochRecord(
-        group_id, data.draw(st.integers(0, (1 << 32) - 1)), data.draw(device_ids), data.draw(device_ids),
-        key[:16], key, data.draw(st.binary(min_size=48, max_size=48)), signature,
+        group_id,
+        data.draw(st.integers(0, (1 << 32) - 1)),
+        data.draw(device_ids),
+        data.draw(device_ids),
+        key[:16],
+        key,
+        data.draw(st.binary(min_size=48, max_size=48)),
+        signature,
     )
     for record in (member, revocation, key_epoch):
         assert decode_membership_record(record.encode()) == record

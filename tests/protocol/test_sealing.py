@@ -6,6 +6,8 @@ import dataclasses
 import hashlib
 import uuid
 
+import nacl.bindings
+import nacl.exceptions
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -14,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import (
     BadSignature,
@@ -31,7 +35,9 @@ from protocol import (
     WrongGroup,
     device_id_of,
     open_version,
+    raw_public_key,
     seal,
+    sealing,
     verify_version,
 )
 from protocol.codec import Writer, encode_uvarint
@@ -181,9 +187,7 @@ def test_seal_refuses_to_author_someone_elses_dot() -> None:
 
 
 def test_every_flipped_bit_is_detected() -> None:
-    small = seal(
-        header(context=()), MemoryBody("x"), signing_key=AUTHOR, group_key=GROUP_KEY, nonce=NONCE
-    ).encode()
+    small = seal(header(context=()), MemoryBody("x"), signing_key=AUTHOR, group_key=GROUP_KEY, nonce=NONCE).encode()
     assert len(small) < 256
     for i in range(len(small)):
         for bit in range(8):
@@ -210,3 +214,39 @@ def test_memory_ids_are_canonical() -> None:
     with pytest.raises(LocalProtocolError):
         header(memory_id=MEMORY.upper())
     assert str(uuid.UUID(MEMORY)) == MEMORY
+
+
+# The receive path's shortcuts give the same answers as the library calls they replace -----------
+
+
+@settings(max_examples=100)
+@given(
+    group_key=st.binary(min_size=32, max_size=32),
+    group_id=st.binary(min_size=16, max_size=16),
+    memory=st.uuids(),
+    counter=st.integers(1, 2**40),
+)
+def test_version_key_is_cryptography_hkdf(group_key: bytes, group_id: bytes, memory: uuid.UUID, counter: int) -> None:
+    header = VersionHeader(group_id, 0, str(memory), Dot(device_id_of(AUTHOR), counter), (), 1 << 16)
+    info = Writer().raw(sealing._KDF_LABEL).str(header.memory_id)
+    header.dot.encode_into(info)
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=group_id, info=info.getvalue()).derive(group_key)
+    assert sealing._version_key(group_key, header) == expected
+
+
+def test_signature_check_accepts_exactly_what_openssl_accepts() -> None:
+    key = Ed25519PrivateKey.generate()
+    message = b"a sealed version's signed bytes"
+    signature = key.sign(message)
+    assert sealing.signature_valid(raw_public_key(key), signature, message)
+    assert not sealing.signature_valid(raw_public_key(key), signature, message + b"!")
+    assert not sealing.signature_valid(raw_public_key(key), bytes(64), message)
+    # A small-order key with a matching trivial signature: OpenSSL accepts it and
+    # libsodium refuses it. Every device accepted it before libsodium was asked
+    # first, so it must still be accepted (or devices would disagree on what to store).
+    identity = bytes([1]) + bytes(31)
+    weak = Ed25519PublicKey.from_public_bytes(identity)
+    weak.verify(identity + bytes(32), message)  # OpenSSL's answer
+    with pytest.raises(nacl.exceptions.BadSignatureError):
+        nacl.bindings.crypto_sign_open(identity + bytes(32) + message, identity)
+    assert sealing.signature_valid(identity, identity + bytes(32), message)
