@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from peer.signatures import WORKER_BATCH, SignatureWorker
 from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
@@ -614,7 +615,7 @@ async def apply_bundle(
     async def check(index: int, versions: list[SealedVersion], cancel: trio.CancelScope) -> None:
         nonlocal checked_count
         try:
-            opened = await store.check_received(versions, records=tuple(records))
+            opened = await store.check_received(versions, records=tuple(records), signatures=helper[0])
         except Exception as e:
             failure.append(e)
             cancel.cancel()
@@ -627,8 +628,13 @@ async def apply_bundle(
         if progress is not None:
             progress("applying", (checked_count + held) // 2, scan.versions)
 
+    # A big bundle's signatures are checked by a helper process (peer.signatures).
+    helper: list[SignatureWorker | None] = [None]
+
     async def submit(nursery: trio.Nursery) -> None:
         nonlocal batch, batch_bytes
+        if len(batch) >= WORKER_BATCH and len(checked) == 0:
+            helper[0] = await SignatureWorker.start(nursery)
         await in_flight.acquire()
         checked.append(None)
         nursery.start_soon(check, len(checked) - 1, batch, nursery.cancel_scope)
@@ -659,12 +665,16 @@ async def apply_bundle(
         if batch:
             await submit(nursery)
 
-    async with trio.open_nursery() as checks:
-        try:
-            await read_and_submit(checks)
-        except Exception as e:  # raised below as it is, not wrapped in the nursery's group
-            failure.insert(0, e)
-            checks.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as checks:
+            try:
+                await read_and_submit(checks)
+            except Exception as e:  # raised below as it is, not wrapped in the nursery's group
+                failure.insert(0, e)
+                checks.cancel_scope.cancel()
+    finally:
+        if helper[0] is not None:
+            await helper[0].aclose()
     if failure:
         raise failure[0]
 
@@ -717,32 +727,32 @@ async def _write_again(
     # carried out of the nursery by hand (trio would wrap it in an ExceptionGroup).
     failed: list[Exception] = []
     async with trio.open_nursery() as checks:
-        pipeline = ApplyPipeline(store, checks)
-        try:
-            for event in _events_of(source, reader):
-                if isinstance(event, BundleHeader):
-                    if event != scan.header:
-                        raise _changed()
-                elif isinstance(event, BundleVersion):
-                    if start_vector.covers(event.version.header.dot):
-                        continue
-                    batch.append(event.version)
-                    batch_bytes += len(event.version.header_bytes) + len(event.version.box)
-                    if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
-                        result += await pipeline.submit(batch)
-                        applied += len(batch)
-                        batch, batch_bytes = [], 0
-                        if progress is not None:
-                            progress("applying", (scan.versions + applied) // 2, scan.versions)
-                elif isinstance(event, BundleEnd):
-                    if (event.members, event.versions) != (scan.members, scan.versions):
-                        raise _changed()
-            if batch:
-                result += await pipeline.submit(batch)
-            result += await pipeline.drain()
-        except Exception as e:
-            failed.append(e)
-            checks.cancel_scope.cancel()
+        async with ApplyPipeline(store, checks) as pipeline:
+            try:
+                for event in _events_of(source, reader):
+                    if isinstance(event, BundleHeader):
+                        if event != scan.header:
+                            raise _changed()
+                    elif isinstance(event, BundleVersion):
+                        if start_vector.covers(event.version.header.dot):
+                            continue
+                        batch.append(event.version)
+                        batch_bytes += len(event.version.header_bytes) + len(event.version.box)
+                        if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
+                            result += await pipeline.submit(batch)
+                            applied += len(batch)
+                            batch, batch_bytes = [], 0
+                            if progress is not None:
+                                progress("applying", (scan.versions + applied) // 2, scan.versions)
+                    elif isinstance(event, BundleEnd):
+                        if (event.members, event.versions) != (scan.members, scan.versions):
+                            raise _changed()
+                if batch:
+                    result += await pipeline.submit(batch)
+                result += await pipeline.drain()
+            except Exception as e:
+                failed.append(e)
+                checks.cancel_scope.cancel()
     if failed:
         raise failed[0]
     return result

@@ -16,6 +16,11 @@ progress vector submitted with it. A batch whose check failed raises when
 its turn to be written comes, so nothing after it is written either.
 Membership changes must not overlap a check: call :meth:`drain` before
 applying member records (the batches after them are checked against them).
+
+A big receive (a batch of :data:`~peer.signatures.WORKER_BATCH` versions or
+more) starts a helper process that checks the signatures while this one
+decrypts and writes (:mod:`peer.signatures`); :meth:`aclose` (or leaving
+``async with``) ends it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from peer.signatures import WORKER_BATCH, SignatureWorker
 from protocol import SealedVersion, VersionVector
 
 from .store import ApplyResult, CheckedBatch, Store
@@ -49,12 +55,28 @@ class ApplyPipeline:
         self._nursery = nursery
         self._strict = strict
         self._pending: _Pending | None = None
+        self._signatures: SignatureWorker | None = None
+        self._started_helper = False
         #: Versions in the batches written so far.
         self.written = 0
 
+    async def __aenter__(self) -> ApplyPipeline:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the signature helper, if one was started (pending batches are not written: :meth:`drain` first)."""
+        if self._signatures is not None:
+            await self._signatures.aclose()
+            self._signatures = None
+
     async def _check(self, pending: _Pending, versions: Sequence[SealedVersion]) -> None:
         try:
-            pending.checked = await self._store.check_received(versions, strict=self._strict, refresh=False)
+            pending.checked = await self._store.check_received(
+                versions, strict=self._strict, refresh=False, signatures=self._signatures
+            )
         except Exception as e:  # re-raised in the writing task, in order
             pending.error = e
         finally:
@@ -67,6 +89,9 @@ class ApplyPipeline:
         # The membership read runs here, in the caller's task (which may hold
         # the transaction): the check task must not wait for the database.
         await self._store.refresh()
+        if len(versions) >= WORKER_BATCH and not self._started_helper:
+            self._started_helper = True
+            self._signatures = await SignatureWorker.start(self._nursery)
         pending = _Pending(len(versions), progress)
         self._nursery.start_soon(self._check, pending, list(versions))
         result = await self.drain()

@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
+from peer.signatures import SignatureWorker
 from protocol import (
     EMBEDDING_ROOM,
     MAX_BODY_BYTES,
@@ -65,13 +66,16 @@ from protocol import (
     Membership,
     MemoryBody,
     NotAMember,
+    PeerError,
     SealedVersion,
+    SignatureJob,
     StoreError,
     TrustError,
     VersionHeader,
     VersionMeta,
     VersionState,
     VersionVector,
+    bad_signature,
     canonical_json,
     check_body_size,
     context_for_new_version,
@@ -81,7 +85,9 @@ from protocol import (
     open_version,
     replica_id,
     seal,
+    signature_job,
     state_of,
+    unseal_version,
 )
 
 from .rows import (
@@ -1165,6 +1171,7 @@ class Store:
         strict: bool = True,
         refresh: bool = True,
         records: Sequence[bytes] = (),
+        signatures: SignatureWorker | None = None,
     ) -> CheckedBatch:
         """Verify and open received versions (no write): the CPU half of :meth:`apply`.
 
@@ -1179,6 +1186,9 @@ class Store:
         are all checked before anything of it is written): versions signed
         by the devices, or sealed under the key epochs, they introduce open.
         The batch must then be stored after those records.
+
+        With a ready ``signatures`` helper the signatures are checked there
+        while this process decrypts (the same answers, on another core).
         """
         if not versions:
             return CheckedBatch({}, (), 0, self._membership)
@@ -1190,6 +1200,10 @@ class Store:
         membership, group_keys = self._membership, dict(self._group_keys)
         if records:
             membership, group_keys = self._with_records(tuple(records))
+        if signatures is not None and signatures.ready:
+            checked = await self._check_elsewhere(versions, signatures, membership, group_keys, strict)
+            if checked is not None:
+                return checked
 
         def check() -> None:
             nonlocal in_batch_duplicates
@@ -1210,6 +1224,66 @@ class Store:
                 opened[header.dot] = (sealed, body)
 
         await _cpu_bound(check, len(versions))
+        return CheckedBatch(opened, tuple(rejected), in_batch_duplicates, membership)
+
+    async def _check_elsewhere(
+        self,
+        versions: Sequence[SealedVersion],
+        signatures: SignatureWorker,
+        membership: Membership,
+        group_keys: Mapping[int, bytes],
+        strict: bool,
+    ) -> CheckedBatch | None:
+        """:meth:`check_received` with the signatures checked by a helper process; None if it could not answer.
+
+        Decides exactly as the in-process loop does, version by version in
+        order: group and author first, then the signature, then decryption.
+        """
+        jobs: list[SignatureJob] = []
+        first_error: list[PeerError | None] = []
+        for sealed in versions:
+            try:
+                jobs.append(signature_job(sealed, group_id=self.group_id, author_key=membership.author_key))
+                first_error.append(None)
+            except TrustError as e:
+                first_error.append(e)
+        bodies: list[MemoryBody | PeerError] = []
+        verdicts: list[bool] | None = None
+
+        def unseal_all() -> None:
+            for sealed, error in zip(versions, first_error):
+                if error is not None:
+                    continue
+                try:
+                    bodies.append(unseal_version(sealed, group_keys))
+                except (TrustError, DecodeError) as e:
+                    bodies.append(e)
+
+        async def ask() -> None:
+            nonlocal verdicts
+            verdicts = await signatures.check(jobs)
+
+        async with trio.open_nursery() as both:
+            both.start_soon(ask)
+            await _cpu_bound(unseal_all, len(versions))
+        if verdicts is None:
+            return None
+        opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
+        rejected: list[Rejected] = []
+        in_batch_duplicates = 0
+        next_job = iter(zip(verdicts, bodies))
+        for sealed, error in zip(versions, first_error):
+            header = sealed.header
+            outcome: MemoryBody | PeerError = error if error is not None else _first_failure(sealed, *next(next_job))
+            if header.dot in opened:
+                in_batch_duplicates += 1
+                continue
+            if isinstance(outcome, PeerError):
+                if strict and not _written_by_revoked(membership, sealed, outcome):
+                    raise outcome
+                rejected.append(Rejected(str(header.dot), header.memory_id, str(outcome)))
+                continue
+            opened[header.dot] = (sealed, outcome)
         return CheckedBatch(opened, tuple(rejected), in_batch_duplicates, membership)
 
     def _with_records(self, records: tuple[bytes, ...]) -> tuple[Membership, dict[int, bytes]]:
@@ -1851,6 +1925,10 @@ def _trimmed_body(row: Row, now: float) -> MemoryBody:
             tags = []
             cut.append("every tag left out (together they were too big)")
     raise StoreError("a version could not be cut down to the limits; restore the store from a backup")
+
+
+def _first_failure(sealed: SealedVersion, valid: bool, body: MemoryBody | PeerError) -> MemoryBody | PeerError:
+    return body if valid else bad_signature(sealed)
 
 
 def _written_by_revoked(membership: Membership, sealed: SealedVersion, error: Exception) -> bool:

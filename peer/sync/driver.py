@@ -245,9 +245,9 @@ async def sync_over(
         # Batch N+1 is verified (a worker thread) while batch N is written (SQLite's thread).
         # A failure is carried out of the nursery by hand: trio would wrap it in an ExceptionGroup.
         failed: list[PeerError] = []
-        async with applying, trio.open_nursery() as checks:
+        async with applying, trio.open_nursery() as checks, ApplyPipeline(store, checks) as pipeline:
             try:
-                await apply_events(ApplyPipeline(store, checks))
+                await apply_events(pipeline)
             except PeerError as e:
                 failed.append(e)
                 checks.cancel_scope.cancel()

@@ -1,0 +1,225 @@
+"""The signature helper process: the same answers as checking in process, and never trusted once anything goes wrong."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import peer.signatures as signatures
+from peer.bundles import import_bundle
+from peer.memory import Draft
+from peer.signatures import SignatureWorker
+from peer.store import ApplyPipeline
+from protocol import (
+    BadSignature,
+    PeerError,
+    SealedVersion,
+    SignatureJob,
+    VersionVector,
+    raw_public_key,
+    signature_valid,
+)
+from protocol.bundle import BundleWriter
+from tests.support.groups import admit, found
+from tests.support.stores import make_pair, snapshot
+from tests.support.waiting import wait_until_async
+
+
+async def until_ready(worker: SignatureWorker) -> None:
+    async def ready() -> bool:
+        return worker.ready
+
+    await wait_until_async(ready, timeout=30, what="the signature helper to say it is ready")
+
+
+@asynccontextmanager
+async def ready_helper() -> AsyncIterator[SignatureWorker]:
+    async with trio.open_nursery() as nursery:
+        worker = await SignatureWorker.start(nursery)
+        assert worker is not None
+        try:
+            await until_ready(worker)
+            yield worker
+        finally:
+            await worker.aclose()
+
+
+def started_ready(monkeypatch: pytest.MonkeyPatch) -> list[tuple[SignatureWorker, list[int]]]:
+    """Helpers start as the code starts them, but the start waits until they are ready.
+
+    The receive goes on without a helper that is still importing (by design);
+    a test that must see the helper used waits for it. Returns the helpers
+    started, each with the number of jobs of each request it answered.
+    """
+    started: list[tuple[SignatureWorker, list[int]]] = []
+    start = SignatureWorker.start
+
+    async def start_and_wait(nursery: trio.Nursery) -> SignatureWorker | None:
+        worker = await start(nursery)
+        assert worker is not None
+        await until_ready(worker)
+        started.append((worker, count_calls(worker)))
+        return worker
+
+    monkeypatch.setattr(SignatureWorker, "start", start_and_wait)
+    return started
+
+
+def jobs() -> list[SignatureJob]:
+    key = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate()
+    out: list[SignatureJob] = []
+    for i in range(50):
+        message = os.urandom(100 + i * 40)
+        out.append((raw_public_key(key), key.sign(message), message))
+    message = b"signed by another key"
+    out.append((raw_public_key(key), other.sign(message), message))  # the wrong signer
+    good = out[3]
+    out.append((good[0], good[1], good[2] + b"!"))  # a changed message
+    out.append((good[0], bytes(64), good[2]))  # garbage
+    identity = bytes([1]) + bytes(31)
+    out.append((identity, identity + bytes(32), b"anything"))  # what OpenSSL accepts and libsodium refuses
+    out.append((bytes(32), bytes(64), b""))  # not a key at all
+    return out
+
+
+async def test_the_helper_answers_exactly_as_checking_in_process(aio_loop: object) -> None:
+    work = jobs()
+    expected = [signature_valid(*job) for job in work]
+    assert expected.count(False) == 4 and expected[-2] is True
+    async with ready_helper() as worker:
+        assert await worker.check(work) == expected
+        assert await worker.check(work[::-1]) == expected[::-1]  # request after request
+        assert await worker.check([]) == []
+        process = worker._process
+    assert process.returncode is not None  # closing ends it
+
+
+async def test_a_helper_that_died_is_never_asked_again(aio_loop: object) -> None:
+    async with ready_helper() as worker:
+        worker._process.kill()
+        await worker._process.wait()
+        assert await worker.check(jobs()) is None
+        assert not worker.ready
+        assert await worker.check(jobs()[:1]) is None
+
+
+async def test_a_request_cancelled_half_way_retires_the_helper(aio_loop: object) -> None:
+    """Its answer would still be in the pipe: taking it for the next request's would be a disaster."""
+    big = jobs() * 400
+    async with ready_helper() as worker:
+        with trio.move_on_after(0.001):
+            await worker.check(big)
+        assert not worker.ready
+        assert await worker.check(jobs()) is None
+
+
+async def test_a_helper_that_cannot_start_means_checking_in_process(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    async with trio.open_nursery() as nursery:
+        assert await SignatureWorker.start(nursery) is None
+
+
+async def test_checking_with_the_helper_decides_every_version_as_in_process(aio_loop: object, tmp_path: Path) -> None:
+    """Same opened versions, same rejections in the same order, same error when strict."""
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(300)])
+        versions = [v for batch in [x async for x in a.missing_for(await b.vector(), batch_size=1000)] for v in batch]
+        versions[10] = replace(versions[10], signature=bytes(64))
+        versions[20] = replace(versions[20], box=versions[20].box[:-1] + bytes([versions[20].box[-1] ^ 1]))
+        versions.append(versions[30])  # a duplicate within the batch
+        alone = await b.check_received(versions, strict=False)
+        async with ready_helper() as worker:
+            calls = count_calls(worker)
+            helped = await b.check_received(versions, strict=False, signatures=worker)
+            assert calls == [len(versions)]  # the helper did check them
+            with pytest.raises(BadSignature) as with_helper:
+                await b.check_received(versions, signatures=worker)
+        with pytest.raises(BadSignature) as without:
+            await b.check_received(versions)
+    assert helped.opened.keys() == alone.opened.keys() and len(alone.opened) == 298
+    assert [body for _, body in helped.opened.values()] == [body for _, body in alone.opened.values()]
+    assert helped.rejected == alone.rejected and len(alone.rejected) == 2
+    assert helped.in_batch_duplicates == alone.in_batch_duplicates == 1
+    assert str(with_helper.value) == str(without.value)
+
+
+def count_calls(worker: SignatureWorker) -> list[int]:
+    """Wrap (not replace) the helper's check: how many jobs each answered call had."""
+    calls: list[int] = []
+    check = worker.check
+
+    async def counted(work: Any) -> list[bool] | None:
+        answer = await check(work)
+        if answer is not None:
+            calls.append(len(work))
+        return answer
+
+    worker.check = counted  # type: ignore[method-assign,assignment]
+    return calls
+
+
+async def test_a_first_sync_sized_receive_uses_the_helper_and_a_tampered_version_still_stops_it(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_pair(tmp_path)
+    started = started_ready(monkeypatch)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(1200)])
+        batches = [x async for x in a.missing_for(await b.vector(), batch_size=signatures.WORKER_BATCH)]
+        batches[-1][-1] = replace(batches[-1][-1], signature=bytes(64))
+        failure: PeerError | None = None
+        async with trio.open_nursery() as checks, ApplyPipeline(b, checks) as pipeline:
+            assert started == []  # nothing started before a batch that big
+            try:
+                for batch in batches:
+                    await pipeline.submit(batch)
+                await pipeline.drain()
+            except PeerError as e:
+                failure = e
+        assert isinstance(failure, BadSignature)
+        [(worker, calls)] = started
+        assert calls == [len(batch) for batch in batches]  # every batch went through the helper
+        assert worker._process.returncode is not None  # ended with the pipeline
+        stored = await b.sealed([v.header.dot for batch in batches for v in batch])
+        assert len(stored) == 1200 - len(batches[-1])  # every batch before the bad one
+
+
+async def test_a_big_bundle_with_one_tampered_version_changes_nothing(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper checks the signatures of a big bundle; one bad version anywhere still means nothing imported."""
+    a_home = await found(tmp_path / "a", "a")
+    b_home = await admit(a_home, tmp_path / "b", "b")
+    identity = a_home.identity()
+    async with await a_home.open_store() as a:
+        await a.add_many([(Draft(f"good {i}"), None) for i in range(1500)])
+        versions: list[SealedVersion] = [v for batch in [x async for x in a.missing_for(VersionVector())] for v in batch]
+        versions[1234] = replace(versions[1234], signature=bytes(64))
+        writer = BundleWriter(
+            signing_key=identity.signing_key, group_id=a.group_id, sender_vector=await a.vector(), created_ms=1
+        )
+        out = writer.header() + b"".join(writer.add_member_record(r) for r in a.membership.records())
+        out += b"".join(writer.add_version(v) for v in versions) + writer.finish()
+    (tmp_path / "big.bundle").write_bytes(out)
+    started = started_ready(monkeypatch)
+    async with await b_home.open_store() as b:
+        before = await snapshot(b)
+        with pytest.raises(PeerError, match="bad signature.*nothing was imported"):
+            await import_bundle(b, tmp_path / "big.bundle")
+        assert await snapshot(b) == before
+    [(worker, calls)] = started
+    assert worker._process.returncode is not None
+    assert sum(calls) == 1500  # the helper checked every version
