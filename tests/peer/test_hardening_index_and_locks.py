@@ -309,11 +309,18 @@ async def test_a_bundle_import_verifies_outside_the_write_lock_and_writes_in_sho
         with probing:
             return _begin_immediate_at_once(b_home)
 
+    # Versions are opened one way when checked in this process and another when a
+    # helper process checks their signatures (peer.signatures): probe at both.
     real_open_version = store_module.open_version  # type: ignore[attr-defined]
+    real_unseal_version = store_module.unseal_version  # type: ignore[attr-defined]
 
     def open_version_while_another_writes(*args: Any, **kwargs: Any) -> Any:
         opening.append(another_writer_gets_in())
         return real_open_version(*args, **kwargs)
+
+    def unseal_version_while_another_writes(*args: Any, **kwargs: Any) -> Any:
+        opening.append(another_writer_gets_in())
+        return real_unseal_version(*args, **kwargs)
 
     real_store_checked = Store.store_checked
 
@@ -323,6 +330,7 @@ async def test_a_bundle_import_verifies_outside_the_write_lock_and_writes_in_sho
         return result
 
     monkeypatch.setattr(store_module, "open_version", open_version_while_another_writes)
+    monkeypatch.setattr(store_module, "unseal_version", unseal_version_while_another_writes)
     monkeypatch.setattr(Store, "store_checked", store_checked_then_another_writes)
     monkeypatch.setattr(bundles, "APPLY_BATCH", 200)
     if not held:
