@@ -63,7 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from peer.signatures import WORKER_BATCH, SignatureWorker
+from peer.signatures import WORKER_BATCH, SignatureWorker, signature_helper
 from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
@@ -132,8 +132,11 @@ KEEP_PARSED_BYTES: Final = 64 << 20
 #: memory between checking and writing, about three times the file; bigger ones
 #: are read and checked once more while they are written.
 KEEP_CHECKED_BYTES: Final = 128 << 20
-#: Batches of a bundle verified at once, each in its own worker thread (one per core here).
+#: Batches of a bundle checked at once (each decrypted in a worker thread while
+#: the signature helper, or the thread itself, checks its signatures).
 CHECKS_AT_ONCE: Final = 2
+#: Bundles from this size on start a signature helper process before pass one.
+HELPER_BYTES: Final = 512 << 10
 #: Exports restart when the member list changed meanwhile; this many tries.
 _EXPORT_ATTEMPTS: Final = 3
 _DIGEST_AND_SIGNATURE: Final = 96
@@ -577,6 +580,7 @@ async def apply_bundle(
     *,
     allow_own: bool = False,
     progress: Progress | None = None,
+    signatures: SignatureWorker | None = None,
 ) -> tuple[ApplyResult, int, bool]:
     """Pass two: verify and open every new version, then write records, versions and vectors in short transactions.
 
@@ -628,13 +632,16 @@ async def apply_bundle(
         if progress is not None:
             progress("applying", (checked_count + held) // 2, scan.versions)
 
-    # A big bundle's signatures are checked by a helper process (peer.signatures).
-    helper: list[SignatureWorker | None] = [None]
+    # A big bundle's signatures are checked by a helper process (peer.signatures):
+    # the caller's, started early, or one started at the first full batch.
+    helper: list[SignatureWorker | None] = [signatures]
+    own_helper = False
 
     async def submit(nursery: trio.Nursery) -> None:
-        nonlocal batch, batch_bytes
-        if len(batch) >= WORKER_BATCH and len(checked) == 0:
-            helper[0] = await SignatureWorker.start(nursery)
+        nonlocal batch, batch_bytes, own_helper
+        if helper[0] is None and len(batch) >= WORKER_BATCH and len(checked) == 0:
+            helper[0] = await SignatureWorker.start()
+            own_helper = True
         await in_flight.acquire()
         checked.append(None)
         nursery.start_soon(check, len(checked) - 1, batch, nursery.cancel_scope)
@@ -673,7 +680,7 @@ async def apply_bundle(
                 failure.insert(0, e)
                 checks.cancel_scope.cancel()
     finally:
-        if helper[0] is not None:
+        if own_helper and helper[0] is not None:
             await helper[0].aclose()
     if failure:
         raise failure[0]
@@ -690,7 +697,7 @@ async def apply_bundle(
                 if progress is not None:
                     progress("applying", (checked_count + held + result.added + result.duplicates) // 2, scan.versions)
         else:
-            result += await _write_again(store, source, trust, scan, start_vector, allow_own, progress)
+            result += await _write_again(store, source, trust, scan, start_vector, allow_own, progress, signatures)
     except PeerError as e:
         raise PartlyImported(
             f"{e.message}; {result.added:,} new {'version was' if result.added == 1 else 'versions were'} imported"
@@ -711,6 +718,7 @@ async def _write_again(
     start_vector: VersionVector,
     allow_own: bool,
     progress: Progress | None,
+    signatures: SignatureWorker | None,
 ) -> ApplyResult:
     """A bundle too big to hold its opened versions: read it a third time, check and write batch by batch.
 
@@ -727,7 +735,7 @@ async def _write_again(
     # carried out of the nursery by hand (trio would wrap it in an ExceptionGroup).
     failed: list[Exception] = []
     async with trio.open_nursery() as checks:
-        async with ApplyPipeline(store, checks) as pipeline:
+        async with ApplyPipeline(store, checks, signatures=signatures) as pipeline:
             try:
                 for event in _events_of(source, reader):
                     if isinstance(event, BundleHeader):
@@ -879,10 +887,29 @@ async def import_bundle(
     progress: Progress | None = None,
 ) -> ImportResult:
     """``peer bundle import``: verify the whole file, then apply it in short transactions (or only report, dry run)."""
-    started = time.monotonic()
     if not isinstance(source, BundleSource):
         source = BundleSource(Path(source))
     await store.refresh()
+    # A big import's signatures are checked by a helper process, started now so
+    # that it is ready (its imports done) when pass one ends.
+    try:
+        big = not dry_run and source.size() >= HELPER_BYTES
+    except PeerError:
+        big = False  # pass one says what is wrong with the file
+    async with signature_helper(big) as helper:
+        return await _import(store, source, dry_run=dry_run, allow_own=allow_own, progress=progress, helper=helper)
+
+
+async def _import(
+    store: Store,
+    source: BundleSource,
+    *,
+    dry_run: bool,
+    allow_own: bool,
+    progress: Progress | None,
+    helper: SignatureWorker | None,
+) -> ImportResult:
+    started = time.monotonic()
     try:
         scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress)
         if dry_run:
@@ -902,7 +929,9 @@ async def import_bundle(
                 size=scan.size,
                 seconds=time.monotonic() - started,
             )
-        result, new_members, merged = await apply_bundle(store, source, scan, allow_own=allow_own, progress=progress)
+        result, new_members, merged = await apply_bundle(
+            store, source, scan, allow_own=allow_own, progress=progress, signatures=helper
+        )
     except PartlyImported:
         raise  # it says what was kept
     except PeerError as e:

@@ -1,4 +1,4 @@
-"""Signature checks in a helper process, so that a big receive uses both cores.
+"""Signature checks in helper processes, so that a big receive uses every core.
 
 Theory of operation. Receiving a version costs one Ed25519 check (60 to
 90 µs on the dev VMs, in libsodium) and about as much Python work (parsing,
@@ -7,21 +7,19 @@ share that well: the check releases the GIL, but every hand-back of the GIL
 between a checking thread and a thread doing Python costs tens of µs on
 these VMs; two threads that each checked and opened versions ran *slower*
 than one (``bench/receive.py`` in ``docs/performance.md``). A helper
-process has its own interpreter: it checks signatures on the other core
-while this process does everything else. It holds nothing secret: it sees
-public keys, signatures and the signed bytes (a readable header and a
-sealed box), nothing it could decrypt.
+process has its own interpreter: helpers check signatures on the other
+cores while this process does everything else (one helper per core, up to
+:data:`MAX_HELPERS`: the checks are the bigger half, and this process's half
+releases its core whenever SQLite writes). A helper holds nothing secret:
+it sees public keys, signatures and the signed bytes (a readable header and
+a sealed box), nothing it could decrypt.
 
-The helper is ``python -m peer.signatures``. It writes one byte when it is
-ready, then answers requests on its stdin, in order, on its stdout:
-
-    request  = u32 length | u64 number | jobs (key 32 | signature 64 | u32 length | message)
-    answer   = u32 length | u64 number | one byte per job (1 valid, 0 not)
-
-Big receives only start one (:data:`WORKER_BATCH`). Until it is ready, and
-for good once anything about it goes wrong (it died, answered out of turn,
-a request was cancelled half way), :meth:`SignatureWorker.check` returns
-None and the caller checks the signatures itself: a worker can make a
+A helper is ``python -m peer.signature_helper`` (its requests and answers
+are described there). Only big receives start them (:data:`WORKER_BATCH`).
+Until a helper is ready, and for good once anything about it goes wrong
+(it died, answered out of turn, a request was cancelled half way), it is
+not asked; with no helper to ask, :meth:`SignatureWorker.check` returns
+None and the caller checks the signatures itself: helpers can make a
 receive faster, never accept a signature the caller would refuse.
 """
 
@@ -30,73 +28,79 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 import trio
 
-from protocol import SignatureJob, signature_valid
+from peer.signature_helper import MAX_REQUEST, READY, encode_request
+from protocol import SignatureJob
 
-__all__ = ["SignatureWorker", "WORKER_BATCH", "serve"]
+__all__ = ["SignatureWorker", "WORKER_BATCH", "signature_helper"]
 
-#: A batch of at least this many received versions starts a helper (a first sync, a big bundle).
+#: A batch of at least this many received versions starts the helpers (a first sync, a big bundle).
 WORKER_BATCH: Final = 200
-#: The most one request may hold (a batch is at most 4 MiB of versions, plus framing).
-MAX_REQUEST: Final = 64 << 20
-#: Seconds a helper has to start (import its modules) before the receive goes on without it.
-READY_WITHIN: Final = 10.0
-_READY: Final = b"\x01"
-_KEY: Final = 32
-_SIGNATURE: Final = 64
-
-
-def _encode(number: int, jobs: Sequence[SignatureJob]) -> bytes:
-    parts = [b"", number.to_bytes(8, "big")]
-    for key, signature, message in jobs:
-        if len(key) != _KEY or len(signature) != _SIGNATURE:
-            raise ValueError("a signature job is a 32-byte key, a 64-byte signature and the message")
-        parts += (key, signature, len(message).to_bytes(4, "big"), message)
-    body_length = sum(len(p) for p in parts)
-    parts[0] = body_length.to_bytes(4, "big")
-    return b"".join(parts)
-
-
-def _decode(body: bytes) -> tuple[int, list[SignatureJob]]:
-    number = int.from_bytes(body[:8], "big")
-    jobs: list[SignatureJob] = []
-    at = 8
-    while at < len(body):
-        key, signature = body[at : at + _KEY], body[at + _KEY : at + _KEY + _SIGNATURE]
-        at += _KEY + _SIGNATURE
-        length = int.from_bytes(body[at : at + 4], "big")
-        message = body[at + 4 : at + 4 + length]
-        at += 4 + length
-        if len(key) != _KEY or len(signature) != _SIGNATURE or len(message) != length:
-            raise ValueError("truncated signature job")
-        jobs.append((key, signature, message))
-    return number, jobs
-
-
-def serve(requests: BinaryIO, answers: BinaryIO) -> None:
-    """The helper's loop: answer each request until the input ends (the parent closed it, or died)."""
-    answers.write(_READY)
-    answers.flush()
-    while head := requests.read(4):
-        length = int.from_bytes(head, "big")
-        if len(head) != 4 or not 8 <= length <= MAX_REQUEST:
-            return
-        body = requests.read(length)
-        if len(body) != length:
-            return
-        number, jobs = _decode(body)
-        verdicts = bytes(signature_valid(*job) for job in jobs)
-        answers.write((8 + len(verdicts)).to_bytes(4, "big") + number.to_bytes(8, "big") + verdicts)
-        answers.flush()
+#: Helpers started at most (one per core up to this).
+MAX_HELPERS: Final = 4
 
 
 class SignatureWorker:
-    """A helper process checking signatures for this one (see the module's theory of operation)."""
+    """Helper processes checking signatures for this one (see the module's theory of operation)."""
+
+    def __init__(self, helpers: Sequence[_Helper]) -> None:
+        self._helpers = tuple(helpers)
+
+    @classmethod
+    async def start(cls, count: int | None = None) -> SignatureWorker | None:
+        """Start ``count`` helpers (one per core by default); None if none can start."""
+        if count is None:
+            count = max(1, min(MAX_HELPERS, os.cpu_count() or 1))
+        helpers = [h for h in [await _Helper.start() for _ in range(count)] if h is not None]
+        return cls(helpers) if helpers else None
+
+    @property
+    def ready(self) -> bool:
+        """True when at least one helper can be asked now."""
+        return any([h.ready for h in self._helpers])
+
+    @property
+    def processes(self) -> tuple[trio.Process, ...]:
+        return tuple(h.process for h in self._helpers)
+
+    async def check(self, jobs: Sequence[SignatureJob]) -> list[bool] | None:
+        """Whether each job's signature is valid; None if no helper could answer (check them yourself).
+
+        The jobs are shared out in contiguous runs among the helpers ready now.
+        """
+        helpers = [h for h in self._helpers if h.ready]
+        if not helpers:
+            return None
+        size = -(-len(jobs) // len(helpers)) or 1
+        runs = [jobs[at : at + size] for at in range(0, len(jobs), size)] or [jobs]
+        answers: list[list[bool] | None] = [None] * len(runs)
+
+        async def ask(i: int) -> None:
+            answers[i] = await helpers[i].check(runs[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(runs)):
+                nursery.start_soon(ask, i)
+        out: list[bool] = []
+        for answer in answers:
+            if answer is None:
+                return None
+            out += answer
+        return out
+
+    async def aclose(self) -> None:
+        for helper in self._helpers:
+            await helper.aclose()
+
+
+class _Helper:
+    """One helper process."""
 
     def __init__(self, process: trio.Process) -> None:
         self._process = process
@@ -107,14 +111,14 @@ class SignatureWorker:
         self._buffer = bytearray()
 
     @classmethod
-    async def start(cls, nursery: trio.Nursery) -> SignatureWorker | None:
-        """Start a helper (it says when it is ready, in a task of ``nursery``); None if it cannot start."""
+    async def start(cls) -> _Helper | None:
+        """Start a helper (it imports its modules meanwhile: :attr:`ready` says when); None if it cannot start."""
         # The helper must import these very modules, wherever they were imported from.
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "peer.signatures"],
+                [sys.executable, "-m", "peer.signature_helper"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -122,22 +126,30 @@ class SignatureWorker:
             )
         except OSError:
             return None
-        worker = cls(process)
-        nursery.start_soon(worker._wait_ready)
-        return worker
+        return cls(process)
+
+    @property
+    def process(self) -> trio.Process:
+        return self._process
 
     @property
     def ready(self) -> bool:
+        """True once the helper said it is ready (looked at without waiting), until anything went wrong."""
+        if not self._ready and not self._broken and not self._lock.locked():
+            self._poll_ready()
         return self._ready and not self._broken
 
-    async def _wait_ready(self) -> None:
+    def _poll_ready(self) -> None:
+        assert self._process.stdout is not None
         try:
-            async with self._lock:
-                with trio.move_on_after(READY_WITHIN):
-                    self._ready = await self._receive(1) == _READY
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        self._broken = self._broken or not self._ready
+            # The pipe is non-blocking (trio's), and nobody else reads it before the helper is ready.
+            first = os.read(self._process.stdout.fileno(), 1)  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return
+        except OSError:
+            first = b""
+        self._ready = first == READY
+        self._broken = not self._ready
 
     async def _receive(self, n: int) -> bytes:
         assert self._process.stdout is not None
@@ -159,7 +171,7 @@ class SignatureWorker:
             if self._broken:
                 return None
             self._number += 1
-            request = _encode(self._number, jobs)
+            request = encode_request(self._number, jobs)
             if len(request) - 4 > MAX_REQUEST:
                 return None
             # Whatever interrupts the exchange (a cancel, a dead helper, a wrong
@@ -199,9 +211,13 @@ class SignatureWorker:
                 await self._process.stdout.aclose()
 
 
-def main() -> None:
-    serve(sys.stdin.buffer, sys.stdout.buffer)
 
-
-if __name__ == "__main__":
-    main()
+@asynccontextmanager
+async def signature_helper(wanted: bool = True) -> AsyncIterator[SignatureWorker | None]:
+    """A helper for the receive inside (None when not ``wanted`` or it cannot start), ended on the way out."""
+    worker = await SignatureWorker.start() if wanted else None
+    try:
+        yield worker
+    finally:
+        if worker is not None:
+            await worker.aclose()

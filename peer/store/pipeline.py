@@ -50,13 +50,17 @@ class _Pending:
 class ApplyPipeline:
     """Submit batches in order; each call writes the batch before (see the module's theory of operation)."""
 
-    def __init__(self, store: Store, nursery: trio.Nursery, *, strict: bool = True) -> None:
+    def __init__(
+        self, store: Store, nursery: trio.Nursery, *, strict: bool = True, signatures: SignatureWorker | None = None
+    ) -> None:
         self._store = store
         self._nursery = nursery
         self._strict = strict
         self._pending: _Pending | None = None
-        self._signatures: SignatureWorker | None = None
-        self._started_helper = False
+        #: A helper given is the caller's to end; one this pipeline starts is its own.
+        self._signatures = signatures
+        self._own_helper = False
+        self._started_helper = signatures is not None
         #: Versions in the batches written so far.
         self.written = 0
 
@@ -68,9 +72,9 @@ class ApplyPipeline:
 
     async def aclose(self) -> None:
         """End the signature helper, if one was started (pending batches are not written: :meth:`drain` first)."""
-        if self._signatures is not None:
+        if self._signatures is not None and self._own_helper:
             await self._signatures.aclose()
-            self._signatures = None
+        self._signatures = None
 
     async def _check(self, pending: _Pending, versions: Sequence[SealedVersion]) -> None:
         try:
@@ -90,8 +94,8 @@ class ApplyPipeline:
         # the transaction): the check task must not wait for the database.
         await self._store.refresh()
         if len(versions) >= WORKER_BATCH and not self._started_helper:
-            self._started_helper = True
-            self._signatures = await SignatureWorker.start(self._nursery)
+            self._started_helper = self._own_helper = True
+            self._signatures = await SignatureWorker.start()
         pending = _Pending(len(versions), progress)
         self._nursery.start_soon(self._check, pending, list(versions))
         result = await self.drain()

@@ -140,7 +140,8 @@ def version_row(
     return (
         h.memory_id, h.dot.origin, h.dot.counter, int(state), seq, stored_hlc(h.hlc), int(body.deleted),
         context_text(h.context), body.kind, body.project, body.created_at, body.updated_at, body.importance,
-        json.dumps(list(body.tags), ensure_ascii=False), body.metadata, body.embedder, body.content,
+        json.dumps(list(body.tags), ensure_ascii=False) if body.tags else "[]", body.metadata, body.embedder,
+        body.content,
         b"", sealed.encode(),  # the vector only inside `sealed` (schema step 4; see embedding_of)
     )
 

@@ -1353,7 +1353,14 @@ class Store:
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[int, int, int]] = []
         for memory_id, new in new_by_memory.items():
-            prior = by_memory.get(memory_id, [])
+            prior = by_memory.get(memory_id)
+            if not prior and len(new) == 1:
+                # The common case of a first sync: one version of a memory not
+                # held before is its winner (what state_of would say, faster).
+                sealed, body = new[0]
+                inserts.append(version_row(sealed, body, VersionState.WINNER, txn.take_seq()))
+                continue
+            prior = prior or []
             state = state_of(
                 [
                     *(r.meta for r in prior),
@@ -1366,14 +1373,15 @@ class Store:
             for sealed, body in new:
                 inserts.append(version_row(sealed, body, state.states[sealed.header.dot], txn.take_seq()))
         clock = HybridLogicalClock(self._now_ms, txn.hlc)
+        # Observing the latest time is observing them all (observe keeps the maximum).
+        clock.observe(max(sealed.header.hlc for sealed, _ in fresh.values()))  # at most a day ahead (protocol.md 3.2)
+        txn.hlc = clock.last
         for sealed, _ in fresh.values():
-            header = sealed.header
-            clock.observe(header.hlc)  # at most a day ahead of our wall clock (protocol.md 3.2)
-            txn.hlc = clock.last
-            if header.dot.origin == self.replica_id:
+            dot = sealed.header.dot
+            if dot.origin == self.replica_id:
                 # Our own version coming back (e.g. written before a crash
                 # that lost the tail of the log): never reuse its counter.
-                txn.last_counter = max(txn.last_counter, header.dot.counter)
+                txn.last_counter = max(txn.last_counter, dot.counter)
         await self._db.run_batch([*self._version_steps(updates, inserts), (PUT_META, self._meta_rows(txn))])
 
     @staticmethod

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import peer.signatures as signatures
 from peer.bundles import import_bundle
 from peer.memory import Draft
-from peer.signatures import SignatureWorker
+from peer.signatures import SignatureWorker, signature_helper
 from peer.store import ApplyPipeline
 from protocol import (
     BadSignature,
@@ -36,21 +36,17 @@ from tests.support.waiting import wait_until_async
 
 async def until_ready(worker: SignatureWorker) -> None:
     async def ready() -> bool:
-        return worker.ready
+        return all([helper.ready for helper in worker._helpers])
 
-    await wait_until_async(ready, timeout=30, what="the signature helper to say it is ready")
+    await wait_until_async(ready, timeout=30, what="every signature helper to say it is ready")
 
 
 @asynccontextmanager
 async def ready_helper() -> AsyncIterator[SignatureWorker]:
-    async with trio.open_nursery() as nursery:
-        worker = await SignatureWorker.start(nursery)
+    async with signature_helper() as worker:
         assert worker is not None
-        try:
-            await until_ready(worker)
-            yield worker
-        finally:
-            await worker.aclose()
+        await until_ready(worker)
+        yield worker
 
 
 def started_ready(monkeypatch: pytest.MonkeyPatch) -> list[tuple[SignatureWorker, list[int]]]:
@@ -63,8 +59,8 @@ def started_ready(monkeypatch: pytest.MonkeyPatch) -> list[tuple[SignatureWorker
     started: list[tuple[SignatureWorker, list[int]]] = []
     start = SignatureWorker.start
 
-    async def start_and_wait(nursery: trio.Nursery) -> SignatureWorker | None:
-        worker = await start(nursery)
+    async def start_and_wait() -> SignatureWorker | None:
+        worker = await start()
         assert worker is not None
         await until_ready(worker)
         started.append((worker, count_calls(worker)))
@@ -100,14 +96,15 @@ async def test_the_helper_answers_exactly_as_checking_in_process(aio_loop: objec
         assert await worker.check(work) == expected
         assert await worker.check(work[::-1]) == expected[::-1]  # request after request
         assert await worker.check([]) == []
-        process = worker._process
-    assert process.returncode is not None  # closing ends it
+        assert len(worker.processes) == min(signatures.MAX_HELPERS, os.cpu_count() or 1)
+    assert all(p.returncode is not None for p in worker.processes)  # closing ends them
 
 
 async def test_a_helper_that_died_is_never_asked_again(aio_loop: object) -> None:
     async with ready_helper() as worker:
-        worker._process.kill()
-        await worker._process.wait()
+        for process in worker.processes:
+            process.kill()
+            await process.wait()
         assert await worker.check(jobs()) is None
         assert not worker.ready
         assert await worker.check(jobs()[:1]) is None
@@ -127,8 +124,9 @@ async def test_a_helper_that_cannot_start_means_checking_in_process(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
-    async with trio.open_nursery() as nursery:
-        assert await SignatureWorker.start(nursery) is None
+    assert await SignatureWorker.start() is None
+    async with signature_helper() as worker:
+        assert worker is None
 
 
 async def test_checking_with_the_helper_decides_every_version_as_in_process(aio_loop: object, tmp_path: Path) -> None:
@@ -192,7 +190,7 @@ async def test_a_first_sync_sized_receive_uses_the_helper_and_a_tampered_version
         assert isinstance(failure, BadSignature)
         [(worker, calls)] = started
         assert calls == [len(batch) for batch in batches]  # every batch went through the helper
-        assert worker._process.returncode is not None  # ended with the pipeline
+        assert all(p.returncode is not None for p in worker.processes)  # ended with the pipeline
         stored = await b.sealed([v.header.dot for batch in batches for v in batch])
         assert len(stored) == 1200 - len(batches[-1])  # every batch before the bad one
 
@@ -221,5 +219,5 @@ async def test_a_big_bundle_with_one_tampered_version_changes_nothing(
             await import_bundle(b, tmp_path / "big.bundle")
         assert await snapshot(b) == before
     [(worker, calls)] = started
-    assert worker._process.returncode is not None
+    assert all(p.returncode is not None for p in worker.processes)
     assert sum(calls) == 1500  # the helper checked every version
