@@ -14,7 +14,10 @@ weighs on all figures alike:
 * bundle import: A's full bundle for a freshly admitted device C, imported
   into C's empty store (``import_bundle``: pass one, then the apply);
 * first sync: a fresh C syncs with A over SSH on loopback, both in this
-  process (so the sender's reads and asyncssh share the cores too).
+  process (so the sender's reads and asyncssh share one interpreter too);
+* first sync, sender apart: the same with A served by another process
+  (``--serve``), as a real sender is another machine; on this machine the
+  two processes still share the cores.
 
 With ``--resume``: a first sync cut once half of its bytes have arrived,
 then a second sync; prints how many versions each moved (the second should
@@ -30,10 +33,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -107,8 +114,52 @@ async def round_(n: int, sb: Any, pair: Path, work: Path) -> dict[str, Any]:
         nursery.cancel_scope.cancel()
     assert summary.received == n, summary
     print(f"  first sync:    {fl.versus(row['sync_s'], n)}; {load()}", flush=True)
+    e_home = await sb.admit(a_home, work / "e")
+    async with serving_apart(a_home.path) as port, await e_home.open_store() as e:
+        started = time.monotonic()
+        summary = await Syncer(e, e_home.identity().signing_key).sync_with("127.0.0.1", port)
+        row["sync_apart_s"] = time.monotonic() - started
+    assert summary.received == n, summary
+    print(f"  first sync, sender apart: {fl.versus(row['sync_apart_s'], n)}; {load()}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return row
+
+
+@asynccontextmanager
+async def serving_apart(home: Path) -> AsyncIterator[int]:
+    """A serves syncs from another process (this script with ``--serve``); yields its port."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, __file__, "--serve", str(home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            data = await process.stdout.receive_some(100)
+            if not data:
+                raise RuntimeError("the serving process ended before it said its port")
+            line += data
+        yield int(line)
+    finally:
+        await process.stdin.aclose()  # it serves until its input ends
+        with trio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def serve(home_path: Path) -> None:
+    from peer.home import Home
+
+    home = Home(home_path)
+    async with await home.open_store() as store, trio.open_nursery() as nursery:
+        port: int = await nursery.start(partial(Syncer(store, home.identity().signing_key).serve, "127.0.0.1", 0))
+        print(port, flush=True)
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        while await stdin.receive_some(100):
+            pass
+        nursery.cancel_scope.cancel()
 
 
 class _CutAfter:
@@ -185,11 +236,12 @@ async def main_async(args: argparse.Namespace) -> None:
             "n": n,
             "import_s": [row["import_s"] for row in rows],
             "sync_s": [row["sync_s"] for row in rows],
+            "sync_apart_s": [row["sync_apart_s"] for row in rows],
             "floors": [row["floor"].to_json() for row in rows],
             "machine": floor.machine(),
             "load_end": floor.load(),
         }, indent=1))
-        for what in ("import_s", "sync_s"):
+        for what in ("import_s", "sync_s", "sync_apart_s"):
             ratios1 = [row[what] / n / row["floor"].one_core for row in rows]
             ratios2 = [row[what] / n / row["floor"].two_core for row in rows]
             rates = [n / row[what] for row in rows]
@@ -214,7 +266,7 @@ def plot(path: Path) -> None:
     results = [json.loads(p.read_text()) for p in OUT.glob("receive-results-*.json")]
     results.sort(key=lambda r: r["n"])
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    width = 0.2
+    width = 0.16
     for i, r in enumerate(results):
         n = r["n"]
         one = [1 / f["one_core"] for f in r["floors"]]
@@ -222,12 +274,13 @@ def plot(path: Path) -> None:
         series = [
             ("bundle import", [n / s for s in r["import_s"]], "tab:blue"),
             ("first sync (SSH, loopback)", [n / s for s in r["sync_s"]], "tab:orange"),
+            ("first sync, sender in another process", [n / s for s in r.get("sync_apart_s", r["sync_s"])], "tab:green"),
             ("1-core floor, same run", one, "tab:gray"),
             ("2-core floor, same run", two, "lightgray"),
         ]
         for j, (label, rates, color) in enumerate(series):
             mid = statistics.median(rates)
-            bar = ax.bar(i + (j - 1.5) * width, mid, width, color=color, label=label if i == 0 else None,
+            bar = ax.bar(i + (j - 2) * width, mid, width, color=color, label=label if i == 0 else None,
                          yerr=[[mid - min(rates)], [max(rates) - mid]], capsize=3)
             ax.bar_label(bar, labels=[f"{mid:,.0f}"], fontsize=7, padding=2, label_type="center")
     ax.set_xticks(range(len(results)), [f"N = {r['n']:,}\n({len(r['import_s'])} round{'s' if len(r['import_s']) > 1 else ''}; {r['load_end']})"
@@ -248,7 +301,11 @@ def main() -> None:
     parser.add_argument("--plot", default=str(ROOT / "docs" / "receive-vs-floor.png"),
                         help="Draw every size measured so far here ('' for none).")
     parser.add_argument("--plot-only", action="store_true", help="Redraw the plot from bench/out/receive-results-*.json.")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the sender apart (see serving_apart)
     args = parser.parse_args()
+    if args.serve:
+        trio_asyncio.run(serve, args.serve)
+        return
     if args.plot_only:
         plot(Path(args.plot))
         return

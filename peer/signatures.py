@@ -25,6 +25,7 @@ receive faster, never accept a signature the caller would refuse.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -44,6 +45,8 @@ __all__ = ["SignatureWorker", "WORKER_BATCH", "signature_helper"]
 WORKER_BATCH: Final = 200
 #: Helpers started at most (one per core up to this).
 MAX_HELPERS: Final = 4
+_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
+_PIPE_BYTES: Final = 1 << 20  # the default most an unprivileged process may ask for (pipe-max-size)
 
 
 class SignatureWorker:
@@ -126,6 +129,13 @@ class _Helper:
             )
         except OSError:
             return None
+        if process.stdin is not None:
+            # A request is up to a few MiB: a bigger pipe takes it in a few writes, not
+            # one per 64 KiB (each wakes the helper). Best effort: the default works too.
+            try:
+                fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)  # type: ignore[attr-defined]
+            except OSError:
+                pass
         return cls(process)
 
     @property
