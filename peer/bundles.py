@@ -497,9 +497,18 @@ def _check_sender(header: BundleHeader, trust: Trust, allow_own: bool) -> None:
 
 
 async def scan_bundle(
-    source: BundleSource, trust: Trust, *, allow_own: bool = False, progress: Progress | None = None
+    source: BundleSource,
+    trust: Trust,
+    *,
+    allow_own: bool = False,
+    progress: Progress | None = None,
+    checks: _Checks | None = None,
 ) -> BundleScan:
-    """Pass one: read and verify the whole bundle, change nothing. Raises what :class:`BundleReader` raises."""
+    """Pass one: read and verify the whole bundle, change nothing. Raises what :class:`BundleReader` raises.
+
+    With ``checks`` (running), every version read is also handed to them, so
+    that the versions are opened while the rest of the file is read.
+    """
     records: list[bytes] = []
     dots: list[Dot] = []
     reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
@@ -516,8 +525,12 @@ async def scan_bundle(
                 sender = event.sender
             elif isinstance(event, BundleMemberRecord):
                 records.append(event.record)
+                if checks is not None:
+                    checks.records.append(event.record)
             elif isinstance(event, BundleVersion):
                 dots.append(event.version.header.dot)
+                if checks is not None:
+                    await checks.add(event.version)
                 if kept is not None:
                     kept_bytes += len(event.version.header_bytes) + len(event.version.box)
                     kept = kept if kept_bytes <= KEEP_PARSED_BYTES else None
@@ -573,6 +586,104 @@ def _changed() -> BundleError:
     return BundleError("the bundle changed while it was being imported (is something still writing it?)")
 
 
+class _Checks:
+    """A bundle's new versions, checked batch by batch as they are read, before anything is written.
+
+    Batches are checked CHECKS_AT_ONCE at a time (each decrypted in a worker
+    thread while the signature helpers, or that thread, check its signatures)
+    while the caller goes on reading the file, against the membership the
+    bundle's records would make (they come before the versions). The first
+    failure cancels the rest and is raised as it is by :meth:`finish`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        start_vector: VersionVector,
+        records: list[bytes],
+        *,
+        keep: bool,
+        signatures: SignatureWorker | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.start_vector = start_vector
+        self.records = records  # filled by the reader as the records go by
+        self.keep = keep
+        self.signatures = signatures
+        self.own_helper = False
+        self.progress = progress
+        self.checked: list[CheckedBatch | None] = []
+        self.count = 0  # versions checked
+        self.held = 0  # versions the store held already (not checked again)
+        self.failure: list[BaseException] = []
+        self._batch: list[SealedVersion] = []
+        self._bytes = 0
+        self._in_flight = trio.Semaphore(CHECKS_AT_ONCE)
+        self._nursery: trio.Nursery | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[_Checks]:
+        """Checks run inside; on the way out every check has ended (and the helpers this started too)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    yield self
+                    await self._submit()
+                except Exception as e:  # raised by finish() as it is, not wrapped in the nursery's group
+                    self.failure.insert(0, e)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if self.own_helper and self.signatures is not None:
+                await self.signatures.aclose()
+
+    async def add(self, version: SealedVersion) -> None:
+        if self.start_vector.covers(version.header.dot):
+            # Held already (the vector covers only what the store holds):
+            # not worth verifying again. Replays cost a read, not a minute.
+            self.held += 1
+            return
+        self._batch.append(version)
+        self._bytes += len(version.header_bytes) + len(version.box)
+        if len(self._batch) >= APPLY_BATCH or self._bytes >= APPLY_BATCH_BYTES:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if not self._batch or self.failure:
+            return
+        assert self._nursery is not None
+        if self.signatures is None and len(self._batch) >= WORKER_BATCH and not self.checked:
+            self.signatures = await SignatureWorker.start()
+            self.own_helper = True
+        await self._in_flight.acquire()
+        self.checked.append(None)
+        self._nursery.start_soon(self._check, len(self.checked) - 1, self._batch)
+        self._batch, self._bytes = [], 0
+
+    async def _check(self, index: int, versions: list[SealedVersion]) -> None:
+        assert self._nursery is not None
+        try:
+            opened = await self.store.check_received(versions, records=tuple(self.records), signatures=self.signatures)
+        except Exception as e:
+            self.failure.append(e)
+            self._nursery.cancel_scope.cancel()
+            return
+        finally:
+            self._in_flight.release()
+        if self.keep:
+            self.checked[index] = opened
+        self.count += len(versions)
+        if self.progress is not None:
+            self.progress(self.count + self.held)
+
+    def finish(self) -> None:
+        """Raise the first failure, if any (after :meth:`running` ended)."""
+        if self.failure:
+            raise self.failure[0]
+
+
 async def apply_bundle(
     store: Store,
     source: BundleSource,
@@ -581,6 +692,7 @@ async def apply_bundle(
     allow_own: bool = False,
     progress: Progress | None = None,
     signatures: SignatureWorker | None = None,
+    checks: _Checks | None = None,
 ) -> tuple[ApplyResult, int, bool]:
     """Pass two: verify and open every new version, then write records, versions and vectors in short transactions.
 
@@ -589,6 +701,9 @@ async def apply_bundle(
     changed, if anything fails before the writing starts (a bad version,
     the file's end); a failure while writing (a full disk) raises
     :class:`PartlyImported`, which says what was kept.
+
+    ``checks`` are those :func:`import_bundle` made while pass one read the
+    file (every new version opened, kept): then this only writes.
     """
     await store.refresh()
     trust = Trust.of(store)
@@ -600,102 +715,49 @@ async def apply_bundle(
                 # verified the header, which is all that is left to use.
                 return ApplyResult(duplicates=scan.versions), 0, await _learn(store, scan.header, start_vector)
     header = scan.header
-    start_vector = await store.vector()
-    records: list[bytes] = []
-    reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
-    # Every new version is verified and opened before anything is written, against
-    # the membership the bundle's records would make (they come before the versions).
-    keep = scan.size <= KEEP_CHECKED_BYTES
-    checked: list[CheckedBatch | None] = []
-    checked_count = held = 0
-    batch: list[SealedVersion] = []
-    batch_bytes = 0
-    # Batches are checked in worker threads, CHECKS_AT_ONCE at a time, while this
-    # task goes on reading the file: verification releases the GIL, so the cores
-    # share the work. The first failure stops the rest and is raised as it is.
-    in_flight = trio.Semaphore(CHECKS_AT_ONCE)
-    failure: list[BaseException] = []
+    if checks is None:
+        records: list[bytes] = []
 
-    async def check(index: int, versions: list[SealedVersion], cancel: trio.CancelScope) -> None:
-        nonlocal checked_count
-        try:
-            opened = await store.check_received(versions, records=tuple(records), signatures=helper[0])
-        except Exception as e:
-            failure.append(e)
-            cancel.cancel()
-            return
-        finally:
-            in_flight.release()
-        if keep:
-            checked[index] = opened
-        checked_count += len(versions)
-        if progress is not None:
-            progress("applying", (checked_count + held) // 2, scan.versions)
+        def checked_progress(done: int) -> None:
+            if progress is not None:
+                progress("applying", done // 2, scan.versions)
 
-    # A big bundle's signatures are checked by a helper process (peer.signatures):
-    # the caller's, started early, or one started at the first full batch.
-    helper: list[SignatureWorker | None] = [signatures]
-    own_helper = False
-
-    async def submit(nursery: trio.Nursery) -> None:
-        nonlocal batch, batch_bytes, own_helper
-        if helper[0] is None and len(batch) >= WORKER_BATCH and len(checked) == 0:
-            helper[0] = await SignatureWorker.start()
-            own_helper = True
-        await in_flight.acquire()
-        checked.append(None)
-        nursery.start_soon(check, len(checked) - 1, batch, nursery.cancel_scope)
-        batch, batch_bytes = [], 0
-
-    async def read_and_submit(nursery: trio.Nursery) -> None:
-        nonlocal held, batch_bytes
-        for event in _pass_two(source, reader, scan, trust):
-            if isinstance(event, BundleHeader):
-                _check_sender(event, trust, allow_own)
-                if event != header:
-                    raise _changed()
-            elif isinstance(event, BundleMemberRecord):
-                records.append(event.record)
-            elif isinstance(event, BundleVersion):
-                if start_vector.covers(event.version.header.dot):
-                    # Held already (the vector covers only what the store holds):
-                    # not worth verifying again. Replays cost a read, not a minute.
-                    held += 1
-                    continue
-                batch.append(event.version)
-                batch_bytes += len(event.version.header_bytes) + len(event.version.box)
-                if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
-                    await submit(nursery)
-            elif isinstance(event, BundleEnd):
-                if (event.members, event.versions) != (scan.members, scan.versions):
-                    raise _changed()
-        if batch:
-            await submit(nursery)
-
-    try:
-        async with trio.open_nursery() as checks:
-            try:
-                await read_and_submit(checks)
-            except Exception as e:  # raised below as it is, not wrapped in the nursery's group
-                failure.insert(0, e)
-                checks.cancel_scope.cancel()
-    finally:
-        if own_helper and helper[0] is not None:
-            await helper[0].aclose()
-    if failure:
-        raise failure[0]
+        checks = _Checks(
+            store,
+            await store.vector(),
+            records,
+            keep=scan.size <= KEEP_CHECKED_BYTES,
+            signatures=signatures,
+            progress=checked_progress,
+        )
+        reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
+        async with checks.running():
+            for event in _pass_two(source, reader, scan, trust):
+                if isinstance(event, BundleHeader):
+                    _check_sender(event, trust, allow_own)
+                    if event != header:
+                        raise _changed()
+                elif isinstance(event, BundleMemberRecord):
+                    records.append(event.record)
+                elif isinstance(event, BundleVersion):
+                    await checks.add(event.version)
+                elif isinstance(event, BundleEnd):
+                    if (event.members, event.versions) != (scan.members, scan.versions):
+                        raise _changed()
+    checks.finish()
+    start_vector, held = checks.start_vector, checks.held
 
     # Everything verified: now short write transactions, the records first.
     async with store.transaction():
-        new_records = await store.apply_membership(records)
+        new_records = await store.apply_membership(checks.records)
     result = ApplyResult(duplicates=held)
     try:
-        if keep:
-            for part in checked:
+        if checks.keep:
+            for part in checks.checked:
                 assert part is not None
                 result += await store.store_checked(part)
                 if progress is not None:
-                    progress("applying", (checked_count + held + result.added + result.duplicates) // 2, scan.versions)
+                    progress("applying", (checks.count + held + result.added + result.duplicates) // 2, scan.versions)
         else:
             result += await _write_again(store, source, trust, scan, start_vector, allow_own, progress, signatures)
     except PeerError as e:
@@ -911,7 +973,16 @@ async def _import(
 ) -> ImportResult:
     started = time.monotonic()
     try:
-        scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress)
+        checks: _Checks | None = None
+        if dry_run or source.size() > KEEP_CHECKED_BYTES:
+            scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress)
+        else:
+            # Versions are opened while pass one reads on (nothing is written
+            # before the whole file and every version in it checked out).
+            checks = _Checks(store, await store.vector(), [], keep=True, signatures=helper)
+            async with checks.running():
+                scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress, checks=checks)
+            checks.finish()
         if dry_run:
             known = set(store.membership.records())
             return ImportResult(
@@ -930,7 +1001,7 @@ async def _import(
                 seconds=time.monotonic() - started,
             )
         result, new_members, merged = await apply_bundle(
-            store, source, scan, allow_own=allow_own, progress=progress, signatures=helper
+            store, source, scan, allow_own=allow_own, progress=progress, signatures=helper, checks=checks
         )
     except PartlyImported:
         raise  # it says what was kept
