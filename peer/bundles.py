@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from peer.signatures import WORKER_BATCH, SignatureWorker, signature_helper
-from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
+from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, sealed_digest, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
     END_OF_STREAM,
@@ -616,6 +616,9 @@ class _Checks:
         self.checked: list[CheckedBatch | None] = []
         self.count = 0  # versions checked
         self.held = 0  # versions the store held already (not checked again)
+        #: Without ``keep``: the fingerprints of the versions that checked out,
+        #: whose signatures the write pass need not check again.
+        self.verified: set[bytes] = set()
         self.failure: list[BaseException] = []
         self._batch: list[SealedVersion] = []
         self._bytes = 0
@@ -674,6 +677,8 @@ class _Checks:
             self._in_flight.release()
         if self.keep:
             self.checked[index] = opened
+        else:
+            self.verified.update(sealed_digest(sealed) for sealed, _ in opened.opened.values())
         self.count += len(versions)
         if self.progress is not None:
             self.progress(self.count + self.held)
@@ -759,7 +764,9 @@ async def apply_bundle(
                 if progress is not None:
                     progress("applying", (checks.count + held + result.added + result.duplicates) // 2, scan.versions)
         else:
-            result += await _write_again(store, source, trust, scan, start_vector, allow_own, progress, signatures)
+            result += await _write_again(
+                store, source, trust, scan, start_vector, allow_own, progress, signatures, checks.verified
+            )
     except PeerError as e:
         raise PartlyImported(
             f"{e.message}; {result.added:,} new {'version was' if result.added == 1 else 'versions were'} imported"
@@ -781,11 +788,15 @@ async def _write_again(
     allow_own: bool,
     progress: Progress | None,
     signatures: SignatureWorker | None,
+    verified: Collection[bytes],
 ) -> ApplyResult:
     """A bundle too big to hold its opened versions: read it a third time, check and write batch by batch.
 
     Every version verified in the pass before, so this one fails only if the
     file changed meanwhile or a write fails. Each batch is its own transaction.
+    A version whose bytes are those the pass before checked (``verified``, by
+    fingerprint) is decrypted again but its signature is not checked again;
+    any other (the file changed) is checked in full.
     """
     records: list[bytes] = []
     reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
@@ -797,7 +808,7 @@ async def _write_again(
     # carried out of the nursery by hand (trio would wrap it in an ExceptionGroup).
     failed: list[Exception] = []
     async with trio.open_nursery() as checks:
-        async with ApplyPipeline(store, checks, signatures=signatures) as pipeline:
+        async with ApplyPipeline(store, checks, signatures=signatures, verified=verified) as pipeline:
             try:
                 for event in _events_of(source, reader):
                     if isinstance(event, BundleHeader):

@@ -19,6 +19,7 @@ from .store import (
     Rejected,
     Store,
     StoreStats,
+    sealed_digest,
     wall_clock_ms,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "Rejected",
     "Store",
     "StoreStats",
+    "sealed_digest",
     "wall_clock_ms",
 ]

@@ -25,7 +25,7 @@ decrypts and writes (:mod:`peer.signatures`); :meth:`aclose` (or leaving
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -51,9 +51,16 @@ class ApplyPipeline:
     """Submit batches in order; each call writes the batch before (see the module's theory of operation)."""
 
     def __init__(
-        self, store: Store, nursery: trio.Nursery, *, strict: bool = True, signatures: SignatureWorker | None = None
+        self,
+        store: Store,
+        nursery: trio.Nursery,
+        *,
+        strict: bool = True,
+        signatures: SignatureWorker | None = None,
+        verified: Collection[bytes] = frozenset(),
     ) -> None:
         self._store = store
+        self._verified = verified  # see Store.check_received
         self._nursery = nursery
         self._strict = strict
         self._pending: _Pending | None = None
@@ -79,7 +86,7 @@ class ApplyPipeline:
     async def _check(self, pending: _Pending, versions: Sequence[SealedVersion]) -> None:
         try:
             pending.checked = await self._store.check_received(
-                versions, strict=self._strict, refresh=False, signatures=self._signatures
+                versions, strict=self._strict, refresh=False, signatures=self._signatures, verified=self._verified
             )
         except Exception as e:  # re-raised in the writing task, in order
             pending.error = e

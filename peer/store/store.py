@@ -32,13 +32,14 @@ of keyword queries in :mod:`.rows`.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import os
 import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,6 +146,7 @@ __all__ = [
     "ImportedVersion",
     "NowMs",
     "wall_clock_ms",
+    "sealed_digest",
 ]
 
 NowMs = Callable[[], int]
@@ -1172,6 +1174,7 @@ class Store:
         refresh: bool = True,
         records: Sequence[bytes] = (),
         signatures: SignatureWorker | None = None,
+        verified: Collection[bytes] = frozenset(),
     ) -> CheckedBatch:
         """Verify and open received versions (no write): the CPU half of :meth:`apply`.
 
@@ -1189,6 +1192,10 @@ class Store:
 
         With a ready ``signatures`` helper the signatures are checked there
         while this process decrypts (the same answers, on another core).
+
+        ``verified`` holds the :func:`sealed_digest` of versions whose
+        signatures this process checked moments ago (a big bundle read again
+        to be written): theirs is not checked again; everything else is.
         """
         if not versions:
             return CheckedBatch({}, (), 0, self._membership)
@@ -1201,7 +1208,7 @@ class Store:
         if records:
             membership, group_keys = self._with_records(tuple(records))
         if signatures is not None and signatures.ready:
-            checked = await self._check_elsewhere(versions, signatures, membership, group_keys, strict)
+            checked = await self._check_elsewhere(versions, signatures, membership, group_keys, strict, verified)
             if checked is not None:
                 return checked
 
@@ -1213,9 +1220,13 @@ class Store:
                     in_batch_duplicates += 1
                     continue
                 try:
-                    body = open_version(
-                        sealed, group_id=self.group_id, group_keys=group_keys, author_key=membership.author_key
-                    )
+                    if verified and sealed_digest(sealed) in verified:
+                        signature_job(sealed, group_id=self.group_id, author_key=membership.author_key)
+                        body = unseal_version(sealed, group_keys)
+                    else:
+                        body = open_version(
+                            sealed, group_id=self.group_id, group_keys=group_keys, author_key=membership.author_key
+                        )
                 except (TrustError, DecodeError) as e:
                     if strict and not _written_by_revoked(membership, sealed, e):
                         raise
@@ -1233,6 +1244,7 @@ class Store:
         membership: Membership,
         group_keys: Mapping[int, bytes],
         strict: bool,
+        verified: Collection[bytes],
     ) -> CheckedBatch | None:
         """:meth:`check_received` with the signatures checked by a helper process; None if it could not answer.
 
@@ -1241,18 +1253,26 @@ class Store:
         """
         jobs: list[SignatureJob] = []
         first_error: list[PeerError | None] = []
+        checked_before: list[bool] = []
         for sealed in versions:
             try:
-                jobs.append(signature_job(sealed, group_id=self.group_id, author_key=membership.author_key))
-                first_error.append(None)
+                job = signature_job(sealed, group_id=self.group_id, author_key=membership.author_key)
             except TrustError as e:
                 first_error.append(e)
+                checked_before.append(False)
+                continue
+            first_error.append(None)
+            before = bool(verified) and sealed_digest(sealed) in verified
+            checked_before.append(before)
+            if not before:
+                jobs.append(job)
         bodies: list[MemoryBody | PeerError] = []
-        verdicts: list[bool] | None = None
+        verdicts: list[bool] | None = [] if not jobs else None
 
         async def ask() -> None:
             nonlocal verdicts
-            verdicts = await signatures.check(jobs)
+            if jobs:
+                verdicts = await signatures.check(jobs)
 
         # Decrypting is all Python (the GIL): done here, in runs between
         # checkpoints, not in a worker thread, whose every GIL hand-over with
@@ -1273,10 +1293,14 @@ class Store:
         opened: dict[Dot, tuple[SealedVersion, MemoryBody]] = {}
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
-        next_job = iter(zip(verdicts, bodies))
-        for sealed, error in zip(versions, first_error):
+        next_verdict, next_body = iter(verdicts), iter(bodies)
+        for sealed, error, before in zip(versions, first_error, checked_before):
             header = sealed.header
-            outcome: MemoryBody | PeerError = error if error is not None else _first_failure(sealed, *next(next_job))
+            outcome: MemoryBody | PeerError
+            if error is not None:
+                outcome = error
+            else:
+                outcome = _first_failure(sealed, before or next(next_verdict), next(next_body))
             if header.dot in opened:
                 in_batch_duplicates += 1
                 continue
@@ -1935,6 +1959,11 @@ def _trimmed_body(row: Row, now: float) -> MemoryBody:
             tags = []
             cut.append("every tag left out (together they were too big)")
     raise StoreError("a version could not be cut down to the limits; restore the store from a backup")
+
+
+def sealed_digest(sealed: SealedVersion) -> bytes:
+    """A version's fingerprint (BLAKE2b of its whole sealed bytes): what :meth:`Store.check_received` may skip."""
+    return hashlib.blake2b(sealed.encode(), digest_size=16).digest()
 
 
 def _first_failure(sealed: SealedVersion, valid: bool, body: MemoryBody | PeerError) -> MemoryBody | PeerError:

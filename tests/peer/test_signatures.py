@@ -14,11 +14,12 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import peer.bundles as bundles
 import peer.signatures as signatures
 from peer.bundles import import_bundle
 from peer.memory import Draft
 from peer.signatures import SignatureWorker, signature_helper
-from peer.store import ApplyPipeline
+from peer.store import ApplyPipeline, sealed_digest
 from protocol import (
     BadSignature,
     PeerError,
@@ -221,3 +222,66 @@ async def test_a_big_bundle_with_one_tampered_version_changes_nothing(
     [(worker, calls)] = started
     assert all(p.returncode is not None for p in worker.processes)
     assert sum(calls) == 1500  # the helper checked every version
+
+
+async def test_versions_checked_moments_ago_skip_only_their_signature(aio_loop: object, tmp_path: Path) -> None:
+    """A big bundle's write pass: the bytes checked before are not checked again; anything else is, in full."""
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(300)])
+        versions = [v for batch in [x async for x in a.missing_for(await b.vector(), batch_size=1000)] for v in batch]
+        verified = {sealed_digest(v) for v in versions}
+        alone = await b.check_received(versions)
+        tampered = replace(versions[7], signature=bytes(64))  # not the bytes that were checked
+        async with ready_helper() as worker:
+            calls = count_calls(worker)
+            again = await b.check_received(versions, signatures=worker, verified=verified)
+            assert calls == []  # nothing left for the helpers to check
+            with pytest.raises(BadSignature):
+                await b.check_received([*versions[:7], tampered, *versions[8:]], signatures=worker, verified=verified)
+            assert calls == [1]  # only the changed version went to the helpers
+        with pytest.raises(BadSignature):  # the same without helpers
+            await b.check_received([*versions[:7], tampered, *versions[8:]], verified=verified)
+        no_helper = await b.check_received(versions, verified=verified)
+    assert again.opened.keys() == alone.opened.keys() == no_helper.opened.keys()
+    assert [body for _, body in again.opened.values()] == [body for _, body in alone.opened.values()]
+
+
+async def test_a_big_bundle_changed_between_its_passes_is_checked_in_full(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read a third time to be written, a version whose bytes changed since they were checked is refused."""
+    a_home = await found(tmp_path / "a", "a")
+    b_home = await admit(a_home, tmp_path / "b", "b")
+    identity = a_home.identity()
+    async with await a_home.open_store() as a:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(600)])
+        versions = [v for batch in [x async for x in a.missing_for(VersionVector())] for v in batch]
+        records, vector, group_id = a.membership.records(), await a.vector(), a.group_id
+
+    def bundle_of(these: list[SealedVersion]) -> bytes:
+        """A whole, well-signed bundle (the same header each time): only its versions differ."""
+        writer = BundleWriter(signing_key=identity.signing_key, group_id=group_id, sender_vector=vector, created_ms=1)
+        out = writer.header() + b"".join(writer.add_member_record(r) for r in records)
+        return out + b"".join(writer.add_version(v) for v in these) + writer.finish()
+
+    target = versions[450]
+    (tmp_path / "big.bundle").write_bytes(bundle_of(versions))
+    changed = bundle_of([*versions[:450], replace(target, signature=bytes(64)), *versions[451:]])
+    monkeypatch.setattr(bundles, "APPLY_BATCH", 200)
+    monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)  # checked whole, then read again as written
+    write_again = bundles._write_again
+
+    async def after_the_check_someone_edits_the_file(*args: Any) -> Any:
+        # A valid bundle, but one version's bytes are not those that were checked.
+        (tmp_path / "big.bundle").write_bytes(changed)
+        return await write_again(*args)
+
+    monkeypatch.setattr(bundles, "_write_again", after_the_check_someone_edits_the_file)
+    started = started_ready(monkeypatch)
+    async with await b_home.open_store() as b:
+        with pytest.raises(PeerError, match="bad signature"):
+            await import_bundle(b, tmp_path / "big.bundle")
+        assert await b.sealed([target.header.dot]) == []
+        assert len(await b.sealed([v.header.dot for v in versions])) < 600
+    assert started and sum(started[0][1]) >= 600  # the first pass's checks went through the helpers
