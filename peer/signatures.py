@@ -45,6 +45,9 @@ __all__ = ["SignatureWorker", "WORKER_BATCH", "signature_helper"]
 WORKER_BATCH: Final = 200
 #: Helpers started at most (one per core up to this).
 MAX_HELPERS: Final = 4
+#: Seconds a helper has to answer a request (plus per job: a check takes well under a millisecond).
+ANSWER_WITHIN: Final = 10.0
+ANSWER_PER_JOB: Final = 0.005
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 _PIPE_BYTES: Final = 1 << 20  # the default most an unprivileged process may ask for (pipe-max-size)
 
@@ -189,15 +192,19 @@ class _Helper:
             # for another request's: the helper is not asked again.
             answered = False
             try:
-                await self._process.stdin.send_all(request)
-                length = int.from_bytes(await self._receive(4), "big")
-                if length != 8 + len(jobs):
-                    return None
-                answer = await self._receive(length)
-                if int.from_bytes(answer[:8], "big") != self._number or any(v > 1 for v in answer[8:]):
-                    return None
-                answered = True
-                return [v == 1 for v in answer[8:]]
+                # A helper that stopped answering (stopped, starved) is given up
+                # on, and the caller checks this batch itself.
+                with trio.move_on_after(ANSWER_WITHIN + len(jobs) * ANSWER_PER_JOB):
+                    await self._process.stdin.send_all(request)
+                    length = int.from_bytes(await self._receive(4), "big")
+                    if length != 8 + len(jobs):
+                        return None
+                    answer = await self._receive(length)
+                    if int.from_bytes(answer[:8], "big") != self._number or any(v > 1 for v in answer[8:]):
+                        return None
+                    answered = True
+                    return [v == 1 for v in answer[8:]]
+                return None
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return None
             finally:

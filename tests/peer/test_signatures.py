@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -285,3 +286,18 @@ async def test_a_big_bundle_changed_between_its_passes_is_checked_in_full(
         assert await b.sealed([target.header.dot]) == []
         assert len(await b.sealed([v.header.dot for v in versions])) < 600
     assert started and sum(started[0][1]) >= 600  # the first pass's checks went through the helpers
+
+
+async def test_a_helper_that_stops_answering_is_given_up_on(aio_loop: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped helper (SIGSTOP: a debugger, a starved machine) must not hang the receive."""
+    monkeypatch.setattr(signatures, "ANSWER_WITHIN", 0.5)
+    async with ready_helper() as worker:
+        for process in worker.processes:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            with trio.fail_after(10):
+                assert await worker.check(jobs()) is None
+            assert not worker.ready
+        finally:
+            for process in worker.processes:
+                process.send_signal(signal.SIGCONT)
