@@ -26,7 +26,10 @@ Per version, on a sample of real sealed versions (a corpus paragraph and a
 Derived floors: ``one_core`` = decode + verify + kdf_aead + sql (all on
 one core, one after the other); ``two_core`` = max(verify, the rest): the
 signature checks on the second core, everything else on the first (verify
-is the only big part that releases the GIL).
+is the only big part that releases the GIL); ``checked_then_written`` =
+max(verify, decode + kdf_aead) + sql: a bundle import, which must check
+every version before it writes any (a bad version anywhere changes
+nothing), so its writes cannot overlap its checks.
 """
 
 from __future__ import annotations
@@ -116,6 +119,11 @@ class Floor:
         return max(self.verify, self.one_core - self.verify)
 
     @property
+    def checked_then_written(self) -> float:
+        """Two cores, but every version checked before the first is written (a bundle import)."""
+        return max(self.verify, self.decode + self.kdf_aead) + self.sql
+
+    @property
     def search_ready_two_core(self) -> float:
         """Receive and index: hnswlib's two threads run after (or beside) the two-core receive."""
         return self.two_core + self.hnsw2
@@ -129,16 +137,27 @@ class Floor:
             f" 2-core {self.two_core * 1e6:.0f} µs = {1 / self.two_core:,.0f}/s; {self.load}"
         )
 
-    def versus(self, seconds: float, n: int) -> str:
-        """``seconds`` for ``n`` versions as a rate and as ratios to the two receive floors."""
+    def versus(self, seconds: float, n: int, *, checked_first: bool = False) -> str:
+        """``seconds`` for ``n`` versions as a rate and as ratios to the receive floors.
+
+        ``checked_first`` (a bundle import) adds the ratio to :attr:`checked_then_written`.
+        """
         per = seconds / n
-        return (
+        out = (
             f"{seconds:.2f} s, {n / seconds:,.0f} versions/s; {per / self.one_core:.2f}x the 1-core floor,"
             f" {per / self.two_core:.2f}x the 2-core floor"
         )
+        if checked_first:
+            out += f", {per / self.checked_then_written:.2f}x the checked-then-written floor"
+        return out
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "one_core": self.one_core, "two_core": self.two_core}
+        return {
+            **asdict(self),
+            "one_core": self.one_core,
+            "two_core": self.two_core,
+            "checked_then_written": self.checked_then_written,
+        }
 
 
 async def sample_home(n: int) -> Home:

@@ -104,7 +104,7 @@ async def round_(n: int, sb: Any, pair: Path, work: Path) -> dict[str, Any]:
         imported = await import_bundle(c, bundle)
         row["import_s"] = time.monotonic() - started
     assert imported.added == n, imported
-    print(f"  bundle import: {fl.versus(row['import_s'], n)}; {load()}", flush=True)
+    print(f"  bundle import: {fl.versus(row['import_s'], n, checked_first=True)}; {load()}", flush=True)
     d_home = await sb.admit(a_home, work / "d")
     async with await a_home.open_store() as a, await d_home.open_store() as d, trio.open_nursery() as nursery:
         port: int = await nursery.start(partial(Syncer(a, a_home.identity().signing_key).serve, "127.0.0.1", 0))
@@ -245,10 +245,14 @@ async def main_async(args: argparse.Namespace) -> None:
             ratios1 = [row[what] / n / row["floor"].one_core for row in rows]
             ratios2 = [row[what] / n / row["floor"].two_core for row in rows]
             rates = [n / row[what] for row in rows]
+            checked = ""
+            if what == "import_s":
+                ratios3 = [row[what] / n / row["floor"].checked_then_written for row in rows]
+                checked = f", vs checked-then-written floor {min(ratios3):.2f} / {statistics.median(ratios3):.2f}"
             print(
                 f"N={n:,} {what[:-2]}: {max(rates):,.0f} / {statistics.median(rates):,.0f} versions/s (best/median);"
                 f" vs 1-core floor {min(ratios1):.2f} / {statistics.median(ratios1):.2f},"
-                f" vs 2-core floor {min(ratios2):.2f} / {statistics.median(ratios2):.2f}"
+                f" vs 2-core floor {min(ratios2):.2f} / {statistics.median(ratios2):.2f}{checked}"
             )
     print(f"end: {load()}")
     if args.plot:
