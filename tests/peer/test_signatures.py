@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import peer.bundles as bundles
 import peer.signatures as signatures
 from peer.bundles import import_bundle
+from peer.home import Home
 from peer.memory import Draft
 from peer.signatures import SignatureWorker, signature_helper
 from peer.store import ApplyPipeline, sealed_digest
@@ -171,6 +172,33 @@ def count_calls(worker: SignatureWorker) -> list[int]:
     return calls
 
 
+@dataclass
+class Sender:
+    """A's memories as sealed versions, and B, admitted, to receive them as bundles A made."""
+
+    b_home: Home
+    versions: list[SealedVersion]
+    bundle_of: Callable[[list[SealedVersion]], bytes]
+
+
+async def sender_of(tmp_path: Path, n: int) -> Sender:
+    a_home = await found(tmp_path / "a", "a")
+    b_home = await admit(a_home, tmp_path / "b", "b")
+    identity = a_home.identity()
+    async with await a_home.open_store() as a:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(n)])
+        versions = [v for batch in [x async for x in a.missing_for(VersionVector())] for v in batch]
+        records, vector, group_id = a.membership.records(), await a.vector(), a.group_id
+
+    def bundle_of(these: list[SealedVersion]) -> bytes:
+        """A whole, well-signed bundle of ``these`` (the same header each time)."""
+        writer = BundleWriter(signing_key=identity.signing_key, group_id=group_id, sender_vector=vector, created_ms=1)
+        out = writer.header() + b"".join(writer.add_member_record(r) for r in records)
+        return out + b"".join(writer.add_version(v) for v in these) + writer.finish()
+
+    return Sender(b_home, versions, bundle_of)
+
+
 async def test_a_first_sync_sized_receive_uses_the_helper_and_a_tampered_version_still_stops_it(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,21 +229,12 @@ async def test_a_big_bundle_with_one_tampered_version_changes_nothing(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The helper checks the signatures of a big bundle; one bad version anywhere still means nothing imported."""
-    a_home = await found(tmp_path / "a", "a")
-    b_home = await admit(a_home, tmp_path / "b", "b")
-    identity = a_home.identity()
-    async with await a_home.open_store() as a:
-        await a.add_many([(Draft(f"good {i}"), None) for i in range(1500)])
-        versions: list[SealedVersion] = [v for batch in [x async for x in a.missing_for(VersionVector())] for v in batch]
-        versions[1234] = replace(versions[1234], signature=bytes(64))
-        writer = BundleWriter(
-            signing_key=identity.signing_key, group_id=a.group_id, sender_vector=await a.vector(), created_ms=1
-        )
-        out = writer.header() + b"".join(writer.add_member_record(r) for r in a.membership.records())
-        out += b"".join(writer.add_version(v) for v in versions) + writer.finish()
-    (tmp_path / "big.bundle").write_bytes(out)
+    sender = await sender_of(tmp_path, 1500)
+    versions = list(sender.versions)
+    versions[1234] = replace(versions[1234], signature=bytes(64))
+    (tmp_path / "big.bundle").write_bytes(sender.bundle_of(versions))
     started = started_ready(monkeypatch)
-    async with await b_home.open_store() as b:
+    async with await sender.b_home.open_store() as b:
         before = await snapshot(b)
         with pytest.raises(PeerError, match="bad signature.*nothing was imported"):
             await import_bundle(b, tmp_path / "big.bundle")
@@ -252,20 +271,8 @@ async def test_a_big_bundle_changed_between_its_passes_is_checked_in_full(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Read a third time to be written, a version whose bytes changed since they were checked is refused."""
-    a_home = await found(tmp_path / "a", "a")
-    b_home = await admit(a_home, tmp_path / "b", "b")
-    identity = a_home.identity()
-    async with await a_home.open_store() as a:
-        await a.add_many([(Draft(f"note {i}"), None) for i in range(600)])
-        versions = [v for batch in [x async for x in a.missing_for(VersionVector())] for v in batch]
-        records, vector, group_id = a.membership.records(), await a.vector(), a.group_id
-
-    def bundle_of(these: list[SealedVersion]) -> bytes:
-        """A whole, well-signed bundle (the same header each time): only its versions differ."""
-        writer = BundleWriter(signing_key=identity.signing_key, group_id=group_id, sender_vector=vector, created_ms=1)
-        out = writer.header() + b"".join(writer.add_member_record(r) for r in records)
-        return out + b"".join(writer.add_version(v) for v in these) + writer.finish()
-
+    sender = await sender_of(tmp_path, 600)
+    versions, bundle_of = sender.versions, sender.bundle_of
     target = versions[450]
     (tmp_path / "big.bundle").write_bytes(bundle_of(versions))
     changed = bundle_of([*versions[:450], replace(target, signature=bytes(64)), *versions[451:]])
@@ -280,7 +287,7 @@ async def test_a_big_bundle_changed_between_its_passes_is_checked_in_full(
 
     monkeypatch.setattr(bundles, "_write_again", after_the_check_someone_edits_the_file)
     started = started_ready(monkeypatch)
-    async with await b_home.open_store() as b:
+    async with await sender.b_home.open_store() as b:
         with pytest.raises(PeerError, match="bad signature"):
             await import_bundle(b, tmp_path / "big.bundle")
         assert await b.sealed([target.header.dot]) == []
