@@ -32,23 +32,12 @@ import trio_asyncio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/floor.py, the same-run floor
 
-import importlib.util  # noqa: E402
+import floor  # noqa: E402
 
 from peer.signatures import SignatureWorker  # noqa: E402
 from protocol import SealedVersion, open_version, signature_job, unseal_version  # noqa: E402
-
-
-def _floor_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_floor", ROOT / "bench" / "floor.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-floor = _floor_module()
 
 
 async def round_(sample: int) -> None:
