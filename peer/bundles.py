@@ -132,8 +132,8 @@ KEEP_PARSED_BYTES: Final = 64 << 20
 #: memory between checking and writing, about three times the file; bigger ones
 #: are read and checked once more while they are written.
 KEEP_CHECKED_BYTES: Final = 128 << 20
-#: Batches of a bundle checked at once (each decrypted in a worker thread while
-#: the signature helper, or the thread itself, checks its signatures).
+#: Batches of a bundle checked at once (their signatures by the helper processes,
+#: or else in a worker thread, while the file is read on).
 CHECKS_AT_ONCE: Final = 2
 #: Bundles from this size on start a signature helper process before pass one.
 HELPER_BYTES: Final = 512 << 10
@@ -589,11 +589,11 @@ def _changed() -> BundleError:
 class _Checks:
     """A bundle's new versions, checked batch by batch as they are read, before anything is written.
 
-    Batches are checked CHECKS_AT_ONCE at a time (each decrypted in a worker
-    thread while the signature helpers, or that thread, check its signatures)
-    while the caller goes on reading the file, against the membership the
-    bundle's records would make (they come before the versions). The first
-    failure cancels the rest and is raised as it is by :meth:`finish`.
+    Batches are checked CHECKS_AT_ONCE at a time (:meth:`Store.check_received`:
+    the signatures by the helper processes, or else in a worker thread) while
+    the caller goes on reading the file, against the membership the bundle's
+    records would make (they come before the versions). The first failure
+    cancels the rest and is raised as it is by :meth:`finish`.
     """
 
     def __init__(
