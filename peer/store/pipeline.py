@@ -18,9 +18,9 @@ Membership changes must not overlap a check: call :meth:`drain` before
 applying member records (the batches after them are checked against them).
 
 A big receive (a batch of :data:`~peer.signatures.WORKER_BATCH` versions or
-more) starts a helper process that checks the signatures while this one
-decrypts and writes (:mod:`peer.signatures`); :meth:`aclose` (or leaving
-``async with``) ends it.
+more) starts helper processes, one per core, that check the signatures
+while this one decrypts and writes (:mod:`peer.signatures`); :meth:`aclose`
+(or leaving ``async with``) ends them.
 """
 
 from __future__ import annotations
