@@ -146,11 +146,13 @@ def bench_size(root: Path, size: int, rounds: int, store_bench: Any) -> None:
             samples.timed("search, agent", [*PEER, "--home", str(home.path), "search", query], base_env)
             samples.timed("search, in process", [*PEER, "--home", str(home.path), "search", query], alone_env)
             samples.timed("add, agent", [*PEER, "--home", str(home.path), "add", text + " (agent)"], base_env)
+            samples.timed("add --kind fact, agent",
+                          [*PEER, "--home", str(home.path), "add", "--kind", "fact", text + " (agent, fact)"], base_env)
             samples.timed("add, in process", [*PEER, "--home", str(home.path), "add", text + " (alone)"], alone_env)
         after = ask_agent(home.path, "hello", {})["answered"]
-        for method in ("search", "add"):
+        for method, count in (("search", rounds), ("add", 2 * rounds)):
             answered = after.get(method, 0) - before.get(method, 0)
-            assert answered == rounds, f"the agent answered {answered} of {rounds} {method} commands"
+            assert answered == count, f"the agent answered {answered} of {count} {method} commands"
     finally:
         agent.terminate()
         agent.wait(60)
@@ -161,6 +163,7 @@ def bench_size(root: Path, size: int, rounds: int, store_bench: Any) -> None:
     print(samples.row("search, agent", reference="search, in process"))
     print(samples.row("add, in process"))
     print(samples.row("add, agent", reference="add, in process"))
+    print(samples.row("add --kind fact, agent", reference="add, in process"))
 
 
 def main() -> None:

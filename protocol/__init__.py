@@ -109,6 +109,7 @@ if TYPE_CHECKING:
         JoinSession,
         JoinState,
     )
+    from .kinds import DEFAULT_KIND, KINDS, valid_kind
     from .membership import (
         KeyEpochRecord,
         MemberInfo,
@@ -123,10 +124,8 @@ if TYPE_CHECKING:
     )
     from .merge import MemoryState, VersionMeta, VersionState, context_for_new_version, state_of, winner_key
     from .records import (
-        DEFAULT_KIND,
         EMBEDDING_ROOM,
         FORMAT_VERSION,
-        KINDS,
         MAX_BODY_BYTES,
         MAX_CONTENT_BYTES,
         MAX_EMBEDDER_BYTES,
@@ -138,7 +137,6 @@ if TYPE_CHECKING:
         VersionHeader,
         canonical_json,
         check_body_size,
-        valid_kind,
     )
     from .relay import (
         RELAY_FORMAT,
@@ -300,10 +298,12 @@ __all__ = [
     "context_for_new_version",
     "state_of",
     "winner_key",
-    # records
+    # kinds
     "DEFAULT_KIND",
-    "FORMAT_VERSION",
     "KINDS",
+    "valid_kind",
+    # records
+    "FORMAT_VERSION",
     "EMBEDDING_ROOM",
     "MAX_BODY_BYTES",
     "MAX_EMBEDDER_BYTES",
@@ -316,7 +316,6 @@ __all__ = [
     "MemoryBody",
     "VersionHeader",
     "canonical_json",
-    "valid_kind",
     # sealing
     "AuthorKeyLookup",
     "MemberKeyLookup",
@@ -391,6 +390,10 @@ def _module(name: str) -> ModuleType:
         from . import frames
 
         return frames
+    if name == "kinds":
+        from . import kinds
+
+        return kinds
     if name == "ids":
         from . import ids
 
@@ -451,7 +454,7 @@ def _source_of(name: str) -> str | None:
     return _SOURCES.get(name)
 
 
-_MODULES = ("bundle", "clock", "codec", "errors", "frames", "ids", "invite", "join", "membership", "merge", "records", "relay", "sealing", "session")
+_MODULES = ("bundle", "clock", "codec", "errors", "frames", "ids", "invite", "join", "kinds", "membership", "merge", "records", "relay", "sealing", "session")
 
 if not TYPE_CHECKING:
 

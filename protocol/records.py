@@ -18,11 +18,10 @@ from .clock import MAX_COUNTER, Dot
 from .codec import Reader, Writer, decode_whole
 from .errors import DecodeError, LocalProtocolError, UnsupportedFormat
 from .ids import device_of
+from .kinds import DEFAULT_KIND, valid_kind
 
 __all__ = [
     "FORMAT_VERSION",
-    "KINDS",
-    "DEFAULT_KIND",
     "MemoryBody",
     "VersionHeader",
     "canonical_json",
@@ -33,18 +32,6 @@ __all__ = [
 #: Version of the header/body encodings; a reader refuses anything newer.
 FORMAT_VERSION = 1
 
-KINDS = (
-    "fact",
-    "decision",
-    "procedure",
-    "error",
-    "preference",
-    "observation",
-    "session_summary",
-    "note",
-)
-DEFAULT_KIND = "note"
-_KIND_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
 
 MAX_CONTENT_BYTES = 1 << 20
 MAX_FIELD_BYTES = 1 << 16
@@ -59,11 +46,6 @@ _MAX_KIND_BYTES = 64
 MAX_BODY_BYTES = (4 << 20) - 12 - 16
 #: What a check made before embedding keeps free for the vector still to come.
 EMBEDDING_ROOM = MAX_EMBEDDING_BYTES + MAX_EMBEDDER_BYTES + 16
-
-
-def valid_kind(kind: str) -> bool:
-    """Known kinds and any other short lowercase identifier are accepted."""
-    return bool(_KIND_RE.match(kind))
 
 
 def canonical_json(value: Any) -> str:

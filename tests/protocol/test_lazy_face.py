@@ -28,8 +28,11 @@ def test_importing_the_face_loads_the_error_tree_only() -> None:
         "import sys, protocol\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('protocol.'))\n"
         "from protocol import valid_kind\n"
-        "print(' '.join(loaded)); print('protocol.records' in sys.modules, 'protocol.session' in sys.modules)\n"
+        "print(' '.join(loaded)); print('protocol.kinds' in sys.modules, 'protocol.records' in sys.modules,"
+        " 'cryptography' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "protocol.errors"
-    assert out[1] == "True False"  # valid_kind loaded its module, and only what that module needs
+    # valid_kind loaded its module, and only what that module needs: `--kind` is checked
+    # before the CLI knows whether the agent answers, and must not load the cryptography.
+    assert out[1] == "True False False"
