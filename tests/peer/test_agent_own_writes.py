@@ -14,13 +14,11 @@ from typing import Any
 
 import trio
 
-from peer.agent import run_agent
 from peer.agent_client import ask_agent
 from peer.config import AgentConfig
 from peer.home import Home
-from tests.support.agents import synced_with_every_peer
+from tests.support.agents import agents_naming_each_other
 from tests.support.groups import admit, found
-from tests.support.relay import Relay
 from tests.support.waiting import wait_until_async
 
 FAST = AgentConfig(sync_interval=3600, debounce=0.05, backoff_max=2)
@@ -39,18 +37,8 @@ async def ask(home: Home, method: str, params: dict[str, Any]) -> Any:
 async def test_an_add_and_an_edit_answered_by_the_agent_reach_the_other_device(tmp_path: Any, aio_loop: object) -> None:
     a = await found(tmp_path / "a")
     b = await admit(a, tmp_path / "b")
-    with trio.fail_after(120), Relay() as to_b:
-        async with trio.open_nursery() as nursery:
-            port_a = await nursery.start(partial(
-                run_agent, a, host="127.0.0.1", port=0, config=FAST, discovery=False, peers=[f"127.0.0.1:{to_b.port}"],
-            ))
-            to_b.point_at(await nursery.start(partial(
-                run_agent, b, host="127.0.0.1", port=0, config=FAST, discovery=False, peers=[f"127.0.0.1:{port_a}"],
-            )))
-            for home in (a, b):
-                await wait_until_async(
-                    partial(trio.to_thread.run_sync, synced_with_every_peer, home), 30, f"{home.path.name}'s first sync"
-                )
+    with trio.fail_after(120):
+        async with agents_naming_each_other(a, b, FAST):
             # The sync interval is an hour: only the change itself can carry these across.
             added = await ask(a, "add", {"id": str(uuid.uuid4()), "content": "the release branch is cut on Thursdays",
                                          "kind": "fact", "tags": [], "metadata": {}, "allow_duplicate": False})
@@ -63,5 +51,4 @@ async def test_an_add_and_an_edit_answered_by_the_agent_reach_the_other_device(t
 
             await wait_until_async(edited, 30, "the agent-answered edit on B")
             counts = (await ask(a, "hello", {}))["answered"]
-            nursery.cancel_scope.cancel()
     assert counts.get("add") == 1 and counts.get("edit") == 1

@@ -20,10 +20,9 @@ from peer.home import Home
 from peer.memory import Draft
 from peer.sync import read_status
 from peer.sync.report import StatusReport, status_report
-from tests.support.agents import synced_with_every_peer
+from tests.support.agents import agents_naming_each_other
 from tests.support.cli_runner import Agent, assert_error, ok, ok_json, peer
 from tests.support.groups import admit, found
-from tests.support.relay import Relay
 from tests.support.waiting import wait_until, wait_until_async
 
 FAST = AgentConfig(sync_interval=30, debounce=0.05, backoff_max=2)
@@ -39,22 +38,9 @@ async def holds(home: Home, memory_id: str) -> bool:
 async def test_a_memory_added_by_another_process_reaches_the_other_agent(tmp_path: Path, aio_loop: object) -> None:
     a = await found(tmp_path / "a")
     b = await admit(a, tmp_path / "b")
-    with trio.fail_after(120), Relay() as to_b:
-        async with trio.open_nursery() as nursery:
-            # Each lists the other, as `[agent] peers` in both config files would. Both listen on
-            # port 0; A is started first, so it names B through a relay that exists before B does.
-            port_a = await nursery.start(partial(
-                run_agent, a, host="127.0.0.1", port=0, config=FAST, discovery=False, peers=[f"127.0.0.1:{to_b.port}"],
-            ))
-            to_b.point_at(await nursery.start(partial(
-                run_agent, b, host="127.0.0.1", port=0, config=FAST, discovery=False, peers=[f"127.0.0.1:{port_a}"],
-            )))
+    with trio.fail_after(120):
+        async with agents_naming_each_other(a, b, FAST):
             # The first round (sync on start) has nothing to carry; then `peer add` on A, as another process would.
-            for home in (a, b):
-                await wait_until_async(
-                    partial(trio.to_thread.run_sync, synced_with_every_peer, home), 30,
-                    f"the first sync of {home.path.name}'s agent", detail=lambda: str(read_status(a)) + str(read_status(b)),
-                )
             async with await a.open_store() as store:
                 first = await store.add(Draft("the release branch is cut on Thursdays"))
             started = trio.current_time()
@@ -75,7 +61,6 @@ async def test_a_memory_added_by_another_process_reaches_the_other_agent(tmp_pat
                 return report if report.peers and report.peers[0].lacks == 0 else None
 
             report = await wait_until_async(settled, 30, "B's record of what A holds")
-            nursery.cancel_scope.cancel()
     # Speed is bench/agent.py's to report (p50/p95); here the deadlines above only bound a broken run.
     print(f"propagation A->B {took:.2f} s, B->A {took_back:.2f} s")
     # `peer status` from another process: the agent is running and knows the other device.

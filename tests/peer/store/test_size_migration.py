@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,11 @@ import numpy as np
 
 from peer.home import Home
 from peer.memory import Draft
-from peer.store import Store
 from peer.store.schema import PAGE_SIZE, SCHEMA_VERSION
+from tests.peer.store.schema3.make import describe  # what the fixture recorded, described the same way
 from tests.support.stores import FakeClock, make_pair, sync
 
 FIXTURE = Path(__file__).parent / "schema3"
-QUERIES = ("apples", "orchard", "pears", "winter", "forgotten", "edited", "lighthouse", "tall", "bright")
-
-
-async def describe(store: Store) -> dict[str, Any]:
-    """Everything a user could see of the store (as schema3/make.py records it)."""
-    ids = [r[0] for r in await store._db.fetchall("SELECT DISTINCT memory_id FROM versions ORDER BY memory_id")]
-    versions = {m: [asdict(v) for v in await store.versions(m)] for m in ids}
-    changes = await store.changes_since(0, limit=10_000)
-    return {
-        "schema": int(await store._db.fetchvalue("PRAGMA user_version")),
-        "versions": versions,
-        "vectors": {c.memory_id: c.embedding.hex() for c in changes if c.live},
-        "search": {q: [[m, round(s, 9)] for m, s in await store.fts_search(q)] for q in QUERIES},
-        "memories": {m: asdict(mem) for m, mem in (await store.get_many(ids, include_deleted=True)).items()},
-    }
-
-
 def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
