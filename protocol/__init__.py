@@ -167,6 +167,7 @@ if TYPE_CHECKING:
         seal,
         signature_job,
         signature_valid,
+        stored_embedding,
         unseal_version,
         verify_version,
     )
@@ -322,6 +323,7 @@ __all__ = [
     "SealedVersion",
     "open_version",
     "unseal_version",
+    "stored_embedding",
     "seal",
     "verify_version",
     "SignatureJob",

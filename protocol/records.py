@@ -41,6 +41,8 @@ MAX_TAGS = 4096
 MAX_METADATA_BYTES = MAX_CONTENT_BYTES
 MAX_EMBEDDER_BYTES = 256
 _MAX_KIND_BYTES = 64
+#: created_at, updated_at, the importance flag and value, deleted: between the metadata and the embedder.
+_FIXED_BYTES = 8 + 8 + 1 + 8 + 1
 #: The largest encoded body that still fits a sealed box (sealing.MAX_SEALED_BYTES,
 #: less the nonce and the AEAD tag). Kept here because sealing imports this module.
 MAX_BODY_BYTES = (4 << 20) - 12 - 16
@@ -124,6 +126,28 @@ class MemoryBody:
     def decode(cls, data: bytes) -> MemoryBody:
         return decode_whole(cls.decode_from, data, "memory body")
 
+    @staticmethod
+    def embedding_in(plaintext: bytes) -> bytes:
+        """The ``embedding`` field of an encoded body, the other fields skipped undecoded.
+
+        For bodies this device decoded in full when it stored them (building
+        the search index decrypts each one again for its vector): it checks
+        the layout and the length limits, not the text or the invariants
+        :meth:`decode` checks. Raises :class:`DecodeError`.
+        """
+        r = Reader(plaintext, "memory body")
+        r.bytes(MAX_CONTENT_BYTES)
+        r.bytes(_MAX_KIND_BYTES)
+        r.bytes(MAX_FIELD_BYTES)
+        for _ in range(r.uvarint(limit=MAX_TAGS)):
+            r.bytes(MAX_FIELD_BYTES)
+        r.bytes(MAX_METADATA_BYTES)
+        r.raw(_FIXED_BYTES)
+        r.bytes(MAX_EMBEDDER_BYTES)
+        embedding = r.bytes(MAX_EMBEDDING_BYTES)
+        r.end()
+        return embedding
+
     @classmethod
     def decode_from(cls, r: Reader) -> MemoryBody:
         content = r.str(MAX_CONTENT_BYTES)
@@ -206,11 +230,7 @@ def encoded_size(body: MemoryBody) -> int:
         + _varint_len(len(body.tags))
         + tags
         + _field(_utf8_len(body.metadata))
-        + 8
-        + 8
-        + 1
-        + 8
-        + 1  # created_at, updated_at, importance flag and value, deleted
+        + _FIXED_BYTES
         + _field(_utf8_len(body.embedder))
         + _field(len(body.embedding))
     )
@@ -235,7 +255,7 @@ def check_body_size(body: MemoryBody, *, reserve: int = 0) -> None:
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _uuid_text(raw: bytes) -> str:
+def uuid_text(raw: bytes) -> str:
     """``str(uuid.UUID(bytes=raw))``, without building the UUID (every received version has one)."""
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -303,7 +323,7 @@ class VersionHeader:
             )
         group_id = r.raw(16)
         epoch = r.uvarint(limit=(1 << 32) - 1)
-        memory_id = _uuid_text(r.raw(16))
+        memory_id = uuid_text(r.raw(16))
         dot = Dot.decode_from(r)
         context = tuple(Dot.decode_from(r) for _ in range(r.uvarint(limit=MAX_CONTEXT)))
         hlc = r.uvarint(limit=MAX_COUNTER << 16)

@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .clock import Dot
+from .clock import MAX_COUNTER, Dot
 from .codec import Reader, Writer, decode_whole, encode_uvarint
 from .errors import (
     BadSignature,
@@ -40,7 +40,7 @@ from .errors import (
     WrongGroup,
 )
 from .ids import device_id_of, raw_public_key
-from .records import MAX_BODY_BYTES, MemoryBody, VersionHeader
+from .records import FORMAT_VERSION, MAX_BODY_BYTES, MemoryBody, VersionHeader, uuid_text
 
 __all__ = [
     "SealedVersion",
@@ -51,6 +51,8 @@ __all__ = [
     "signature_job",
     "signature_valid",
     "bad_signature",
+    "unseal_version",
+    "stored_embedding",
     "MAX_SEALED_BYTES",
     "MemberKeyLookup",
     "AuthorKeyLookup",
@@ -129,10 +131,15 @@ def _version_key(group_key: bytes, header: VersionHeader) -> bytes:
     (every version of a group under one epoch shares it). The same bytes as
     ``cryptography``'s ``HKDF`` (a test compares them), in a fifth of the time.
     """
-    w = Writer().raw(_KDF_LABEL).str(header.memory_id)
+    w = Writer()
     header.dot.encode_into(w)
-    w.raw(b"\x01")
-    return hmac.digest(_extracted(header.group_id, group_key), w.getvalue(), "sha256")
+    return _derived_key(group_key, header.group_id, header.memory_id, w.getvalue())
+
+
+def _derived_key(group_key: bytes, group_id: bytes, memory_id: str, dot_bytes: bytes) -> bytes:
+    """:func:`_version_key` from the header's parts: ``dot_bytes`` is the dot's encoding."""
+    info = Writer().raw(_KDF_LABEL).str(memory_id).raw(dot_bytes).raw(b"\x01").getvalue()
+    return hmac.digest(_extracted(group_id, group_key), info, "sha256")
 
 
 @functools.lru_cache(maxsize=64)
@@ -287,3 +294,39 @@ def unseal_version(sealed: SealedVersion, group_keys: Mapping[int, bytes]) -> Me
     except InvalidTag as e:
         raise DecryptionFailed(f"version {header.dot} could not be decrypted with the group key of epoch {header.epoch}") from e
     return MemoryBody.decode(plaintext)
+
+
+def stored_embedding(data: bytes, group_keys: Mapping[int, bytes]) -> bytes:
+    """The vector inside an encoded sealed version this device checked and stored: ``unseal_version(...).embedding``, faster.
+
+    Building the search index needs only the vectors, which the store keeps
+    nowhere else. This parses the header only as far as the key derivation
+    needs, decrypts, and skips the body's other fields undecoded
+    (:meth:`MemoryBody.embedding_in`): a quarter of the time of decoding it
+    all. No signature check, and no check of what the store checked already.
+    Raises :class:`UnknownEpochKey`, :class:`DecryptionFailed` or :class:`DecodeError`.
+    """
+    r = Reader(data, "sealed version")
+    header_bytes = r.bytes(limit=1 << 20)
+    box = r.bytes(limit=MAX_SEALED_BYTES)
+    r.raw(_SIGNATURE_BYTES)
+    r.end()
+    h = Reader(header_bytes, "version header")
+    fmt = h.uvarint(limit=1 << 16)
+    group_id = h.raw(16)
+    epoch = h.uvarint(limit=(1 << 32) - 1)
+    memory_id = uuid_text(h.raw(16))
+    dot_start = h.position
+    h.bytes(limit=64)  # the dot: its origin, then its counter
+    h.uvarint(limit=MAX_COUNTER)
+    dot_bytes = header_bytes[dot_start : h.position]
+    group_key = group_keys.get(epoch)
+    if fmt != FORMAT_VERSION or group_key is None or len(box) < _NONCE_BYTES + 16:
+        # The rare path: the full parse names the version (or says what is malformed).
+        return unseal_version(SealedVersion.decode(data), group_keys).embedding
+    key = _derived_key(group_key, group_id, memory_id, dot_bytes)
+    try:
+        plaintext = ChaCha20Poly1305(key).decrypt(box[:_NONCE_BYTES], box[_NONCE_BYTES:], header_bytes)
+    except InvalidTag:
+        return unseal_version(SealedVersion.decode(data), group_keys).embedding
+    return MemoryBody.embedding_in(plaintext)

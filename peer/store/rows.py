@@ -31,7 +31,7 @@ from protocol import (
     VersionMeta,
     VersionState,
     canonical_json,
-    unseal_version,
+    stored_embedding,
     valid_kind,
 )
 
@@ -150,9 +150,10 @@ def embedding_of(sealed: bytes, group_keys: Mapping[int, bytes]) -> bytes:
     """The vector of a stored version, decrypted from its sealed bytes (the store keeps it nowhere else).
 
     No signature check: the version was verified when it was stored. About
-    30 µs (parse, key derivation, decrypt), against 1.5 kB a row saved.
+    10 µs (the header parsed as far as the key derivation needs, decryption,
+    the body's other fields skipped), against 1.5 kB a row saved.
     """
-    return unseal_version(SealedVersion.decode(sealed), group_keys).embedding
+    return stored_embedding(sealed, group_keys)
 
 
 def context_text(context: Iterable[Dot]) -> str:

@@ -38,9 +38,13 @@ from protocol import (
     raw_public_key,
     seal,
     sealing,
+    stored_embedding,
+    unseal_version,
     verify_version,
 )
 from protocol.codec import Writer, encode_uvarint
+
+from .test_records import bodies
 
 AUTHOR = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -250,3 +254,52 @@ def test_signature_check_accepts_exactly_what_openssl_accepts() -> None:
     with pytest.raises(nacl.exceptions.BadSignatureError):
         nacl.bindings.crypto_sign_open(identity + bytes(32) + message, identity)
     assert sealing.signature_valid(identity, identity + bytes(32), message)
+
+
+@settings(max_examples=200)
+@given(body=bodies(), context=st.booleans(), epoch=st.integers(0, 2**32 - 1))
+def test_stored_embedding_is_the_unsealed_bodys(body: MemoryBody, context: bool, epoch: int) -> None:
+    """Building the index reads each vector this way: the same bytes as decrypting and decoding it all."""
+    sealed = seal(
+        header(epoch=epoch, context=header().context if context else ()), body, signing_key=AUTHOR, group_key=GROUP_KEY
+    )
+    keys = {epoch: GROUP_KEY}
+    assert stored_embedding(sealed.encode(), keys) == unseal_version(sealed, keys).embedding == body.embedding
+
+
+def test_stored_embedding_refuses_what_unsealing_refuses() -> None:
+    body = dataclasses.replace(BODY, embedder="minilm-l6-v2-int8", embedding=bytes(range(16)))
+    data = seal(header(), body, signing_key=AUTHOR, group_key=GROUP_KEY).encode()
+    assert stored_embedding(data, {3: GROUP_KEY}) == bytes(range(16))
+    with pytest.raises(UnknownEpochKey, match="epoch 3"):
+        stored_embedding(data, {2: GROUP_KEY})
+    with pytest.raises(DecryptionFailed):
+        stored_embedding(data, {3: bytes(32)})
+    for n in range(len(data)):
+        with pytest.raises((DecodeError, DecryptionFailed)):
+            stored_embedding(data[:n], {3: GROUP_KEY})
+    with pytest.raises(DecodeError):
+        stored_embedding(data + b"\x00", {3: GROUP_KEY})
+    unsupported = bytearray(data)
+    unsupported[1] = 2
+    with pytest.raises(UnsupportedFormat):
+        stored_embedding(bytes(unsupported), {3: GROUP_KEY})
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400))
+def test_stored_embedding_of_garbage_is_a_clean_error(data: bytes) -> None:
+    with pytest.raises((DecodeError, DecryptionFailed, UnknownEpochKey, UnsupportedFormat)):
+        stored_embedding(data, {3: GROUP_KEY})
+
+
+@settings(max_examples=200)
+@given(body=bodies())
+def test_embedding_in_skips_to_the_last_field(body: MemoryBody) -> None:
+    plaintext = body.encode()
+    assert MemoryBody.embedding_in(plaintext) == body.embedding
+    with pytest.raises(DecodeError):
+        MemoryBody.embedding_in(plaintext + b"\x00")
+    if plaintext:
+        with pytest.raises(DecodeError):
+            MemoryBody.embedding_in(plaintext[:-1])
