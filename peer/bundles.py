@@ -37,8 +37,10 @@ verified versions, as an interrupted sync does, and says so
 (:class:`PartlyImported`); the vectors are not learnt, so importing the
 bundle again brings the rest. The opened versions of a bundle up to
 :data:`KEEP_CHECKED_BYTES` are held in memory between checking and
-writing; a bigger one is read and checked a third time as it is written
-(batch N+1 checked while batch N is written, :class:`ApplyPipeline`).
+writing; for a bigger one pass one keeps only a fingerprint of each
+version it checked, and the file is read again as it is written (each
+version decrypted again, its signature checked again only if its bytes
+changed; batch N+1 opened while batch N is written, :class:`ApplyPipeline`).
 
 A bundle with nothing new (a replay, an acknowledgement) is not
 read again: its header, verified by pass one, is all there is to use.
@@ -790,7 +792,7 @@ async def _write_again(
     signatures: SignatureWorker | None,
     verified: Collection[bytes],
 ) -> ApplyResult:
-    """A bundle too big to hold its opened versions: read it a third time, check and write batch by batch.
+    """A bundle too big to hold its opened versions: read it again, open and write batch by batch.
 
     Every version verified in the pass before, so this one fails only if the
     file changed meanwhile or a write fails. Each batch is its own transaction.
@@ -985,12 +987,15 @@ async def _import(
     started = time.monotonic()
     try:
         checks: _Checks | None = None
-        if dry_run or source.size() > KEEP_CHECKED_BYTES:
+        if dry_run:
             scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress)
         else:
             # Versions are opened while pass one reads on (nothing is written
-            # before the whole file and every version in it checked out).
-            checks = _Checks(store, await store.vector(), [], keep=True, signatures=helper)
+            # before the whole file and every version in it checked out). A
+            # bundle too big to hold them is read once more to write, and only
+            # their fingerprints are kept (see _write_again).
+            keep = source.size() <= KEEP_CHECKED_BYTES
+            checks = _Checks(store, await store.vector(), [], keep=keep, signatures=helper)
             async with checks.running():
                 scan = await scan_bundle(source, Trust.of(store), allow_own=allow_own, progress=progress, checks=checks)
             checks.finish()

@@ -157,7 +157,7 @@ def embedding_of(sealed: bytes, group_keys: Mapping[int, bytes]) -> bytes:
 
 
 def context_text(context: Iterable[Dot]) -> str:
-    return " ".join(str(d) for d in context)
+    return " ".join(map(str, context))
 
 
 def parse_context(text: str) -> tuple[Dot, ...]:

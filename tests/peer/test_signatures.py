@@ -270,7 +270,7 @@ async def test_versions_checked_moments_ago_skip_only_their_signature(aio_loop: 
 async def test_a_big_bundle_changed_between_its_passes_is_checked_in_full(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Read a third time to be written, a version whose bytes changed since they were checked is refused."""
+    """Read again to be written, a version whose bytes changed since they were checked is refused."""
     sender = await sender_of(tmp_path, 600)
     versions, bundle_of = sender.versions, sender.bundle_of
     target = versions[450]
