@@ -38,7 +38,8 @@ from peer.search.fusion import (
     stemmed_coverage,
 )
 from peer.search.sidecar import Coverage, IndexState, index_state
-from peer.store import KEEP, SCHEMA_VERSION, Store, StoreStats, check_content
+from peer.store import KEEP, SCHEMA_VERSION, Store, StoreLayout, StoreStats, check_content
+from peer.store.schema import PAGE_SIZE
 from peer.sync import BUSY_ATTEMPTS, ProgressCallback, Syncer, SyncSummary
 from peer.units import fields_text, human_size
 from protocol import PeerBusy, PeerError, StoreError, format_device_id
@@ -516,6 +517,7 @@ class Device:
         )
         checks.append(Check("schema", True, f"version {SCHEMA_VERSION}"))
         checks.append(await self._limits_check(repair))
+        checks.append(await self._file_check(repair))
 
         try:
             loader = getattr(self.embedder, "load", None)
@@ -546,6 +548,43 @@ class Device:
         except ConfigError as e:
             return Check("config.toml", False, e.message, f"edit {path} (the keys are in docs/cli.md, `config.toml`)")
         return Check("config.toml", True, "valid" if path.exists() else "none (every setting at its default)")
+
+    async def _file_check(self, repair: bool) -> Check:
+        """Space the store file wastes (old 4 kB pages, many free pages); with ``repair``, compact it.
+
+        Never a failure: the store works as it is, only bigger than it need be.
+        """
+        layout = await self.store.layout()
+
+        def describe(layout: StoreLayout) -> str:
+            return (
+                f"{human_size(layout.file_bytes)}, {layout.page_size // 1024} kB pages,"
+                f" {human_size(layout.free_bytes)} free"
+            )
+
+        if not layout.worth_compacting:
+            return Check("store file", True, describe(layout))
+        why = (
+            "its pages, from before schema 4, are too small for its rows"
+            if layout.page_size < PAGE_SIZE
+            else "much of it is free pages"
+        )
+        if not repair:
+            return Check(
+                "store file",
+                True,
+                f"{describe(layout)}: {why}; `peer doctor --repair` compacts it to about"
+                f" {human_size(layout.compacted_bytes)} (stop the agent and MCP servers first)",
+            )
+        try:
+            compacted = await self.store.compact()
+        except StoreError as e:
+            return Check("store file", True, f"{describe(layout)}; not compacted: {e.message}")
+        return Check(
+            "store file",
+            True,
+            f"compacted from {human_size(layout.file_bytes)} to {describe(compacted)}",
+        )
 
     async def _limits_check(self, repair: bool) -> Check:
         """Versions no member can read (written before every receive limit was enforced on write)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -130,6 +131,7 @@ from .schema import (
     META_MEMBERSHIP_REV,
     META_NEXT_SEQ,
     META_STORE_ID,
+    PAGE_SIZE,
     PUT_META,
     RAISE_LABEL_FLOOR,
     UPDATE_STATE,
@@ -141,6 +143,7 @@ __all__ = [
     "Store",
     "ApplyResult",
     "StoreStats",
+    "StoreLayout",
     "Rejected",
     "KnownPeer",
     "ImportedVersion",
@@ -205,6 +208,75 @@ class KnownPeer:
     vector: VersionVector
     seen_at: float
     via: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLayout:
+    """How the store file is laid out: what ``peer doctor`` reports and ``--repair`` compacts.
+
+    ``rows`` and ``row_bytes`` (the average size of a version row) are what
+    the estimate of the file after compacting is made from.
+    """
+
+    page_size: int
+    pages: int
+    free_pages: int
+    rows: int = 0
+    row_bytes: float = 0.0
+
+    @property
+    def file_bytes(self) -> int:
+        return self.page_size * self.pages
+
+    @property
+    def free_bytes(self) -> int:
+        return self.page_size * self.free_pages
+
+    @property
+    def compacted_bytes(self) -> int:
+        """About the size of the file once compacted: the version rows on new pages, no free pages.
+
+        A version row does not span pages unless it must, so on 4 kB pages
+        the typical row (a short text and its 1.5 kB vector, sealed: about
+        2.4 kB) takes a page to itself; a 16 kB page holds six.
+        """
+        rows_now = self.rows * _bytes_per_row(self.row_bytes, self.page_size)
+        rows_then = self.rows * _bytes_per_row(self.row_bytes, PAGE_SIZE)
+        return max(0, int(self.file_bytes - self.free_bytes - rows_now + rows_then))
+
+    @property
+    def worth_compacting(self) -> bool:
+        """A file of :data:`COMPACT_MIN_BYTES` or more that compacting would make a fifth smaller at least."""
+        return self.file_bytes >= COMPACT_MIN_BYTES and self.compacted_bytes <= 0.8 * self.file_bytes
+
+
+def _bytes_per_row(row: float, page: int) -> float:
+    """The bytes of table pages a row of ``row`` bytes takes, on average, on pages of ``page`` bytes.
+
+    SQLite's rule for table leaves (its file format, "Cell Payload Overflow
+    Pages"): a row up to ``page - 35`` bytes is kept whole on a leaf page, and
+    leaves are not split across rows; a longer one keeps a part on the leaf
+    and the rest on overflow pages of ``page - 4`` bytes each.
+    """
+    if row <= 0:
+        return 0.0
+    most = page - 35
+    least = (page - 12) * 32 // 255 - 23
+    if row <= most:
+        local, overflow_pages = row, 0
+    else:
+        local = least + (row - least) % (page - 4)
+        if local > most:
+            local = least
+        overflow_pages = math.ceil((row - local) / (page - 4))
+    cell = local + 8 + (4 if overflow_pages else 0)  # the cell pointer, rowid and size, the overflow link
+    return page / max(1, (page - 8) // cell) + overflow_pages * page
+
+
+#: A smaller file is not worth rewriting.
+COMPACT_MIN_BYTES = 8 << 20
+#: Milliseconds ``compact`` waits for other connections before saying the store is in use.
+_COMPACT_BUSY_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -1867,6 +1939,54 @@ class Store:
             if items:
                 await self._write_local(items, txn)
         return len(bad)
+
+    async def layout(self) -> StoreLayout:
+        """The file's page size, its pages, and how many of them are free."""
+        page_size = int(await self._db.fetchvalue("PRAGMA page_size"))
+        pages = int(await self._db.fetchvalue("PRAGMA page_count"))
+        free = int(await self._db.fetchvalue("PRAGMA freelist_count"))
+        rows, row_bytes = await self._db.fetchone(
+            # The columns' bytes and about 40 of record header and numbers (no blob is read: length() of a
+            # blob comes from its header).
+            "SELECT count(*), avg(length(sealed) + length(embedding) + length(content) + length(metadata)"
+            " + length(tags) + length(memory_id) + length(origin) + length(context) + length(kind)"
+            " + coalesce(length(project), 0) + length(embedder) + 40) FROM versions"
+        ) or (0, 0.0)
+        return StoreLayout(page_size, pages, free, int(rows), float(row_bytes or 0.0))
+
+    async def compact(self) -> StoreLayout:
+        """Rewrite the file with :data:`PAGE_SIZE` pages and no free ones (``VACUUM``); returns the new layout.
+
+        A store migrated from schema 3 keeps its 4 kB pages, which its rows
+        (about 2.4 kB each) fill badly: this is what makes it as small as a
+        new one. SQLite changes a page size only outside write-ahead-log
+        mode, which needs the file to itself, so this raises
+        :class:`StoreError`, changing nothing, while another program (the
+        agent, an MCP server) has the store open. The rewrite is one
+        transaction under a rollback journal: a crash or a full disk in the
+        middle leaves the store as it was. Row ids (the search index's
+        labels) are kept: every table's is its INTEGER PRIMARY KEY.
+        """
+        busy_ms = int(await self._db.fetchvalue("PRAGMA busy_timeout"))
+        await self._db.execute(f"PRAGMA busy_timeout = {_COMPACT_BUSY_MS}")
+        try:
+            try:
+                mode = await self._db.fetchvalue("PRAGMA journal_mode = DELETE")
+            except StoreError:
+                mode = "wal"
+            if str(mode).lower() != "delete":
+                raise StoreError(
+                    f"the store at {self.path} is open in another program (the agent, or an MCP server):"
+                    " stop it, then run this again"
+                )
+            try:
+                await self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                await self._db.execute("VACUUM")
+            finally:
+                await self._db.fetchvalue("PRAGMA journal_mode = WAL")
+        finally:
+            await self._db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        return await self.layout()
 
     async def integrity_check(self) -> builtins.list[str]:
         """Problems found in the store file and its derived data; empty when all is well."""
