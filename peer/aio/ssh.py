@@ -96,6 +96,10 @@ log = logging.getLogger(__name__)
 #: SSH keepalives notice a vanished peer even while this side only writes.
 KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
+#: The most a channel's data packet may carry, which each side advertises for what it receives (SSH's usual
+#: 32 kiB makes a first sync's 20 MB about 640 packets, each a decryption call, callbacks and a wake-up of
+#: the reading task; a peer that advertises less is sent less).
+CHANNEL_PACKET_BYTES = 256 << 10
 #: What a close may take before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 3.0
 #: Connections that have not proved membership (logging in, or logged in as ``peer-join``) kept at once.
@@ -515,6 +519,7 @@ async def serve(
             login_timeout=login_timeout,
             keepalive_interval=KEEPALIVE_INTERVAL_S,
             keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            max_pktsize=CHANNEL_PACKET_BYTES,
             reuse_address=True,
         )
 
@@ -618,6 +623,7 @@ async def connect(
             connect_timeout=connect_timeout,
             keepalive_interval=KEEPALIVE_INTERVAL_S,
             keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            max_pktsize=CHANNEL_PACKET_BYTES,
         )
         try:
             writer, reader, _stderr = await conn.open_session(subsystem=subsystem, encoding=None)

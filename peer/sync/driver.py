@@ -160,7 +160,7 @@ class _Counted:
         self.sent += len(data)
 
     async def receive_some(self) -> bytes:
-        data = await self.stream.receive_some(1 << 16)
+        data = await self.stream.receive_some(1 << 20)
         self.received += len(data)
         return data
 
