@@ -54,7 +54,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from peer.signatures import WORKER_BATCH, SignatureWorker, signature_helper
+from peer.signatures import WORKER_BATCH, SignatureWorker
 from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, sealed_digest, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
@@ -613,7 +613,7 @@ class _Checks:
         self.records = records  # filled by the reader as the records go by
         self.keep = keep
         self.signatures = signatures
-        self.own_helper = False
+        self._leased = AsyncExitStack()  # the store's helpers, when none were given and a batch is big
         self.progress = progress
         self.checked: list[CheckedBatch | None] = []
         self.count = 0  # versions checked
@@ -641,8 +641,7 @@ class _Checks:
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
-            if self.own_helper and self.signatures is not None:
-                await self.signatures.aclose()
+            await self._leased.aclose()
 
     async def add(self, version: SealedVersion) -> None:
         if self.start_vector.covers(version.header.dot):
@@ -660,8 +659,7 @@ class _Checks:
             return
         assert self._nursery is not None
         if self.signatures is None and len(self._batch) >= WORKER_BATCH and not self.checked:
-            self.signatures = await SignatureWorker.start()
-            self.own_helper = True
+            self.signatures = await self._leased.enter_async_context(self.store.signature_pool.lease())
         await self._in_flight.acquire()
         self.checked.append(None)
         self._nursery.start_soon(self._check, len(self.checked) - 1, self._batch)
@@ -965,13 +963,13 @@ async def import_bundle(
     if not isinstance(source, BundleSource):
         source = BundleSource(Path(source))
     await store.refresh()
-    # A big import's signatures are checked by a helper process, started now so
-    # that it is ready (its imports done) when pass one ends.
+    # A big import's signatures are checked by the store's helper processes,
+    # leased now so that they are ready (their imports done) when the versions come.
     try:
         big = not dry_run and source.size() >= HELPER_BYTES
     except PeerError:
         big = False  # pass one says what is wrong with the file
-    async with signature_helper(big) as helper:
+    async with store.signature_pool.lease() if big else nullcontext() as helper:
         return await _import(store, source, dry_run=dry_run, allow_own=allow_own, progress=progress, helper=helper)
 
 

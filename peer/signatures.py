@@ -39,7 +39,7 @@ import trio
 from peer.signature_helper import MAX_REQUEST, READY, encode_request
 from protocol import SignatureJob
 
-__all__ = ["SignatureWorker", "WORKER_BATCH", "signature_helper"]
+__all__ = ["SignaturePool", "SignatureWorker", "WORKER_BATCH"]
 
 #: A batch of at least this many received versions starts the helpers (a first sync, a big bundle).
 WORKER_BATCH: Final = 200
@@ -74,6 +74,11 @@ class SignatureWorker:
     @property
     def processes(self) -> tuple[trio.Process, ...]:
         return tuple(h.process for h in self._helpers)
+
+    @property
+    def usable(self) -> bool:
+        """True while some helper is ready or still starting (not retired)."""
+        return any([not h.retired for h in self._helpers])
 
     async def check(self, jobs: Sequence[SignatureJob]) -> list[bool] | None:
         """Whether each job's signature is valid; None if no helper could answer (check them yourself).
@@ -144,6 +149,11 @@ class _Helper:
     @property
     def process(self) -> trio.Process:
         return self._process
+
+    @property
+    def retired(self) -> bool:
+        """True once anything went wrong with it (it is never asked again)."""
+        return self._broken
 
     @property
     def ready(self) -> bool:
@@ -228,13 +238,44 @@ class _Helper:
                 await self._process.stdout.aclose()
 
 
+class SignaturePool:
+    """The helpers every receive into one store shares: one set, however many receives run at once.
 
-@asynccontextmanager
-async def signature_helper(wanted: bool = True) -> AsyncIterator[SignatureWorker | None]:
-    """A helper for the receive inside (None when not ``wanted`` or it cannot start), ended on the way out."""
-    worker = await SignatureWorker.start() if wanted else None
-    try:
-        yield worker
-    finally:
-        if worker is not None:
-            await worker.aclose()
+    An agent taking first syncs from several new devices at once, or a sync
+    during a bundle import, would otherwise start a set per receive (each
+    helper is about 27 MB). A receive takes a :meth:`lease` for as long as
+    it checks; the helpers start with the first lease and end with the last.
+    A set whose helpers were all retired (a receive cancelled mid-request
+    retires the helper it was asking) is replaced for the leases after it;
+    the receives still holding it check in process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+        self._current: SignatureWorker | None = None
+        self._leases: dict[SignatureWorker, int] = {}
+
+    @property
+    def workers(self) -> tuple[SignatureWorker, ...]:
+        """The sets of helpers leased now (one, unless one was replaced while in use)."""
+        return tuple(self._leases)
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[SignatureWorker | None]:
+        """The shared helpers (None if none can start), started if none run; ended when the last lease ends."""
+        async with self._lock:
+            worker = self._current
+            if worker is None or not worker.usable:
+                worker = self._current = await SignatureWorker.start()
+            if worker is not None:
+                self._leases[worker] = self._leases.get(worker, 0) + 1
+        try:
+            yield worker
+        finally:
+            if worker is not None:
+                self._leases[worker] -= 1
+                if not self._leases[worker]:
+                    del self._leases[worker]
+                    if self._current is worker:
+                        self._current = None
+                    await worker.aclose()  # shielded inside

@@ -18,14 +18,16 @@ Membership changes must not overlap a check: call :meth:`drain` before
 applying member records (the batches after them are checked against them).
 
 A big receive (a batch of :data:`~peer.signatures.WORKER_BATCH` versions or
-more) starts helper processes, one per core, that check the signatures
-while this one decrypts and writes (:mod:`peer.signatures`); :meth:`aclose`
-(or leaving ``async with``) ends them.
+more) leases the store's signature helpers (processes, one per core, shared
+by every receive into the store: :class:`~peer.signatures.SignaturePool`),
+which check the signatures while this one decrypts and writes; :meth:`aclose`
+(or leaving ``async with``) gives them back, and the last lease ends them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import trio
@@ -64,9 +66,9 @@ class ApplyPipeline:
         self._nursery = nursery
         self._strict = strict
         self._pending: _Pending | None = None
-        #: A helper given is the caller's to end; one this pipeline starts is its own.
+        #: Helpers given are the caller's; else this pipeline leases the store's (see SignaturePool).
         self._signatures = signatures
-        self._own_helper = False
+        self._leased = AsyncExitStack()
         self._started_helper = signatures is not None
         #: Versions in the batches written so far.
         self.written = 0
@@ -78,10 +80,9 @@ class ApplyPipeline:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """End the signature helper, if one was started (pending batches are not written: :meth:`drain` first)."""
-        if self._signatures is not None and self._own_helper:
-            await self._signatures.aclose()
+        """Give back the store's signature helpers, if leased (pending batches are not written: :meth:`drain` first)."""
         self._signatures = None
+        await self._leased.aclose()
 
     async def _check(self, pending: _Pending, versions: Sequence[SealedVersion]) -> None:
         try:
@@ -101,8 +102,8 @@ class ApplyPipeline:
         # the transaction): the check task must not wait for the database.
         await self._store.refresh()
         if len(versions) >= WORKER_BATCH and not self._started_helper:
-            self._started_helper = self._own_helper = True
-            self._signatures = await SignatureWorker.start()
+            self._started_helper = True
+            self._signatures = await self._leased.enter_async_context(self._store.signature_pool.lease())
         pending = _Pending(len(versions), progress)
         self._nursery.start_soon(self._check, pending, list(versions))
         result = await self.drain()

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from peer.aio import Database, Row
 from peer.memory import Draft, IndexChange, Memory, VersionInfo
-from peer.signatures import SignatureWorker
+from peer.signatures import SignaturePool, SignatureWorker
 from protocol import (
     EMBEDDING_ROOM,
     MAX_BODY_BYTES,
@@ -415,6 +415,8 @@ class Store:
         self._now_ms = now_ms
         self._membership = Membership(group_id)
         self._group_keys: dict[int, bytes] = {}
+        #: Signature helpers shared by every big receive into this store (see peer.signatures).
+        self.signature_pool = SignaturePool()
         self._membership_rev = -1
         self._txn_task: trio.lowlevel.Task | None = None  # the task inside transaction(), if any
         self._with_records_cache: tuple[Membership, tuple[bytes, ...], Membership, dict[int, bytes]] | None = None

@@ -20,7 +20,7 @@ import peer.signatures as signatures
 from peer.bundles import import_bundle
 from peer.home import Home
 from peer.memory import Draft
-from peer.signatures import SignatureWorker, signature_helper
+from peer.signatures import SignaturePool, SignatureWorker
 from peer.store import ApplyPipeline, sealed_digest
 from protocol import (
     BadSignature,
@@ -46,7 +46,7 @@ async def until_ready(worker: SignatureWorker) -> None:
 
 @asynccontextmanager
 async def ready_helper() -> AsyncIterator[SignatureWorker]:
-    async with signature_helper() as worker:
+    async with SignaturePool().lease() as worker:
         assert worker is not None
         await until_ready(worker)
         yield worker
@@ -128,7 +128,7 @@ async def test_a_helper_that_cannot_start_means_checking_in_process(
 ) -> None:
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
     assert await SignatureWorker.start() is None
-    async with signature_helper() as worker:
+    async with SignaturePool().lease() as worker:
         assert worker is None
 
 
@@ -223,6 +223,62 @@ async def test_a_first_sync_sized_receive_uses_the_helper_and_a_tampered_version
         assert all(p.returncode is not None for p in worker.processes)  # ended with the pipeline
         stored = await b.sealed([v.header.dot for batch in batches for v in batch])
         assert len(stored) == 1200 - len(batches[-1])  # every batch before the bad one
+
+
+async def test_receives_into_one_store_at_once_share_one_set_of_helpers(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first syncs at once (an agent meeting two new devices) start one set of helpers, not two."""
+    a, b = await make_pair(tmp_path)
+    started = started_ready(monkeypatch)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(1600)])
+        batches = [x async for x in a.missing_for(await b.vector(), batch_size=signatures.WORKER_BATCH)]
+        leased: list[ApplyPipeline] = []
+        both_leased = trio.Event()
+
+        async def receive(part: list[list[SealedVersion]]) -> None:
+            async with trio.open_nursery() as checks, ApplyPipeline(b, checks) as pipeline:
+                await pipeline.submit(part[0])  # big enough to lease the helpers
+                leased.append(pipeline)
+                if len(leased) == 2:
+                    both_leased.set()
+                await both_leased.wait()  # both receives hold them at once from here on
+                assert len(b.signature_pool.workers) == 1
+                for batch in part[1:]:
+                    await pipeline.submit(batch)
+                await pipeline.drain()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive, batches[0::2])
+            nursery.start_soon(receive, batches[1::2])
+        [(worker, calls)] = started
+        assert sum(calls) == 1600  # both receives' versions went through the one set
+        assert b.signature_pool.workers == ()
+        assert all(p.returncode is not None for p in worker.processes)  # ended with the last lease
+        assert len(await b.sealed([v.header.dot for batch in batches for v in batch])) == 1600
+
+
+async def test_a_set_of_helpers_all_retired_is_replaced_for_the_next_receive(aio_loop: object) -> None:
+    pool = SignaturePool()
+    async with pool.lease() as first:
+        assert first is not None
+        await until_ready(first)
+        for process in first.processes:
+            process.kill()
+            await process.wait()
+        assert await first.check(jobs()) is None and not first.usable
+        async with pool.lease() as second:  # the first is still leased, but of no use to anyone
+            assert second is not None and second is not first and second.usable
+            await until_ready(second)
+            work = jobs()
+            assert await second.check(work) == [signature_valid(*job) for job in work]
+            assert set(pool.workers) == {first, second}
+            async with pool.lease() as third:
+                assert third is second  # shared while usable
+        assert pool.workers == (first,)
+        assert all(p.returncode is not None for p in second.processes)
+    assert not pool.workers
 
 
 async def test_a_big_bundle_with_one_tampered_version_changes_nothing(
