@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from peer.search.sidecar import index_state
 from peer.sync import (
     DEFAULT_LISTEN,
     WILDCARDS,
@@ -208,6 +209,8 @@ class _Agent:
         self.nursery: trio.Nursery | None = None
         #: The everyday commands answered on the local API (peer.warm); set before it serves.
         self.warm: WarmCommands | None = None
+        #: True while warm_up runs (at most one at a time).
+        self.warming = False
         #: Set by :meth:`wrote`; read and cleared by :meth:`watch`.
         self.own_writes = False
         self.syncer = Syncer(
@@ -223,11 +226,38 @@ class _Agent:
 
     async def _after_sync(self, summary: SyncSummary) -> None:
         """Versions arrived: index them, and relay them to the peers that lack them."""
+        await self._index_received(summary.added > 0)
+        await self._changed(exclude=summary.peer_device_id)
+
+    async def _index_received(self, arrived: bool = True) -> None:
+        """Bring the search index up to date with versions that arrived; build it if this device has none yet.
+
+        A device that never searched has no index, and a CLI import leaves it
+        to the first search. The agent has time to spare: after memories
+        arrive it builds the index in the background, then loads the model,
+        so the first search (``peer search``, an assistant through
+        ``peer mcp``) does not wait for them (34 s at 100,000 memories).
+        """
         async with self.index_lock:
             warning = await self.device.catch_up_index()
             if warning:
                 log.warning("%s", warning)
-        await self._changed(exclude=summary.peer_device_id)
+        if arrived and not self.warming and not index_state(self.home.index_dir, 0).exists:
+            self.warming = True
+            assert self.nursery is not None
+            self.nursery.start_soon(self.warm_up)
+
+    async def warm_up(self) -> None:
+        """Load the index (building it if need be) and the model, so the next command is quick; never fatal."""
+        if self.warm is None:
+            self.warming = False
+            return
+        try:
+            await self.warm.warm()
+        except PeerError as e:
+            log.warning("could not get the search index and model ready (%s); the next search tries again", e.message)
+        finally:
+            self.warming = False
 
     async def handle(self, stream: ByteStream) -> None:
         """A member opened a sync session: serve it, unless a session with it is already running."""
@@ -287,10 +317,7 @@ class _Agent:
 
     async def _after_relay(self) -> None:
         """Versions arrived from a relay: index them and offer them to the LAN peers."""
-        async with self.index_lock:
-            warning = await self.device.catch_up_index()
-            if warning:
-                log.warning("%s", warning)
+        await self._index_received()
         await self._changed()
 
     async def _changed(self, exclude: str | None = None) -> None:
@@ -752,7 +779,8 @@ async def run_agent(
             nursery.start_soon(agent.warm.keep_index_saved)
             if home.index_dir.exists():
                 # A device that has searched before: load the model and the index now, not on the first command.
-                nursery.start_soon(agent.warm.warm)
+                agent.warming = True
+                nursery.start_soon(agent.warm_up)
             await nursery.start(agent.serve_local_api)
             nursery.start_soon(agent.publish_status)
             await nursery.start(agent.relays.run)

@@ -49,6 +49,34 @@ async def test_the_agent_serves_a_sync_and_indexes_what_arrived(tmp_path: Path, 
     assert [h.memory.id for h in hits] == [ids[1]]
 
 
+async def test_after_memories_arrive_the_agent_builds_the_index_before_anyone_searches(
+    tmp_path: Path, aio_loop: object
+) -> None:
+    """A new device's first search must not wait for the index build: the agent has done it already."""
+    first = await found(tmp_path / "first")
+    second = await admit(first, tmp_path / "second")
+    texts = ["the staging database is reset every Monday", "use ruff, not flake8, in this repository"]
+    async with await Device.open(second) as device:
+        await device.add([Draft(t) for t in texts])
+    assert not index_state(first.index_dir, 0).exists  # the first device never searched
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(run_agent, first, host="127.0.0.1", port=0))
+            async with await second.open_store() as store:
+                summary = await Syncer(store, second.identity().signing_key).sync_with("127.0.0.1", port)
+
+            async def built() -> bool:
+                state = index_state(first.index_dir, 0)
+                return state.exists and state.vectors == len(texts)
+
+            await wait_until_async(built, 60, "the agent to build the index of what arrived")
+            nursery.cancel_scope.cancel()
+    assert summary.sent == len(texts)
+    async with await Device.open(first) as device:
+        state = index_state(first.index_dir, await device.store.max_seq())
+        assert state.describe().endswith("up to date"), state.describe()
+
+
 class CountingEmbedder:
     """The real embedder, counting the texts it is asked to embed."""
 
