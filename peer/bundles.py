@@ -37,10 +37,9 @@ verified versions, as an interrupted sync does, and says so
 (:class:`PartlyImported`); the vectors are not learnt, so importing the
 bundle again brings the rest. The opened versions of a bundle up to
 :data:`KEEP_CHECKED_BYTES` are held in memory between checking and
-writing; for a bigger one pass one keeps only a fingerprint of each
-version it checked, and the file is read again as it is written (each
-version decrypted again, its signature checked again only if its bytes
-changed; batch N+1 opened while batch N is written, :class:`ApplyPipeline`).
+writing; a bigger one keeps them in an unnamed temporary file in the home
+(:class:`_Spill`), read back batch by batch as it is written, so memory
+stays bounded and no version is parsed or decrypted twice.
 
 A bundle with nothing new (a replay, an acknowledgement) is not
 read again: its header, verified by pass one, is all there is to use.
@@ -52,8 +51,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from peer.signatures import WORKER_BATCH, SignatureWorker
-from peer.store import ApplyPipeline, ApplyResult, CheckedBatch, NowMs, Store, sealed_digest, wall_clock_ms
+from peer.store import ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
     END_OF_STREAM,
@@ -132,7 +133,7 @@ APPLY_BATCH_BYTES: Final = 4 << 20
 KEEP_PARSED_BYTES: Final = 64 << 20
 #: Bundles up to this size keep their opened (verified, decrypted) versions in
 #: memory between checking and writing, about three times the file; bigger ones
-#: are read and checked once more while they are written.
+#: keep them in a temporary file (_Spill).
 KEEP_CHECKED_BYTES: Final = 128 << 20
 #: Batches of a bundle checked at once (their signatures by the helper processes,
 #: or else in a worker thread, while the file is read on).
@@ -615,12 +616,11 @@ class _Checks:
         self.signatures = signatures
         self._leased = AsyncExitStack()  # the store's helpers, when none were given and a batch is big
         self.progress = progress
+        #: With ``keep``, the checked batches in order; without, they go to :attr:`spill` as they are checked.
         self.checked: list[CheckedBatch | None] = []
+        self.spill = None if keep else _Spill(store.path.parent)
         self.count = 0  # versions checked
         self.held = 0  # versions the store held already (not checked again)
-        #: Without ``keep``: the fingerprints of the versions that checked out,
-        #: whose signatures the write pass need not check again.
-        self.verified: set[bytes] = set()
         self.failure: list[BaseException] = []
         self._batch: list[SealedVersion] = []
         self._bytes = 0
@@ -675,10 +675,15 @@ class _Checks:
             return
         finally:
             self._in_flight.release()
-        if self.keep:
+        if self.spill is None:
             self.checked[index] = opened
         else:
-            self.verified.update(sealed_digest(sealed) for sealed, _ in opened.opened.values())
+            try:
+                self.spill.add(opened)
+            except BundleError as e:
+                self.failure.append(e)
+                self._nursery.cancel_scope.cancel()
+                return
         self.count += len(versions)
         if self.progress is not None:
             self.progress(self.count + self.held)
@@ -687,6 +692,76 @@ class _Checks:
         """Raise the first failure, if any (after :meth:`running` ended)."""
         if self.failure:
             raise self.failure[0]
+
+    def close(self) -> None:
+        """Free the spill file, if any (it has no name: a crash frees it too)."""
+        if self.spill is not None:
+            self.spill.close()
+
+
+class _Spill:
+    """The checked batches of a bundle too big to hold them in memory, in a temporary file until written.
+
+    Pass one checks and opens every version before anything is written;
+    holding the opened versions of a 200 MB bundle would take about three
+    times that in memory, and reading the file again to write it would
+    parse and decrypt every version a second time. So each checked batch is
+    pickled to an unnamed temporary file in the home (on Linux, O_TMPFILE:
+    nothing is left if the process dies) and read back, batch by batch, as
+    it is written. The file holds only what this process checked and wrote
+    itself, with the home's permissions; what comes back is exactly what
+    was checked (so a bundle changed on disk after its checks changes
+    nothing). About 1.3 times the bundle's size on disk while the import runs.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._file: BinaryIO | None = None
+        self._memberships: list[Membership] = []  # each batch's, kept in memory (one object for most)
+        self._read = 0
+
+    def _fail(self, e: OSError) -> BundleError:
+        return BundleError(
+            f"cannot keep the checked versions in a temporary file in {self._directory} while they are"
+            f" written ({e.strerror or e}); a bundle this big needs about its own size again in free space there"
+        )
+
+    def add(self, batch: CheckedBatch) -> None:
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(dir=self._directory)
+            pickle.dump(
+                (dict(batch.opened), batch.rejected, batch.in_batch_duplicates), self._file, pickle.HIGHEST_PROTOCOL
+            )
+        except OSError as e:
+            raise self._fail(e) from e
+        self._memberships.append(batch.membership)
+
+    def __len__(self) -> int:
+        return len(self._memberships)
+
+    def next_batch(self) -> CheckedBatch | None:
+        """The next batch written to the file (the first after :meth:`rewind`), or None after the last."""
+        if self._file is None or self._read >= len(self._memberships):
+            return None
+        try:
+            opened, rejected, duplicates = pickle.load(self._file)
+        except OSError as e:
+            raise self._fail(e) from e
+        membership = self._memberships[self._read]
+        self._read += 1
+        return CheckedBatch(opened, rejected, duplicates, membership)
+
+    def rewind(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._file.seek(0)
+        self._read = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 async def apply_bundle(
@@ -708,7 +783,8 @@ async def apply_bundle(
     :class:`PartlyImported`, which says what was kept.
 
     ``checks`` are those :func:`import_bundle` made while pass one read the
-    file (every new version opened, kept): then this only writes.
+    file (every new version opened, kept in memory or in a spill file): then
+    this only writes (the caller closes them).
     """
     await store.refresh()
     trust = Trust.of(store)
@@ -719,28 +795,29 @@ async def apply_bundle(
                 # Nothing to read again (a replay, an acknowledgement): pass one
                 # verified the header, which is all that is left to use.
                 return ApplyResult(duplicates=scan.versions), 0, await _learn(store, scan.header, start_vector)
-    header = scan.header
-    if checks is None:
-        records: list[bytes] = []
+    if checks is not None:
+        return await _apply_checked(store, scan, checks, progress)
+    records: list[bytes] = []
 
-        def checked_progress(done: int) -> None:
-            if progress is not None:
-                progress("applying", done // 2, scan.versions)
+    def checked_progress(done: int) -> None:
+        if progress is not None:
+            progress("applying", done // 2, scan.versions)
 
-        checks = _Checks(
-            store,
-            await store.vector(),
-            records,
-            keep=scan.size <= KEEP_CHECKED_BYTES,
-            signatures=signatures,
-            progress=checked_progress,
-        )
+    checks = _Checks(
+        store,
+        await store.vector(),
+        records,
+        keep=scan.size <= KEEP_CHECKED_BYTES,
+        signatures=signatures,
+        progress=checked_progress,
+    )
+    try:
         reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
         async with checks.running():
             for event in _pass_two(source, reader, scan, trust):
                 if isinstance(event, BundleHeader):
                     _check_sender(event, trust, allow_own)
-                    if event != header:
+                    if event != scan.header:
                         raise _changed()
                 elif isinstance(event, BundleMemberRecord):
                     records.append(event.record)
@@ -749,6 +826,16 @@ async def apply_bundle(
                 elif isinstance(event, BundleEnd):
                     if (event.members, event.versions) != (scan.members, scan.versions):
                         raise _changed()
+        return await _apply_checked(store, scan, checks, progress)
+    finally:
+        checks.close()
+
+
+async def _apply_checked(
+    store: Store, scan: BundleScan, checks: _Checks, progress: Progress | None
+) -> tuple[ApplyResult, int, bool]:
+    """Every version of the bundle checked: write the records, then the versions batch by batch, then learn its vector."""
+    header = scan.header
     checks.finish()
     start_vector, held = checks.start_vector, checks.held
 
@@ -757,16 +844,12 @@ async def apply_bundle(
         new_records = await store.apply_membership(checks.records)
     result = ApplyResult(duplicates=held)
     try:
-        if checks.keep:
+        if checks.spill is None:
             for part in checks.checked:
                 assert part is not None
-                result += await store.store_checked(part)
-                if progress is not None:
-                    progress("applying", (checks.count + held + result.added + result.duplicates) // 2, scan.versions)
+                result = await _write_checked(store, part, result, checks, scan, progress)
         else:
-            result += await _write_again(
-                store, source, trust, scan, start_vector, allow_own, progress, signatures, checks.verified
-            )
+            result = await _write_spilled(store, checks.spill, result, checks, scan, progress)
     except PeerError as e:
         raise PartlyImported(
             f"{e.message}; {result.added:,} new {'version was' if result.added == 1 else 'versions were'} imported"
@@ -779,69 +862,42 @@ async def apply_bundle(
     return result, len(new_records), merged
 
 
-async def _write_again(
-    store: Store,
-    source: BundleSource,
-    trust: Trust,
-    scan: BundleScan,
-    start_vector: VersionVector,
-    allow_own: bool,
-    progress: Progress | None,
-    signatures: SignatureWorker | None,
-    verified: Collection[bytes],
+async def _write_checked(
+    store: Store, part: CheckedBatch, result: ApplyResult, checks: _Checks, scan: BundleScan, progress: Progress | None
 ) -> ApplyResult:
-    """A bundle too big to hold its opened versions: read it again, open and write batch by batch.
-
-    Every version verified in the pass before, so this one fails only if the
-    file changed meanwhile or a write fails. Each batch is its own transaction.
-    A version whose bytes are those the pass before checked (``verified``, by
-    fingerprint) is decrypted again but its signature is not checked again;
-    any other (the file changed) is checked in full.
-    """
-    records: list[bytes] = []
-    reader = BundleReader(group_id=trust.group_id, sender_key=trust.sender_lookup(records), device_id=trust.device_id)
-    result = ApplyResult()
-    batch: list[SealedVersion] = []
-    batch_bytes = 0
-    applied = 0
-    # Batch N+1 is checked (worker thread) while batch N is written; a failure is
-    # carried out of the nursery by hand (trio would wrap it in an ExceptionGroup).
-    failed: list[Exception] = []
-    async with trio.open_nursery() as checks:
-        async with ApplyPipeline(store, checks, signatures=signatures, verified=verified) as pipeline:
-            try:
-                for event in _events_of(source, reader):
-                    if isinstance(event, BundleHeader):
-                        if event != scan.header:
-                            raise _changed()
-                    elif isinstance(event, BundleVersion):
-                        if start_vector.covers(event.version.header.dot):
-                            continue
-                        batch.append(event.version)
-                        batch_bytes += len(event.version.header_bytes) + len(event.version.box)
-                        if len(batch) >= APPLY_BATCH or batch_bytes >= APPLY_BATCH_BYTES:
-                            result += await pipeline.submit(batch)
-                            applied += len(batch)
-                            batch, batch_bytes = [], 0
-                            if progress is not None:
-                                progress("applying", (scan.versions + applied) // 2, scan.versions)
-                    elif isinstance(event, BundleEnd):
-                        if (event.members, event.versions) != (scan.members, scan.versions):
-                            raise _changed()
-                if batch:
-                    result += await pipeline.submit(batch)
-                result += await pipeline.drain()
-            except Exception as e:
-                failed.append(e)
-                checks.cancel_scope.cancel()
-    if failed:
-        raise failed[0]
+    result += await store.store_checked(part)
+    if progress is not None:
+        progress("applying", (checks.count + checks.held + result.added + result.duplicates) // 2, scan.versions)
     return result
 
 
-def _events_of(source: BundleSource, reader: BundleReader) -> Iterator[BundleEvent]:
-    for event, _ in _events(source, reader):
-        yield event
+async def _write_spilled(
+    store: Store, spill: _Spill, result: ApplyResult, checks: _Checks, scan: BundleScan, progress: Progress | None
+) -> ApplyResult:
+    """Write the spilled batches in order, each in its own transaction; the next is read back while one is written."""
+    spill.rewind()
+    following = await trio.to_thread.run_sync(spill.next_batch)
+    failed: list[Exception] = []
+    while following is not None and not failed:
+        part = following
+
+        async def read_next() -> None:
+            nonlocal following
+            try:
+                following = await trio.to_thread.run_sync(spill.next_batch)
+            except Exception as e:  # carried out by hand: trio would wrap it in an ExceptionGroup
+                failed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_next)
+            try:
+                result = await _write_checked(store, part, result, checks, scan, progress)
+            except Exception as e:
+                failed.append(e)
+                nursery.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return result
 
 
 class PartlyImported(BundleError):
@@ -990,8 +1046,7 @@ async def _import(
         else:
             # Versions are opened while pass one reads on (nothing is written
             # before the whole file and every version in it checked out). A
-            # bundle too big to hold them is read once more to write, and only
-            # their fingerprints are kept (see _write_again).
+            # bundle too big to hold them keeps them in a temporary file (_Spill).
             keep = source.size() <= KEEP_CHECKED_BYTES
             checks = _Checks(store, await store.vector(), [], keep=keep, signatures=helper)
             async with checks.running():
@@ -1021,6 +1076,9 @@ async def _import(
         raise  # it says what was kept
     except PeerError as e:
         raise _unchanged(e, "nothing was changed" if dry_run else "nothing was imported") from None
+    finally:
+        if checks is not None:
+            checks.close()
     return ImportResult(
         path=source.path,
         header=scan.header,

@@ -20,7 +20,6 @@ from .store import (
     Store,
     StoreLayout,
     StoreStats,
-    sealed_digest,
     wall_clock_ms,
 )
 
@@ -38,6 +37,5 @@ __all__ = [
     "Store",
     "StoreLayout",
     "StoreStats",
-    "sealed_digest",
     "wall_clock_ms",
 ]

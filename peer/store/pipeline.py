@@ -26,7 +26,7 @@ which check the signatures while this one decrypts and writes; :meth:`aclose`
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -59,10 +59,8 @@ class ApplyPipeline:
         *,
         strict: bool = True,
         signatures: SignatureWorker | None = None,
-        verified: Collection[bytes] = frozenset(),
     ) -> None:
         self._store = store
-        self._verified = verified  # see Store.check_received
         self._nursery = nursery
         self._strict = strict
         self._pending: _Pending | None = None
@@ -87,7 +85,7 @@ class ApplyPipeline:
     async def _check(self, pending: _Pending, versions: Sequence[SealedVersion]) -> None:
         try:
             pending.checked = await self._store.check_received(
-                versions, strict=self._strict, refresh=False, signatures=self._signatures, verified=self._verified
+                versions, strict=self._strict, refresh=False, signatures=self._signatures
             )
         except Exception as e:  # re-raised in the writing task, in order
             pending.error = e

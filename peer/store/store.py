@@ -32,7 +32,6 @@ of keyword queries in :mod:`.rows`.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -149,7 +148,6 @@ __all__ = [
     "ImportedVersion",
     "NowMs",
     "wall_clock_ms",
-    "sealed_digest",
 ]
 
 NowMs = Callable[[], int]
@@ -1248,7 +1246,6 @@ class Store:
         refresh: bool = True,
         records: Sequence[bytes] = (),
         signatures: SignatureWorker | None = None,
-        verified: Collection[bytes] = frozenset(),
     ) -> CheckedBatch:
         """Verify and open received versions (no write): the CPU half of :meth:`apply`.
 
@@ -1266,10 +1263,6 @@ class Store:
 
         With a ready ``signatures`` helper the signatures are checked there
         while this process decrypts (the same answers, on another core).
-
-        ``verified`` holds the :func:`sealed_digest` of versions whose
-        signatures this process checked moments ago (a big bundle read again
-        to be written): theirs is not checked again; everything else is.
         """
         if not versions:
             return CheckedBatch({}, (), 0, self._membership)
@@ -1282,7 +1275,7 @@ class Store:
         if records:
             membership, group_keys = self._with_records(tuple(records))
         if signatures is not None and signatures.ready:
-            checked = await self._check_elsewhere(versions, signatures, membership, group_keys, strict, verified)
+            checked = await self._check_elsewhere(versions, signatures, membership, group_keys, strict)
             if checked is not None:
                 return checked
 
@@ -1294,13 +1287,9 @@ class Store:
                     in_batch_duplicates += 1
                     continue
                 try:
-                    if verified and sealed_digest(sealed) in verified:
-                        signature_job(sealed, group_id=self.group_id, author_key=membership.author_key)
-                        body = unseal_version(sealed, group_keys)
-                    else:
-                        body = open_version(
-                            sealed, group_id=self.group_id, group_keys=group_keys, author_key=membership.author_key
-                        )
+                    body = open_version(
+                        sealed, group_id=self.group_id, group_keys=group_keys, author_key=membership.author_key
+                    )
                 except (TrustError, DecodeError) as e:
                     if strict and not _written_by_revoked(membership, sealed, e):
                         raise
@@ -1318,7 +1307,6 @@ class Store:
         membership: Membership,
         group_keys: Mapping[int, bytes],
         strict: bool,
-        verified: Collection[bytes],
     ) -> CheckedBatch | None:
         """:meth:`check_received` with the signatures checked by a helper process; None if it could not answer.
 
@@ -1327,19 +1315,13 @@ class Store:
         """
         jobs: list[SignatureJob] = []
         first_error: list[PeerError | None] = []
-        checked_before: list[bool] = []
         for sealed in versions:
             try:
-                job = signature_job(sealed, group_id=self.group_id, author_key=membership.author_key)
+                jobs.append(signature_job(sealed, group_id=self.group_id, author_key=membership.author_key))
             except TrustError as e:
                 first_error.append(e)
-                checked_before.append(False)
                 continue
             first_error.append(None)
-            before = bool(verified) and sealed_digest(sealed) in verified
-            checked_before.append(before)
-            if not before:
-                jobs.append(job)
         bodies: list[MemoryBody | PeerError] = []
         verdicts: list[bool] | None = [] if not jobs else None
 
@@ -1368,13 +1350,13 @@ class Store:
         rejected: list[Rejected] = []
         in_batch_duplicates = 0
         next_verdict, next_body = iter(verdicts), iter(bodies)
-        for sealed, error, before in zip(versions, first_error, checked_before):
+        for sealed, error in zip(versions, first_error):
             header = sealed.header
             outcome: MemoryBody | PeerError
             if error is not None:
                 outcome = error
             else:
-                outcome = _first_failure(sealed, before or next(next_verdict), next(next_body))
+                outcome = _first_failure(sealed, next(next_verdict), next(next_body))
             if header.dot in opened:
                 in_batch_duplicates += 1
                 continue
@@ -2081,11 +2063,6 @@ def _trimmed_body(row: Row, now: float) -> MemoryBody:
             tags = []
             cut.append("every tag left out (together they were too big)")
     raise StoreError("a version could not be cut down to the limits; restore the store from a backup")
-
-
-def sealed_digest(sealed: SealedVersion) -> bytes:
-    """A version's fingerprint (BLAKE2b of its whole sealed bytes): what :meth:`Store.check_received` may skip."""
-    return hashlib.blake2b(sealed.encode(), digest_size=16).digest()
 
 
 def _first_failure(sealed: SealedVersion, valid: bool, body: MemoryBody | PeerError) -> MemoryBody | PeerError:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -21,7 +23,7 @@ from peer.bundles import import_bundle
 from peer.home import Home
 from peer.memory import Draft
 from peer.signatures import SignaturePool, SignatureWorker
-from peer.store import ApplyPipeline, sealed_digest
+from peer.store import ApplyPipeline
 from protocol import (
     BadSignature,
     PeerError,
@@ -300,55 +302,51 @@ async def test_a_big_bundle_with_one_tampered_version_changes_nothing(
     assert sum(calls) == 1500  # the helper checked every version
 
 
-async def test_versions_checked_moments_ago_skip_only_their_signature(aio_loop: object, tmp_path: Path) -> None:
-    """A big bundle's write pass: the bytes checked before are not checked again; anything else is, in full."""
-    a, b = await make_pair(tmp_path)
-    async with a, b:
-        await a.add_many([(Draft(f"note {i}"), None) for i in range(300)])
-        versions = [v for batch in [x async for x in a.missing_for(await b.vector(), batch_size=1000)] for v in batch]
-        verified = {sealed_digest(v) for v in versions}
-        alone = await b.check_received(versions)
-        tampered = replace(versions[7], signature=bytes(64))  # not the bytes that were checked
-        async with ready_helper() as worker:
-            calls = count_calls(worker)
-            again = await b.check_received(versions, signatures=worker, verified=verified)
-            assert calls == []  # nothing left for the helpers to check
-            with pytest.raises(BadSignature):
-                await b.check_received([*versions[:7], tampered, *versions[8:]], signatures=worker, verified=verified)
-            assert calls == [1]  # only the changed version went to the helpers
-        with pytest.raises(BadSignature):  # the same without helpers
-            await b.check_received([*versions[:7], tampered, *versions[8:]], verified=verified)
-        no_helper = await b.check_received(versions, verified=verified)
-    assert again.opened.keys() == alone.opened.keys() == no_helper.opened.keys()
-    assert [body for _, body in again.opened.values()] == [body for _, body in alone.opened.values()]
-
-
-async def test_a_big_bundle_changed_between_its_passes_is_checked_in_full(
+async def test_a_big_bundle_changed_on_disk_after_its_checks_imports_what_was_checked(
     aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Read again to be written, a version whose bytes changed since they were checked is refused."""
+    """Too big to keep its opened versions in memory, a bundle keeps them in a spill file: never read twice."""
     sender = await sender_of(tmp_path, 600)
     versions, bundle_of = sender.versions, sender.bundle_of
     target = versions[450]
     (tmp_path / "big.bundle").write_bytes(bundle_of(versions))
     changed = bundle_of([*versions[:450], replace(target, signature=bytes(64)), *versions[451:]])
     monkeypatch.setattr(bundles, "APPLY_BATCH", 200)
-    monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)  # checked whole, then read again as written
-    write_again = bundles._write_again
+    monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)  # checked whole, kept in a temporary file until written
+    apply_checked = bundles._apply_checked
 
-    async def after_the_check_someone_edits_the_file(*args: Any) -> Any:
-        # A valid bundle, but one version's bytes are not those that were checked.
-        (tmp_path / "big.bundle").write_bytes(changed)
-        return await write_again(*args)
+    async def after_the_checks_someone_edits_the_file(*args: Any) -> Any:
+        (tmp_path / "big.bundle").write_bytes(changed)  # a valid bundle, one version's bytes not those checked
+        return await apply_checked(*args)
 
-    monkeypatch.setattr(bundles, "_write_again", after_the_check_someone_edits_the_file)
+    monkeypatch.setattr(bundles, "_apply_checked", after_the_checks_someone_edits_the_file)
     started = started_ready(monkeypatch)
     async with await sender.b_home.open_store() as b:
-        with pytest.raises(PeerError, match="bad signature"):
+        result = await import_bundle(b, tmp_path / "big.bundle")
+        assert result.added == 600
+        assert await b.sealed([target.header.dot]) == [target]  # the bytes that were checked
+        assert await b.sealed([v.header.dot for v in versions]) == list(versions)
+    assert started and sum(started[0][1]) == 600  # checked through the helpers, once
+
+
+async def test_a_spill_that_cannot_be_written_changes_nothing(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while a big bundle's checked versions are kept: one clear error, nothing imported."""
+    sender = await sender_of(tmp_path, 600)
+    (tmp_path / "big.bundle").write_bytes(sender.bundle_of(sender.versions))
+    monkeypatch.setattr(bundles, "APPLY_BATCH", 200)
+    monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    async with await sender.b_home.open_store() as b:
+        before = await snapshot(b)
+        with pytest.raises(PeerError, match="No space left on device.*nothing was imported"):
             await import_bundle(b, tmp_path / "big.bundle")
-        assert await b.sealed([target.header.dot]) == []
-        assert len(await b.sealed([v.header.dot for v in versions])) < 600
-    assert started and sum(started[0][1]) >= 600  # the first pass's checks went through the helpers
+        assert await snapshot(b) == before
 
 
 async def test_a_helper_that_stops_answering_is_given_up_on(aio_loop: object, monkeypatch: pytest.MonkeyPatch) -> None:
