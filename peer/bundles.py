@@ -711,7 +711,8 @@ class _Spill:
     it is written. The file holds only what this process checked and wrote
     itself, with the home's permissions; what comes back is exactly what
     was checked (so a bundle changed on disk after its checks changes
-    nothing). About 1.3 times the bundle's size on disk while the import runs.
+    nothing). About twice the bundle's size on disk while the import runs
+    (each version sealed, and opened: its text, fields and vector).
     """
 
     def __init__(self, directory: Path) -> None:
@@ -723,7 +724,7 @@ class _Spill:
     def _fail(self, e: OSError) -> BundleError:
         return BundleError(
             f"cannot keep the checked versions in a temporary file in {self._directory} while they are"
-            f" written ({e.strerror or e}); a bundle this big needs about its own size again in free space there"
+            f" written ({e.strerror or e}); a bundle this big needs about twice its size in free space there"
         )
 
     def add(self, batch: CheckedBatch) -> None:
