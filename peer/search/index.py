@@ -117,6 +117,10 @@ EMBED_CHUNK = 128
 #: A long catch-up saves its work this often (in changes), so an
 #: interruption does not start from zero.
 SAVE_EVERY = 50_000
+#: Held while an index is built from the store (see _one_build_at_a_time), beside LOCK_FILE.
+BUILD_LOCK_FILE = "build.lock"
+#: Seconds between tries of a build lock another process holds.
+BUILD_POLL_S = 0.2
 #: Compact when deleted elements exceed live ones and at least this many.
 COMPACT_MIN_DELETED = 10_000
 #: How many candidates a filtered query asks for per wanted result at first.
@@ -202,6 +206,33 @@ def _files_locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.asynccontextmanager
+async def _one_build_at_a_time(directory: Path) -> AsyncIterator[None]:
+    """Held while the index of ``directory`` is built from the store, by whichever process builds it.
+
+    The agent builds a new device's index in the background; a `peer mcp`
+    server or a `peer search` asking meanwhile would build a second copy at
+    the same time, each taking twice as long. The second waits here instead
+    (polling, so that it stays cancellable), then uses what the first saved.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / BUILD_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("another process is building the search index in %s; waiting for it", directory)
+                    waited = True
+                await trio.sleep(BUILD_POLL_S)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -452,6 +483,8 @@ class SearchIndex:
         self._graph = graph
         self._watermark = watermark
         self._needs_rebuild = needs_rebuild
+        #: Nothing usable was saved when this opened: a build may use what another process saves meanwhile.
+        self._opened_empty = needs_rebuild
         self._lock = trio.Lock()
         #: A catch-up saves the files once this many applied changes are unsaved. 1 (save after
         #: every catch-up that changed something) suits one-shot commands; a long-lived process
@@ -562,7 +595,7 @@ class SearchIndex:
                     )
                     self._needs_rebuild = True
             if self._needs_rebuild:
-                return await self._rebuild(store, progress, best_effort=True)
+                return await self._rebuild(store, progress, best_effort=True, adopt=self._opened_empty)
             start = self._watermark
             result = await self._catch_up(store, progress, best_effort=True)
             if self._watermark == start:
@@ -642,8 +675,36 @@ class SearchIndex:
         return True
 
     async def _rebuild(
-        self, store: IndexFeed, progress: Progress | None, *, best_effort: bool = False
+        self, store: IndexFeed, progress: Progress | None, *, best_effort: bool = False, adopt: bool = False
     ) -> CatchUpResult:
+        """Build the graph from the store's live winners, one process at a time (see _one_build_at_a_time).
+
+        With ``adopt`` (nothing usable was saved when this index opened), a
+        whole index that another process saved meanwhile is loaded and
+        caught up instead of built again.
+        """
+        async with _one_build_at_a_time(self._dir):
+            if adopt:
+                adopted = await self._adopt_saved(store, progress)
+                if adopted is not None:
+                    return adopted
+            return await self._build(store, progress, best_effort=best_effort)
+
+    async def _adopt_saved(self, store: IndexFeed, progress: Progress | None) -> CatchUpResult | None:
+        try:
+            graph, watermark = await trio.to_thread.run_sync(
+                partial(_load, self._dir, self._embedder.id, self._embedder.dim)
+            )
+        except (FileNotFoundError, _Unusable):
+            return None  # nobody built it meanwhile (or what was saved is no use): build it here
+        if watermark > await store.max_seq():
+            return None
+        log.info("using the search index another process built in %s meanwhile", self._dir)
+        self._graph, self._watermark = graph, watermark
+        self._needs_rebuild = self._opened_empty = False
+        return await self._catch_up(store, progress, best_effort=True)
+
+    async def _build(self, store: IndexFeed, progress: Progress | None, *, best_effort: bool) -> CatchUpResult:
         # Noted before reading: whatever changes while the winners are read
         # has a higher seq and is replayed by the catch-up below.
         watermark = await store.max_seq()
@@ -672,7 +733,7 @@ class SearchIndex:
                     if progress is not None:
                         progress(done, total)
         self._watermark = watermark
-        self._needs_rebuild = False
+        self._needs_rebuild = self._opened_empty = False
         after = await self._catch_up(store, None, force_save=True, best_effort=best_effort)
         return CatchUpResult(
             added + after.added, after.removed, embedded + after.embedded, self._watermark, rebuilt=True

@@ -510,3 +510,69 @@ async def test_an_untouched_graph_is_not_hashed_again_unless_asked(
     index, warnings = await index_module.SearchIndex.open(directory, embedder, full_check=True)
     assert warnings == [] and len(index) == 100
     assert "hnsw.bin" in hashed  # `peer doctor` checks every byte
+
+
+async def test_a_second_build_waits_for_the_first_and_uses_what_it_saved(
+    tmp_path: Path, embedder: HashEmbedder, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent builds a new device's index; a search in another process meanwhile must not build a second."""
+    import threading
+
+    import trio
+
+    for label in range(1, 31):
+        store.record(label, True)
+    directory = tmp_path / "index"
+    first, _ = await open_index(directory, embedder)  # e.g. the agent's
+    second, _ = await open_index(directory, embedder)  # e.g. a `peer mcp` server's: its own lock file descriptor
+    assert first.needs_rebuild and second.needs_rebuild
+    adds: list[int] = []
+    building = threading.Event()
+    release = threading.Event()
+    real_add = index_module._Graph.add
+
+    def slow_add(graph: Any, labels: Any, vectors: Any) -> None:
+        adds.append(len(labels))
+        building.set()
+        assert release.wait(30)
+        real_add(graph, labels, vectors)
+
+    monkeypatch.setattr(index_module._Graph, "add", slow_add)
+    results: dict[str, Any] = {}
+
+    async def build(name: str, index: SearchIndex) -> None:
+        results[name] = await index.catch_up(store, embedder)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(build, "first", first)
+            await trio.to_thread.run_sync(building.wait)
+            nursery.start_soon(build, "second", second)
+            await trio.sleep(5 * index_module.BUILD_POLL_S)
+            assert "second" not in results  # waiting for the first build, not building
+            store.record(31, True)  # a change during the build: the first catches it up before it saves
+            release.set()
+    assert results["first"].rebuilt and not results["second"].rebuilt
+    assert adds == [30, 1]  # every vector added by the first: the second loaded what it saved
+    assert results["second"].added == 0
+    assert second.watermark == first.watermark == store._seq() and not second.needs_rebuild
+    await assert_matches_store(second, store)
+
+    # Later changes are caught up by each from there, as usual.
+    store.record(32, True)
+    assert (await second.catch_up(store, embedder)).added == 1
+    await assert_matches_store(second, store)
+
+
+async def test_an_explicit_rebuild_builds_even_when_another_saved_meanwhile(
+    tmp_path: Path, embedder: HashEmbedder, store: FakeStore
+) -> None:
+    """`peer reindex` (and doctor's repair) must build anew, not take the saved files it is meant to replace."""
+    for label in range(1, 11):
+        store.record(label, True)
+    directory = tmp_path / "index"
+    first, _ = await open_index(directory, embedder)
+    second, _ = await open_index(directory, embedder)
+    await first.catch_up(store, embedder)
+    result = await second.rebuild(store, embedder)
+    assert result.rebuilt and result.added == 10
