@@ -64,6 +64,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -121,6 +122,9 @@ SAVE_EVERY = 50_000
 BUILD_LOCK_FILE = "build.lock"
 #: Seconds between tries of a build lock another process holds.
 BUILD_POLL_S = 0.2
+#: A builder touches the build lock after every batch; one that has not for this long (a
+#: stopped process) is not waited for any more.
+BUILD_STALE_S = 30.0
 #: Compact when deleted elements exceed live ones and at least this many.
 COMPACT_MIN_DELETED = 10_000
 #: How many candidates a filtered query asks for per wanted result at first.
@@ -212,16 +216,19 @@ def _files_locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _one_build_at_a_time(directory: Path) -> AsyncIterator[None]:
+async def _one_build_at_a_time(directory: Path) -> AsyncIterator[Callable[[], None]]:
     """Held while the index of ``directory`` is built from the store, by whichever process builds it.
 
     The agent builds a new device's index in the background; a `peer mcp`
     server or a `peer search` asking meanwhile would build a second copy at
     the same time, each taking twice as long. The second waits here instead
     (polling, so that it stays cancellable), then uses what the first saved.
+    Yields what the builder calls after every batch to show it is making
+    progress: a waiter stops waiting for a builder that stopped.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / BUILD_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    path = directory / BUILD_LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         waited = False
         while True:
@@ -229,13 +236,27 @@ async def _one_build_at_a_time(directory: Path) -> AsyncIterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if time.time() - os.fstat(fd).st_mtime > BUILD_STALE_S:
+                    # A builder that stopped (SIGSTOP, a debugger) must not stop every search here.
+                    log.warning("the search index in %s has been building elsewhere without progress for %g s;"
+                                " building it here", directory, BUILD_STALE_S)
+                    break
                 if not waited:
                     log.info("another process is building the search index in %s; waiting for it", directory)
                     waited = True
                 await trio.sleep(BUILD_POLL_S)
-        yield
+        _beat(fd)
+        yield partial(_beat, fd)
     finally:
-        os.close(fd)  # releases the lock
+        os.close(fd)  # releases the lock (if it was taken)
+
+
+def _beat(fd: int) -> None:
+    """Mark the build lock as held by a builder making progress (see BUILD_STALE_S)."""
+    try:
+        os.utime(fd)
+    except OSError:
+        pass
 
 
 class _Graph:
@@ -683,12 +704,12 @@ class SearchIndex:
         whole index that another process saved meanwhile is loaded and
         caught up instead of built again.
         """
-        async with _one_build_at_a_time(self._dir):
+        async with _one_build_at_a_time(self._dir) as beat:
             if adopt:
                 adopted = await self._adopt_saved(store, progress)
                 if adopted is not None:
                     return adopted
-            return await self._build(store, progress, best_effort=best_effort)
+            return await self._build(store, progress, best_effort=best_effort, beat=beat)
 
     async def _adopt_saved(self, store: IndexFeed, progress: Progress | None) -> CatchUpResult | None:
         try:
@@ -704,7 +725,9 @@ class SearchIndex:
         self._needs_rebuild = self._opened_empty = False
         return await self._catch_up(store, progress, best_effort=True)
 
-    async def _build(self, store: IndexFeed, progress: Progress | None, *, best_effort: bool) -> CatchUpResult:
+    async def _build(
+        self, store: IndexFeed, progress: Progress | None, *, best_effort: bool, beat: Callable[[], None]
+    ) -> CatchUpResult:
         # Noted before reading: whatever changes while the winners are read
         # has a higher seq and is replayed by the catch-up below.
         watermark = await store.max_seq()
@@ -727,6 +750,7 @@ class SearchIndex:
             async with receive:
                 async for batch in receive:
                     a, _, e = await self._apply(batch, done, total, progress)
+                    beat()
                     added, embedded = added + a, embedded + e
                     done += len(batch)
                     total = max(total, done)

@@ -576,3 +576,31 @@ async def test_an_explicit_rebuild_builds_even_when_another_saved_meanwhile(
     await first.catch_up(store, embedder)
     result = await second.rebuild(store, embedder)
     assert result.rebuilt and result.added == 10
+
+
+async def test_a_builder_that_stopped_is_not_waited_for(
+    tmp_path: Path, embedder: HashEmbedder, store: FakeStore
+) -> None:
+    """A build lock held by a process that makes no progress (stopped, say) must not stop searches here."""
+    import fcntl
+    import time
+
+    import trio
+
+    for label in range(1, 11):
+        store.record(label, True)
+    directory = tmp_path / "index"
+    directory.mkdir()
+    lock = directory / index_module.BUILD_LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held, as by a builder in another process...
+        stale = time.time() - 2 * index_module.BUILD_STALE_S
+        os.utime(lock, (stale, stale))  # ...that has not moved for a while
+        index, _ = await open_index(directory, embedder)
+        with trio.fail_after(10):
+            result = await index.catch_up(store, embedder)
+        assert result.rebuilt
+        await assert_matches_store(index, store)
+    finally:
+        os.close(fd)
