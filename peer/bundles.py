@@ -612,7 +612,6 @@ class _Checks:
         self.store = store
         self.start_vector = start_vector
         self.records = records  # filled by the reader as the records go by
-        self.keep = keep
         self.signatures = signatures
         self._leased = AsyncExitStack()  # the store's helpers, when none were given and a batch is big
         self.progress = progress
@@ -737,9 +736,6 @@ class _Spill:
         except OSError as e:
             raise self._fail(e) from e
         self._memberships.append(batch.membership)
-
-    def __len__(self) -> int:
-        return len(self._memberships)
 
     def next_batch(self) -> CheckedBatch | None:
         """The next batch written to the file (the first after :meth:`rewind`), or None after the last."""
