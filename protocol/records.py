@@ -41,6 +41,7 @@ MAX_TAGS = 4096
 MAX_METADATA_BYTES = MAX_CONTENT_BYTES
 MAX_EMBEDDER_BYTES = 256
 _MAX_KIND_BYTES = 64
+_NEGATIVE_ZERO = struct.pack("<d", -0.0)
 #: created_at, updated_at, the importance flag and value, deleted: between the metadata and the embedder.
 _FIXED_BYTES = 8 + 8 + 1 + 8 + 1
 #: The largest encoded body that still fits a sealed box (sealing.MAX_SEALED_BYTES,
@@ -162,7 +163,10 @@ class MemoryBody:
         deleted = r.bool()
         embedder = r.str(MAX_EMBEDDER_BYTES)
         embedding = r.bytes(MAX_EMBEDDING_BYTES)
-        # Compare the bits: -0.0 == 0.0, and only +0.0 is the canonical "no importance".
+        # Compare the bits: -0.0 == 0.0, and only +0.0 is the canonical "no importance",
+        # and the one encoding of an importance of zero (encode writes -0.0 as +0.0).
+        if struct.pack("<d", importance) == _NEGATIVE_ZERO:
+            raise DecodeError("malformed memory body: importance -0.0 (zero is written +0.0)")
         if not has_importance and struct.pack("<d", importance) != bytes(8):
             raise DecodeError("malformed memory body: importance set without its flag")
         return cls(

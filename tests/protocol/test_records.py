@@ -180,6 +180,20 @@ def test_absent_importance_must_be_positive_zero() -> None:
         MemoryBody.decode(data[:-12] + b"\x00" + struct.pack("<d", -0.0) + tail[9:])
 
 
+def test_an_importance_of_zero_has_one_encoding() -> None:
+    """A fuzz find: -0.0 decoded, then re-encoded as +0.0 (two encodings of one body)."""
+    zero = MemoryBody("x", importance=0.0).encode()
+    assert MemoryBody("x", importance=-0.0).encode() == zero  # a local -0.0 is written +0.0
+    assert MemoryBody.decode(zero).encode() == zero
+    tail = zero[-12:]
+    assert tail[:1] == b"\x01" and tail[1:9] == bytes(8)
+    with pytest.raises(DecodeError, match="importance"):
+        MemoryBody.decode(zero[:-12] + b"\x01" + struct.pack("<d", -0.0) + tail[9:])
+    found = bytes.fromhex("00046e6f74650000027b7d00000000000000000000000000000000010000000000000080010000")
+    with pytest.raises(DecodeError, match="importance"):
+        MemoryBody.decode(found)
+
+
 def test_hostile_metadata_is_refused_built_or_received() -> None:
     with pytest.raises(LocalProtocolError):
         MemoryBody("x", metadata="[" * 100_000 + "]" * 100_000)
