@@ -6,15 +6,19 @@ content is a few random words, so its own vector is its nearest neighbour.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
+import threading
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import trio
 
 import peer.search.index as index_module
 from peer.memory import IndexChange
@@ -516,10 +520,6 @@ async def test_a_second_build_waits_for_the_first_and_uses_what_it_saved(
     tmp_path: Path, embedder: HashEmbedder, store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The agent builds a new device's index; a search in another process meanwhile must not build a second."""
-    import threading
-
-    import trio
-
     for label in range(1, 31):
         store.record(label, True)
     directory = tmp_path / "index"
@@ -582,11 +582,6 @@ async def test_a_builder_that_stopped_is_not_waited_for(
     tmp_path: Path, embedder: HashEmbedder, store: FakeStore
 ) -> None:
     """A build lock held by a process that makes no progress (stopped, say) must not stop searches here."""
-    import fcntl
-    import time
-
-    import trio
-
     for label in range(1, 11):
         store.record(label, True)
     directory = tmp_path / "index"
