@@ -11,8 +11,8 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
 
 from .clock import MAX_COUNTER, Dot
 from .codec import Reader, Writer, decode_whole
@@ -78,30 +78,7 @@ class MemoryBody:
     embedding: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
-        if not valid_kind(self.kind):
-            raise LocalProtocolError(f"invalid kind {self.kind!r}")
-        if self.project == "":
-            raise LocalProtocolError("a project name cannot be empty")
-        if tuple(sorted(set(self.tags))) != self.tags:
-            raise LocalProtocolError("tags must be sorted and unique")
-        if any(not t for t in self.tags):
-            raise LocalProtocolError("a tag cannot be empty")
-        if self.importance is not None and not (0.0 <= self.importance <= 1.0):
-            raise LocalProtocolError("importance must be between 0 and 1")
-        for t in (self.created_at, self.updated_at):
-            if not math.isfinite(t):
-                raise LocalProtocolError("timestamps must be finite")
-        if len(self.embedding) % 4:
-            raise LocalProtocolError("an embedding is a whole number of float32 values")
-        if bool(self.embedding) != bool(self.embedder):
-            raise LocalProtocolError("an embedding needs its embedder id and vice versa")
-        try:
-            parsed = json.loads(self.metadata)
-        except (ValueError, RecursionError) as e:
-            # RecursionError: deeply nested arrays, which a hostile sender can make.
-            raise LocalProtocolError("metadata is not valid JSON") from e
-        if not isinstance(parsed, dict):
-            raise LocalProtocolError("metadata must be a JSON object")
+        _check_meaning(self)
         # Every limit a reader enforces (decode_from below, and the sealed box)
         # is enforced here too: a body this side can build, every member can read.
         _check_lengths(self)
@@ -125,6 +102,11 @@ class MemoryBody:
 
     @classmethod
     def decode(cls, data: bytes) -> MemoryBody:
+        # The encoding is canonical (decode_from reads minimal numbers, strict
+        # UTF-8 and every byte), so a decoded body's encoded size is len(data):
+        # the limit on the whole, which decode_from's field limits leave open.
+        if len(data) > MAX_BODY_BYTES:
+            raise DecodeError(f"malformed memory body: {len(data):,} bytes, more than a body may have")
         return decode_whole(cls.decode_from, data, "memory body")
 
     @staticmethod
@@ -169,19 +151,51 @@ class MemoryBody:
             raise DecodeError("malformed memory body: importance -0.0 (zero is written +0.0)")
         if not has_importance and struct.pack("<d", importance) != bytes(8):
             raise DecodeError("malformed memory body: importance set without its flag")
-        return cls(
-            content=content,
-            kind=kind,
-            project=project,
-            tags=tags,
-            metadata=metadata,
-            created_at=created_at,
-            updated_at=updated_at,
-            importance=importance if has_importance else None,
-            deleted=deleted,
-            embedder=embedder,
-            embedding=embedding,
+        # Not through __init__: the reader enforced every length limit already
+        # (and decode the limit on the whole), so only the other checks are left.
+        body = object.__new__(cls)
+        values = (
+            *(content, kind, project, tags, metadata, created_at, updated_at),
+            *(importance if has_importance else None, deleted, embedder, embedding),
         )
+        for name, value in zip(_BODY_FIELDS, values, strict=True):
+            object.__setattr__(body, name, value)
+        _check_meaning(body)
+        return body
+
+
+#: MemoryBody's fields in order (decode_from sets them without __init__).
+_BODY_FIELDS: Final = tuple(f.name for f in fields(MemoryBody))
+
+
+def _check_meaning(body: MemoryBody) -> None:
+    """A body's checks that no length limit makes (decoding enforces the limits as it reads)."""
+    if not valid_kind(body.kind):
+        raise LocalProtocolError(f"invalid kind {body.kind!r}")
+    if body.project == "":
+        raise LocalProtocolError("a project name cannot be empty")
+    if tuple(sorted(set(body.tags))) != body.tags:
+        raise LocalProtocolError("tags must be sorted and unique")
+    if any(not t for t in body.tags):
+        raise LocalProtocolError("a tag cannot be empty")
+    if body.importance is not None and not (0.0 <= body.importance <= 1.0):
+        raise LocalProtocolError("importance must be between 0 and 1")
+    for t in (body.created_at, body.updated_at):
+        if not math.isfinite(t):
+            raise LocalProtocolError("timestamps must be finite")
+    if len(body.embedding) % 4:
+        raise LocalProtocolError("an embedding is a whole number of float32 values")
+    if bool(body.embedding) != bool(body.embedder):
+        raise LocalProtocolError("an embedding needs its embedder id and vice versa")
+    if body.metadata == "{}":  # most bodies: nothing to parse
+        return
+    try:
+        parsed = json.loads(body.metadata)
+    except (ValueError, RecursionError) as e:
+        # RecursionError: deeply nested arrays, which a hostile sender can make.
+        raise LocalProtocolError("metadata is not valid JSON") from e
+    if not isinstance(parsed, dict):
+        raise LocalProtocolError("metadata must be a JSON object")
 
 
 def _utf8_len(text: str) -> int:

@@ -34,7 +34,7 @@ from protocol import (
 )
 from protocol.codec import MAX_VARINT_BYTES, Reader, Writer, encode_uvarint
 from protocol.membership import KeyEpochRecord, MemberRecord, RevocationRecord
-from protocol.records import encoded_size
+from protocol.records import MAX_BODY_BYTES, MAX_CONTENT_BYTES, encoded_size
 
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 device_ids = st.text(alphabet=B32, min_size=26, max_size=26)
@@ -192,6 +192,24 @@ def test_an_importance_of_zero_has_one_encoding() -> None:
     found = bytes.fromhex("00046e6f74650000027b7d00000000000000000000000000000000010000000000000080010000")
     with pytest.raises(DecodeError, match="importance"):
         MemoryBody.decode(found)
+
+
+def test_a_body_too_big_as_a_whole_is_refused_built_or_received() -> None:
+    """Every field within its own limit, the whole over what a sealed box holds: decode skips no check."""
+    content, metadata = "c" * MAX_CONTENT_BYTES, canonical_json({"m": "x" * (MAX_CONTENT_BYTES - 16)})
+    tags = tuple(f"{i:04d}" + "t" * 1020 for i in range(2100))
+    with pytest.raises(LocalProtocolError, match="in all"):
+        MemoryBody(content, tags=tags, metadata=metadata)
+    w = Writer().str(content).str("note").str("").uvarint(len(tags))
+    for tag in tags:
+        w.str(tag)
+    w.str(metadata).f64(0.0).f64(0.0).bool(False).f64(0.0).bool(False).str("").bytes(b"")
+    data = w.getvalue()
+    assert len(data) > MAX_BODY_BYTES
+    with pytest.raises(DecodeError, match="malformed memory body"):
+        MemoryBody.decode(data)
+    fits = MemoryBody(content, tags=tags[:1000], metadata=metadata)
+    assert MemoryBody.decode(fits.encode()) == fits
 
 
 def test_hostile_metadata_is_refused_built_or_received() -> None:
