@@ -54,9 +54,10 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -67,7 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from peer.signatures import WORKER_BATCH, SignatureWorker
-from peer.store import ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
+from peer.store import BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
     END_OF_STREAM,
@@ -737,6 +738,26 @@ class _Spill:
             raise self._fail(e) from e
         self._memberships.append(batch.membership)
 
+    def next_group(self, versions: int) -> CheckedBatch | None:
+        """The next batches written to the file, joined up to about ``versions``; None after the last.
+
+        Batches join only with batches checked against the same membership.
+        """
+        first = self.next_batch()
+        if first is None:
+            return None
+        group, size = [first], first.versions
+        while (
+            self._read < len(self._memberships)
+            and self._memberships[self._read] is first.membership
+            and size + APPLY_BATCH <= versions
+        ):
+            batch = self.next_batch()
+            assert batch is not None
+            group.append(batch)
+            size += batch.versions
+        return CheckedBatch.joined(group)
+
     def next_batch(self) -> CheckedBatch | None:
         """The next batch written to the file (the first after :meth:`rewind`), or None after the last."""
         if self._file is None or self._read >= len(self._memberships):
@@ -841,12 +862,12 @@ async def _apply_checked(
         new_records = await store.apply_membership(checks.records)
     result = ApplyResult(duplicates=held)
     try:
-        if checks.spill is None:
-            for part in checks.checked:
-                assert part is not None
-                result = await _write_checked(store, part, result, checks, scan, progress)
-        else:
-            result = await _write_spilled(store, checks.spill, result, checks, scan, progress)
+        async with store.bulk_writes():
+            if checks.spill is None:
+                for group in _joined(part for part in checks.checked if part is not None):
+                    result = await _write_checked(store, group, result, checks, scan, progress)
+            else:
+                result = await _write_spilled(store, checks.spill, result, checks, scan, progress)
     except PeerError as e:
         raise PartlyImported(
             f"{e.message}; {result.added:,} new {'version was' if result.added == 1 else 'versions were'} imported"
@@ -857,6 +878,20 @@ async def _apply_checked(
     async with store.transaction():
         merged = await _learn(store, header, start_vector)
     return result, len(new_records), merged
+
+
+def _joined(parts: Iterable[CheckedBatch]) -> Iterator[CheckedBatch]:
+    """Consecutive checked batches joined up to :data:`BULK_WRITE_VERSIONS`, to be written a transaction each."""
+    group: list[CheckedBatch] = []
+    size = 0
+    for part in parts:
+        if group and (part.membership is not group[0].membership or size + part.versions > BULK_WRITE_VERSIONS):
+            yield CheckedBatch.joined(group)
+            group, size = [], 0
+        group.append(part)
+        size += part.versions
+    if group:
+        yield CheckedBatch.joined(group)
 
 
 async def _write_checked(
@@ -873,7 +908,8 @@ async def _write_spilled(
 ) -> ApplyResult:
     """Write the spilled batches in order, each in its own transaction; the next is read back while one is written."""
     spill.rewind()
-    following = await trio.to_thread.run_sync(spill.next_batch)
+    next_group = partial(spill.next_group, BULK_WRITE_VERSIONS)
+    following = await trio.to_thread.run_sync(next_group)
     failed: list[Exception] = []
     while following is not None and not failed:
         part = following
@@ -881,7 +917,7 @@ async def _write_spilled(
         async def read_next() -> None:
             nonlocal following
             try:
-                following = await trio.to_thread.run_sync(spill.next_batch)
+                following = await trio.to_thread.run_sync(next_group)
             except Exception as e:  # carried out by hand: trio would wrap it in an ExceptionGroup
                 failed.append(e)
 

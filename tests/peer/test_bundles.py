@@ -22,6 +22,7 @@ from protocol.bundle import BundleWriter
 from protocol.errors import BundleError, NotAMember, PeerError, WrongGroup
 from tests.support.cli_runner import assert_error, ok, ok_json, peer
 from tests.support.groups import admit, found
+from tests.support.stores import count_writes
 
 
 async def snapshot(home: Home) -> dict[str, Any]:
@@ -379,3 +380,24 @@ async def test_a_bundle_inside_another_file_and_errors_by_type(tmp_path: Path, a
     async with await stranger.open_store() as s:
         with pytest.raises(NotAMember):
             await import_bundle(s, tmp_path / "impostor.bundle")
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["in memory", "spilled"])
+async def test_a_big_import_writes_few_big_transactions(
+    tmp_path: Path, aio_loop: object, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """Checked batches are joined up to BULK_WRITE_VERSIONS a transaction, kept in memory or spilled to a file."""
+    a_home = await found(tmp_path / "a", "a")
+    b_home = await admit(a_home, tmp_path / "b", "b")
+    async with await a_home.open_store() as a:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(230)])
+        await export_bundle(a, a_home.identity().signing_key, tmp_path / "all.bundle", full=True)
+    monkeypatch.setattr(bundles, "APPLY_BATCH", 20)
+    monkeypatch.setattr(bundles, "BULK_WRITE_VERSIONS", 100)
+    if not kept:
+        monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)
+    writes = count_writes(monkeypatch)
+    async with await b_home.open_store() as b:
+        result = await import_bundle(b, tmp_path / "all.bundle")
+        assert result.added == 230 and (await b.stats()).memories == 230
+    assert writes == [100, 100, 30]

@@ -333,6 +333,7 @@ async def test_a_bundle_import_verifies_outside_the_write_lock_and_writes_in_sho
     monkeypatch.setattr(store_module, "unseal_version", unseal_version_while_another_writes)
     monkeypatch.setattr(Store, "store_checked", store_checked_then_another_writes)
     monkeypatch.setattr(bundles, "APPLY_BATCH", 200)
+    monkeypatch.setattr(bundles, "BULK_WRITE_VERSIONS", 200)  # a transaction a batch: six chances to get in
     if not held:
         # A bundle too big to hold its opened versions in memory: they wait in a temporary file.
         monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)
@@ -445,6 +446,7 @@ async def test_a_write_failing_part_way_says_what_was_kept_and_the_rest_follows(
         return await real_store_checked(self, batch, **kwargs)
 
     monkeypatch.setattr(bundles, "APPLY_BATCH", 200)
+    monkeypatch.setattr(bundles, "BULK_WRITE_VERSIONS", 200)  # a transaction a batch
     async with await b_home.open_store() as b:
         with monkeypatch.context() as m:
             m.setattr(Store, "store_checked", full_disk_on_the_third_batch)

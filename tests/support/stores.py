@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
 
 from peer.home import Home
-from peer.store import Store
+from peer.store import ApplyResult, CheckedBatch, Store
 
 
 class FakeClock:
@@ -69,3 +74,19 @@ async def snapshot(store: Store) -> dict[str, tuple[str, int, bool]]:
 async def all_ids(store: Store) -> list[str]:
     rows = await store._db.fetchall("SELECT DISTINCT memory_id FROM versions ORDER BY memory_id")
     return [r[0] for r in rows]
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch, gate: trio.Event | None = None) -> list[int]:
+    """Record how many versions each ``store_checked`` call writes (waiting for ``gate``, if given, first)."""
+    sizes: list[int] = []
+    real: Callable[..., Any] = Store.store_checked
+
+    async def store_checked(self: Store, batch: CheckedBatch, **kwargs: Any) -> ApplyResult:
+        if gate is not None:
+            await gate.wait()
+        sizes.append(len(batch.opened))
+        result: ApplyResult = await real(self, batch, **kwargs)
+        return result
+
+    monkeypatch.setattr(Store, "store_checked", store_checked)
+    return sizes

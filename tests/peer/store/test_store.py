@@ -14,9 +14,11 @@ import peer.store.schema as schema_module
 from peer.errors import NotAMember, StoreError, TrustError, WrongGroup
 from peer.home import Home
 from peer.memory import Draft
-from peer.store import Store
+from peer.store import CheckedBatch, Store
+from peer.store.store import BULK_CACHE_KIB
 from protocol import (
     Dot,
+    Membership,
     MemoryBody,
     SealedVersion,
     VersionHeader,
@@ -500,3 +502,32 @@ async def test_a_foreign_sqlite_file_is_not_a_store(aio_loop: object, tmp_path: 
     with pytest.raises(StoreError, match="is not a peer store"):
         await home.open_store()
 
+
+
+async def test_bulk_writes_raise_the_page_cache_while_any_runs_and_restore_it(aio_loop: object, tmp_path: Path) -> None:
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        before = await b._db.fetchvalue("PRAGMA cache_size")
+        async with b.bulk_writes():
+            assert await b._db.fetchvalue("PRAGMA cache_size") == -BULK_CACHE_KIB
+            async with b.bulk_writes():  # a second receive at the same time
+                pass
+            assert await b._db.fetchvalue("PRAGMA cache_size") == -BULK_CACHE_KIB  # the first still runs
+        assert await b._db.fetchvalue("PRAGMA cache_size") == before
+
+
+async def test_joined_batches_count_a_version_in_two_of_them_once(aio_loop: object, tmp_path: Path) -> None:
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(6)])
+        [versions] = [batch async for batch in a.missing_for(await b.vector())]
+        first = await b.check_received(versions[:4])
+        second = await b.check_received(versions[2:])
+        joined = CheckedBatch.joined([first, second])
+        assert list(joined.opened) == [v.header.dot for v in versions]
+        assert joined.in_batch_duplicates == 2 and joined.versions == 8
+        result = await b.store_checked(joined)
+        assert (result.added, result.duplicates) == (6, 2)
+        other = CheckedBatch({}, (), 0, Membership(b.group_id))
+        with pytest.raises(ValueError, match="same membership"):
+            CheckedBatch.joined([first, other])
