@@ -1,56 +1,78 @@
-"""Receive pipeline: check the next batch of received versions while the previous one is written.
+"""Receive pipeline: check the next batches of received versions while the earlier ones are written.
 
 Theory of operation. Applying a batch has a CPU half (Ed25519 verify,
-key derivation, decrypt, decode: :meth:`Store.check_received`, in a worker
-thread for big batches; verify releases the GIL) and a write half (SQLite,
-in the database's own thread: :meth:`Store.store_checked`). Done one after
-the other, a receive never runs on more than one core. :class:`ApplyPipeline`
-starts checking batch N+1 as soon as it is submitted and only then writes
-batch N, so the two halves overlap.
+key derivation, decrypt, decode: :meth:`Store.check_received`) and a write
+half (SQLite, in the database's own thread: :meth:`Store.store_checked`).
+Done one after the other, a receive never runs on more than one core.
+:class:`ApplyPipeline` checks each batch as soon as it is submitted (at most
+:data:`CHECKS_AT_ONCE` at a time, in order) while a writer task writes the
+batches already checked, so the two halves overlap.
+
+The writer joins consecutive checked batches into one transaction of up
+to :data:`~peer.store.store.BULK_WRITE_VERSIONS` versions once that many
+wait (or when :meth:`drain` asks for everything): a big store's indexes
+cost much less per row in a few big transactions than in many small ones
+(``docs/performance.md``). :meth:`submit` waits only when
+:data:`QUEUED_AT_MOST` versions are queued, which bounds the memory one
+receive holds.
 
 Order and atomicity are the same as calling :meth:`Store.apply` batch by
-batch: batches are written in submission order, each in one transaction
-(or inside the caller's :meth:`Store.transaction`: the writes run in the
-caller's task, the checks in tasks of the nursery given), with the
-progress vector submitted with it. A batch whose check failed raises when
-its turn to be written comes, so nothing after it is written either.
+batch: batches are written in submission order, a transaction holding
+whole batches with the progress vectors submitted with them. A batch whose
+check failed is raised (by the :meth:`submit` or :meth:`drain` after it)
+once every batch before it is written; nothing after it is written.
 Membership changes must not overlap a check: call :meth:`drain` before
 applying member records (the batches after them are checked against them).
+Not for use inside the caller's :meth:`Store.transaction`: the writer task
+takes transactions of its own.
 
 A big receive (a batch of :data:`~peer.signatures.WORKER_BATCH` versions or
 more) leases the store's signature helpers (processes, one per core, shared
 by every receive into the store: :class:`~peer.signatures.SignaturePool`),
-which check the signatures while this one decrypts and writes; :meth:`aclose`
+which check the signatures while this one decrypts and writes, and raises the
+store's page cache while it writes (:meth:`Store.bulk_writes`); :meth:`aclose`
 (or leaving ``async with``) gives them back, and the last lease ends them.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Final
 
 import trio
 
 from peer.signatures import WORKER_BATCH, SignatureWorker
 from protocol import SealedVersion, VersionVector
 
-from .store import ApplyResult, CheckedBatch, Store
+from .store import BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, Store
 
-__all__ = ["ApplyPipeline"]
+__all__ = ["ApplyPipeline", "CHECKS_AT_ONCE", "QUEUED_AT_MOST"]
+
+#: Batches being checked at once (in submission order, so the oldest is ready first).
+CHECKS_AT_ONCE: Final = 2
+#: Versions submitted but not yet written, at most (then :meth:`ApplyPipeline.submit` waits).
+QUEUED_AT_MOST: Final = 2 * BULK_WRITE_VERSIONS
 
 
 @dataclass
 class _Pending:
     versions: int
     progress: VersionVector | None
-    done: trio.Event = field(default_factory=trio.Event)
     checked: CheckedBatch | None = None
     error: Exception | None = None
 
+    @property
+    def batch(self) -> CheckedBatch:
+        """The checked batch (once its check succeeded)."""
+        assert self.checked is not None
+        return self.checked
+
 
 class ApplyPipeline:
-    """Submit batches in order; each call writes the batch before (see the module's theory of operation)."""
+    """Submit batches in order; a writer task writes them as they are checked (see the theory of operation)."""
 
     def __init__(
         self,
@@ -59,15 +81,26 @@ class ApplyPipeline:
         *,
         strict: bool = True,
         signatures: SignatureWorker | None = None,
+        write_at: int = BULK_WRITE_VERSIONS,
+        queued_at_most: int = QUEUED_AT_MOST,
     ) -> None:
         self._store = store
         self._nursery = nursery
         self._strict = strict
-        self._pending: _Pending | None = None
         #: Helpers given are the caller's; else this pipeline leases the store's (see SignaturePool).
         self._signatures = signatures
         self._leased = AsyncExitStack()
         self._started_helper = signatures is not None
+        self._write_at = write_at
+        self._queued_at_most = max(queued_at_most, write_at)
+        self._checking = trio.Semaphore(CHECKS_AT_ONCE)
+        self._queue: deque[_Pending] = deque()  # submitted, not written, in order
+        self._queued = 0  # versions in the queue
+        self._changed = trio.lowlevel.ParkingLot()  # woken when the queue, a check or the writer's state changes
+        self._flush = False  # drain() wants every queued batch written now
+        self._writer: trio.CancelScope | None = None
+        self._result = ApplyResult()  # written since the last submit() or drain() returned
+        self._error: Exception | None = None  # a failed check or write: nothing more is written
         #: Versions in the batches written so far.
         self.written = 0
 
@@ -78,45 +111,117 @@ class ApplyPipeline:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Give back the store's signature helpers, if leased (pending batches are not written: :meth:`drain` first)."""
+        """Stop the writer and give back the store's helpers, if leased (call :meth:`drain` first to write the rest)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
         self._signatures = None
         await self._leased.aclose()
 
     async def _check(self, pending: _Pending, versions: Sequence[SealedVersion]) -> None:
+        """Check one batch (``submit`` took a place among the checks for it, in order)."""
         try:
             pending.checked = await self._store.check_received(
                 versions, strict=self._strict, refresh=False, signatures=self._signatures
             )
-        except Exception as e:  # re-raised in the writing task, in order
+        except Exception as e:  # raised to the caller once the batches before it are written
             pending.error = e
         finally:
-            pending.done.set()
+            self._checking.release()
+            self._changed.unpark_all()
 
     async def submit(
         self, versions: Sequence[SealedVersion], *, progress: VersionVector | None = None
     ) -> ApplyResult:
-        """Start checking ``versions``, then write the batch submitted before it; returns what that write did."""
-        # The membership read runs here, in the caller's task (which may hold
-        # the transaction): the check task must not wait for the database.
+        """Start checking ``versions``; returns what was written since the last call (maybe nothing yet).
+
+        Raises the first failure, of a check or a write, once it is known.
+        """
+        self._raise()
+        # The membership read runs here, in the caller's task: a check must not wait for the database.
         await self._store.refresh()
         if len(versions) >= WORKER_BATCH and not self._started_helper:
             self._started_helper = True
             self._signatures = await self._leased.enter_async_context(self._store.signature_pool.lease())
+            await self._leased.enter_async_context(self._store.bulk_writes())
+        if self._writer is None:
+            self._writer = trio.CancelScope()
+            self._nursery.start_soon(self._write_all, self._writer)
+        while self._queued and self._queued + len(versions) > self._queued_at_most and self._error is None:
+            await self._changed.park()  # bounded: the writer frees room as it writes
+        self._raise()
+        await self._checking.acquire()
         pending = _Pending(len(versions), progress)
+        self._queue.append(pending)
+        self._queued += pending.versions
         self._nursery.start_soon(self._check, pending, list(versions))
-        result = await self.drain()
-        self._pending = pending
-        return result
+        self._changed.unpark_all()
+        return self._take_result()
 
     async def drain(self) -> ApplyResult:
-        """Write the batch still pending, if any; returns what that did."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return ApplyResult()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.checked is not None
-        result = await self._store.store_checked(pending.checked, progress=pending.progress)
-        self.written += pending.versions
+        """Write every batch submitted; returns what was written since the last call."""
+        self._flush = True
+        self._changed.unpark_all()
+        try:
+            while self._queue and self._error is None:
+                await self._changed.park()
+        finally:
+            self._flush = False
+        self._raise()
+        return self._take_result()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _take_result(self) -> ApplyResult:
+        result, self._result = self._result, ApplyResult()
         return result
+
+    def _ready(self) -> list[_Pending] | None:
+        """The batches to write now, oldest first; [] when the oldest failed; None to wait for more."""
+        group: list[_Pending] = []
+        size = 0
+        for pending in self._queue:
+            if group and size + pending.versions > self._write_at:
+                return group  # a whole transaction's worth
+            if pending.error is not None:
+                return group  # the batches before it are written, then the failure is told
+            if pending.checked is None:
+                break  # still being checked
+            if group and pending.batch.membership is not group[0].batch.membership:
+                return group
+            group.append(pending)
+            size += pending.versions
+        return group if group and (self._flush or size >= self._write_at) else None
+
+    async def _write_all(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                while (group := self._ready()) is None:
+                    await self._changed.park()
+                if not group:
+                    head = self._queue[0]
+                    assert head.error is not None
+                    self._fail(head.error)
+                    return
+                progress: VersionVector | None = None
+                for pending in group:
+                    if pending.progress is not None:
+                        progress = pending.progress if progress is None else progress.merge(pending.progress)
+                checked = CheckedBatch.joined([p.batch for p in group])
+                try:
+                    result = await self._store.store_checked(checked, progress=progress)
+                except Exception as e:
+                    self._fail(e)
+                    return
+                for pending in group:
+                    self._queue.popleft()
+                    self._queued -= pending.versions
+                    self.written += pending.versions
+                self._result += result
+                self._changed.unpark_all()
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        self._changed.unpark_all()

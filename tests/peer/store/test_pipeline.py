@@ -1,16 +1,17 @@
-"""ApplyPipeline: batches checked ahead, written in order, a bad batch stops everything after it."""
+"""ApplyPipeline: batches checked ahead, written in order in few transactions, a bad batch stops everything after it."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 
 from peer.memory import Draft
 from peer.store import ApplyPipeline
 from protocol import SealedVersion, TrustError, VersionVector
-from tests.support.stores import make_pair
+from tests.support.stores import count_writes, make_pair
 
 
 async def test_batches_are_written_in_order_with_their_progress_and_a_bad_one_stops_the_rest(
@@ -25,16 +26,61 @@ async def test_batches_are_written_in_order_with_their_progress_and_a_bad_one_st
         batches[1][4] = tampered
         first_top = batches[0][-1].header.dot
         failure: TrustError | None = None
-        async with trio.open_nursery() as checks:
-            pipeline = ApplyPipeline(b, checks)
+        async with trio.open_nursery() as checks, ApplyPipeline(b, checks) as pipeline:
             first = await pipeline.submit(batches[0], progress=VersionVector({first_top.origin: first_top.counter}))
             assert first.added == 0  # nothing written yet: the first batch is only being checked
-            assert (await pipeline.submit(batches[1])).added == 10  # the first batch is written now
             try:
-                await pipeline.submit(batches[2])  # the tampered second batch's failed check surfaces here
+                await pipeline.submit(batches[1])
+                await pipeline.submit(batches[2])
+                await pipeline.drain()  # the tampered second batch's failed check surfaces by here
             except TrustError as e:
                 failure = e
         assert failure is not None and "tampered" in str(failure)
+        assert pipeline.written == 10
         held = {v.header.dot for batch in batches for v in batch if await b.sealed([v.header.dot])}
         assert held == {v.header.dot for v in batches[0]}
         assert (await b.vector()).get(first_top.origin) == first_top.counter  # its progress came with it
+
+
+async def test_checked_batches_are_joined_into_few_transactions(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big receive writes whole transactions of ``write_at`` versions, not one per batch received."""
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(95)])
+        batches = [batch async for batch in a.missing_for(await b.vector(), batch_size=10)]
+        writes = count_writes(monkeypatch)
+        added = 0
+        async with trio.open_nursery() as checks, ApplyPipeline(b, checks, write_at=40) as pipeline:
+            for batch in batches:
+                added += (await pipeline.submit(batch)).added
+            added += (await pipeline.drain()).added
+        assert added == 95 and pipeline.written == 95
+        # Two full transactions, then the rest as drain() found it checked (one or two transactions).
+        assert writes[:2] == [40, 40] and sum(writes[2:]) == 15 and len(writes) <= 4
+        assert len(await b.sealed([v.header.dot for batch in batches for v in batch])) == 95
+
+
+async def test_a_slow_writer_makes_submit_wait_so_a_receive_holds_a_bounded_number_of_versions(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(100)])
+        batches = [batch async for batch in a.missing_for(await b.vector(), batch_size=10)]
+        gate = trio.Event()
+        writes = count_writes(monkeypatch, gate)
+        async with trio.open_nursery() as checks, ApplyPipeline(b, checks, write_at=20, queued_at_most=40) as pipeline:
+            submitted = 0
+            with trio.move_on_after(2):  # the writer is held: submit stops taking batches at the bound
+                for batch in batches:
+                    await pipeline.submit(batch)
+                    submitted += 1
+            assert submitted == 4  # 40 versions queued; a fifth batch would pass the bound
+            gate.set()
+            for batch in batches[submitted:]:
+                await pipeline.submit(batch)
+            await pipeline.drain()
+        assert pipeline.written == 100 and sum(writes) == 100
+        assert max(writes) <= 20
