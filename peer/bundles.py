@@ -56,10 +56,10 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -84,11 +84,13 @@ from protocol import (
     Dot,
     MemberInfo,
     Membership,
+    MemoryBody,
     NotAMember,
     PeerError,
     SealedVersion,
     SenderKeyLookup,
     StoreError,
+    VersionHeader,
     VersionVector,
     format_device_id,
     normalize_device_id,
@@ -731,9 +733,8 @@ class _Spill:
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(dir=self._directory)
-            pickle.dump(
-                (dict(batch.opened), batch.rejected, batch.in_batch_duplicates), self._file, pickle.HIGHEST_PROTOCOL
-            )
+            opened = [_flat(sealed, body) for sealed, body in batch.opened.values()]
+            pickle.dump((opened, batch.rejected, batch.in_batch_duplicates), self._file, pickle.HIGHEST_PROTOCOL)
         except OSError as e:
             raise self._fail(e) from e
         self._memberships.append(batch.membership)
@@ -763,9 +764,10 @@ class _Spill:
         if self._file is None or self._read >= len(self._memberships):
             return None
         try:
-            opened, rejected, duplicates = pickle.load(self._file)
+            flat, rejected, duplicates = pickle.load(self._file)
         except OSError as e:
             raise self._fail(e) from e
+        opened = dict(_unflat(item) for item in flat)
         membership = self._memberships[self._read]
         self._read += 1
         return CheckedBatch(opened, rejected, duplicates, membership)
@@ -780,6 +782,45 @@ class _Spill:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+# A spilled version: its fields as plain tuples, which pickle writes and reads
+# in about a third of the time the objects take (each object's fields go
+# through its class's checks, and pickle's generic path, otherwise). Only
+# what this process checked is flattened, so nothing needs checking again.
+_Flat = tuple[tuple[Any, ...], bytes, bytes, bytes, tuple[Any, ...]]
+_T = TypeVar("_T")
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (Dot, VersionHeader, SealedVersion, MemoryBody)
+}
+
+
+def _values(obj: object) -> tuple[Any, ...]:
+    return tuple([getattr(obj, name) for name in _FIELDS[type(obj)]])
+
+
+def _rebuilt(cls: type[_T], values: Sequence[Any]) -> _T:
+    """An instance of a frozen dataclass with these field values, its checks skipped (they held when flattened)."""
+    obj = object.__new__(cls)
+    for name, value in zip(_FIELDS[cls], values, strict=True):
+        object.__setattr__(obj, name, value)
+    return obj
+
+
+def _flat(sealed: SealedVersion, body: MemoryBody) -> _Flat:
+    h = sealed.header
+    header = (h.group_id, h.epoch, h.memory_id, _values(h.dot), tuple(map(_values, h.context)), h.hlc, h.format)
+    return header, sealed.header_bytes, sealed.box, sealed.signature, _values(body)
+
+
+def _unflat(item: _Flat) -> tuple[Dot, tuple[SealedVersion, MemoryBody]]:
+    """``(dot, (sealed, body))`` back from :func:`_flat`."""
+    (group_id, epoch, memory_id, dot, context, hlc, fmt), header_bytes, box, signature, body = item
+    the_dot = _rebuilt(Dot, dot)
+    header = _rebuilt(
+        VersionHeader, (group_id, epoch, memory_id, the_dot, tuple(_rebuilt(Dot, d) for d in context), hlc, fmt)
+    )
+    return the_dot, (_rebuilt(SealedVersion, (header, header_bytes, box, signature)), _rebuilt(MemoryBody, body))
 
 
 async def apply_bundle(

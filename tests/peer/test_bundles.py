@@ -17,7 +17,7 @@ import peer.bundles as bundles
 from peer.bundles import BundleSource, export_bundle, import_bundle
 from peer.home import Home
 from peer.memory import Draft
-from protocol import Dot, MemoryBody, VersionHeader, VersionVector, seal
+from protocol import Dot, MemoryBody, SealedVersion, VersionHeader, VersionVector, seal
 from protocol.bundle import BundleWriter
 from protocol.errors import BundleError, NotAMember, PeerError, WrongGroup
 from tests.support.cli_runner import assert_error, ok, ok_json, peer
@@ -401,3 +401,25 @@ async def test_a_big_import_writes_few_big_transactions(
         result = await import_bundle(b, tmp_path / "all.bundle")
         assert result.added == 230 and (await b.stats()).memories == 230
     assert writes == [100, 100, 30]
+
+
+async def test_a_spilled_version_comes_back_equal_to_what_was_checked(tmp_path: Path, aio_loop: object) -> None:
+    """The spill file holds versions as plain tuples (_flat): they come back equal, with equal hashes and dots."""
+    a_home = await found(tmp_path / "a", "a")
+    async with await a_home.open_store() as a:
+        first = await a.add(Draft("first", tags=("x", "y"), project="p", importance=0.5, metadata={"k": [1, "two"]}))
+        await a.edit(first, content="second")  # a version with a context
+        versions = [v for batch in [b async for b in a.missing_for(VersionVector())] for v in batch]
+        opened = await a.check_received(versions)
+    assert any(sealed.header.context for sealed, _ in opened.opened.values())
+    spill = bundles._Spill(tmp_path)
+    try:
+        spill.add(opened)
+        spill.rewind()
+        back = spill.next_batch()
+    finally:
+        spill.close()
+    assert back is not None and back.opened == opened.opened
+    assert [hash(dot) for dot in back.opened] == [hash(dot) for dot in opened.opened]
+    for sealed, body in back.opened.values():
+        assert SealedVersion.decode(sealed.encode()) == sealed and MemoryBody.decode(body.encode()) == body
