@@ -140,7 +140,7 @@ class MdnsEndpoint:
         except (OSError, ZeroconfError, FutureTimeout) as e:
             _stop_loop(loop, thread)
             where = ", ".join(interfaces)
-            raise DiscoveryError(f"cannot start LAN discovery on {where}: {e or type(e).__name__}") from e
+            raise DiscoveryError(f"cannot start LAN discovery on {where}: {str(e) or type(e).__name__}") from e
         except BaseException:
             _stop_loop(loop, thread)
             raise
@@ -190,7 +190,7 @@ class MdnsEndpoint:
                 "device's home running on another machine?"
             ) from e
         except (OSError, ZeroconfError, FutureTimeout) as e:
-            raise DiscoveryError(f"cannot advertise {name} on the LAN: {e or type(e).__name__}") from e
+            raise DiscoveryError(f"cannot advertise {name} on the LAN: {str(e) or type(e).__name__}") from e
 
     def browse(self, service_type: str, on_change: Callable[[], None]) -> None:
         """Start asking for ``service_type``; ``on_change()`` (from another thread) when the cache changes."""

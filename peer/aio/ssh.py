@@ -172,8 +172,10 @@ class _SSHStream:
         return self._peer_device_id
 
     def _lost(self, e: BaseException) -> TransportError:
+        # An exception is always true: its text may still be empty (asyncssh's ConnectionLost often is).
+        why = str(e) or type(e).__name__
         return TransportError(
-            f"the connection to device {format_device_id(self._peer_device_id)} ({self._where}) was lost: {e or type(e).__name__}"
+            f"the connection to device {format_device_id(self._peer_device_id)} ({self._where}) was lost: {why}"
         )
 
     async def send_all(self, data: bytes) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import asyncssh
 import pytest
 import trio
 
 from peer.aio import JOIN_SUBSYSTEM, SYNC_SUBSYSTEM, ByteStream
-from peer.aio.ssh import connect
+from peer.aio.ssh import _SSHStream, connect
 from peer.store import Store
 from protocol.errors import TransportError, TrustError
 from tests.support.groups import Devices
@@ -136,3 +137,11 @@ async def test_a_peer_that_never_speaks_fails_within_the_timeout(homes: Devices,
                 "127.0.0.1", silent_port, homes.second.identity().signing_key, trust_host=lambda _: True, connect_timeout=1
             )
     assert "did not complete an SSH handshake" in str(failed.value)
+
+
+def test_a_connection_lost_without_a_reason_still_says_what_happened() -> None:
+    """asyncssh's ConnectionLost often has no text: the message used to end in "was lost: "."""
+    stream = _SSHStream(None, None, "A" * 52, "127.0.0.1:22", 30.0)  # type: ignore[arg-type]
+    message = str(stream._lost(asyncssh.ConnectionLost("")))
+    assert message.endswith("was lost: ConnectionLost"), message
+    assert str(stream._lost(OSError(104, "Connection reset by peer"))).endswith("Connection reset by peer")
