@@ -57,7 +57,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
@@ -68,7 +67,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from peer.signatures import WORKER_BATCH, SignatureWorker
-from peer.store import BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
+from peer.store import BULK_WRITE_BYTES, BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, NowMs, Store, wall_clock_ms
 from protocol import (
     BUNDLE_MAGIC,
     END_OF_STREAM,
@@ -721,6 +720,7 @@ class _Spill:
         self._directory = directory
         self._file: BinaryIO | None = None
         self._memberships: list[Membership] = []  # each batch's, kept in memory (one object for most)
+        self._sizes: list[tuple[int, int]] = []  # each batch's versions and sealed bytes
         self._read = 0
 
     def _fail(self, e: OSError) -> BundleError:
@@ -738,25 +738,22 @@ class _Spill:
         except OSError as e:
             raise self._fail(e) from e
         self._memberships.append(batch.membership)
+        self._sizes.append((batch.versions, batch.sealed_bytes))
 
-    def next_group(self, versions: int) -> CheckedBatch | None:
-        """The next batches written to the file, joined up to about ``versions``; None after the last.
-
-        Batches join only with batches checked against the same membership.
-        """
+    def next_group(self) -> CheckedBatch | None:
+        """The next batches written to the file, joined as :func:`_joined` joins them; None after the last."""
         first = self.next_batch()
         if first is None:
             return None
-        group, size = [first], first.versions
-        while (
-            self._read < len(self._memberships)
-            and self._memberships[self._read] is first.membership
-            and size + APPLY_BATCH <= versions
-        ):
+        group, (size, held) = [first], self._sizes[self._read - 1]
+        while self._read < len(self._memberships) and self._memberships[self._read] is first.membership:
+            versions, sealed = self._sizes[self._read]
+            if size + versions > BULK_WRITE_VERSIONS or held + sealed > BULK_WRITE_BYTES:
+                break
             batch = self.next_batch()
             assert batch is not None
             group.append(batch)
-            size += batch.versions
+            size, held = size + versions, held + sealed
         return CheckedBatch.joined(group)
 
     def next_batch(self) -> CheckedBatch | None:
@@ -922,15 +919,20 @@ async def _apply_checked(
 
 
 def _joined(parts: Iterable[CheckedBatch]) -> Iterator[CheckedBatch]:
-    """Consecutive checked batches joined up to :data:`BULK_WRITE_VERSIONS`, to be written a transaction each."""
+    """Consecutive checked batches joined up to BULK_WRITE_VERSIONS and BULK_WRITE_BYTES, a transaction each."""
     group: list[CheckedBatch] = []
-    size = 0
+    size = held = 0
     for part in parts:
-        if group and (part.membership is not group[0].membership or size + part.versions > BULK_WRITE_VERSIONS):
+        versions, sealed = part.versions, part.sealed_bytes
+        if group and (
+            part.membership is not group[0].membership
+            or size + versions > BULK_WRITE_VERSIONS
+            or held + sealed > BULK_WRITE_BYTES
+        ):
             yield CheckedBatch.joined(group)
-            group, size = [], 0
+            group, size, held = [], 0, 0
         group.append(part)
-        size += part.versions
+        size, held = size + versions, held + sealed
     if group:
         yield CheckedBatch.joined(group)
 
@@ -949,8 +951,7 @@ async def _write_spilled(
 ) -> ApplyResult:
     """Write the spilled batches in order, each in its own transaction; the next is read back while one is written."""
     spill.rewind()
-    next_group = partial(spill.next_group, BULK_WRITE_VERSIONS)
-    following = await trio.to_thread.run_sync(next_group)
+    following = await trio.to_thread.run_sync(spill.next_group)
     failed: list[Exception] = []
     while following is not None and not failed:
         part = following
@@ -958,7 +959,7 @@ async def _write_spilled(
         async def read_next() -> None:
             nonlocal following
             try:
-                following = await trio.to_thread.run_sync(next_group)
+                following = await trio.to_thread.run_sync(spill.next_group)
             except Exception as e:  # carried out by hand: trio would wrap it in an ExceptionGroup
                 failed.append(e)
 

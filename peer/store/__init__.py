@@ -10,6 +10,7 @@ from .pipeline import ApplyPipeline
 from .rows import check_content
 from .schema import SCHEMA_VERSION
 from .store import (
+    BULK_WRITE_BYTES,
     BULK_WRITE_VERSIONS,
     KEEP,
     ApplyResult,
@@ -26,6 +27,7 @@ from .store import (
 
 __all__ = [
     "check_content",
+    "BULK_WRITE_BYTES",
     "BULK_WRITE_VERSIONS",
     "KEEP",
     "SCHEMA_VERSION",

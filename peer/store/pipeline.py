@@ -9,12 +9,14 @@ Done one after the other, a receive never runs on more than one core.
 batches already checked, so the two halves overlap.
 
 The writer joins consecutive checked batches into one transaction of up
-to :data:`~peer.store.store.BULK_WRITE_VERSIONS` versions once that many
-wait (or when :meth:`drain` asks for everything): a big store's indexes
+to :data:`~peer.store.store.BULK_WRITE_VERSIONS` versions (and
+:data:`~peer.store.store.BULK_WRITE_BYTES` sealed bytes) once that many
+wait, or when :meth:`drain` asks for everything: a big store's indexes
 cost much less per row in a few big transactions than in many small ones
 (``docs/performance.md``). :meth:`submit` waits only when
-:data:`QUEUED_AT_MOST` versions are queued, which bounds the memory one
-receive holds.
+:data:`QUEUED_AT_MOST` versions or :data:`QUEUED_BYTES_AT_MOST` sealed
+bytes are queued, which bounds the memory one receive holds, however big
+its memories.
 
 Order and atomicity are the same as calling :meth:`Store.apply` batch by
 batch: batches are written in submission order, a transaction holding
@@ -47,19 +49,22 @@ import trio
 from peer.signatures import WORKER_BATCH, SignatureWorker
 from protocol import SealedVersion, VersionVector
 
-from .store import BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, Store
+from .store import BULK_WRITE_BYTES, BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, Store
 
-__all__ = ["ApplyPipeline", "CHECKS_AT_ONCE", "QUEUED_AT_MOST"]
+__all__ = ["ApplyPipeline", "CHECKS_AT_ONCE", "QUEUED_AT_MOST", "QUEUED_BYTES_AT_MOST"]
 
 #: Batches being checked at once (in submission order, so the oldest is ready first).
 CHECKS_AT_ONCE: Final = 2
 #: Versions submitted but not yet written, at most (then :meth:`ApplyPipeline.submit` waits).
 QUEUED_AT_MOST: Final = 2 * BULK_WRITE_VERSIONS
+#: ... and sealed bytes (a batch of big memories holds few versions; opened, they take about twice this).
+QUEUED_BYTES_AT_MOST: Final = 2 * BULK_WRITE_BYTES
 
 
 @dataclass
 class _Pending:
     versions: int
+    bytes: int  # sealed
     progress: VersionVector | None
     checked: CheckedBatch | None = None
     error: Exception | None = None
@@ -83,6 +88,8 @@ class ApplyPipeline:
         signatures: SignatureWorker | None = None,
         write_at: int = BULK_WRITE_VERSIONS,
         queued_at_most: int = QUEUED_AT_MOST,
+        write_bytes_at: int = BULK_WRITE_BYTES,
+        queued_bytes_at_most: int = QUEUED_BYTES_AT_MOST,
     ) -> None:
         self._store = store
         self._nursery = nursery
@@ -93,9 +100,12 @@ class ApplyPipeline:
         self._started_helper = signatures is not None
         self._write_at = write_at
         self._queued_at_most = max(queued_at_most, write_at)
+        self._write_bytes_at = write_bytes_at
+        self._queued_bytes_at_most = max(queued_bytes_at_most, write_bytes_at)
         self._checking = trio.Semaphore(CHECKS_AT_ONCE)
         self._queue: deque[_Pending] = deque()  # submitted, not written, in order
         self._queued = 0  # versions in the queue
+        self._queued_bytes = 0  # their sealed bytes
         self._changed = trio.lowlevel.ParkingLot()  # woken when the queue, a check or the writer's state changes
         self._flush = False  # drain() wants every queued batch written now
         self._writer: trio.CancelScope | None = None
@@ -147,13 +157,18 @@ class ApplyPipeline:
         if self._writer is None:
             self._writer = trio.CancelScope()
             self._nursery.start_soon(self._write_all, self._writer)
-        while self._queued and self._queued + len(versions) > self._queued_at_most and self._error is None:
+        size = sum(len(v.header_bytes) + len(v.box) for v in versions)
+        while self._queue and self._error is None and (
+            self._queued + len(versions) > self._queued_at_most
+            or self._queued_bytes + size > self._queued_bytes_at_most
+        ):
             await self._changed.park()  # bounded: the writer frees room as it writes
         self._raise()
         await self._checking.acquire()
-        pending = _Pending(len(versions), progress)
+        pending = _Pending(len(versions), size, progress)
         self._queue.append(pending)
         self._queued += pending.versions
+        self._queued_bytes += pending.bytes
         self._nursery.start_soon(self._check, pending, list(versions))
         self._changed.unpark_all()
         return self._take_result()
@@ -181,9 +196,9 @@ class ApplyPipeline:
     def _ready(self) -> list[_Pending] | None:
         """The batches to write now, oldest first; [] when the oldest failed; None to wait for more."""
         group: list[_Pending] = []
-        size = 0
+        size = held = 0
         for pending in self._queue:
-            if group and size + pending.versions > self._write_at:
+            if group and (size + pending.versions > self._write_at or held + pending.bytes > self._write_bytes_at):
                 return group  # a whole transaction's worth
             if pending.error is not None:
                 return group  # the batches before it are written, then the failure is told
@@ -193,7 +208,9 @@ class ApplyPipeline:
                 return group
             group.append(pending)
             size += pending.versions
-        return group if group and (self._flush or size >= self._write_at) else None
+            held += pending.bytes
+        full = size >= self._write_at or held >= self._write_bytes_at
+        return group if group and (self._flush or full) else None
 
     async def _write_all(self, scope: trio.CancelScope) -> None:
         with scope:
@@ -218,6 +235,7 @@ class ApplyPipeline:
                 for pending in group:
                     self._queue.popleft()
                     self._queued -= pending.versions
+                    self._queued_bytes -= pending.bytes
                     self.written += pending.versions
                 self._result += result
                 self._changed.unpark_all()

@@ -142,6 +142,7 @@ __all__ = [
     "Store",
     "BULK_CACHE_KIB",
     "BULK_WRITE_VERSIONS",
+    "BULK_WRITE_BYTES",
     "ApplyResult",
     "StoreStats",
     "StoreLayout",
@@ -203,6 +204,11 @@ class CheckedBatch:
     def versions(self) -> int:
         """How many versions the batch was made of (opened, rejected, repeated)."""
         return len(self.opened) + len(self.rejected) + self.in_batch_duplicates
+
+    @property
+    def sealed_bytes(self) -> int:
+        """The opened versions' sealed size (header and box): about what writing them stores."""
+        return sum(len(sealed.header_bytes) + len(sealed.box) for sealed, _ in self.opened.values())
 
     @staticmethod
     def joined(batches: Sequence[CheckedBatch]) -> CheckedBatch:
@@ -306,6 +312,8 @@ BULK_CACHE_KIB = 32 << 10
 #: Versions a bulk receive writes per transaction: fewer, bigger transactions rewrite each
 #: index page they touch once per transaction (about 110 ms each, far below other writers' busy timeout).
 BULK_WRITE_VERSIONS = 2048
+#: ... and of up to this many sealed bytes (big memories: bounds what a receive holds to be written).
+BULK_WRITE_BYTES = 16 << 20
 #: Milliseconds ``compact`` waits for other connections before saying the store is in use.
 _COMPACT_BUSY_MS = 1000
 

@@ -423,3 +423,23 @@ async def test_a_spilled_version_comes_back_equal_to_what_was_checked(tmp_path: 
     assert [hash(dot) for dot in back.opened] == [hash(dot) for dot in opened.opened]
     for sealed, body in back.opened.values():
         assert SealedVersion.decode(sealed.encode()) == sealed and MemoryBody.decode(body.encode()) == body
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["in memory", "spilled"])
+async def test_a_big_import_of_big_memories_joins_batches_up_to_a_size_in_bytes(
+    tmp_path: Path, aio_loop: object, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    a_home = await found(tmp_path / "a", "a")
+    b_home = await admit(a_home, tmp_path / "b", "b")
+    async with await a_home.open_store() as a:
+        await a.add_many([(Draft(f"memory {i}: " + "a long text " * 2000), None) for i in range(40)])
+        await export_bundle(a, a_home.identity().signing_key, tmp_path / "all.bundle", full=True)
+        one = max(len(v.header_bytes) + len(v.box) for batch in [x async for x in a.missing_for(VersionVector())] for v in batch)
+    monkeypatch.setattr(bundles, "APPLY_BATCH", 5)
+    monkeypatch.setattr(bundles, "BULK_WRITE_BYTES", 10 * one + 1)  # two batches of five, whatever the count says
+    if not kept:
+        monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)
+    writes = count_writes(monkeypatch)
+    async with await b_home.open_store() as b:
+        assert (await import_bundle(b, tmp_path / "all.bundle")).added == 40
+    assert writes == [10, 10, 10, 10]

@@ -84,3 +84,34 @@ async def test_a_slow_writer_makes_submit_wait_so_a_receive_holds_a_bounded_numb
             await pipeline.drain()
         assert pipeline.written == 100 and sum(writes) == 100
         assert max(writes) <= 20
+
+
+async def test_big_memories_bound_a_transaction_and_the_queue_by_bytes(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receive of big memories comes in batches of few versions: the count alone would let the queue grow huge."""
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"memory {i}: " + "a long text " * 2000), None) for i in range(60)])
+        batches = [batch async for batch in a.missing_for(await b.vector(), batch_size=10)]
+        sizes = [sum(len(v.header_bytes) + len(v.box) for v in batch) for batch in batches]
+        assert min(sizes) > 200_000
+        gate = trio.Event()
+        writes = count_writes(monkeypatch, gate)
+        bound = 2 * max(sizes) + 1  # two batches' worth, in bytes; far fewer versions than write_at
+        async with (
+            trio.open_nursery() as checks,
+            ApplyPipeline(b, checks, write_bytes_at=bound, queued_bytes_at_most=2 * bound) as pipeline,
+        ):
+            submitted = 0
+            with trio.move_on_after(2):
+                for batch in batches:
+                    await pipeline.submit(batch)
+                    submitted += 1
+            assert submitted == 4  # four batches queued; a fifth would pass the bytes bound
+            gate.set()
+            for batch in batches[submitted:]:
+                await pipeline.submit(batch)
+            await pipeline.drain()
+        assert pipeline.written == 60 and sum(writes) == 60
+        assert max(writes) <= 20  # at most two batches a transaction
