@@ -24,7 +24,9 @@ weighs on all figures alike:
 
 With ``--resume``: a first sync cut once half of its bytes have arrived,
 then a second sync; prints how many versions each moved (the second should
-carry only what the first did not store).
+carry only what the first did not store). Then the same with the receiving
+side stopped dead at half (cancelled, as a killed process: it writes
+nothing more), so what it had not yet committed is sent again.
 
 Each figure is printed with its ratio to both floors and the load average
 (the dev VMs are shared: absolute figures mean little, ratios taken in the
@@ -204,11 +206,17 @@ async def serve(home_path: Path) -> None:
 
 
 class _CutAfter:
-    """A stream that breaks for good once ``limit`` bytes have arrived (a laptop going to sleep)."""
+    """A stream that breaks for good once ``limit`` bytes have arrived (a laptop going to sleep).
 
-    def __init__(self, stream: ByteStream, limit: int) -> None:
+    With ``kill``, the receiving side is cancelled there instead: it stops
+    at once and writes nothing more, as a process killed outright (what it
+    had not committed is lost).
+    """
+
+    def __init__(self, stream: ByteStream, limit: int, kill: trio.CancelScope | None = None) -> None:
         self._stream = stream
         self._left = limit
+        self._kill = kill
 
     @property
     def peer_device_id(self) -> str:
@@ -224,6 +232,9 @@ class _CutAfter:
             raise TransportError("cut")
         data = await self._stream.receive_some(min(max_bytes, self._left))
         self._left -= len(data)
+        if self._left <= 0 and self._kill is not None:
+            self._kill.cancel()
+            await trio.lowlevel.checkpoint()
         return data
 
     async def send_eof(self) -> None:
@@ -233,7 +244,7 @@ class _CutAfter:
         await self._stream.aclose()
 
 
-async def resume(n: int, sb: Any, pair: Path, work: Path, full_bytes: int) -> None:
+async def resume(n: int, sb: Any, pair: Path, work: Path, full_bytes: int, *, kill: bool = False) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     a_home = sb.copy_home(pair / "a", work / "a")
@@ -241,19 +252,23 @@ async def resume(n: int, sb: Any, pair: Path, work: Path, full_bytes: int) -> No
     async with await a_home.open_store() as a, await d_home.open_store() as d, trio.open_nursery() as nursery:
         port: int = await nursery.start(partial(Syncer(a, a_home.identity().signing_key).serve, "127.0.0.1", 0))
         raw = await connect("127.0.0.1", port, d_home.identity().signing_key, trust_host=lambda _: True)
-        try:
-            await sync_over(_CutAfter(raw, full_bytes // 2), d)
-            raise AssertionError("the cut sync completed")
-        except PeerError as e:
-            print(f"  cut at {full_bytes // 2:,} of {full_bytes:,} B: {e}", flush=True)
+        with trio.CancelScope() as killed:
+            try:
+                await sync_over(_CutAfter(raw, full_bytes // 2, killed if kill else None), d)
+                raise AssertionError("the cut sync completed")
+            except PeerError as e:
+                print(f"  cut at {full_bytes // 2:,} of {full_bytes:,} B: {e}", flush=True)
+        if kill:
+            print(f"  receiving side stopped at {full_bytes // 2:,} of {full_bytes:,} B, as if killed", flush=True)
         await raw.aclose()
         kept = int(await d.count_live())
         started = time.monotonic()
         summary = await Syncer(d, d_home.identity().signing_key).sync_with("127.0.0.1", port)
         seconds = time.monotonic() - started
         nursery.cancel_scope.cancel()
+    how = "killed" if kill else "cut"
     print(
-        f"N={n:,} resume: the cut sync stored {kept:,} versions; the next one moved {summary.received:,}"
+        f"N={n:,} resume: the {how} sync stored {kept:,} versions; the next one moved {summary.received:,}"
         f" ({summary.received / n:.0%} of N) in {seconds:.2f} s and completed; {load()}",
         flush=True,
     )
@@ -268,6 +283,7 @@ async def main_async(args: argparse.Namespace) -> None:
         pair, initial = await sb.build_pair(n)
         if args.resume:
             await resume(n, sb, pair, OUT / "receive-work", initial.bytes)
+            await resume(n, sb, pair, OUT / "receive-work", initial.bytes, kill=True)
             continue
         rows = []
         for r in range(args.rounds):
@@ -350,7 +366,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--resume", action="store_true", help="Cut a first sync at half its bytes, then sync again.")
+    parser.add_argument("--resume", action="store_true", help="Cut (then kill) a first sync at half its bytes, then sync again.")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "receive-vs-floor.png"),
                         help="Draw every size measured so far here ('' for none).")
     parser.add_argument("--plot-only", action="store_true", help="Redraw the plot from bench/out/receive-results-*.json.")

@@ -8,15 +8,18 @@ Done one after the other, a receive never runs on more than one core.
 :data:`CHECKS_AT_ONCE` at a time, in order) while a writer task writes the
 batches already checked, so the two halves overlap.
 
-The writer joins consecutive checked batches into one transaction of up
-to :data:`~peer.store.store.BULK_WRITE_VERSIONS` versions (and
-:data:`~peer.store.store.BULK_WRITE_BYTES` sealed bytes) once that many
-wait, or when :meth:`drain` asks for everything: a big store's indexes
-cost much less per row in a few big transactions than in many small ones
-(``docs/performance.md``). :meth:`submit` waits only when
-:data:`QUEUED_AT_MOST` versions or :data:`QUEUED_BYTES_AT_MOST` sealed
-bytes are queued, which bounds the memory one receive holds, however big
-its memories.
+The writer joins consecutive checked batches into one transaction once
+enough wait, or when :meth:`drain` asks for everything. How many: a
+fortieth of what the store holds, from 256 to
+:data:`~peer.store.store.BULK_WRITE_VERSIONS` versions
+(:func:`transaction_versions`), and at most
+:data:`~peer.store.store.BULK_WRITE_BYTES` sealed bytes. A big store's
+indexes cost much less per row in a few big transactions than in many
+small ones (``docs/performance.md``), and what a receiving process killed
+outright loses stays a small part of what it held. :meth:`submit` waits
+once twice a transaction's versions, or :data:`QUEUED_BYTES_AT_MOST`
+sealed bytes, are queued, which bounds the memory one receive holds,
+however big its memories.
 
 Order and atomicity are the same as calling :meth:`Store.apply` batch by
 batch: batches are written in submission order, a transaction holding
@@ -51,12 +54,14 @@ from protocol import SealedVersion, VersionVector
 
 from .store import BULK_WRITE_BYTES, BULK_WRITE_VERSIONS, ApplyResult, CheckedBatch, Store
 
-__all__ = ["ApplyPipeline", "CHECKS_AT_ONCE", "QUEUED_AT_MOST", "QUEUED_BYTES_AT_MOST"]
+__all__ = ["ApplyPipeline", "CHECKS_AT_ONCE", "QUEUED_BYTES_AT_MOST", "transaction_versions"]
 
 #: Batches being checked at once (in submission order, so the oldest is ready first).
 CHECKS_AT_ONCE: Final = 2
-#: Versions submitted but not yet written, at most (then :meth:`ApplyPipeline.submit` waits).
-QUEUED_AT_MOST: Final = 2 * BULK_WRITE_VERSIONS
+#: The fewest versions a big receive writes in a transaction (a sender's batch).
+FEWEST_A_TRANSACTION: Final = 256
+#: A transaction holds up to this fraction of what the store holds (see transaction_versions).
+_SHARE: Final = 40
 #: ... and sealed bytes (a batch of big memories holds few versions; opened, they take about twice this).
 QUEUED_BYTES_AT_MOST: Final = 2 * BULK_WRITE_BYTES
 
@@ -86,8 +91,8 @@ class ApplyPipeline:
         *,
         strict: bool = True,
         signatures: SignatureWorker | None = None,
-        write_at: int = BULK_WRITE_VERSIONS,
-        queued_at_most: int = QUEUED_AT_MOST,
+        write_at: int | None = None,
+        queued_at_most: int | None = None,
         write_bytes_at: int = BULK_WRITE_BYTES,
         queued_bytes_at_most: int = QUEUED_BYTES_AT_MOST,
     ) -> None:
@@ -98,8 +103,11 @@ class ApplyPipeline:
         self._signatures = signatures
         self._leased = AsyncExitStack()
         self._started_helper = signatures is not None
-        self._write_at = write_at
-        self._queued_at_most = max(queued_at_most, write_at)
+        #: Fixed sizes (tests); else they follow transaction_versions(what the store holds).
+        self._fixed = (write_at, queued_at_most)
+        self._write_at = write_at or FEWEST_A_TRANSACTION
+        self._queued_at_most = max(queued_at_most or 2 * self._write_at, self._write_at)
+        self._held_before: int | None = None  # versions the store held when the big receive began
         self._write_bytes_at = write_bytes_at
         self._queued_bytes_at_most = max(queued_bytes_at_most, write_bytes_at)
         self._checking = trio.Semaphore(CHECKS_AT_ONCE)
@@ -154,6 +162,8 @@ class ApplyPipeline:
             self._started_helper = True
             self._signatures = await self._leased.enter_async_context(self._store.signature_pool.lease())
             await self._leased.enter_async_context(self._store.bulk_writes())
+            self._held_before = await self._store.versions_held()
+            self._resize()
         if self._writer is None:
             self._writer = trio.CancelScope()
             self._nursery.start_soon(self._write_all, self._writer)
@@ -232,6 +242,7 @@ class ApplyPipeline:
                 except Exception as e:
                     self._fail(e)
                     return
+                self._resize()
                 for pending in group:
                     self._queue.popleft()
                     self._queued -= pending.versions
@@ -240,6 +251,28 @@ class ApplyPipeline:
                 self._result += result
                 self._changed.unpark_all()
 
+    def _resize(self) -> None:
+        """Transactions (and the queue, twice one) grow with the store: see :func:`transaction_versions`."""
+        if self._held_before is None:
+            return
+        write_at, queued_at_most = self._fixed
+        self._write_at = write_at or transaction_versions(self._held_before + self.written)
+        self._queued_at_most = max(queued_at_most or 2 * self._write_at, self._write_at)
+
     def _fail(self, error: Exception) -> None:
         self._error = error
         self._changed.unpark_all()
+
+
+def transaction_versions(held: int) -> int:
+    """Versions a big receive writes a transaction into a store holding ``held``: a fortieth, 256 to 2,048.
+
+    Big transactions make a big store's writes cheaper (its indexes' pages
+    are written once per transaction, not once per batch), and a small
+    store gains little from them. What a receiving process killed outright
+    loses (the transaction being written and the batches queued behind it,
+    about twice one) is then at most a twentieth of what the store held, or
+    two sender's batches: so the next sync after a kill sends little more
+    than what had not arrived.
+    """
+    return max(FEWEST_A_TRANSACTION, min(BULK_WRITE_VERSIONS, held // _SHARE))

@@ -1889,6 +1889,10 @@ class Store:
         """The name the index's feed uses for :meth:`all_live_embeddings`."""
         return self.all_live_embeddings(batch_size)
 
+    async def versions_held(self) -> int:
+        """About how many versions the store holds, at once: the highest row id (labels are never reused)."""
+        return int(await self._db.fetchvalue("SELECT coalesce(max(id), 0) FROM versions"))
+
     async def count_live(self) -> int:
         """How many memories are live (not forgotten): what a complete index holds."""
         return int(await self._db.fetchvalue(f"SELECT count(*) FROM versions WHERE {LIVE}"))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from peer.memory import Draft
 from peer.store import ApplyPipeline
+from peer.store.pipeline import transaction_versions
 from protocol import SealedVersion, TrustError, VersionVector
 from tests.support.stores import count_writes, make_pair
 
@@ -115,3 +117,37 @@ async def test_big_memories_bound_a_transaction_and_the_queue_by_bytes(
             await pipeline.drain()
         assert pipeline.written == 60 and sum(writes) == 60
         assert max(writes) <= 20  # at most two batches a transaction
+
+
+def test_transactions_grow_with_the_store_between_a_batch_and_2048_versions() -> None:
+    assert [transaction_versions(n) for n in (0, 10_000, 20_000, 40_000, 81_920, 1_000_000)] == [
+        256,
+        256,
+        500,
+        1000,
+        2048,
+        2048,
+    ]
+
+
+async def test_a_big_receive_sizes_its_transactions_by_what_the_store_holds(
+    aio_loop: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_pair(tmp_path)
+    async with a, b:
+        await a.add_many([(Draft(f"note {i}"), None) for i in range(1200)])
+        batches = [batch async for batch in a.missing_for(await b.vector(), batch_size=200)]
+        writes = count_writes(monkeypatch)
+        monkeypatch.setattr(b, "versions_held", _returns(16_000))  # 16,000 / 40: transactions of 400
+        async with trio.open_nursery() as checks, ApplyPipeline(b, checks) as pipeline:
+            for batch in batches:
+                await pipeline.submit(batch)
+            await pipeline.drain()
+        assert writes[:2] == [400, 400] and sum(writes) == 1200 and max(writes) == 400, writes
+
+
+def _returns(value: int) -> Any:
+    async def held() -> int:
+        return value
+
+    return held
