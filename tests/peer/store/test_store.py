@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from peer.errors import NotAMember, StoreError, TrustError, WrongGroup
 from peer.home import Home
 from peer.memory import Draft
 from peer.store import CheckedBatch, Store
-from peer.store.store import BULK_CACHE_KIB
+from peer.store.store import BULK_CACHE_KIB, release_freed_memory
 from protocol import (
     Dot,
     Membership,
@@ -531,3 +532,25 @@ async def test_joined_batches_count_a_version_in_two_of_them_once(aio_loop: obje
         other = CheckedBatch({}, (), 0, Membership(b.group_id))
         with pytest.raises(ValueError, match="same membership"):
             CheckedBatch.joined([first, other])
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS line")
+
+
+def test_memory_freed_by_a_big_receive_goes_back_to_the_system() -> None:
+    """glibc keeps freed small blocks (SQLite's pages, versions' bytes); the end of a bulk write hands them back."""
+    try:
+        ctypes.CDLL(None).malloc_trim  # noqa: B018 - only asking whether it exists
+    except (OSError, AttributeError):
+        pytest.skip("not glibc: no malloc_trim to call (memory is given back by the allocator itself, if at all)")
+    blocks = [bytes(16_000) + bytes([i % 256]) for i in range(12_000)]  # about 190 MB in 16 kB blocks
+    keep = blocks[-1]
+    del blocks
+    before = _rss_mb()
+    release_freed_memory()
+    after = _rss_mb()
+    assert keep and before - after > 100, (before, after)
