@@ -382,27 +382,6 @@ async def test_a_bundle_inside_another_file_and_errors_by_type(tmp_path: Path, a
             await import_bundle(s, tmp_path / "impostor.bundle")
 
 
-@pytest.mark.parametrize("kept", [True, False], ids=["in memory", "spilled"])
-async def test_a_big_import_writes_few_big_transactions(
-    tmp_path: Path, aio_loop: object, monkeypatch: pytest.MonkeyPatch, kept: bool
-) -> None:
-    """Checked batches are joined up to BULK_WRITE_VERSIONS a transaction, kept in memory or spilled to a file."""
-    a_home = await found(tmp_path / "a", "a")
-    b_home = await admit(a_home, tmp_path / "b", "b")
-    async with await a_home.open_store() as a:
-        await a.add_many([(Draft(f"note {i}"), None) for i in range(230)])
-        await export_bundle(a, a_home.identity().signing_key, tmp_path / "all.bundle", full=True)
-    monkeypatch.setattr(bundles, "APPLY_BATCH", 20)
-    monkeypatch.setattr(bundles, "BULK_WRITE_VERSIONS", 100)
-    if not kept:
-        monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)
-    writes = count_writes(monkeypatch)
-    async with await b_home.open_store() as b:
-        result = await import_bundle(b, tmp_path / "all.bundle")
-        assert result.added == 230 and (await b.stats()).memories == 230
-    assert writes == [100, 100, 30]
-
-
 async def test_a_spilled_version_comes_back_equal_to_what_was_checked(tmp_path: Path, aio_loop: object) -> None:
     """The spill file holds versions as plain tuples (_flat): they come back equal, with equal hashes and dots."""
     a_home = await found(tmp_path / "a", "a")
@@ -426,20 +405,33 @@ async def test_a_spilled_version_comes_back_equal_to_what_was_checked(tmp_path: 
 
 
 @pytest.mark.parametrize("kept", [True, False], ids=["in memory", "spilled"])
-async def test_a_big_import_of_big_memories_joins_batches_up_to_a_size_in_bytes(
-    tmp_path: Path, aio_loop: object, monkeypatch: pytest.MonkeyPatch, kept: bool
+@pytest.mark.parametrize("bound", ["versions", "bytes"])
+async def test_a_big_import_writes_few_big_transactions(
+    tmp_path: Path, aio_loop: object, monkeypatch: pytest.MonkeyPatch, kept: bool, bound: str
 ) -> None:
+    """Checked batches are joined up to BULK_WRITE_VERSIONS and BULK_WRITE_BYTES a transaction, kept or spilled.
+
+    Big memories come a few to a batch: there the bound in bytes is the one that holds.
+    """
     a_home = await found(tmp_path / "a", "a")
     b_home = await admit(a_home, tmp_path / "b", "b")
+    text, count = ("note {}", 230) if bound == "versions" else ("memory {}: " + "a long text " * 2000, 40)
     async with await a_home.open_store() as a:
-        await a.add_many([(Draft(f"memory {i}: " + "a long text " * 2000), None) for i in range(40)])
+        await a.add_many([(Draft(text.format(i)), None) for i in range(count)])
         await export_bundle(a, a_home.identity().signing_key, tmp_path / "all.bundle", full=True)
-        one = max(len(v.header_bytes) + len(v.box) for batch in [x async for x in a.missing_for(VersionVector())] for v in batch)
-    monkeypatch.setattr(bundles, "APPLY_BATCH", 5)
-    monkeypatch.setattr(bundles, "BULK_WRITE_BYTES", 10 * one + 1)  # two batches of five, whatever the count says
+        sizes = [len(v.header_bytes) + len(v.box) for batch in [x async for x in a.missing_for(VersionVector())] for v in batch]
+    if bound == "versions":
+        monkeypatch.setattr(bundles, "APPLY_BATCH", 20)
+        monkeypatch.setattr(bundles, "BULK_WRITE_VERSIONS", 100)
+        expected = [100, 100, 30]
+    else:
+        monkeypatch.setattr(bundles, "APPLY_BATCH", 5)
+        monkeypatch.setattr(bundles, "BULK_WRITE_BYTES", 10 * max(sizes) + 1)  # two batches of five, whatever the count
+        expected = [10, 10, 10, 10]
     if not kept:
         monkeypatch.setattr(bundles, "KEEP_CHECKED_BYTES", 0)
     writes = count_writes(monkeypatch)
     async with await b_home.open_store() as b:
-        assert (await import_bundle(b, tmp_path / "all.bundle")).added == 40
-    assert writes == [10, 10, 10, 10]
+        result = await import_bundle(b, tmp_path / "all.bundle")
+        assert result.added == count and (await b.stats()).memories == count
+    assert writes == expected
