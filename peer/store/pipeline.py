@@ -62,7 +62,8 @@ CHECKS_AT_ONCE: Final = 2
 FEWEST_A_TRANSACTION: Final = 256
 #: A transaction holds up to this fraction of what the store holds (see transaction_versions).
 _SHARE: Final = 40
-#: ... and sealed bytes (a batch of big memories holds few versions; opened, they take about twice this).
+#: Sealed bytes submitted but not yet written, at most (a batch of big memories holds few versions;
+#: opened, they take about twice this). The versions queued are bounded too: twice a transaction.
 QUEUED_BYTES_AT_MOST: Final = 2 * BULK_WRITE_BYTES
 
 
