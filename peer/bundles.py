@@ -720,7 +720,6 @@ class _Spill:
         self._directory = directory
         self._file: BinaryIO | None = None
         self._memberships: list[Membership] = []  # each batch's, kept in memory (one object for most)
-        self._sizes: list[tuple[int, int]] = []  # each batch's versions and sealed bytes
         self._read = 0
 
     def _fail(self, e: OSError) -> BundleError:
@@ -738,23 +737,6 @@ class _Spill:
         except OSError as e:
             raise self._fail(e) from e
         self._memberships.append(batch.membership)
-        self._sizes.append((batch.versions, batch.sealed_bytes))
-
-    def next_group(self) -> CheckedBatch | None:
-        """The next batches written to the file, joined as :func:`_joined` joins them; None after the last."""
-        first = self.next_batch()
-        if first is None:
-            return None
-        group, (size, held) = [first], self._sizes[self._read - 1]
-        while self._read < len(self._memberships) and self._memberships[self._read] is first.membership:
-            versions, sealed = self._sizes[self._read]
-            if size + versions > BULK_WRITE_VERSIONS or held + sealed > BULK_WRITE_BYTES:
-                break
-            batch = self.next_batch()
-            assert batch is not None
-            group.append(batch)
-            size, held = size + versions, held + sealed
-        return CheckedBatch.joined(group)
 
     def next_batch(self) -> CheckedBatch | None:
         """The next batch written to the file (the first after :meth:`rewind`), or None after the last."""
@@ -949,9 +931,10 @@ async def _write_checked(
 async def _write_spilled(
     store: Store, spill: _Spill, result: ApplyResult, checks: _Checks, scan: BundleScan, progress: Progress | None
 ) -> ApplyResult:
-    """Write the spilled batches in order, each in its own transaction; the next is read back while one is written."""
+    """Write the spilled batches in order, joined as :func:`_joined` joins them; the next group is read back meanwhile."""
     spill.rewind()
-    following = await trio.to_thread.run_sync(spill.next_group)
+    groups = _joined(iter(spill.next_batch, None))  # advanced in a worker thread, one call at a time
+    following = await trio.to_thread.run_sync(next, groups, None)
     failed: list[Exception] = []
     while following is not None and not failed:
         part = following
@@ -959,7 +942,7 @@ async def _write_spilled(
         async def read_next() -> None:
             nonlocal following
             try:
-                following = await trio.to_thread.run_sync(spill.next_group)
+                following = await trio.to_thread.run_sync(next, groups, None)
             except Exception as e:  # carried out by hand: trio would wrap it in an ExceptionGroup
                 failed.append(e)
 

@@ -310,8 +310,9 @@ COMPACT_MIN_BYTES = 8 << 20
 #: default, 2 MiB, holds a small part of a 100,000-version store's indexes: every transaction
 #: then reads back and rewrites most of their pages (inserts at 100,000 cost 1.35x as much).
 BULK_CACHE_KIB = 32 << 10
-#: Versions a bulk receive writes per transaction: fewer, bigger transactions rewrite each
-#: index page they touch once per transaction (about 110 ms each, far below other writers' busy timeout).
+#: Versions a bulk receive writes per transaction, at most (a sync's pipeline starts lower: see
+#: pipeline.transaction_versions): fewer, bigger transactions rewrite each index page they touch
+#: once per transaction (about 110 ms each, far below other writers' busy timeout).
 BULK_WRITE_VERSIONS = 2048
 #: ... and of up to this many sealed bytes (big memories: bounds what a receive holds to be written).
 BULK_WRITE_BYTES = 16 << 20
